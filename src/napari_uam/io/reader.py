@@ -1,0 +1,130 @@
+"""Reading H&E patches: TIFF family through tifffile, PNG/JPEG through Pillow.
+
+The microns-per-pixel of the image is read from the file where it says so (OME physical
+size, Aperio SVS ``MPP =`` description, TIFF resolution tags in cm or inch) and returned
+with the pixels, so the pipeline and napari know the scale.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InvalidImageError
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _suffix_ok(path: str) -> bool:
+    p = path.lower()
+    return p.endswith(TIFF_SUFFIXES) or p.endswith(PIL_SUFFIXES)
+
+
+def _mpp_from_tiff(tif) -> Optional[float]:
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+            if m:
+                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+                val = float(m.group(1))
+                if unit is None or unit.group(1) in ("µm", "um", "\u00b5m"):
+                    return val
+                if unit.group(1) == "nm":
+                    return val / 1000.0
+        page = tif.pages[0]
+        desc = page.description or ""
+        m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
+        if m:
+            return float(m.group(1))
+        tags = page.tags
+        if "XResolution" in tags and "ResolutionUnit" in tags:
+            num, den = tags["XResolution"].value
+            unit = int(tags["ResolutionUnit"].value)
+            if num and den:
+                px_per_unit = num / den
+                if unit == 3:  # centimetre
+                    mpp = 1e4 / px_per_unit
+                elif unit == 2:  # inch: screen defaults (72/96 dpi) carry no microscope scale
+                    mpp = 25400.0 / px_per_unit
+                else:
+                    return None
+                return mpp if 0.05 <= mpp <= 20 else None
+    except Exception:  # metadata is advisory: a malformed tag never blocks reading pixels
+        return None
+    return None
+
+
+def read_image(path) -> tuple[np.ndarray, Optional[float]]:
+    """Read an RGB H&E patch and its pixel size.
+
+    Args:
+        path: a .tif/.tiff/.ome.tif/.svs (largest level, first series) or .png/.jpg file.
+
+    Returns:
+        (image, mpp): the pixels as stored (H, W, C) and microns per pixel, or None when the
+        file does not say.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidImageError(f"{path} does not exist or is not a file.")
+    name = path.name.lower()
+    try:
+        if name.endswith(TIFF_SUFFIXES):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                level = series.levels[0] if getattr(series, "levels", None) else series
+                data = level.asarray()
+                mpp = _mpp_from_tiff(tif)
+            # OME/SVS may store channels first: move a leading 3/4-channel axis last.
+            if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[-1] not in (3, 4):
+                data = np.moveaxis(data, 0, -1)
+            return data, mpp
+        if name.endswith(PIL_SUFFIXES):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode not in ("RGB", "RGBA", "L", "I;16", "I"):
+                    im = im.convert("RGB")
+                data = np.asarray(im)
+                mpp = None
+                dpi = im.info.get("dpi")
+                if dpi and dpi[0] and dpi[0] > 1000:  # only microscope-scale dpi is meaningful
+                    mpp = 25400.0 / float(dpi[0])
+            return data, mpp
+    except InvalidImageError:
+        raise
+    except Exception as err:  # any decoder failure becomes one actionable message
+        raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
+    raise InvalidImageError(
+        f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG."
+    )
+
+
+def get_reader(path):
+    """npe2 reader hook: a function reading ``path`` into an RGB image layer, or None."""
+    if isinstance(path, list):
+        if not path or not all(isinstance(p, str) and _suffix_ok(p) for p in path):
+            return None
+    elif not (isinstance(path, str) and _suffix_ok(path)):
+        return None
+    return _read_layers
+
+
+def _read_layers(path):
+    paths = path if isinstance(path, list) else [path]
+    layers = []
+    for p in paths:
+        data, mpp = read_image(p)
+        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+        meta = {"name": Path(p).stem, "rgb": rgb, "metadata": {"source": str(p)}}
+        if mpp is not None:
+            meta["metadata"]["mpp"] = mpp
+        layers.append((data, meta, "image"))
+    return layers

@@ -1,0 +1,140 @@
+"""Writers for napari-uam outputs. Every writer is atomic (see :mod:`.atomic`).
+
+- cell tables: CSV and parquet (provenance in the parquet schema metadata),
+- nuclei: GeoJSON FeatureCollection of polygons that QuPath imports as detections with
+  their classification,
+- labels / masks: TIFF (uint16 when the ids fit, else uint32; zlib compressed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from .atomic import atomic_path
+
+#: QuPath colours (RGB) per class name; unknown classes get grey.
+CLASS_COLOURS = {"tumor": (0, 200, 0), "non-tumor": (70, 110, 255)}
+
+
+def write_cells_csv(table: pd.DataFrame, path, overwrite: bool = False) -> Path:
+    """Write a cell table to CSV (one row per nucleus), atomically."""
+    with atomic_path(path, overwrite) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.9g")
+    return Path(path)
+
+
+def write_cells_parquet(
+    table: pd.DataFrame, path, provenance: Optional[dict] = None, overwrite: bool = False
+) -> Path:
+    """Write a cell table to parquet with ``provenance`` in the file metadata, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tab = pa.Table.from_pandas(table.reset_index(drop=True), preserve_index=False)
+    meta = dict(tab.schema.metadata or {})
+    extra = {"attrs": {k: v for k, v in table.attrs.items() if isinstance(v, (str, int, float))}}
+    if provenance:
+        extra["provenance"] = provenance
+    meta[b"napari_uam"] = json.dumps(extra, default=str).encode()
+    tab = tab.replace_schema_metadata(meta)
+    with atomic_path(path, overwrite) as tmp:
+        pq.write_table(tab, tmp)
+    return Path(path)
+
+
+def write_labels_tiff(labels: np.ndarray, path, overwrite: bool = False, mpp: Optional[float] = None) -> Path:
+    """Write an (H, W) label image or mask to TIFF, atomically.
+
+    The smallest unsigned integer type holding the ids is used (uint8 for masks, uint16 for
+    most label images) so that ImageJ/QuPath open it; ``mpp`` is stored as resolution in cm.
+    """
+    import tifffile
+
+    arr = np.asarray(labels)
+    top = int(arr.max()) if arr.size else 0
+    dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+    kwargs = {}
+    if mpp:
+        kwargs = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    with atomic_path(path, overwrite) as tmp:
+        tifffile.imwrite(tmp, arr.astype(dtype), compression="zlib", **kwargs)
+    return Path(path)
+
+
+def write_labels_tiff_hook(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Labels layers (TIFF)."""
+    mpp = (meta.get("metadata") or {}).get("mpp")
+    write_labels_tiff(np.asarray(data), path, overwrite=True, mpp=mpp)
+    return [path]
+
+
+def label_polygons(labels: np.ndarray) -> dict[int, list[list[float]]]:
+    """Outer boundary of every label as a closed ring of (x, y) pixel coordinates.
+
+    Boundaries run along pixel edges' midpoints (marching squares at level 0.5 on each
+    nucleus mask), so a polygon encloses its pixel centres; the longest contour is kept
+    when a nucleus has holes or several parts.
+    """
+    from skimage.measure import find_contours
+
+    out: dict[int, list[list[float]]] = {}
+    for idx, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        mask = np.pad(labels[sl] == idx, 1).astype(np.float32)
+        contours = find_contours(mask, 0.5)
+        if not contours:
+            continue
+        c = max(contours, key=len)
+        y0, x0 = sl[0].start - 1, sl[1].start - 1
+        ring = [[float(x + x0), float(y + y0)] for y, x in c]
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        if len(ring) < 4:  # a valid GeoJSON ring needs 4 positions
+            cy, cx = c.mean(axis=0)
+            cx, cy = cx + x0, cy + y0
+            ring = [[cx - 0.5, cy - 0.5], [cx + 0.5, cy - 0.5], [cx + 0.5, cy + 0.5], [cx - 0.5, cy - 0.5]]
+        out[idx] = ring
+    return out
+
+
+def geojson_features(labels: np.ndarray, table: pd.DataFrame) -> dict:
+    """A GeoJSON FeatureCollection of nuclei polygons in QuPath's detection format."""
+    polys = label_polygons(labels)
+    by_label = table.set_index("label", drop=False) if len(table) else table
+    features = []
+    keep = [c for c in ("label", "y", "x", "area_um2", "tumor_probability") if c in table.columns]
+    for lab, ring in polys.items():
+        props: dict = {"objectType": "detection", "isLocked": False}
+        if len(table) and lab in by_label.index:
+            row = by_label.loc[lab]
+            props["measurements"] = {
+                k: (int(row[k]) if k == "label" else float(row[k])) for k in keep if pd.notna(row[k])
+            }
+            if "class" in table.columns and isinstance(row["class"], str):
+                name = row["class"]
+                props["classification"] = {
+                    "name": name,
+                    "color": list(CLASS_COLOURS.get(name, (128, 128, 128))),
+                }
+        else:
+            props["measurements"] = {"label": int(lab)}
+        features.append(
+            {"type": "Feature", "id": f"nucleus-{lab}", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(labels: np.ndarray, table: pd.DataFrame, path, overwrite: bool = False) -> Path:
+    """Write nuclei polygons with their class to GeoJSON (QuPath: File > Import objects)."""
+    doc = geojson_features(np.asarray(labels), table)
+    with atomic_path(path, overwrite) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh)
+    return Path(path)

@@ -1,0 +1,408 @@
+"""The headless napari-uam pipeline: image -> nuclei -> cell table -> classes.
+
+Each stage is a plain function so that widgets, the command line and tests can call one
+stage at a time; :func:`run` chains them and records provenance. Nothing here imports Qt.
+
+All stages work at one *working* pixel size (the feature schema's, 0.5 um/px): the image is
+resampled once, nuclei are segmented and measured there, and the labels are returned at the
+image's own resolution so they overlay the image in napari.
+
+Progress is reported through ``progress(stage, fraction)`` callables and a run can be
+stopped between steps through ``cancel() -> bool`` (raises :class:`CancelledError`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from . import __version__
+from .errors import CancelledError, InvalidImageError, InvalidLabelsError, NoNucleiError
+from .scale import rescale_image, resize_labels, scale_factor
+from .validation import as_labels, as_rgb_uint8
+
+Progress = Optional[Callable[[str, float], None]]
+Cancel = Optional[Callable[[], bool]]
+
+#: Columns every cell table starts with, before the feature columns.
+BASE_COLUMNS = ("label", "y", "x", "area_um2")
+#: Columns added by :func:`classify_cells`.
+CLASS_COLUMNS = ("class", "tumor_probability")
+
+
+@dataclass
+class PipelineResult:
+    """Everything one run produced for one image.
+
+    Attributes:
+        labels: (H, W) int32 nuclei instance labels at the image's resolution, 0 = background.
+        table: one row per label: ``label, y, x, area_um2`` (centroid in image pixels, area in
+            um^2), then ``class, tumor_probability`` once classified, then the feature columns.
+        tumor_mask: (H, W) uint8 tumor-region mask (1 = tumor) or None when no region model ran.
+        provenance: versions, model id and hash, schema id, parameters and stage timings.
+    """
+
+    labels: np.ndarray
+    table: pd.DataFrame
+    tumor_mask: Optional[np.ndarray] = None
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def tumor_cells(self) -> np.ndarray:
+        """(H, W) int32 labels keeping only the nuclei classified as tumor."""
+        return tumor_cell_labels(self.labels, self.table)
+
+
+def _check_mpp(mpp) -> float:
+    try:
+        mpp = float(mpp)
+    except (TypeError, ValueError):
+        raise InvalidImageError(f"Pixel size {mpp!r} is not a number; give microns per pixel, e.g. 0.5 at 20x.")
+    if not np.isfinite(mpp) or not (0.05 <= mpp <= 20.0):
+        raise InvalidImageError(
+            f"Pixel size {mpp:g} um/px is implausible; give microns per pixel (0.25 at 40x, 0.5 at 20x)."
+        )
+    return mpp
+
+
+def _tick(progress: Progress, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, float(fraction))
+
+
+def _check_cancel(cancel: Cancel) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError("Run cancelled; no result was produced.")
+
+
+def working_mpp() -> float:
+    """The pixel size (um/px) at which nuclei are segmented and measured: the schema's."""
+    from .radiomics.schema import DEFAULT_SCHEMA
+
+    return float(DEFAULT_SCHEMA.mpp)
+
+
+def _to_working(image: np.ndarray, mpp: float, target: float) -> np.ndarray:
+    return rescale_image(image, scale_factor(mpp, target))
+
+
+def segment_nuclei(
+    image,
+    mpp: float,
+    *,
+    backend: str = "auto",
+    progress: Progress = None,
+    cancel: Cancel = None,
+) -> np.ndarray:
+    """Segment nuclei of an RGB H&E image.
+
+    Args:
+        image: (H, W, 3) RGB image (uint8, uint16, float; see :func:`as_rgb_uint8`).
+        mpp: microns per pixel of ``image`` (0.25 at 40x, 0.5 at 20x).
+        backend: segmentation backend name (``"auto"`` picks the best installed).
+        progress: optional ``progress(stage, fraction)``.
+        cancel: optional ``cancel() -> bool``; when it returns True the run stops.
+
+    Returns:
+        (H, W) int32 labels, 0 = background, nuclei numbered 1..N.
+    """
+    from .segment import segment
+
+    rgb = as_rgb_uint8(image)
+    mpp = _check_mpp(mpp)
+    _check_cancel(cancel)
+    _tick(progress, "segment", 0.0)
+    target = working_mpp()
+    work = _to_working(rgb, mpp, target)
+    labels_w = segment(work, target, backend=backend)
+    _check_cancel(cancel)
+    labels = resize_labels(labels_w, rgb.shape[:2]).astype(np.int32)
+    # Nearest-neighbour upsampling never drops a nucleus, downsampling (low-res images) can:
+    # renumber so ids stay consecutive.
+    labels = _relabel_consecutive(labels)
+    if labels.max() == 0:
+        raise NoNucleiError(
+            f"No nuclei found in this {rgb.shape[0]}x{rgb.shape[1]} image at {mpp:g} um/px. "
+            "Check that it is an H&E image with tissue and that the pixel size is right."
+        )
+    _tick(progress, "segment", 1.0)
+    return labels
+
+
+def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0 or ids[-1] == ids.size:
+        return labels
+    lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def cell_geometry(labels: np.ndarray, mpp: float) -> pd.DataFrame:
+    """Label id, centroid (pixels) and area (um^2) of every nucleus, sorted by label."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "label" else "float64") for c in BASE_COLUMNS})
+    counts = ndi.sum_labels(np.ones(labels.shape, dtype=np.float64), labels, ids)
+    yy, xx = np.indices(labels.shape, dtype=np.float64)
+    cy = ndi.sum_labels(yy, labels, ids) / counts
+    cx = ndi.sum_labels(xx, labels, ids) / counts
+    return pd.DataFrame(
+        {"label": ids.astype(np.int64), "y": cy, "x": cx, "area_um2": counts * mpp * mpp}
+    )
+
+
+def measure_cells(
+    image,
+    labels,
+    mpp: float,
+    *,
+    schema=None,
+    backend: str = "auto",
+    device: str = "auto",
+    progress: Progress = None,
+    cancel: Cancel = None,
+) -> pd.DataFrame:
+    """Measure every nucleus: geometry plus the radiomics features of ``schema``.
+
+    Args:
+        image: (H, W, 3) RGB image.
+        labels: (H, W) integer nuclei labels of the same height and width.
+        mpp: microns per pixel of ``image``.
+        schema: feature schema (default: the shipped one).
+        backend: ``"fast"``, ``"pyradiomics"`` or ``"auto"``.
+        device: ``"auto"``, ``"cuda"`` or ``"cpu"`` for the fast engine.
+
+    Returns:
+        One row per label: ``label, y, x, area_um2`` then one column per schema feature.
+        ``table.attrs["schema_id"]`` names the schema.
+    """
+    from . import radiomics
+    from .radiomics.schema import DEFAULT_SCHEMA
+
+    schema = schema or DEFAULT_SCHEMA
+    rgb = as_rgb_uint8(image)
+    lab = as_labels(labels, rgb.shape)
+    mpp = _check_mpp(mpp)
+    _check_cancel(cancel)
+    _tick(progress, "measure", 0.0)
+    geom = cell_geometry(lab, mpp)
+    if len(geom) == 0:
+        raise NoNucleiError("The labels contain no nucleus (all zero): segment or paint nuclei first.")
+    factor = scale_factor(mpp, schema.mpp)
+    work = rescale_image(rgb, factor)
+    lab_w = resize_labels(lab, work.shape[:2])
+    feats = radiomics.extract(
+        work,
+        lab_w,
+        schema=schema,
+        backend=backend,
+        device=device,
+        progress=(lambda f: _tick(progress, "measure", f)),
+    )
+    _check_cancel(cancel)
+    # Nuclei too small to survive resampling to the working pixel size get no features (NaN).
+    feats = feats.reindex(geom["label"].to_numpy())
+    table = pd.concat([geom.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
+    table.attrs["schema_id"] = schema.schema_id
+    _tick(progress, "measure", 1.0)
+    return table
+
+
+def feature_columns(table: pd.DataFrame) -> list[str]:
+    """The feature columns of a cell table (everything but geometry and class columns)."""
+    skip = set(BASE_COLUMNS) | set(CLASS_COLUMNS) | {"index"}
+    return [c for c in table.columns if c not in skip]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_classifier(path: Optional[str], device: str):
+    from .training.checkpoint import load_classifier
+
+    return load_classifier(path, device=device)
+
+
+def get_classifier(model=None, device: str = "auto"):
+    """Return a loaded cell classifier.
+
+    Args:
+        model: None for the shipped default weights, a checkpoint path, or an already
+            loaded classifier (returned as is).
+        device: ``"auto"``, ``"cuda"`` or ``"cpu"``.
+    """
+    if model is not None and hasattr(model, "predict_proba"):
+        return model
+    from .device import resolve_device
+
+    return _cached_classifier(None if model is None else str(model), resolve_device(device))
+
+
+def classify_cells(
+    table: pd.DataFrame,
+    *,
+    model=None,
+    device: str = "auto",
+    progress: Progress = None,
+    cancel: Cancel = None,
+) -> pd.DataFrame:
+    """Classify every cell of a measured table.
+
+    Args:
+        table: output of :func:`measure_cells`.
+        model: None (shipped default), a checkpoint path or a loaded classifier.
+        device: ``"auto"``, ``"cuda"`` or ``"cpu"``.
+
+    Returns:
+        A copy of ``table`` with ``class`` (name) and ``tumor_probability`` inserted after the
+        geometry columns. Raises :class:`SchemaMismatchError` if the model was trained on
+        other features.
+    """
+    clf = get_classifier(model, device)
+    _check_cancel(cancel)
+    _tick(progress, "classify", 0.0)
+    out = table.drop(columns=[c for c in CLASS_COLUMNS if c in table.columns]).copy()
+    feats = out[feature_columns(out)]
+    if len(out):
+        proba = clf.predict_proba(feats)
+        names = np.asarray(clf.class_names, dtype=object)
+        cls = names[np.argmax(proba, axis=1)]
+        tumor_p = proba[:, clf.tumor_class].astype(np.float64)
+    else:
+        cls = np.array([], dtype=object)
+        tumor_p = np.array([], dtype=np.float64)
+    pos = len(BASE_COLUMNS)
+    out.insert(pos, "class", pd.Series(cls, index=out.index, dtype=object))
+    out.insert(pos + 1, "tumor_probability", tumor_p)
+    out.attrs.update(table.attrs)
+    out.attrs["model_id"] = clf.model_id
+    out.attrs["tumor_class"] = clf.class_names[clf.tumor_class]
+    _tick(progress, "classify", 1.0)
+    return out
+
+
+def tumor_cell_labels(labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """Labels keeping only the nuclei whose class is the tumor class (others set to 0)."""
+    if "class" not in table.columns:
+        raise InvalidLabelsError("The cell table has no 'class' column yet: run Classify cells first.")
+    tumor_name = table.attrs.get("tumor_class", "tumor")
+    keep = table.loc[table["class"] == tumor_name, "label"].to_numpy(dtype=np.int64)
+    if labels.size == 0:
+        return labels.copy()
+    lut = np.zeros(int(labels.max()) + 1, dtype=labels.dtype)
+    keep = keep[keep <= labels.max()]
+    lut[keep] = keep.astype(labels.dtype)
+    return lut[labels]
+
+
+def _versions() -> dict:
+    import scipy
+    import skimage
+
+    v = {
+        "napari_uam": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scipy": scipy.__version__,
+        "scikit-image": skimage.__version__,
+    }
+    try:
+        import torch
+
+        v["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def image_hash(image: np.ndarray) -> str:
+    """Short SHA-256 of an image's pixels (to tie outputs to their input)."""
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+
+
+def run(
+    image,
+    mpp: float,
+    *,
+    labels=None,
+    segment_backend: str = "auto",
+    radiomics_backend: str = "auto",
+    model=None,
+    device: str = "auto",
+    classify: bool = True,
+    progress: Progress = None,
+    cancel: Cancel = None,
+) -> PipelineResult:
+    """Run the whole pipeline on one image.
+
+    Args:
+        image: (H, W, 3) RGB H&E image.
+        mpp: microns per pixel of ``image``.
+        labels: optional (H, W) nuclei labels to use instead of segmenting.
+        segment_backend: segmentation backend (``"auto"``: the best installed).
+        radiomics_backend: ``"fast"`` (default through ``"auto"``) or ``"pyradiomics"``.
+        model: None (shipped default weights), a checkpoint path or a loaded classifier.
+        device: ``"auto"``, ``"cuda"`` or ``"cpu"``.
+        classify: False stops after measuring.
+        progress: optional ``progress(stage, fraction)``.
+        cancel: optional ``cancel() -> bool``.
+
+    Returns:
+        :class:`PipelineResult`.
+    """
+    from .radiomics.schema import DEFAULT_SCHEMA
+    from .segment import resolve_backend
+
+    rgb = as_rgb_uint8(image)
+    mpp = _check_mpp(mpp)
+    timings = {}
+    t0 = time.perf_counter()
+    if labels is None:
+        seg_used = resolve_backend(segment_backend)
+        labels = segment_nuclei(rgb, mpp, backend=seg_used, progress=progress, cancel=cancel)
+        timings["segment_s"] = time.perf_counter() - t0
+    else:
+        labels = as_labels(labels, rgb.shape)
+        seg_used = "given"
+    t1 = time.perf_counter()
+    table = measure_cells(
+        rgb, labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel
+    )
+    timings["measure_s"] = time.perf_counter() - t1
+    prov = {
+        "versions": _versions(),
+        "image_sha256_16": image_hash(rgb),
+        "image_shape": list(rgb.shape),
+        "mpp": mpp,
+        "working_mpp": working_mpp(),
+        "segment_backend": seg_used,
+        "radiomics_backend": radiomics_backend,
+        "schema_id": DEFAULT_SCHEMA.schema_id,
+        "device": device,
+        "n_cells": int(len(table)),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if classify:
+        t2 = time.perf_counter()
+        clf = get_classifier(model, device)
+        table = classify_cells(table, model=clf, device=device, progress=progress, cancel=cancel)
+        timings["classify_s"] = time.perf_counter() - t2
+        prov.update(
+            model_id=clf.model_id,
+            model_arch=clf.arch,
+            model_sha256=clf.sha256,
+            model_schema_id=clf.schema_id,
+            model_device=str(clf.device),
+        )
+    prov["timings"] = timings
+    return PipelineResult(labels=labels, table=table, tumor_mask=None, provenance=prov)

@@ -1,0 +1,42 @@
+"""Shared fixtures: real data is read from ``../shared/data`` beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NAPARI_UAM_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        pytest.skip(
+            f"real H&E data not found at {path}: put the shared data folder beside the "
+            "checkout (../shared/data) or set NAPARI_UAM_DATA"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the shared real-data folder (skips the test when absent)."""
+    return _need("")
+
+
+@pytest.fixture(scope="session")
+def consep_dir() -> Path:
+    return _need("consep")
+
+
+@pytest.fixture(scope="session")
+def brca_dir() -> Path:
+    return _need("brca_m2c")
+
+
+@pytest.fixture(scope="session")
+def regions_dir() -> Path:
+    return _need("regions")
