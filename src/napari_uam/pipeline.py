@@ -3,9 +3,10 @@
 Each stage is a plain function so that widgets, the command line and tests can call one
 stage at a time; :func:`run` chains them and records provenance. Nothing here imports Qt.
 
-All stages work at one *working* pixel size (the feature schema's, 0.5 um/px): the image is
-resampled once, nuclei are segmented and measured there, and the labels are returned at the
-image's own resolution so they overlay the image in napari.
+Segmentation backends work at the pixel size they were built for and return labels at the
+image's resolution (so they overlay the image in napari); features are measured at the
+feature schema's pixel size (0.5 um/px), to which image and labels are resampled, so that
+20x and 40x patches give comparable features.
 
 Progress is reported through ``progress(stage, fraction)`` callables and a run can be
 stopped between steps through ``cancel() -> bool`` (raises :class:`CancelledError`).
@@ -84,14 +85,10 @@ def _check_cancel(cancel: Cancel) -> None:
 
 
 def working_mpp() -> float:
-    """The pixel size (um/px) at which nuclei are segmented and measured: the schema's."""
+    """The pixel size (um/px) at which nuclei are measured: the feature schema's."""
     from .radiomics.schema import DEFAULT_SCHEMA
 
     return float(DEFAULT_SCHEMA.mpp)
-
-
-def _to_working(image: np.ndarray, mpp: float, target: float) -> np.ndarray:
-    return rescale_image(image, scale_factor(mpp, target))
 
 
 def segment_nuclei(
@@ -120,14 +117,12 @@ def segment_nuclei(
     mpp = _check_mpp(mpp)
     _check_cancel(cancel)
     _tick(progress, "segment", 0.0)
-    target = working_mpp()
-    work = _to_working(rgb, mpp, target)
-    labels_w = segment(work, target, backend=backend)
+    # Each backend works at the pixel size it was designed or trained for and returns labels
+    # at the image's own resolution, so nothing is resampled here.
+    labels = segment(
+        rgb, mpp, backend=backend, progress=(lambda f, _msg="": _tick(progress, "segment", f))
+    )
     _check_cancel(cancel)
-    labels = resize_labels(labels_w, rgb.shape[:2]).astype(np.int32)
-    # Nearest-neighbour upsampling never drops a nucleus, downsampling (low-res images) can:
-    # renumber so ids stay consecutive.
-    labels = _relabel_consecutive(labels)
     if labels.max() == 0:
         raise NoNucleiError(
             f"No nuclei found in this {rgb.shape[0]}x{rgb.shape[1]} image at {mpp:g} um/px. "
@@ -135,16 +130,6 @@ def segment_nuclei(
         )
     _tick(progress, "segment", 1.0)
     return labels
-
-
-def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0 or ids[-1] == ids.size:
-        return labels
-    lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return lut[labels]
 
 
 def cell_geometry(labels: np.ndarray, mpp: float) -> pd.DataFrame:

@@ -1,0 +1,86 @@
+"""Time the end-to-end pipeline per stage on a 1000x1000 CoNSeP image (40x, 0.25 um/px).
+
+    python benchmarks/pipeline_bench.py [--data ../shared/data] [--repeats 3] [--threads 2]
+
+Prints a table and writes the ``pipeline`` section of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, today, write_section  # noqa: E402
+
+
+def main(argv=None) -> int:
+    repo = Path(__file__).resolve().parents[1]
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default=str(repo.parent / "shared" / "data"))
+    ap.add_argument("--image", default="consep/train_1.jpg")
+    ap.add_argument("--mpp", type=float, default=0.25)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from napari_uam import pipeline
+    from napari_uam.io import export_cells, read_image
+
+    path = Path(args.data) / args.image
+    clf = pipeline.get_classifier(None, args.device)
+    image, _ = read_image(path)
+    pipeline.run(image, args.mpp, model=clf, device=args.device)  # warm-up: imports, caches
+
+    stages = {"read": [], "segment": [], "measure": [], "classify": [], "export": [], "total": []}
+    n_cells = 0
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        image, _ = read_image(path)
+        t_read = time.perf_counter()
+        labels = pipeline.segment_nuclei(image, args.mpp)
+        t_seg = time.perf_counter()
+        table = pipeline.measure_cells(image, labels, args.mpp, device=args.device)
+        t_meas = time.perf_counter()
+        table = pipeline.classify_cells(table, model=clf, device=args.device)
+        t_cls = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            export_cells(labels, table, d, "bench")
+        t_exp = time.perf_counter()
+        for k, a, b in (("read", t, t_read), ("segment", t_read, t_seg), ("measure", t_seg, t_meas),
+                        ("classify", t_meas, t_cls), ("export", t_cls, t_exp), ("total", t, t_exp)):
+            stages[k].append(b - a)
+        n_cells = len(table)
+
+    rows = [f"| {k} | {statistics.median(v):.3f} |" for k, v in stages.items()]
+    md = "\n".join(
+        [
+            "## End-to-end pipeline, per stage (CPU)",
+            "",
+            f"Command: `python benchmarks/pipeline_bench.py --threads {args.threads}`; image "
+            f"`{args.image}` ({image.shape[1]}x{image.shape[0]}, {args.mpp} um/px), {n_cells} nuclei; "
+            f"median of {args.repeats} runs after a warm-up; torch threads {args.threads}; device {args.device}.",
+            f"Machine: {machine()}; date {today()}.",
+            "",
+            "| stage | seconds |",
+            "|---|---|",
+            *rows,
+        ]
+    )
+    print(md)
+    if not args.no_write:
+        write_section("pipeline", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Benchmark of per-cell radiomics: pyradiomics (naive, best effort) vs the fast engine.
+
+Usage:
+    python benchmarks/radiomics_bench.py [--data DIR] [--quick] [--device cuda] [--json OUT]
+
+``--data`` is a folder with CoNSeP's layout (``train_N.jpg`` + ``train_N_inst.png`` at
+0.25 um/px); by default ``../shared/data/consep``. Patches are resampled to the schema's
+0.5 um/px. Prints a table and writes it, with machine and date, to ``docs/performance.md``
+between the ``<!-- radiomics:start -->`` / ``<!-- radiomics:end -->`` markers (other sections
+of that file are left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from napari_uam.radiomics import DEFAULT_SCHEMA as SCHEMA  # noqa: E402
+from napari_uam.radiomics.fast_backend import extract_batch  # noqa: E402
+from napari_uam.radiomics.pyradiomics_backend import extract_pyradiomics  # noqa: E402  (lazy import)
+from napari_uam.radiomics.schema import channel_lut, to_channel  # noqa: E402
+from napari_uam.scale import rescale_image, resize_labels  # noqa: E402
+
+START, END = "<!-- radiomics:start -->", "<!-- radiomics:end -->"
+
+
+def load_patches(data: Path, n: int, native: bool = False):
+    """Up to ``n`` (image, labels) pairs, resampled to the schema's mpp unless ``native``."""
+    from PIL import Image
+
+    files = sorted(data.glob("*_inst.png"), key=lambda p: p.name)[:n]
+    out = []
+    for f in files:
+        img = np.asarray(Image.open(str(f).replace("_inst.png", ".jpg")).convert("RGB"))
+        lab = np.asarray(Image.open(f)).astype(np.int32)
+        if not native:
+            img = rescale_image(img, 0.25 / SCHEMA.mpp)
+            lab = resize_labels(lab, img.shape[:2])
+        out.append((img, np.ascontiguousarray(lab)))
+    if not out:
+        raise SystemExit(f"no *_inst.png patches found in {data}")
+    return out
+
+
+def n_cells(lab) -> int:
+    return int(np.count_nonzero(np.unique(lab)))
+
+
+def bench_naive(img, lab, max_cells: int) -> float:
+    """pyradiomics as usually called: whole image, one ``execute(label=...)`` per cell."""
+    import SimpleITK as sitk
+    from radiomics import featureextractor, setVerbosity
+
+    setVerbosity(50)
+    ext = featureextractor.RadiomicsFeatureExtractor(**{k: v for k, v in SCHEMA.pyradiomics_settings.items() if k != "label"})
+    ext.settings["minimumROIDimensions"] = 1
+    ext.disableAllFeatures()
+    for fam in SCHEMA.family_features:
+        ext.enableFeatureClassByName(fam)
+    image = sitk.GetImageFromArray(to_channel(img, "hematoxylin")[None].astype(np.float64))
+    image.SetSpacing((SCHEMA.mpp, SCHEMA.mpp, 1.0))
+    mask = sitk.GetImageFromArray(lab[None].astype(np.int32))
+    mask.CopyInformation(image)
+    ids = np.unique(lab)[1:]
+    ids = ids[np.bincount(lab.ravel())[ids] >= 4][:max_cells]
+    t = time.perf_counter()
+    for i in ids:
+        ext.execute(image, mask, label=int(i))
+    return len(ids) / (time.perf_counter() - t)
+
+
+def bench_best(img, lab, workers: int) -> float:
+    t = time.perf_counter()
+    ids, _ = extract_pyradiomics(img, lab, SCHEMA, workers=workers)
+    return len(ids) / (time.perf_counter() - t)
+
+
+def _fast_worker(args):
+    imgs, labs = args
+    os.environ["OMP_NUM_THREADS"] = "1"
+    extract_batch(imgs, labs, SCHEMA, "numpy")
+    return sum(n_cells(lb) for lb in labs)
+
+
+def bench_fast_cpu(patches, workers: int, repeat: int = 2) -> float:
+    """Cells/s of the NumPy engine, one patch per call, over ``workers`` processes."""
+    cells = sum(n_cells(lb) for _, lb in patches)
+    jobs = [([im], [lb]) for im, lb in patches]
+    best = 0.0
+    if workers == 1:
+        _fast_worker(jobs[0])  # warm-up (lookup table, imports)
+        for _ in range(repeat):
+            t = time.perf_counter()
+            for job in jobs:
+                _fast_worker(job)
+            best = max(best, cells / (time.perf_counter() - t))
+        return best
+    with ProcessPoolExecutor(max_workers=workers, initializer=channel_lut, initargs=("hematoxylin",)) as pool:
+        list(pool.map(_fast_worker, jobs[:workers]))  # warm-up
+        for _ in range(repeat):
+            t = time.perf_counter()
+            list(pool.map(_fast_worker, jobs))
+            best = max(best, cells / (time.perf_counter() - t))
+    return best
+
+
+def have_pyradiomics() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("radiomics", "SimpleITK"))
+
+
+def bench_torch(patches, batch: int, device: str = "cuda", repeat: int = 5):
+    """(median cells/s, cells, median s) of the torch engine on ``batch`` patches in one call
+    (patches cycled), after 2 warm-up calls, synchronising the GPU around each timed call."""
+    import torch
+
+    imgs = [patches[k % len(patches)][0] for k in range(batch)]
+    labs = [patches[k % len(patches)][1] for k in range(batch)]
+    cells = sum(n_cells(lb) for lb in labs)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(2):  # warm-up: lookup table upload, kernels, allocator
+        extract_batch(imgs, labs, SCHEMA, device)
+    times = []
+    for _ in range(repeat):
+        sync()
+        t = time.perf_counter()
+        extract_batch(imgs, labs, SCHEMA, device)
+        sync()
+        times.append(time.perf_counter() - t)
+    sec = float(np.median(times))
+    return cells / sec, cells, sec
+
+
+def profile_torch(patches, batch: int, device: str) -> None:
+    """torch.profiler table (top ops by device time, then by CPU time) of one warm batched call."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    imgs = [patches[k % len(patches)][0] for k in range(batch)]
+    labs = [patches[k % len(patches)][1] for k in range(batch)]
+    for _ in range(2):
+        extract_batch(imgs, labs, SCHEMA, device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    with profile(activities=acts) as prof:
+        with record_function("extract_batch"):
+            extract_batch(imgs, labs, SCHEMA, device)
+        sync()
+    print(f"{batch} patches, {sum(n_cells(lb) for lb in labs)} cells: {time.perf_counter() - t:.3f} s (profiled)")
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+_RSS_CHILD = r"""
+import resource, sys, time, numpy as np
+sys.path.insert(0, {src!r})
+from napari_uam.radiomics.fast_backend import extract_batch
+from napari_uam.radiomics import DEFAULT_SCHEMA
+d = np.load({npz!r})
+img, lab = d["img"], d["lab"]
+t = time.perf_counter()
+[(ids, v)] = extract_batch([img], [lab], DEFAULT_SCHEMA, "numpy")
+el = time.perf_counter() - t
+print(len(ids), el, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def bench_memory(data: Path, side: int = 4096):
+    """Peak RSS (MB) of the NumPy engine on a ``side``^2 patch tiled from native CoNSeP tiles."""
+    import tempfile
+
+    tiles = load_patches(data, 16, native=True)
+    img = np.full((side, side, 3), 255, np.uint8)
+    lab = np.zeros((side, side), np.int32)
+    k, offset = 0, 0
+    step = tiles[0][0].shape[0]
+    for y in range(0, side - step + 1, step):
+        for x in range(0, side - step + 1, step):
+            ti, tl = tiles[k % len(tiles)]
+            img[y : y + step, x : x + step] = ti
+            lab[y : y + step, x : x + step] = np.where(tl > 0, tl + offset, 0)
+            offset += int(tl.max())
+            k += 1
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = str(Path(tmp) / "big.npz")
+        np.savez(npz, img=img, lab=lab)
+        del img, lab
+        code = _RSS_CHILD.format(src=str(REPO / "src"), npz=npz)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cells, seconds, rss = out.stdout.split()
+    return int(cells), float(seconds), float(rss)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}"
+
+
+def write_docs(table: str, meta: dict) -> None:
+    path = REPO / "docs" / "performance.md"
+    text = path.read_text() if path.exists() else "# Performance\n"
+    body = (
+        f"{START}\n## Radiomics\n\n"
+        f"Measured {meta['date']} on {meta['machine']} with `benchmarks/radiomics_bench.py"
+        f"{meta['args']}` (schema `{SCHEMA.schema_id}`, {SCHEMA.n_features} features, "
+        f"{meta['n_patches']} CoNSeP patches at {SCHEMA.mpp} um/px, {meta['cells']} cells).\n\n"
+        f"{table}\n\nTargets: fast CPU >= 100x pyradiomics best effort on 2 cores (>= 16,000 "
+        "cells/s); CUDA >= 1,000,000 cells/s on an H100 (batched); peak RSS < 2 GB on a "
+        "4096x4096 patch.\n"
+        f"{END}"
+    )
+    if START in text and END in text:
+        text = text[: text.index(START)] + body + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "consep")
+    ap.add_argument("--quick", action="store_true", help="few patches, no pyradiomics naive, no memory run")
+    ap.add_argument("--device", default="cpu", help="'cuda' adds the CUDA rows ('torch-cpu': same rows on torch CPU)")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
+    ap.add_argument("--profile", type=int, default=0, metavar="BATCH",
+                    help="only profile the torch engine (--device) on BATCH patches and print the top ops")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    if args.profile:
+        return profile_torch(load_patches(args.data, 4), args.profile, "cpu" if args.device == "torch-cpu" else args.device)
+
+    patches = load_patches(args.data, 3 if args.quick else 8)
+    cells = sum(n_cells(lb) for _, lb in patches)
+    rows = []
+
+    def add(name, rate, note=""):
+        rows.append({"engine": name, "cells_per_s": rate, "note": note})
+        print(f"{name:<44} {rate:>12,.0f} cells/s  {note}", flush=True)
+
+    img0, lab0 = patches[0]
+    best = None
+    if have_pyradiomics():
+        if not args.quick:
+            add("pyradiomics naive (full image, label=)", bench_naive(img0, lab0, 20), "20 cells, 1 process")
+        # Best effort on a crop of the first patch (a few hundred cells) to keep the run short.
+        crop = (img0[:250, :250].copy(), np.ascontiguousarray(lab0[:250, :250]))
+        best = bench_best(*crop, workers=2)
+        add("pyradiomics best effort (crop, 2 procs)", best, f"{n_cells(crop[1])} cells")
+    else:
+        print("pyradiomics / SimpleITK not installed: skipping the pyradiomics rows", flush=True)
+    add("fast NumPy CPU, 1 process", bench_fast_cpu(patches, 1), f"{len(patches)} patches, one per call")
+    fast2 = bench_fast_cpu(patches, 2)
+    add("fast NumPy CPU, 2 processes", fast2, f"speed-up vs best effort {fast2 / best:.1f}x" if best else "")
+    if args.device.startswith("cuda") or args.device == "torch-cpu":
+        dev = "cpu" if args.device == "torch-cpu" else args.device
+        for batch in (1, 64):
+            rate, c, sec = bench_torch(patches, batch, dev)
+            add(f"fast torch {dev.upper()}, {'1 patch' if batch == 1 else f'batch of {batch} patches'}",
+                rate, f"float64, {c} cells in {sec * 1e3:.0f} ms (median of 5)")
+    mem = None
+    if not args.quick:
+        c, s, rss = bench_memory(args.data)
+        mem = {"cells": c, "seconds": s, "peak_rss_mb": rss}
+        print(f"memory: 4096x4096 patch, {c} cells: {s:.1f} s, peak RSS {rss:,.0f} MB", flush=True)
+
+    table = "| engine | cells/s | note |\n|---|---:|---|\n" + "\n".join(
+        f"| {r['engine']} | {r['cells_per_s']:,.0f} | {r['note']} |" for r in rows
+    )
+    if mem:
+        table += (
+            f"\n\nPeak RSS of the fast NumPy engine on a 4096x4096 patch tiled from CoNSeP "
+            f"({mem['cells']} nuclei): {mem['peak_rss_mb']:,.0f} MB, {mem['seconds']:.1f} s."
+        )
+    meta = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "args": (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "n_patches": len(patches),
+        "cells": cells,
+    }
+    print(table)
+    if not args.no_docs:
+        write_docs(table, meta)
+    if args.json:
+        args.json.write_text(json.dumps({**meta, "schema": SCHEMA.schema_id, "rows": rows, "memory": mem}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

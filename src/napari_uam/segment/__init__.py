@@ -1,0 +1,186 @@
+"""Nuclei instance segmentation of H&E images behind one function, :func:`segment`.
+
+Backends are registered by name. "watershed" (classical, no weights) is always available;
+a learned backend registers itself with :func:`register_backend` together with a check that
+its weights load, and "auto" then picks it. Callers (pipeline, widgets, command line) record
+which backend ran with :func:`resolve_backend`.
+
+Example:
+    >>> labels = segment(image, mpp=0.5)              # (H, W) int32, ids 1..N
+    >>> resolve_backend("auto")                        # e.g. "watershed"
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InvalidImageError, UAMError
+from ..validation import as_rgb_uint8
+from .watershed import WatershedParams, segment_watershed
+
+#: Signature of a backend: ``fn(image (H, W, 3) uint8, mpp, progress, **params) -> (H, W) labels``.
+BackendFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered segmentation backend.
+
+    Attributes:
+        name: registry key, e.g. "watershed".
+        run: the segmentation function (see :data:`BackendFn`).
+        is_available: returns True when the backend can run here (weights found, package
+            installed); checked each time so installing weights needs no restart.
+        priority: "auto" picks the available backend of highest priority.
+    """
+
+    name: str
+    run: BackendFn
+    is_available: Callable[[], bool]
+    priority: int
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(
+    name: str, run: BackendFn, is_available: Callable[[], bool] = lambda: True, priority: int = 0
+) -> None:
+    """Register (or replace) a segmentation backend.
+
+    Args:
+        name: backend name used in ``segment(..., backend=name)``; "auto" is reserved.
+        run: ``run(image, mpp, progress=None, **params) -> (H, W) int labels``; ``image`` is an
+            (H, W, 3) uint8 RGB array already validated.
+        is_available: cheap check that the backend can run (weights present, imports work).
+        priority: higher wins when ``backend="auto"`` (watershed has 0; a learned one > 0).
+    """
+    if name == "auto":
+        raise ValueError('"auto" is reserved for picking the best available backend.')
+    _BACKENDS[name] = Backend(name, run, is_available, priority)
+
+
+def _run_watershed(image, mpp, progress=None, **params) -> np.ndarray:
+    return segment_watershed(image, mpp, WatershedParams.from_kwargs(**params), progress)
+
+
+register_backend("watershed", _run_watershed, priority=0)
+
+# The learned backend imports torch only when it runs or its weights are checked, so the
+# watershed-only paths stay light; without its weights "auto" falls back to the watershed.
+from .learned import is_available as _learned_available  # noqa: E402
+from .learned import segment_learned  # noqa: E402
+
+register_backend("learned", segment_learned, _learned_available, priority=10)
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run here, best first (the first is what "auto" picks)."""
+    ok = [b for b in _BACKENDS.values() if b.is_available()]
+    return [b.name for b in sorted(ok, key=lambda b: -b.priority)]
+
+
+def resolve_backend(name: str = "auto") -> str:
+    """Name of the backend that ``segment(..., backend=name)`` runs.
+
+    Args:
+        name: a registered backend name, or "auto" for the best available one.
+
+    Returns:
+        str: the concrete backend name.
+
+    Raises:
+        UAMError: the name is unknown or that backend cannot run here; the message lists the
+            available backends.
+    """
+    available = available_backends()
+    if name == "auto":
+        return available[0]
+    if name not in _BACKENDS:
+        raise UAMError(
+            f"Unknown segmentation backend {name!r}; available: {', '.join(['auto', *available])}."
+        )
+    if name not in available:
+        raise UAMError(
+            f"Segmentation backend {name!r} is not available here (weights or package missing); "
+            f"available: {', '.join(['auto', *available])}."
+        )
+    return name
+
+
+def _check_mpp(mpp) -> float:
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        raise InvalidImageError(f"Pixel size mpp={mpp!r} is not a number; give microns per pixel.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidImageError(
+            f"Pixel size mpp={mpp!r} must be a positive number of microns per pixel "
+            "(0.25 at 40x, 0.5 at 20x)."
+        )
+    if not 0.01 <= value <= 20:
+        raise InvalidImageError(
+            f"Pixel size mpp={value:g} um/px is outside 0.01-20; H&E patches are about 0.25 (40x) "
+            "to 2 (5x). Check the units (microns per pixel, not pixels per micron)."
+        )
+    return value
+
+
+def segment(
+    image,
+    mpp: float,
+    backend: str = "auto",
+    progress: Callable[[float, str], None] | None = None,
+    **params,
+) -> np.ndarray:
+    """Segment nuclei in an RGB H&E image.
+
+    Args:
+        image: (H, W, 3) RGB array (uint8 preferred; anything
+            :func:`napari_uam.validation.as_rgb_uint8` accepts).
+        mpp: microns per pixel of ``image`` (0.25 at 40x, 0.5 at 20x).
+        backend: "auto" (best available, see :func:`available_backends`) or a backend name.
+        progress: optional callback ``progress(fraction in [0, 1], message)``.
+        **params: backend parameters in physical units, e.g. ``min_area_um2=10`` for
+            "watershed" (see :class:`napari_uam.segment.watershed.WatershedParams`).
+
+    Returns:
+        np.ndarray: (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N.
+        An image without nuclei gives all zeros (the caller decides whether that is an error,
+        e.g. by raising :class:`napari_uam.errors.NoNucleiError`).
+
+    Raises:
+        InvalidImageError: the image is not a usable RGB image or ``mpp`` is not positive.
+        UAMError: unknown or unavailable backend, or unknown parameters.
+    """
+    rgb = as_rgb_uint8(image)
+    mpp = _check_mpp(mpp)
+    name = resolve_backend(backend)
+    labels = np.asarray(_BACKENDS[name].run(rgb, mpp, progress=progress, **params))
+    if labels.shape != rgb.shape[:2]:
+        raise UAMError(
+            f"Backend {name!r} returned labels of shape {labels.shape} for an image of "
+            f"{rgb.shape[:2]}."
+        )
+    # Backends may leave gaps in ids (size filters); the contract is 1..N consecutive.
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size and ids[-1] != ids.size:
+        lut = np.zeros(int(ids[-1]) + 1, np.int32)
+        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        labels = lut[labels]
+    return labels.astype(np.int32, copy=False)
+
+
+__all__ = [
+    "Backend",
+    "WatershedParams",
+    "available_backends",
+    "register_backend",
+    "resolve_backend",
+    "segment",
+]

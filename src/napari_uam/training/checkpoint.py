@@ -1,0 +1,353 @@
+"""The one model-checkpoint format of napari-uam, and the inference wrapper the pipeline uses.
+
+A checkpoint is a ``dict`` saved with ``torch.save`` that holds only plain Python types and
+tensors, so it loads with ``torch.load(weights_only=True)`` (no pickled code runs). It is a
+model card as much as weights:
+
+=================  ==============================================================
+key                content
+=================  ==============================================================
+format             ``"napari-uam/cell-classifier"``
+format_version     :data:`FORMAT_VERSION`
+arch, config       registry name and full config (``build_model(arch, **config)``)
+state_dict         the weights (fp32 tensors)
+schema_id          feature schema the model was trained on
+feature_names      the schema's feature columns, in model input order
+mpp                pixel size (um/px) the features were measured at
+class_names        output classes; ``tumor_class`` is the index of the tumor class
+normalization      per-feature statistics (see :class:`~.normalize.Normalizer`)
+training           data summary: datasets, images, cells per class, epochs, seed, ...
+metrics            validation / test metrics
+model_id           short name of this checkpoint
+created, versions  ISO date; napari-uam / torch / python versions
+n_parameters       trainable weights
+=================  ==============================================================
+
+Usage::
+
+    clf = load_classifier()                      # shipped default weights
+    proba = clf.predict_proba(feature_table)     # (n_cells, n_classes)
+    is_tumor = proba[:, clf.tumor_class] > 0.5
+
+Importing this module does not import ``mamba_ssm`` (nor build any model).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, SchemaMismatchError, WeightsNotFoundError
+from .normalize import Normalizer
+
+FORMAT = "napari-uam/cell-classifier"
+FORMAT_VERSION = 1
+
+#: File name of the shipped default weights in ``napari_uam/weights/``.
+DEFAULT_WEIGHTS = "uam_default.pt"
+
+_REQUIRED = (
+    "format", "format_version", "arch", "config", "state_dict", "schema_id", "feature_names",
+    "class_names", "tumor_class", "normalization",
+)  # fmt: skip
+
+
+def default_weights_path() -> Path:
+    """Path of the shipped default checkpoint (it may be absent in a source checkout)."""
+    return Path(__file__).resolve().parents[1] / "weights" / DEFAULT_WEIGHTS
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import torch
+
+    from .. import __version__
+
+    return {"napari_uam": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def _plain(obj: Any) -> Any:
+    """Recursively convert numpy scalars/arrays and tuples to plain Python types."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model,
+    *,
+    feature_names,
+    schema_id: str,
+    mpp: float,
+    class_names,
+    tumor_class: int,
+    normalizer: Normalizer,
+    training: dict | None = None,
+    metrics: dict | None = None,
+    model_id: str | None = None,
+) -> str:
+    """Write a checkpoint atomically (temp file in the same folder, then ``os.replace``).
+
+    Args:
+        path: destination ``.pt`` file.
+        model: a model of :mod:`napari_uam.models` (has ``name`` and ``config``).
+        feature_names: input columns, in order.
+        schema_id: id of the feature schema.
+        mpp: pixel size of the schema.
+        class_names: output class names.
+        tumor_class: index of the tumor class in ``class_names``.
+        normalizer: the fitted feature normalisation.
+        training: data / run summary for the model card.
+        metrics: evaluation results for the model card.
+        model_id: short name; defaults to the file stem.
+
+    Returns:
+        The SHA-256 of the written file.
+    """
+    import torch
+
+    path = Path(path)
+    feature_names = [str(f) for f in feature_names]
+    if len(feature_names) != model.config["n_features"]:
+        raise ValueError(f"{len(feature_names)} feature names for a model of {model.config['n_features']} inputs")
+    if not 0 <= int(tumor_class) < len(class_names):
+        raise ValueError(f"tumor_class {tumor_class} out of range for classes {list(class_names)}")
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": model.name,
+        "config": _plain(model.config),
+        "state_dict": {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()},
+        "schema_id": str(schema_id),
+        "feature_names": feature_names,
+        "mpp": float(mpp),
+        "class_names": [str(c) for c in class_names],
+        "tumor_class": int(tumor_class),
+        "normalization": normalizer.to_dict(),
+        "training": _plain(training or {}),
+        "metrics": _plain(metrics or {}),
+        "model_id": model_id or path.stem,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are package data others must read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return file_sha256(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint dict (no model is built).
+
+    Raises:
+        CheckpointError: missing, truncated, corrupted or of an unknown format / version.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Model checkpoint {path} does not exist; check the path.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip/pickle/EOF errors of a damaged file, or non-plain content
+        raise CheckpointError(
+            f"Cannot read model checkpoint {path}: the file is truncated, corrupted or not a "
+            f"napari-uam checkpoint ({type(err).__name__}: {str(err)[:200]}). Download or train it "
+            "again (python -m napari_uam.training.train_default)."
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a napari-uam cell-classifier checkpoint (format "
+            f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}); "
+            "use a file written by napari_uam.training."
+        )
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version!r}; this napari-uam reads version "
+            f"{FORMAT_VERSION}. Upgrade napari-uam or retrain the model."
+        )
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks the entries {missing}; the file is incomplete. Retrain it.")
+    return ckpt
+
+
+def build_from_checkpoint(ckpt: dict, backend: str | None = None):
+    """Build the model of a checkpoint dict and load its weights (CPU, eval mode).
+
+    Raises:
+        CheckpointError: unknown architecture or weights that do not fit it.
+    """
+    from ..models import build_model
+
+    cfg = dict(ckpt["config"])
+    n_features, n_classes = cfg.pop("n_features"), cfg.pop("n_classes")
+    if backend is not None:
+        cfg["backend"] = backend
+    try:
+        model = build_model(ckpt["arch"], n_features, n_classes, **cfg)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(
+            f"The checkpoint's weights do not fit architecture {ckpt['arch']!r} ({err}); "
+            "it was written by an incompatible napari-uam. Retrain it."
+        ) from err
+    return model.eval()
+
+
+class CellClassifier:
+    """A trained cell classifier ready for inference on feature tables.
+
+    Attributes:
+        class_names: output classes (list of str).
+        tumor_class: index of the tumor class.
+        schema_id: feature schema id the model expects.
+        feature_names: expected feature columns, in order.
+        arch: architecture name.
+        model_id: checkpoint name.
+        sha256: SHA-256 of the checkpoint file (or None when built in memory).
+        card: the checkpoint without its weights (the model card).
+        device: ``"cpu"`` or ``"cuda[:i]"``.
+        path: checkpoint file (or None).
+    """
+
+    def __init__(self, ckpt: dict, device: str = "auto", path=None, sha256=None, backend=None):
+        from ..device import resolve_device
+
+        self.device = resolve_device(device)
+        self.model = build_from_checkpoint(ckpt, backend=backend).to(self.device)
+        self.normalizer = Normalizer.from_dict(ckpt["normalization"])
+        self.class_names = list(ckpt["class_names"])
+        self.tumor_class = int(ckpt["tumor_class"])
+        self.schema_id = ckpt["schema_id"]
+        self.feature_names = list(ckpt["feature_names"])
+        self.arch = ckpt["arch"]
+        self.model_id = ckpt.get("model_id", self.arch)
+        self.card = {k: v for k, v in ckpt.items() if k != "state_dict"}
+        self.path = None if path is None else str(path)
+        self.sha256 = sha256
+
+    def __repr__(self) -> str:
+        return (
+            f"CellClassifier({self.model_id!r}, arch={self.arch!r}, schema={self.schema_id!r}, "
+            f"classes={self.class_names}, device={self.device!r})"
+        )
+
+    def check_features(self, features) -> np.ndarray:
+        """The (n, F) raw feature matrix of a table, columns in model order.
+
+        Raises:
+            SchemaMismatchError: missing or extra feature columns, or a table tagged with
+                another schema id (``features.attrs["schema_id"]``).
+        """
+        cols = [str(c) for c in features.columns]
+        table_schema = getattr(features, "attrs", {}).get("schema_id")
+        missing = [f for f in self.feature_names if f not in set(cols)]
+        extra = [c for c in cols if c not in set(self.feature_names)]
+        if missing or extra or (table_schema is not None and table_schema != self.schema_id):
+
+            def _list(names):
+                shown = ", ".join(names[:8])
+                return shown + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing: {_list(missing)}")
+            if extra:
+                parts.append(f"{len(extra)} extra: {_list(extra)}")
+            raise SchemaMismatchError(
+                f"The feature table does not match model {self.model_id!r}: it was trained on "
+                f"schema {self.schema_id!r} ({len(self.feature_names)} features) but the table "
+                f"has schema {table_schema or 'unknown'!r}"
+                + (f" ({'; '.join(parts)})" if parts else "")
+                + f". Recompute the features with schema {self.schema_id!r} "
+                "(napari_uam.radiomics.extract with that schema), or load a model trained on "
+                "the table's schema."
+            )
+        return features[self.feature_names].to_numpy(dtype=np.float64, copy=False)
+
+    def predict_proba(self, features, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities of every cell (row) of a feature table.
+
+        Args:
+            features: pandas DataFrame with exactly the checkpoint's feature columns
+                (any order; NaN allowed, imputed with the training median).
+            batch_size: cells per forward pass (default 65536 on CUDA, 4096 on CPU).
+
+        Returns:
+            (n_cells, n_classes) float32 probabilities, rows in table order.
+        """
+        import torch
+
+        x = self.normalizer.transform(self.check_features(features))
+        if batch_size is None:
+            batch_size = 65536 if self.device.startswith("cuda") else 4096
+        out = np.empty((len(x), len(self.class_names)), dtype=np.float32)
+        with torch.no_grad():
+            for lo in range(0, len(x), batch_size):
+                xb = torch.from_numpy(x[lo : lo + batch_size]).to(self.device)
+                out[lo : lo + batch_size] = torch.softmax(self.model(xb).float(), -1).cpu().numpy()
+        return out
+
+    def predict(self, features, batch_size: int | None = None) -> np.ndarray:
+        """(n_cells,) int index of the most probable class."""
+        return self.predict_proba(features, batch_size).argmax(axis=1)
+
+
+def load_classifier(path: str | os.PathLike | None = None, device: str = "auto", backend: str | None = None) -> CellClassifier:
+    """Load a checkpoint for inference.
+
+    Args:
+        path: checkpoint file; None -> the shipped default (:func:`default_weights_path`).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        backend: SSM backend override (``"torch"`` / ``"mamba_ssm"``); None keeps ``"auto"``.
+
+    Raises:
+        WeightsNotFoundError: ``path`` is None and no default weights are installed.
+        CheckpointError: the file is missing, damaged or of an unknown format.
+    """
+    if path is None:
+        path = default_weights_path()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"The default UAM weights are not installed ({path} is missing). Reinstall "
+                "napari-uam, or train them with `python -m napari_uam.training.train_default`, "
+                "or choose a checkpoint file."
+            )
+    ckpt = read_checkpoint(path)
+    return CellClassifier(ckpt, device=device, path=path, sha256=file_sha256(path), backend=backend)

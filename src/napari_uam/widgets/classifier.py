@@ -1,0 +1,717 @@
+"""The "UAM cell classifier" dock: segment, measure and classify the nuclei of an H&E image.
+
+The widget only collects inputs, runs :mod:`napari_uam.pipeline` in a napari worker thread
+and shows the results; every decision about which layer a result may replace lives in
+:mod:`._layers` (no Qt, tested headless). Nothing here blocks the event loop: the pipeline
+runs in a :class:`~napari.qt.threading.GeneratorWorker`, progress comes back through a Qt
+signal, and Cancel sets a flag the pipeline checks between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import pipeline
+from ..errors import CancelledError, NoNucleiError, UAMError
+from ..validation import as_rgb_uint8
+from . import _layers as L
+
+logger = logging.getLogger(__name__)
+
+#: Relative cost of each stage, to turn per-stage fractions into one progress bar.
+_STAGE_WEIGHT = {"load": 0.05, "segment": 0.45, "measure": 0.45, "classify": 0.05}
+#: Export formats: check-box label -> :func:`napari_uam.io.export.export_cells` format.
+_EXPORT_FORMATS = (("CSV", "csv"), ("Parquet", "parquet"), ("GeoJSON (QuPath)", "geojson"), ("TIFF labels", "tif"))
+_DEFAULT_MODEL = "Default UAM model"
+_CHECKPOINT_MODEL = "Checkpoint file..."
+
+
+@dataclass
+class _Job:
+    """Inputs of one run, captured in the GUI thread so the worker never touches layers."""
+
+    action: str  # "segment", "measure" or "classify"
+    source: str
+    image: np.ndarray
+    mpp: float
+    device: str
+    backend: str
+    model: Optional[str]
+    labels: Optional[np.ndarray] = None
+    table: Optional[pd.DataFrame] = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages this run will go through, in order."""
+        out = ["load"] if self.action == "classify" else []
+        if self.labels is None:
+            out.append("segment")
+        if self.action in ("measure", "classify") and self.table is None:
+            out.append("measure")
+        if self.action == "classify":
+            out.append("classify")
+        return out
+
+
+@dataclass
+class _Outcome:
+    """What a run gives back to the GUI thread: results, or why there are none."""
+
+    job: _Job
+    labels: Optional[np.ndarray] = None
+    table: Optional[pd.DataFrame] = None
+    tumor: Optional[np.ndarray] = None
+    ran: list = field(default_factory=list)
+    backend: Optional[str] = None
+    model_id: Optional[str] = None
+    seconds: float = 0.0
+    cancelled: bool = False
+    error: Optional[BaseException] = None
+
+
+def _compute(job: _Job, cancelled, report):
+    """Worker body: run the missing stages of ``job``; yields (stage, fraction) between them.
+
+    Every exception is turned into an :class:`_Outcome` so that napari never shows a
+    traceback dialog for a bad image or a missing model.
+    """
+    t0 = time.perf_counter()
+    out = _Outcome(job=job)
+
+    def checkpoint():
+        if cancelled():
+            raise CancelledError("Run cancelled.")
+
+    try:
+        rgb = as_rgb_uint8(job.image)
+        clf = None
+        if job.action == "classify":
+            # Load the model first: a missing or broken checkpoint is reported before
+            # minutes are spent segmenting and measuring.
+            report("load", 0.0)
+            clf = pipeline.get_classifier(job.model, job.device)
+            yield ("load", 1.0)
+            checkpoint()
+        labels, table = job.labels, job.table
+        if labels is None:
+            from ..segment import resolve_backend
+
+            out.backend = resolve_backend(job.backend)
+            labels = pipeline.segment_nuclei(rgb, job.mpp, backend=out.backend, progress=report, cancel=cancelled)
+            out.ran.append("segment")
+            yield ("segment", 1.0)
+            checkpoint()
+        if labels.size == 0 or int(labels.max()) == 0:
+            if "segment" in out.ran:
+                raise NoNucleiError(
+                    f"No nuclei found in '{job.source}'. Check that it shows H&E-stained tissue and "
+                    f"that the pixel size ({job.mpp:g} um/px) is right (0.25 at 40x, 0.5 at 20x)."
+                )
+            raise NoNucleiError(f"The nuclei layer of '{job.source}' has no nuclei left; click Segment nuclei.")
+        if table is None:
+            if job.action == "segment":
+                table = pipeline.cell_geometry(labels, job.mpp)
+            else:
+                table = pipeline.measure_cells(
+                    rgb, labels, job.mpp, device=job.device, progress=report, cancel=cancelled
+                )
+                out.ran.append("measure")
+                yield ("measure", 1.0)
+                checkpoint()
+        if clf is not None:
+            table = pipeline.classify_cells(table, model=clf, device=job.device, progress=report, cancel=cancelled)
+            out.tumor = pipeline.tumor_cell_labels(labels, table)
+            out.model_id = clf.model_id
+            out.ran.append("classify")
+            yield ("classify", 1.0)
+            checkpoint()
+        out.labels, out.table = labels, table
+    except CancelledError:
+        out = _Outcome(job=job, cancelled=True)
+    except UAMError as err:
+        out = _Outcome(job=job, error=err)
+    except Exception as err:  # noqa: BLE001 - a bug must not take napari down; log it, say it
+        logger.exception("napari-uam run failed")
+        out = _Outcome(job=job, error=err)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _export(labels, table, out_dir, stem, formats, overwrite, provenance, mpp):
+    """Worker body of Export: ``(written paths, None)`` or ``(None, exception)``.
+
+    The exception is returned inside a tuple, not raised nor returned bare (a worker treats a
+    returned exception as a crash), so the GUI thread can ask before overwriting.
+    """
+    from ..io.export import export_cells
+
+    try:
+        written = export_cells(
+            labels, table, out_dir, stem, formats=formats, overwrite=overwrite, provenance=provenance, mpp=mpp
+        )
+    except Exception as err:  # noqa: BLE001 - shown to the user by the GUI thread
+        if not isinstance(err, (FileExistsError, OSError, UAMError)):
+            logger.exception("napari-uam export failed")
+        return None, err
+    return written, None
+
+
+class _ProgressRelay(QObject):
+    """Carries ``progress(stage, fraction)`` calls from the worker thread to the GUI thread."""
+
+    progressed = Signal(str, float)
+
+
+class ClassifierWidget(QWidget):
+    """Dock widget: pick an RGB H&E layer, segment / measure / classify its nuclei, export.
+
+    Results go to two Labels layers named after the image, ``"<image> nuclei"`` (every
+    nucleus, ``features`` = the cell table) and ``"<image> tumor cells"`` (tumor nuclei in
+    green). Re-running replaces only those layers, and only while the user has not edited them.
+
+    Args:
+        napari_viewer: the viewer the dock belongs to (napari passes it).
+    """
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker = None
+        self._job: Optional[_Job] = None
+        self._cancel = threading.Event()
+        self._export_target = ""
+        self._mpp_edits: dict[str, float] = {}
+        self._relay = _ProgressRelay(self)
+        self._relay.progressed.connect(self._on_stage_progress)
+        self._build()
+        self._connect_viewer()
+        self._refresh_images()
+
+    # ------------------------------------------------------------------ UI construction
+    def _build(self) -> None:
+        form = QFormLayout()
+
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The RGB H&E image layer to analyse.")
+        self.image_combo.currentTextChanged.connect(self._on_image_changed)
+        form.addRow("Image", self.image_combo)
+
+        self.mpp_spin = QDoubleSpinBox()
+        self.mpp_spin.setRange(0.05, 20.0)
+        self.mpp_spin.setDecimals(4)
+        self.mpp_spin.setSingleStep(0.05)
+        self.mpp_spin.setSuffix(" um/px")
+        self.mpp_spin.setValue(L.DEFAULT_MPP)
+        self.mpp_spin.valueChanged.connect(self._on_mpp_edited)
+        self.mpp_hint = QLabel()
+        self.mpp_hint.setStyleSheet("color: gray;")
+        mpp_row = QHBoxLayout()
+        mpp_row.addWidget(self.mpp_spin)
+        mpp_row.addWidget(self.mpp_hint)
+        form.addRow("Pixel size", mpp_row)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cuda", "cpu"])
+        self._setup_devices()
+        form.addRow("Device", self.device_combo)
+
+        self.backend_combo = QComboBox()
+        self._setup_backends()
+        form.addRow("Segmentation", self.backend_combo)
+
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([_DEFAULT_MODEL, _CHECKPOINT_MODEL])
+        self.model_combo.currentTextChanged.connect(self._on_model_changed)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("path/to/checkpoint.pt")
+        self.checkpoint_browse = QPushButton("Browse...")
+        self.checkpoint_browse.clicked.connect(self._browse_checkpoint)
+        ckpt_row = QHBoxLayout()
+        ckpt_row.addWidget(self.checkpoint_edit)
+        ckpt_row.addWidget(self.checkpoint_browse)
+        form.addRow("Model", self.model_combo)
+        form.addRow("", ckpt_row)
+        self._on_model_changed(self.model_combo.currentText())
+
+        self.segment_btn = QPushButton("Segment nuclei")
+        self.segment_btn.setToolTip("Find every nucleus (no model needed).")
+        self.measure_btn = QPushButton("Measure cells")
+        self.measure_btn.setToolTip("Per-cell radiomics features (segments first if needed).")
+        self.classify_btn = QPushButton("Classify cells")
+        self.classify_btn.setToolTip("Tumor / non-tumor per cell; runs whatever stage is missing.")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.segment_btn.clicked.connect(lambda: self.start("segment"))
+        self.measure_btn.clicked.connect(lambda: self.start("measure"))
+        self.classify_btn.clicked.connect(lambda: self.start("classify"))
+        self.cancel_btn.clicked.connect(self.cancel)
+        run_row = QHBoxLayout()
+        for b in (self.segment_btn, self.measure_btn, self.classify_btn):
+            run_row.addWidget(b)
+        cancel_row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        cancel_row.addWidget(self.progress)
+        cancel_row.addWidget(self.cancel_btn)
+
+        self.status = QLabel("Open an H&E image, then click Classify cells.")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        export_box = QGroupBox("Export")
+        ex = QVBoxLayout(export_box)
+        fmt_row = QHBoxLayout()
+        self.export_checks: dict[str, QCheckBox] = {}
+        for label, fmt in _EXPORT_FORMATS:
+            cb = QCheckBox(label)
+            cb.setChecked(True)
+            self.export_checks[fmt] = cb
+            fmt_row.addWidget(cb)
+        dir_row = QHBoxLayout()
+        self.export_dir_edit = QLineEdit()
+        self.export_dir_edit.setPlaceholderText("output folder")
+        self.export_browse = QPushButton("Browse...")
+        self.export_browse.clicked.connect(self._browse_export_dir)
+        dir_row.addWidget(self.export_dir_edit)
+        dir_row.addWidget(self.export_browse)
+        self.export_btn = QPushButton("Export")
+        self.export_btn.setToolTip("Write the cell table, nuclei polygons and labels of the image; never overwrites without asking.")
+        self.export_btn.clicked.connect(self.export)
+        ex.addLayout(fmt_row)
+        ex.addLayout(dir_row)
+        ex.addWidget(self.export_btn)
+
+        root = QVBoxLayout(self)
+        root.addLayout(form)
+        root.addLayout(run_row)
+        root.addLayout(cancel_row)
+        root.addWidget(self.status)
+        root.addWidget(export_box)
+        root.addStretch(1)
+
+    def _setup_devices(self) -> None:
+        try:
+            import torch
+
+            has_cuda = bool(torch.cuda.is_available())
+        except ImportError:
+            has_cuda = False
+        if not has_cuda:
+            idx = self.device_combo.findText("cuda")
+            item = self.device_combo.model().item(idx)
+            item.setEnabled(False)
+            self.device_combo.setItemData(
+                idx, "No CUDA GPU is visible to PyTorch on this machine.", Qt.ItemDataRole.ToolTipRole
+            )
+        self.device_combo.setToolTip("auto: the GPU when PyTorch sees one, else the CPU.")
+
+    def _setup_backends(self) -> None:
+        from ..segment import available_backends
+
+        names = ["auto"] + [n for n in available_backends() if n != "auto"]
+        self.backend_combo.addItems(names)
+        self.backend_combo.setToolTip("Nuclei segmentation method; auto picks the best installed.")
+
+    # ---------------------------------------------------------------- viewer and layers
+    def _connect_viewer(self) -> None:
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._on_layer_inserted)
+        layers.events.removed.connect(self._refresh_images)
+        layers.events.reordered.connect(self._refresh_images)
+        layers.selection.events.active.connect(self._on_active_layer)
+        for layer in layers:
+            layer.events.name.connect(self._refresh_images)
+
+    def _on_layer_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_images)
+        self._refresh_images()
+
+    def _image_layers(self) -> list:
+        return [layer for layer in self.viewer.layers if type(layer).__name__ == "Image" and layer.rgb]
+
+    def _refresh_images(self, *_) -> None:
+        """Refill the image list (RGB image layers only), keeping the current choice if it exists."""
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self._image_layers()]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        self.image_combo.blockSignals(False)
+        if self.image_combo.currentText() != current:
+            self._on_image_changed(self.image_combo.currentText())
+
+    def _on_active_layer(self, event) -> None:
+        """Follow the layer list: an RGB image becomes the target; anything else is explained."""
+        layer = event.value
+        if layer is None or L.owner_record(layer) is not None:
+            return
+        problem = L.describe_layer(layer)
+        if problem:
+            self._say(problem)
+        elif self.image_combo.findText(layer.name) >= 0:
+            self.image_combo.setCurrentText(layer.name)
+
+    def _on_image_changed(self, name: str) -> None:
+        if not name or name not in self.viewer.layers:
+            self.mpp_hint.setText("")
+            return
+        layer = self.viewer.layers[name]
+        mpp, known = L.mpp_from_metadata(layer.metadata)
+        if name in self._mpp_edits:
+            mpp, hint = self._mpp_edits[name], "(set here)"
+        else:
+            hint = "(from the image)" if known else "(not in the file: check it)"
+        self.mpp_spin.blockSignals(True)
+        self.mpp_spin.setValue(mpp)
+        self.mpp_spin.blockSignals(False)
+        self.mpp_hint.setText(hint)
+
+    def _on_mpp_edited(self, value: float) -> None:
+        name = self.image_combo.currentText()
+        if name:
+            self._mpp_edits[name] = float(value)
+            self.mpp_hint.setText("(set here)")
+
+    def _on_model_changed(self, text: str) -> None:
+        use_file = text == _CHECKPOINT_MODEL
+        self.checkpoint_edit.setEnabled(use_file)
+        self.checkpoint_browse.setEnabled(use_file)
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a UAM checkpoint", "", "Checkpoints (*.pt *.pth);;All files (*)")
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def _browse_export_dir(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Export folder", self.export_dir_edit.text())
+        if path:
+            self.export_dir_edit.setText(path)
+
+    # ---------------------------------------------------------------------- messages
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _fail(self, text: str, *, error: bool = False) -> None:
+        """Show a problem in the status line and as a napari notification (never a traceback)."""
+        self._say(text)
+        (show_error if error else show_warning)(text)
+
+    # ------------------------------------------------------------------------ running
+    @property
+    def busy(self) -> bool:
+        """True while a computation or an export runs."""
+        return self._worker is not None
+
+    def _selected_image(self):
+        """The chosen RGB image layer, or None after telling the user what is wrong."""
+        name = self.image_combo.currentText()
+        if name and name in self.viewer.layers:
+            return self.viewer.layers[name]
+        others = [layer for layer in self.viewer.layers if L.describe_layer(layer)]
+        if others:
+            self._fail(f"No RGB image layer to work on. {L.describe_layer(others[-1])}")
+        else:
+            self._fail("No image open: open an H&E image (File > Open, or File > Open Sample > UAM).")
+        return None
+
+    def _model_choice(self) -> tuple[bool, Optional[str]]:
+        if self.model_combo.currentText() != _CHECKPOINT_MODEL:
+            return True, None
+        path = self.checkpoint_edit.text().strip()
+        if not path:
+            self._fail("Choose a checkpoint file for the model, or pick the default UAM model.")
+            return False, None
+        return True, path
+
+    def _make_job(self, action: str) -> Optional[_Job]:
+        layer = self._selected_image()
+        if layer is None:
+            return None
+        ok, model = self._model_choice()
+        if not ok:
+            return None
+        mpp = float(self.mpp_spin.value())
+        backend = self.backend_combo.currentText()
+        # A pyramid's level 0 is the full-resolution image the pixel size refers to.
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        job = _Job(
+            action=action,
+            source=layer.name,
+            image=np.asarray(data),
+            mpp=mpp,
+            device=self.device_combo.currentText(),
+            backend=backend,
+            model=model,
+        )
+        nuclei = L.current_layer(self.viewer.layers, layer.name, L.KIND_NUCLEI)
+        if action == "segment" or nuclei is None:
+            return job
+        rec = L.owner_record(nuclei)
+        if tuple(np.shape(nuclei.data)) != tuple(job.image.shape[:2]):
+            return job
+        edited = L.is_edited(nuclei)
+        if edited:
+            # The user's corrections are the truth: measure and classify their nuclei.
+            job.labels = np.array(nuclei.data, dtype=np.int32, copy=True)
+            job.notes.append(f"Used your edited nuclei from '{nuclei.name}'.")
+            return job
+        if rec.get("mpp") != mpp or rec.get("backend_choice") != backend:
+            return job  # made with other settings: segment again
+        job.labels = np.array(nuclei.data, dtype=np.int32, copy=True)
+        if action == "classify" and rec.get("measured"):
+            job.table = L.from_features(nuclei.features, {"schema_id": rec.get("schema_id")})
+        return job
+
+    def start(self, action: str) -> None:
+        """Run ``action`` ("segment", "measure" or "classify") on the chosen image in a worker."""
+        if self.busy:
+            self._say("A run is in progress; wait for it or click Cancel.")
+            return
+        job = self._make_job(action)
+        if job is None:
+            return
+        self._job = job
+        # A fresh flag per run: a run still winding down never sees the next run's state.
+        self._cancel = threading.Event()
+        self._set_busy(True, cancellable=True)
+        self._say(f"{action.capitalize()}: working on '{job.source}'...")
+        worker = create_worker(
+            _compute, job, self._cancel.is_set, self._relay.progressed.emit, _ignore_errors=True
+        )
+        # Bound methods only: Qt drops them if the dock is closed while the worker runs.
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running computation to stop at its next step; nothing of it will be added."""
+        if self._worker is not None and self._job is not None:
+            self._cancel.set()
+            self.cancel_btn.setEnabled(False)
+            self._say("Cancelling...")
+
+    def _set_busy(self, busy: bool, cancellable: bool = False) -> None:
+        for w in (self.segment_btn, self.measure_btn, self.classify_btn, self.export_btn):
+            w.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy and cancellable)
+        if busy:
+            self.progress.setValue(0)
+
+    def _on_stage_progress(self, stage: str, fraction: float) -> None:
+        job = self._job
+        if job is None or stage not in job.stages:
+            return
+        stages = job.stages
+        total = sum(_STAGE_WEIGHT[s] for s in stages)
+        done = sum(_STAGE_WEIGHT[s] for s in stages[: stages.index(stage)])
+        value = int(round(100 * (done + _STAGE_WEIGHT[stage] * min(max(fraction, 0.0), 1.0)) / total))
+        self.progress.setValue(max(self.progress.value(), value))
+
+    def _on_yielded(self, step) -> None:
+        self._on_stage_progress(*step)
+
+    def _on_finished(self) -> None:
+        if self._worker is None or self.sender() is not self._worker.signals:
+            return  # an export that was already handed over to its overwrite re-run
+        self._worker = None
+        self._job = None
+        self._set_busy(False)
+
+    def _on_returned(self, out: _Outcome) -> None:
+        if out.cancelled:
+            self.progress.setValue(0)
+            self._say("Cancelled: no layer was added or changed.")
+            show_info("UAM run cancelled; nothing was changed.")
+            return
+        if out.error is not None:
+            self.progress.setValue(0)
+            if isinstance(out.error, UAMError):
+                self._fail(str(out.error))
+            else:
+                self._fail(f"Unexpected error ({type(out.error).__name__}: {out.error}); details are in the log.", error=True)
+            return
+        source = out.job.source
+        if source not in self.viewer.layers:
+            self._say(f"'{source}' was closed during the run; its results were discarded.")
+            return
+        try:
+            self._show_results(self.viewer.layers[source], out)
+        except Exception as err:  # noqa: BLE001 - never a traceback dialog; the log has details
+            logger.exception("napari-uam could not show results")
+            self._fail(f"Could not show the results ({type(err).__name__}: {err}); details are in the log.", error=True)
+            return
+        self.progress.setValue(100)
+
+    # ------------------------------------------------------------------------ results
+    def _write_layer(self, image_layer, kind: str, data: np.ndarray, features: pd.DataFrame, params: dict, **style):
+        """Write one result layer, replacing only the plugin's own unedited layer; returns a note."""
+        plan = L.plan_output(self.viewer.layers, image_layer.name, kind)
+        if plan.layer is not None:
+            layer = plan.layer
+            layer.data = data
+            layer.features = features
+        else:
+            layer = self.viewer.add_labels(
+                data,
+                name=plan.name,
+                features=features,
+                scale=image_layer.scale,
+                translate=image_layer.translate,
+                rotate=image_layer.rotate,
+                shear=image_layer.shear,
+                affine=image_layer.affine,
+            )
+        for attr, value in style.items():
+            setattr(layer, attr, value)
+        L.stamp(layer, image_layer.name, kind, **params)
+        return plan.note
+
+    def _show_results(self, image_layer, out: _Outcome) -> None:
+        job = out.job
+        features = L.to_features(out.table)
+        prev = L.current_layer(self.viewer.layers, image_layer.name, L.KIND_NUCLEI)
+        prev_rec = L.owner_record(prev) if prev is not None else None
+        params = {
+            "mpp": job.mpp,
+            "backend_choice": job.backend,
+            "segment_backend": out.backend or (prev_rec or {}).get("segment_backend"),
+            "measured": "measure" in out.ran or job.table is not None,
+            "schema_id": out.table.attrs.get("schema_id"),
+        }
+        if out.model_id:
+            params.update(model_id=out.model_id, tumor_class=out.table.attrs.get("tumor_class"))
+        notes = list(job.notes)
+        notes.append(self._write_layer(image_layer, L.KIND_NUCLEI, out.labels, features, params, contour=1, opacity=0.9))
+        n_tumor = None
+        if out.tumor is not None:
+            n_tumor = int((out.table["class"] == out.table.attrs.get("tumor_class", "tumor")).sum())
+            notes.append(
+                self._write_layer(
+                    image_layer, L.KIND_TUMOR, out.tumor, features, params, colormap=L.tumor_colormap(), opacity=0.6
+                )
+            )
+        else:
+            # The old tumor layer belongs to the previous nuclei: drop it if it is ours and untouched.
+            for layer in L.owned_layers(self.viewer.layers, image_layer.name, L.KIND_TUMOR):
+                if not L.is_edited(layer):
+                    self.viewer.layers.remove(layer)
+        # Keep the image as the active target so the next click works on it again.
+        self.viewer.layers.selection.active = image_layer
+        self._say(
+            L.status_text(
+                ran=out.ran,
+                n_cells=len(out.table),
+                seconds=out.seconds,
+                backend=out.backend,
+                model_id=out.model_id,
+                n_tumor=n_tumor,
+                notes=notes,
+            )
+        )
+
+    # ------------------------------------------------------------------------- export
+    def export(self, overwrite: bool = False) -> None:
+        """Write the chosen image's cell table, polygons and labels to the export folder."""
+        if self.busy:
+            self._say("A run is in progress; export when it has finished.")
+            return
+        layer = self._selected_image()
+        if layer is None:
+            return
+        nuclei = L.current_layer(self.viewer.layers, layer.name, L.KIND_NUCLEI)
+        if nuclei is None:
+            self._fail(f"Nothing to export for '{layer.name}' yet: click Classify cells (or Segment nuclei) first.")
+            return
+        labels = np.asarray(nuclei.data)
+        rec = L.owner_record(nuclei)
+        table = L.from_features(nuclei.features, {k: rec.get(k) for k in ("schema_id", "model_id", "tumor_class") if rec.get(k)})
+        ids = np.unique(labels)
+        if set(ids[ids > 0].tolist()) != set(table["label"].astype(int).tolist()):
+            self._fail(
+                f"'{nuclei.name}' was edited after it was measured, so its table no longer matches: "
+                "click Measure cells or Classify cells, then export."
+            )
+            return
+        formats = tuple(fmt for fmt, cb in self.export_checks.items() if cb.isChecked())
+        if not formats:
+            self._fail("Tick at least one export format.")
+            return
+        out_dir = self.export_dir_edit.text().strip()
+        if not out_dir:
+            self._browse_export_dir()
+            out_dir = self.export_dir_edit.text().strip()
+            if not out_dir:
+                self._say("Export: no folder chosen.")
+                return
+        stem = L.export_stem(layer.name, layer.metadata)
+        provenance = {"image_layer": layer.name, **{k: v for k, v in rec.items() if "checksum" not in k}}
+        args = (labels.copy(), table, out_dir, stem, formats, overwrite, provenance, rec.get("mpp"))
+        self._set_busy(True)
+        self._say(f"Exporting '{stem}' to {out_dir}...")
+        worker = create_worker(_export, *args, _ignore_errors=True)
+        self._export_target = out_dir
+        worker.returned.connect(self._on_exported)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def _confirm_overwrite(self, message: str) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "Overwrite files?",
+            f"{message}\n\nOverwrite them?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _on_exported(self, result) -> None:
+        out_dir = self._export_target
+        written, err = result
+        if isinstance(err, FileExistsError):
+            # Ask after the worker has finished so the overwrite run can start right away.
+            self._worker = None
+            self._set_busy(False)
+            if self._confirm_overwrite(str(err)):
+                self.export(overwrite=True)
+            else:
+                self._say("Export cancelled: existing files were kept.")
+            return
+        if err is not None:
+            self._fail(f"Export failed: {err}", error=not isinstance(err, (OSError, UAMError)))
+            return
+        names = ", ".join(Path(p).name for p in written.values())
+        self._say(f"Exported to {out_dir}: {names}.")
