@@ -28,7 +28,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--import-md", default=None,
+                    help="put the table printed by a run on another machine (e.g. the GPU one) into "
+                         "the 'pipeline-gpu' section of docs/performance.md, without measuring here")
     args = ap.parse_args(argv)
+    if args.import_md:
+        write_section("pipeline-gpu", Path(args.import_md).read_text().replace(
+            f"## End-to-end pipeline, per stage ({'GPU' if args.device.startswith('cuda') else 'CPU'})", "## End-to-end pipeline, per stage (GPU)"))
+        return 0
 
     import torch
 
@@ -64,9 +71,9 @@ def main(argv=None) -> int:
     rows = [f"| {k} | {statistics.median(v):.3f} |" for k, v in stages.items()]
     md = "\n".join(
         [
-            "## End-to-end pipeline, per stage (CPU)",
+            f"## End-to-end pipeline, per stage ({'GPU' if args.device.startswith('cuda') else 'CPU'})",
             "",
-            f"Command: `python benchmarks/pipeline_bench.py --threads {args.threads}`; image "
+            f"Command: `python benchmarks/pipeline_bench.py --threads {args.threads} --device {args.device}`; image "
             f"`{args.image}` ({image.shape[1]}x{image.shape[0]}, {args.mpp} um/px), {n_cells} nuclei; "
             f"median of {args.repeats} runs after a warm-up; torch threads {args.threads}; device {args.device}.",
             f"Machine: {machine()}; date {today()}.",

@@ -2,6 +2,12 @@
 
 Usage:
     python benchmarks/radiomics_bench.py [--data DIR] [--quick] [--device cuda] [--json OUT]
+    python benchmarks/radiomics_bench.py --device cuda --profile 64   # torch profiler table
+
+Rows whose tool is missing are skipped with a note (pyradiomics / SimpleITK on the GPU
+machine). CPU rows are medians of 5 repeats (1 thread, 2 threads, 2 processes); the CUDA rows
+time one call on 1 patch and on a batch of 64 patches after 2 warm-up calls, synchronising
+the GPU around each timed call.
 
 ``--data`` is a folder with CoNSeP's layout (``train_N.jpg`` + ``train_N_inst.png`` at
 0.25 um/px); by default ``../shared/data/consep``. Patches are resampled to the schema's
@@ -96,26 +102,33 @@ def _fast_worker(args):
     return sum(n_cells(lb) for lb in labs)
 
 
-def bench_fast_cpu(patches, workers: int, repeat: int = 2) -> float:
-    """Cells/s of the NumPy engine, one patch per call, over ``workers`` processes."""
+def bench_fast_cpu(patches, workers: int, repeat: int = 5, threads: bool = False):
+    """(median cells/s, list of rates) of the NumPy engine, one patch per call, over
+    ``workers`` processes (or threads of this process when ``threads``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     cells = sum(n_cells(lb) for _, lb in patches)
     jobs = [([im], [lb]) for im, lb in patches]
-    best = 0.0
+    rates = []
     if workers == 1:
-        _fast_worker(jobs[0])  # warm-up (lookup table, imports)
+        _fast_worker(jobs[0])  # warm-up (lookup table, imports, line orders)
         for _ in range(repeat):
             t = time.perf_counter()
             for job in jobs:
                 _fast_worker(job)
-            best = max(best, cells / (time.perf_counter() - t))
-        return best
-    with ProcessPoolExecutor(max_workers=workers, initializer=channel_lut, initargs=("hematoxylin",)) as pool:
-        list(pool.map(_fast_worker, jobs[:workers]))  # warm-up
+            rates.append(cells / (time.perf_counter() - t))
+        return float(np.median(rates)), rates
+    if threads:
+        pool = ThreadPoolExecutor(max_workers=workers)
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=channel_lut, initargs=("hematoxylin",))
+    with pool:
+        list(pool.map(_fast_worker, jobs))  # warm-up
         for _ in range(repeat):
             t = time.perf_counter()
             list(pool.map(_fast_worker, jobs))
-            best = max(best, cells / (time.perf_counter() - t))
-    return best
+            rates.append(cells / (time.perf_counter() - t))
+    return float(np.median(rates)), rates
 
 
 def have_pyradiomics() -> bool:
@@ -236,7 +249,9 @@ def write_docs(table: str, meta: dict) -> None:
         f"{START}\n## Radiomics\n\n"
         f"Measured {meta['date']} on {meta['machine']} with `benchmarks/radiomics_bench.py"
         f"{meta['args']}` (schema `{SCHEMA.schema_id}`, {SCHEMA.n_features} features, "
-        f"{meta['n_patches']} CoNSeP patches at {SCHEMA.mpp} um/px, {meta['cells']} cells).\n\n"
+        f"{meta['n_patches']} CoNSeP patches at {SCHEMA.mpp} um/px, {meta['cells']} cells; "
+        f"1-min load average {meta['load'][0]:.1f} before / {meta['load'][1]:.1f} after on this shared "
+        "machine, so CPU rows are medians of repeats and still noisy).\n\n"
         f"{table}\n\nTargets: fast CPU >= 100x pyradiomics best effort on 2 cores (>= 16,000 "
         "cells/s); CUDA >= 1,000,000 cells/s on an H100 (batched); peak RSS < 2 GB on a "
         "4096x4096 patch.\n"
@@ -253,7 +268,7 @@ def write_docs(table: str, meta: dict) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "consep")
-    ap.add_argument("--quick", action="store_true", help="few patches, no pyradiomics naive, no memory run")
+    ap.add_argument("--quick", action="store_true", help="4 patches, no pyradiomics naive, no memory run")
     ap.add_argument("--device", default="cpu", help="'cuda' adds the CUDA rows ('torch-cpu': same rows on torch CPU)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
@@ -264,7 +279,8 @@ def main(argv=None):
     if args.profile:
         return profile_torch(load_patches(args.data, 4), args.profile, "cpu" if args.device == "torch-cpu" else args.device)
 
-    patches = load_patches(args.data, 3 if args.quick else 8)
+    load_before = os.getloadavg()[0]
+    patches = load_patches(args.data, 4 if args.quick else 8)
     cells = sum(n_cells(lb) for _, lb in patches)
     rows = []
 
@@ -283,9 +299,16 @@ def main(argv=None):
         add("pyradiomics best effort (crop, 2 procs)", best, f"{n_cells(crop[1])} cells")
     else:
         print("pyradiomics / SimpleITK not installed: skipping the pyradiomics rows", flush=True)
-    add("fast NumPy CPU, 1 process", bench_fast_cpu(patches, 1), f"{len(patches)} patches, one per call")
-    fast2 = bench_fast_cpu(patches, 2)
-    add("fast NumPy CPU, 2 processes", fast2, f"speed-up vs best effort {fast2 / best:.1f}x" if best else "")
+    def spread(rates):
+        return f"median of {len(rates)}, range {min(rates):,.0f}-{max(rates):,.0f}"
+
+    fast1, r1 = bench_fast_cpu(patches, 1)
+    add("fast NumPy CPU, 1 thread", fast1, f"{len(patches)} patches, one per call; {spread(r1)}")
+    fast2t, r2t = bench_fast_cpu(patches, 2, threads=True)
+    add("fast NumPy CPU, 2 threads", fast2t, f"one patch per thread call; {spread(r2t)}")
+    fast2, r2 = bench_fast_cpu(patches, 2)
+    vs = f"; {fast2 / best:.0f}x pyradiomics best effort" if best else ""
+    add("fast NumPy CPU, 2 processes", fast2, f"one patch per call; {spread(r2)}{vs}")
     if args.device.startswith("cuda") or args.device == "torch-cpu":
         dev = "cpu" if args.device == "torch-cpu" else args.device
         for batch in (1, 64):
@@ -312,6 +335,7 @@ def main(argv=None):
         "args": (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "n_patches": len(patches),
         "cells": cells,
+        "load": (load_before, os.getloadavg()[0]),
     }
     print(table)
     if not args.no_docs:

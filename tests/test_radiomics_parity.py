@@ -213,3 +213,21 @@ def test_schema_registry():
     assert DEFAULT_SCHEMA.mpp == 0.5 and DEFAULT_SCHEMA.feature_names[0] == "shape2D_MeshSurface"
     with pytest.raises(SchemaMismatchError, match="Unknown feature schema"):
         get_schema("uam-radiomics-v0")
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_batch_matches_single_patches(device):
+    """Many patches of different sizes in one call give the rows of one call per patch."""
+    img, lab = _edge_cases()
+    rng = np.random.default_rng(5)
+    img2 = rng.integers(0, 256, size=(30, 52, 3)).astype(np.uint8)
+    lab2 = np.zeros((30, 52), np.int32)
+    lab2[3:12, 4:15] = 7
+    lab2[15:29, 30:50] = 300
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = extract_batch([img, img2, img], [lab, lab2, lab], DEFAULT_SCHEMA, device)
+        singles = [extract_batch([i], [lb], DEFAULT_SCHEMA, device)[0] for i, lb in ((img, lab), (img2, lab2), (img, lab))]
+    for (ids_b, v_b), (ids_s, v_s) in zip(batch, singles):
+        assert np.array_equal(ids_b, ids_s)
+        assert np.allclose(v_b, v_s, rtol=1e-12, atol=1e-12, equal_nan=True)

@@ -30,7 +30,7 @@ def consep_image(consep_dir):
 @pytest.fixture(scope="module")
 def consep_labels(consep_image):
     rgb, _ = consep_image
-    return segment(rgb, mpp=0.25)
+    return segment(rgb, mpp=0.25, backend="watershed")
 
 
 # --- API contract ---------------------------------------------------------------------------
@@ -61,20 +61,20 @@ def test_bad_image_is_a_typed_error():
 
 def test_unknown_parameter_is_rejected():
     with pytest.raises(UAMError, match="min_area_um2"):
-        segment(np.full((32, 32, 3), 255, np.uint8), 0.5, min_area=3)
+        segment(np.full((32, 32, 3), 255, np.uint8), 0.5, min_area=3, backend="watershed")
 
 
 @pytest.mark.parametrize("value", [255, 0, 128])
 def test_uniform_images_have_no_nuclei(value):
     img = np.full((300, 400, 3), value, np.uint8)
-    lab = segment(img, 0.5)
+    lab = segment(img, 0.5, backend="watershed")
     assert lab.shape == (300, 400) and lab.dtype == np.int32 and lab.max() == 0
 
 
 def test_blank_noisy_white_image_has_no_nuclei():
     rng = np.random.default_rng(0)
     img = np.clip(rng.normal(235, 6, size=(256, 256, 3)), 0, 255).astype(np.uint8)
-    assert segment(img, 0.5).max() == 0
+    assert segment(img, 0.5, backend="watershed").max() == 0
 
 
 def test_eosin_only_tissue_has_no_nuclei():
@@ -82,7 +82,7 @@ def test_eosin_only_tissue_has_no_nuclei():
     rng = np.random.default_rng(1)
     base = np.array([235, 160, 200], np.float64)
     img = np.clip(base + rng.normal(0, 8, size=(256, 256, 3)), 0, 255).astype(np.uint8)
-    assert segment(img, 0.5).max() == 0
+    assert segment(img, 0.5, backend="watershed").max() == 0
 
 
 def test_synthetic_nuclei_found_and_separated():
@@ -94,13 +94,13 @@ def test_synthetic_nuclei_found_and_separated():
     for cy, cx in centres:
         img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = (70, 40, 130)
     progress = []
-    lab = segment(img, 0.5, progress=lambda f, m: progress.append(f))
+    lab = segment(img, 0.5, progress=lambda f, m: progress.append(f), backend="watershed")
     assert lab.max() == 12
     assert sorted(np.unique(lab).tolist()) == list(range(13))  # consecutive ids
     assert progress[0] == 0.0 and progress[-1] == 1.0
     # The same discs at 40x (0.25 um/px) give the same count.
     big = rescale_image(img, 2.0)
-    assert segment(big, 0.25).max() == 12
+    assert segment(big, 0.25, backend="watershed").max() == 12
 
 
 def test_stain_is_robust_to_brightness(consep_image):
@@ -137,7 +137,7 @@ def test_consep_centroid_detection(consep_image, consep_labels):
 def test_20x_and_40x_give_similar_counts(consep_image, consep_labels):
     rgb, _ = consep_image
     n40 = int(consep_labels.max())
-    lab20 = segment(rescale_image(rgb, 0.5), mpp=0.5)
+    lab20 = segment(rescale_image(rgb, 0.5), mpp=0.5, backend="watershed")
     assert lab20.shape == (500, 500)
     n20 = int(lab20.max())
     # Measured: 196 at 40x, 183 at 20x.
@@ -148,7 +148,7 @@ def test_brca_val_points(brca_dir):
     path = sorted((brca_dir / "val").glob("*.jpg"))[0]
     rgb = _read_rgb(path)
     pts = np.loadtxt(str(path)[:-4] + "_points.csv", delimiter=",", skiprows=1, usecols=(0, 1))
-    lab = segment(rgb, mpp=0.5)
+    lab = segment(rgb, mpp=0.5, backend="watershed")
     s = M.point_detection_scores(M.centroids(lab), pts.reshape(-1, 2), radius=3.0 / 0.5)
     # Measured: P 0.82, R 0.87, F1 0.85 on this image.
     assert s["f1"] > 0.78

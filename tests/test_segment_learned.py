@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from napari_uam.segment import available_backends, resolve_backend, segment
+from napari_uam.errors import UAMError
+from napari_uam.segment import available_backends, backend_unavailable_reason, resolve_backend, segment
 from napari_uam.segment import learned
 from napari_uam.segment import metrics as M
 from napari_uam.segment.postprocess import PostParams, instances
 from napari_uam.segment.train_learned import make_targets, main, sample_batch
-from napari_uam.segment.unet import NucleiUNet, UNetConfig, n_parameters
+from napari_uam.segment.unet import NucleiUNet, UNetConfig, fold_batchnorm, n_parameters
 
-#: Held-out CoNSeP image 21 at 0.25 um/px must reach this AJI with the shipped weights.
-MIN_AJI_21 = 0.5
+#: Held-out CoNSeP image 21 at 0.25 um/px must reach this AJI with the shipped weights
+#: (measured 0.698 on the CPU, 0.699 on the H100 in bf16; the margin absorbs BLAS and
+#: thread-count differences).
+MIN_AJI_21 = 0.67
 
 needs_weights = pytest.mark.skipif(
     not learned.is_available(), reason="shipped nuclei U-Net weights not present"
@@ -89,20 +92,54 @@ def test_postprocess_splits_touching_nuclei_from_ideal_maps():
     assert M.instance_scores(inst, lab)["aji"] > 0.9
 
 
+def _small_consep(src, dst, ids, side=128):
+    """Copy the top-left ``side`` x ``side`` crop of CoNSeP images into ``dst``."""
+    from PIL import Image
+
+    dst.mkdir()
+    for i in ids:
+        rgb = Image.open(src / f"train_{i}.jpg").convert("RGB").crop((0, 0, side, side))
+        rgb.save(dst / f"train_{i}.jpg", quality=95)
+        inst = np.asarray(Image.open(src / f"train_{i}_inst.png")).astype(np.uint16)[:side, :side]
+        Image.fromarray(inst).save(dst / f"train_{i}_inst.png")
+    return dst
+
+
 def test_training_smoke_run_writes_a_loadable_checkpoint(consep_dir, tmp_path):
+    """A few steps on small crops go through training, validation, saving and reloading."""
+    data = _small_consep(consep_dir, tmp_path / "data", (1, 21))
+    out = tmp_path / "out"
     rc = main([
-        "--data", str(consep_dir), "--out", str(tmp_path), "--minutes", "0.03", "--device", "cpu",
-        "--batch", "2", "--crop", "64", "--train-ids", "1-2", "--val-ids", "21", "--workers", "1",
+        "--data", str(data), "--out", str(out), "--minutes", "1", "--max-steps", "3",
+        "--device", "cpu", "--batch", "2", "--crop", "64", "--train-ids", "1", "--val-ids", "21",
+        "--workers", "1",
     ])
     assert rc == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"nuclei_unet.pt", "metrics.json", "train.log"}
-    assert (tmp_path / "nuclei_unet.pt").stat().st_size < 1.5e6
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {p.name for p in out.iterdir()} == {"nuclei_unet.pt", "metrics.json", "train.log"}
+    assert (out / "nuclei_unet.pt").stat().st_size < 1.5e6
+    metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["held_out"]) == {"0.25", "0.5"}
-    assert "CoNSeP" in metrics["meta"]["dataset"]
-    ckpt = learned.load_checkpoint(tmp_path / "nuclei_unet.pt")
+    assert metrics["meta"]["steps"] == 3 and "CoNSeP" in metrics["meta"]["dataset"]
+    ckpt = learned.load_checkpoint(out / "nuclei_unet.pt")
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     learned.build_model(ckpt)
+
+
+def test_folded_inference_model_matches_the_trained_layout():
+    torch.manual_seed(0)
+    model = NucleiUNet().eval()
+    # Non-trivial BatchNorm statistics, as after training.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)
+        fast = fold_batchnorm(model).to(memory_format=torch.channels_last)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(ref, fast, atol=1e-4)
 
 
 # --- tiling ----------------------------------------------------------------------------------
@@ -115,20 +152,48 @@ def _tile_model():
     return NucleiUNet().eval()
 
 
+def _same_up_to_renumbering(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` have the same background and the same nuclei, ids aside."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return pairs.shape[1] == np.unique(a[a > 0]).size == np.unique(b[b > 0]).size
+
+
 def test_tiling_matches_one_pass(consep_dir):
-    """Tiles of 256 px (4 x 4 interiors) give the maps and nuclei of one 512 px pass."""
+    """2 x 2 tiles of a 512 px crop give the maps and exactly the nuclei of one pass."""
     from PIL import Image
 
     img = np.asarray(Image.open(consep_dir / "train_22.jpg").convert("RGB"))[200:712, 300:812]
     model = _tile_model()
     one = learned.predict_maps(model, img, tile_px=2048)
-    tiled = learned.predict_maps(model, img, tile_px=256)
+    tiled = learned.predict_maps(model, img, tile_px=256 + 2 * learned.MARGIN_PX)
     assert one.shape == tiled.shape == (4, 512, 512)
-    assert np.abs(one - tiled).mean() < 1e-3
+    assert np.abs(one - tiled).max() < 1e-3
     a, b = instances(one, 0.25), instances(tiled, 0.25)
-    if a.max() > 0:
-        s = M.instance_scores(a, b)
-        assert s["f1"] > 0.98 and s["aji"] > 0.97
+    assert _same_up_to_renumbering(a, b)
+    if learned.is_available():
+        # Nuclei straddle the tile borders (row / column 256), so the test is not vacuous.
+        straddling = set(np.unique(a[255])) & set(np.unique(a[256])) - {0}
+        assert a.max() > 50 and len(straddling) >= 3
+
+
+def test_tiling_of_a_large_image_keeps_tile_count_small():
+    """A 1000 px side at the default tile size is one pass, 2000 px two balanced tiles."""
+    calls = []
+
+    class Probe(torch.nn.Module):
+        config = UNetConfig()
+
+        def forward(self, x):
+            calls.append(tuple(x.shape[2:]))
+            return torch.zeros(x.shape[0], 4, *x.shape[2:])
+
+    learned.predict_maps(Probe(), np.zeros((1000, 1000, 3), np.uint8))
+    assert calls == [(1008 + 2 * learned.MARGIN_PX,) * 2]
+    calls.clear()
+    maps = learned.predict_maps(Probe(), np.zeros((2000, 1000, 3), np.uint8))
+    assert maps.shape == (4, 2000, 1000) and len(calls) == 2
 
 
 # --- shipped weights -------------------------------------------------------------------------
@@ -138,6 +203,10 @@ def test_tiling_matches_one_pass(consep_dir):
 def test_shipped_weights_are_the_auto_backend():
     assert resolve_backend("auto") == "learned"
     assert available_backends()[:2] == ["learned", "watershed"]
+    # "auto" keeps the learned model to the 40x scale it was validated at (see segment/__init__).
+    assert resolve_backend("auto", mpp=0.25) == "learned"
+    assert resolve_backend("auto", mpp=0.5) == "watershed"
+    assert resolve_backend("learned", mpp=0.5) == "learned"
     assert learned.WEIGHTS_PATH.stat().st_size < 1.5e6
 
 
@@ -164,3 +233,29 @@ def test_held_out_consep_quality(consep_dir):
     gt = np.asarray(Image.open(consep_dir / "train_21_inst.png")).astype(np.int32)
     s = M.instance_scores(gt, segment(rgb, 0.25, backend="learned"))
     assert s["aji"] > MIN_AJI_21
+
+
+@needs_weights
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong_network"])
+def test_damaged_weights_fall_back_to_the_watershed(tmp_path, monkeypatch, damage):
+    bad = tmp_path / "nuclei_unet.pt"
+    good = learned.WEIGHTS_PATH.read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        bad.write_bytes(b"not a checkpoint" * 100)
+    else:
+        ckpt = dict(learned.load_checkpoint(learned.WEIGHTS_PATH))
+        ckpt["config"] = {**ckpt["config"], "widths": [8, 16, 32, 64]}
+        torch.save(ckpt, bad)
+    monkeypatch.setenv("NAPARI_UAM_SEG_WEIGHTS", str(bad))
+    assert not learned.is_available()
+    assert resolve_backend("auto") == "watershed"
+    reason = backend_unavailable_reason("learned")
+    assert str(bad) in reason
+    with pytest.raises(UAMError, match="learned.*not available"):
+        segment(np.full((64, 64, 3), 200, np.uint8), 0.5, backend="learned")
+    # "auto" still segments, with the classical backend.
+    assert segment(np.full((64, 64, 3), 200, np.uint8), 0.5).shape == (64, 64)
+    monkeypatch.delenv("NAPARI_UAM_SEG_WEIGHTS")
+    assert resolve_backend("auto") == "learned"

@@ -353,7 +353,7 @@ def run(
     timings = {}
     t0 = time.perf_counter()
     if labels is None:
-        seg_used = resolve_backend(segment_backend)
+        seg_used = resolve_backend(segment_backend, mpp)
         labels = segment_nuclei(rgb, mpp, backend=seg_used, progress=progress, cancel=cancel)
         timings["segment_s"] = time.perf_counter() - t0
     else:

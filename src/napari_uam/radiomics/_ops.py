@@ -66,6 +66,8 @@ class NumpyOps:
         return np.where(c, a, b)
 
     def eigvalsh(self, m):
+        # (torch's CPU eigensolver is ~20% faster here, but calling it from forked worker
+        # processes after torch was initialised can hang: the NumPy path stays torch-free.)
         return np.linalg.eigvalsh(m)
 
     def concat(self, arrs):
@@ -138,7 +140,13 @@ class TorchOps:
         return a.to(self.torch.int64)
 
     def bincount(self, x, weights=None, minlength=0):
-        return self.torch.bincount(x, weights=weights, minlength=minlength).to(self.torch.float64)
+        # A scatter-add into a table of the known size: torch.bincount would read max(x) back
+        # to the host (a device sync per call). Every caller passes a minlength > max(x).
+        t = self.torch
+        if weights is None:
+            weights = t.ones(x.shape[0], dtype=t.float64, device=x.device)
+        out = t.zeros(int(minlength), dtype=t.float64, device=x.device)
+        return out.index_add_(0, x, weights.to(t.float64))
 
     def nonzero(self, mask):
         return self.torch.nonzero(mask.reshape(-1), as_tuple=True)[0]
@@ -160,11 +168,9 @@ class TorchOps:
 
     def where(self, c, a, b):
         t = self.torch
-        if not isinstance(a, t.Tensor):
-            a = t.tensor(a, dtype=b.dtype if isinstance(b, t.Tensor) else t.float64, device=self.device)
-        if not isinstance(b, t.Tensor):
-            b = t.tensor(b, dtype=a.dtype, device=self.device)
-        return t.where(c, a, b)
+        if not isinstance(a, t.Tensor) and not isinstance(b, t.Tensor):
+            a = t.full(c.shape, a, dtype=t.float64, device=c.device)
+        return t.where(c, a, b)  # a Python scalar needs no host-to-device copy here
 
     def eigvalsh(self, m):
         # cuSOLVER's batched symmetric eigensolver fails (CUSOLVER_STATUS_INTERNAL_ERROR) on

@@ -302,107 +302,118 @@ def _mcc(xp, c, a, ri, rj, mval, ng, C):
     return out
 
 
-_ORDER_CACHE: dict = {}
+def line_sequences(xp, key_img):
+    """Per angle, the (B, H, W) key image read line by line along that direction, as one flat
+    sequence in which lines (and patches) are separated by zeros.
 
-
-def line_orders(xp, shape):
-    """Per angle, the permutation of the padded (B, H, W) stack that lists pixels line by line
-    along that direction (None: raster order already does). Cached per shape and device.
-
-    Lines are separated by background: every line starts and ends on the 1-pixel padding, so
-    a run never continues from one line (or patch) into the next.
+    Horizontal: raster order; vertical: the transpose; diagonals: the classic shear (each row
+    padded by H zeros and re-read with a row stride one shorter puts pixel (y, x) at column
+    x + y, so anti-diagonals become columns; the mirrored image does the same for x - y).
+    O(pixels) copies, no sort; every line starts and ends on the zero padding.
     """
-    key = (xp.name, str(getattr(xp, "device", "")), tuple(shape))
-    if key not in _ORDER_CACHE:
-        b, h, w = shape
-        n = b * h * w
-        dt = np.int32 if n < 2**31 and xp.name == "numpy" else np.int64
-        idx = np.arange(n, dtype=dt).reshape(b, h * w)
-        y, x = np.mgrid[:h, :w]
-        perms = []
-        for dy, dx in ANGLES:
-            if dy == 0:
-                perms.append(None)
-                continue
-            line = x if dx == 0 else (x - y if dx == 1 else x + y)
-            o = np.argsort((line * h + y).ravel(), kind="stable")
-            perms.append(xp.asarray(idx[:, o].reshape(-1)))
-        if len(_ORDER_CACHE) >= 4:
-            _ORDER_CACHE.clear()
-        _ORDER_CACHE[key] = perms
-    return _ORDER_CACHE[key]
+    b, h, w = key_img.shape
+    if xp.name == "numpy":
+        pad = np.zeros((b, h, w + h), dtype=key_img.dtype)
+    else:
+        pad = xp.torch.zeros((b, h, w + h), dtype=key_img.dtype, device=key_img.device)
+
+    def shear(img):  # (B, H, W) -> (B, H, W + H - 1) with [y, x + y] = img[y, x]
+        pad[:, :, :w] = img
+        pad[:, :, w:] = 0
+        flat = pad.reshape(b, h * (w + h))[:, : h * (w + h - 1)]
+        return flat.reshape(b, h, w + h - 1)
+
+    def columns(img):  # read column by column, top to bottom
+        return img.transpose(0, 2, 1).reshape(-1) if xp.name == "numpy" else img.transpose(1, 2).reshape(-1)
+
+    mirrored = key_img[:, :, ::-1] if xp.name == "numpy" else key_img.flip(2)
+    out = []
+    for dy, dx in ANGLES:
+        if dy == 0:
+            out.append(key_img.reshape(-1))
+        elif dx == 0:
+            out.append(columns(key_img))
+        elif dx == 1:  # x - y constant: anti-diagonals of the mirrored image
+            out.append(columns(shear(mirrored)))
+        else:  # x + y constant
+            out.append(columns(shear(key_img)))
+    return out
 
 
-def glrlm(xp, key_img, shape, n_keys, n_cells, n_levels, valid):
+def glrlm(xp, key_img, n_keys, n_cells, n_levels, valid):
     """pyradiomics ``glrlm`` over the 4 angles (mean over angles that hold a neighbour pair).
 
     A run is a maximal line of same-level pixels of one cell along a direction: in the
-    (cell, level)-keyed image read line by line (:func:`line_orders`), a run is a maximal
+    (cell, level)-keyed image read line by line (:func:`line_sequences`), a run is a maximal
     constant stretch of non-zero key. ``valid`` (C, A) marks the angles with at least one pair
     (from :func:`glcm`).
 
     Args:
-        key_img: (P,) int ``cell_id * n_keys + level`` of every padded pixel, 0 outside cells
-            (cell ids from 1).
-        shape: (B, H, W) of the padded stack.
+        key_img: (B, H, W) int ``cell_id * n_keys + level`` of every padded pixel, 0 outside
+            cells (cell ids from 1).
     """
     L, A, C = n_levels, len(ANGLES), n_cells
-    n = key_img.shape[0]
+    g = xp.f(xp.arange(L))
     per_angle = []
-    for a, perm in enumerate(line_orders(xp, shape)):
-        seq = key_img if perm is None else key_img[perm]
+    for a, seq in enumerate(line_sequences(xp, key_img)):  # one direction at a time (memory)
+        n = seq.shape[0]
         starts = xp.nonzero(seq[1:] != seq[:-1]) + 1  # position 0 is padding
+        k = xp.i(seq[starts])
         length = xp.concat([starts[1:], xp.asarray([n], dtype="i64")]) - starts
-        k = seq[starts]
+        del seq
+        rc = k // n_keys - 1
+        # Runs of background, and of cells without any pair in this direction, do not count.
         keep = xp.nonzero(k > 0)
-        k = k[keep]
-        per_angle.append((k // n_keys - 1, k % n_keys, length[keep], a))
-    rc = xp.concat([c * A + a for c, _, _, a in per_angle])
-    rl = xp.concat([g for _, g, _, _ in per_angle])
-    rj = xp.concat([n for _, _, n, _ in per_angle])
-    w = xp.f(valid.reshape(-1)[rc])  # runs of angles without pairs do not count
-    ca = C * A
-    i = xp.f(rl)
-    j = xp.f(rj)
+        keep = keep[valid[:, a][rc[keep]]]
+        rc, rl, rj = rc[keep], k[keep] % n_keys, length[keep]
+        del k, length, keep
+        per_angle.append(_glrlm_angle(xp, rc, rl, rj, C, L, g))
+    names = per_angle[0].keys()
+    return {k: _angle_mean(xp, xp.stack([f[k] for f in per_angle], axis=1), valid) for k in names}
+
+
+def _glrlm_angle(xp, rc, rl, rj, C, L, g):
+    """GLRLM features (C,) of one direction from its runs (cell, level, length)."""
+    i, j = xp.f(rl), xp.f(rj)
+    i2, j2 = i * i, j * j
 
     def run_sum(weight):
-        return xp.bincount(rc, weights=w * weight, minlength=ca).reshape(C, A)
+        return xp.bincount(rc, weights=weight, minlength=C)
 
-    nr = run_sum(xp.ones_like(i))
-    rmax = int(rj.max()) + 1
-    pr = xp.bincount(rc * rmax + rj, weights=w, minlength=ca * rmax).reshape(C, A, rmax)
-    pg = xp.bincount(rc * L + rl, weights=w, minlength=ca * L).reshape(C, A, L)
-    n_pix = (pr * xp.f(xp.arange(rmax))).sum(axis=2)
-    nrs = xp.where(nr > 0, nr, float("nan"))
-    g = xp.f(xp.arange(L))
+    nr = xp.bincount(rc, minlength=C)
+    rmax = (int(rj.max()) if rj.shape[0] else 0) + 1
+    pr = xp.bincount(rc * rmax + rj, minlength=C * rmax).reshape(C, rmax)
+    pg = xp.bincount(rc * L + rl, minlength=C * L).reshape(C, L)
     jj = xp.f(xp.arange(rmax))
-    pgn = pg / nrs[:, :, None]
-    prn = pr / nrs[:, :, None]
-    u_i = (pgn * g).sum(axis=2)
-    u_j = (prn * jj).sum(axis=2)
-    jkey = (rc * L + rl) * rmax + rj
-    uk, cnt = xp.unique_counts(jkey[xp.nonzero(w > 0)])
-    q = xp.f(cnt) / nrs.reshape(-1)[uk // (L * rmax)]
-    entropy = xp.bincount(uk // (L * rmax), weights=-q * xp.log2(q + EPS), minlength=ca).reshape(C, A)
-    feats = {
-        "ShortRunEmphasis": run_sum(1 / j**2) / nrs,
-        "LongRunEmphasis": run_sum(j**2) / nrs,
-        "GrayLevelNonUniformity": (pg**2).sum(axis=2) / nrs,
-        "GrayLevelNonUniformityNormalized": (pg**2).sum(axis=2) / nrs**2,
-        "RunLengthNonUniformity": (pr**2).sum(axis=2) / nrs,
-        "RunLengthNonUniformityNormalized": (pr**2).sum(axis=2) / nrs**2,
+    n_pix = (pr * jj).sum(axis=1)
+    nrs = xp.where(nr > 0, nr, float("nan"))
+    pgn = pg / nrs[:, None]
+    prn = pr / nrs[:, None]
+    u_i = (pgn * g).sum(axis=1)
+    u_j = (prn * jj).sum(axis=1)
+    uk, cnt = xp.unique_counts((rc * L + rl) * rmax + rj)
+    uc = uk // (L * rmax)
+    q = xp.f(cnt) / nrs[uc]
+    pg2, pr2 = (pg * pg).sum(axis=1), (pr * pr).sum(axis=1)
+    inv_i2, inv_j2 = 1 / i2, 1 / j2
+    return {
+        "ShortRunEmphasis": run_sum(inv_j2) / nrs,
+        "LongRunEmphasis": run_sum(j2) / nrs,
+        "GrayLevelNonUniformity": pg2 / nrs,
+        "GrayLevelNonUniformityNormalized": pg2 / nrs**2,
+        "RunLengthNonUniformity": pr2 / nrs,
+        "RunLengthNonUniformityNormalized": pr2 / nrs**2,
         "RunPercentage": nrs / n_pix,
-        "GrayLevelVariance": (pgn * (g - u_i[:, :, None]) ** 2).sum(axis=2),
-        "RunVariance": (prn * (jj - u_j[:, :, None]) ** 2).sum(axis=2),
-        "RunEntropy": entropy,
-        "LowGrayLevelRunEmphasis": run_sum(1 / i**2) / nrs,
-        "HighGrayLevelRunEmphasis": run_sum(i**2) / nrs,
-        "ShortRunLowGrayLevelEmphasis": run_sum(1 / (i**2 * j**2)) / nrs,
-        "ShortRunHighGrayLevelEmphasis": run_sum(i**2 / j**2) / nrs,
-        "LongRunLowGrayLevelEmphasis": run_sum(j**2 / i**2) / nrs,
-        "LongRunHighGrayLevelEmphasis": run_sum(i**2 * j**2) / nrs,
+        "GrayLevelVariance": (pgn * (g - u_i[:, None]) ** 2).sum(axis=1),
+        "RunVariance": (prn * (jj - u_j[:, None]) ** 2).sum(axis=1),
+        "RunEntropy": xp.bincount(uc, weights=-q * xp.log2(q + EPS), minlength=C),
+        "LowGrayLevelRunEmphasis": run_sum(inv_i2) / nrs,
+        "HighGrayLevelRunEmphasis": run_sum(i2) / nrs,
+        "ShortRunLowGrayLevelEmphasis": run_sum(inv_i2 * inv_j2) / nrs,
+        "ShortRunHighGrayLevelEmphasis": run_sum(i2 * inv_j2) / nrs,
+        "LongRunLowGrayLevelEmphasis": run_sum(j2 * inv_i2) / nrs,
+        "LongRunHighGrayLevelEmphasis": run_sum(i2 * j2) / nrs,
     }
-    return {k: _angle_mean(xp, v, valid) for k, v in feats.items()}
 
 
 def glszm(xp, zone, cell, level, n_cells, n_levels):
@@ -514,7 +525,7 @@ def ngtdm(xp, cell, level, count, total, n_cells, n_levels):
 
     Contrast and Strength are separable sums over level pairs (computed from per-cell
     moments); Busyness's sum of |i p_i - j p_j| over present pairs comes from the sorted
-    i p_i; only Complexity needs the (cells, L, L) pair table.
+    i p_i; only Complexity needs the pairs of present levels of each cell (kept sparse).
     """
     L, C = n_levels, n_cells
     lf = xp.f(level)
@@ -547,15 +558,19 @@ def ngtdm(xp, cell, level, count, total, n_cells, n_levels):
     m2p = (pf * (g - s1) ** 2).sum(axis=1)[:, None]
     per_i = ngp[:, None] * (g - s1) ** 2 + m2p  # sum_{j present} (i - j)^2
     strength = 2 * (p * per_i).sum(axis=1)
-    psi = p * s_i
-    both = present[:, :, None] & present[:, None, :]
-    gdiff = xp.abs(g[:, :, None] - g[:, None, :])
-    den = p[:, :, None] + p[:, None, :]
-    cplx = xp.where(both, gdiff * (psi[:, :, None] + psi[:, None, :]) / xp.where(both, den, 1.0), 0.0)
+    # Complexity: sum over ordered pairs of present levels of |i - j| (p_i s_i + p_j s_j) /
+    # (p_i + p_j), over the (cell, level) entries paired within their cell (sparse).
+    e = xp.nonzero(present.reshape(-1))
+    ec = e // L
+    e1, e2 = _segment_pairs(xp, ec, C)
+    pf_, sf_ = p.reshape(-1), s_i.reshape(-1)
+    a1, a2 = e[e1], e[e2]
+    num = xp.abs(xp.f(a1 % L - a2 % L)) * (pf_[a1] * sf_[a1] + pf_[a2] * sf_[a2])
+    cplx = xp.bincount(ec[e1], weights=num / (pf_[a1] + pf_[a2]), minlength=C)
     return {
         "Coarseness": xp.where(ps != 0, 1 / xp.where(ps != 0, ps, 1.0), 1e6),
         "Contrast": xp.where(div != 0, contrast / xp.where(div != 0, div, 1.0), 0.0),
         "Busyness": xp.where(absdiff != 0, ps / xp.where(absdiff != 0, absdiff, 1.0), 0.0),
-        "Complexity": cplx.sum(axis=(1, 2)) / nvp,
+        "Complexity": cplx / nvp,
         "Strength": xp.where(sum_s != 0, strength / xp.where(sum_s != 0, sum_s, 1.0), 0.0),
     }

@@ -3,8 +3,11 @@
 Patches are stacked into one (B, H+2, W+2) label image padded with background, with cell ids
 made unique across the batch. Cells are then a *pixel list* (flat indices into that image):
 every neighbour lookup is ``lab[pix + offset]``, every per-cell matrix a ``bincount`` over
-(cell, ...) keys, so there is no per-cell Python loop. Cells are processed in chunks so that
-the largest dense block (the (cells, 4, L, L) GLCM) stays within a fixed element budget.
+(cell, ...) keys, so there is no per-cell Python loop. The co-occurrence, run and zone
+matrices are sparse (only their non-zero (cell, i, j) entries exist) and all cells are
+processed at once; only inputs of more than ``_CHUNK_PIXELS`` cell pixels are split into a few
+cell chunks, to bound memory. Run lengths (GLRLM) are read off the (cell, level)-keyed image
+line by line, and MCC's eigenvalues come from one batched solver call per matrix size.
 
 The same code runs on NumPy (CPU) and on PyTorch (CPU for the parity tests, CUDA in
 production) through :mod:`._ops`; everything is float64. Same-level zones (GLSZM) are
@@ -18,9 +21,13 @@ import numpy as np
 
 from . import _shape, _texture
 from ._ops import NumpyOps, TorchOps
-from .schema import FeatureSchema, channel_lut, pack_rgb
+from .schema import FeatureSchema, channel_lut
 
 _LUT_CACHE: dict = {}
+
+#: Cell pixels per chunk of the per-cell families (memory bound on very large inputs; a
+#: 1000x1000 patch at 0.5 um/px holds about 50,000, a batch of 64 such about 3 M).
+_CHUNK_PIXELS = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
 def make_ops(device: str):
@@ -49,22 +56,41 @@ def _stack(xp, images, labels):
     h = max(im.shape[0] for im in images) + 2
     w = max(im.shape[1] for im in images) + 2
     nb = len(images)
-    rgb = np.zeros((nb, h, w, 3), dtype=np.uint8)
-    lab = np.zeros((nb, h, w), dtype=np.int64)
-    for b, (im, lb) in enumerate(zip(images, labels)):
-        rgb[b, 1 : 1 + im.shape[0], 1 : 1 + im.shape[1]] = im
-        lab[b, 1 : 1 + lb.shape[0], 1 : 1 + lb.shape[1]] = lb
-    top = int(lab.max()) + 1
-    t_rgb = xp.i(xp.asarray(rgb.reshape(-1, 3)))
-    packed = t_rgb[:, 0] * 65536 + t_rgb[:, 1] * 256 + t_rgb[:, 2]
-    t_lab = xp.asarray(lab.reshape(-1))
+    top = max(int(lb.max()) if lb.size else 0 for lb in labels) + 1
+    if xp.name == "numpy":
+        rgb = np.zeros((nb, h, w, 3), dtype=np.uint8)
+        lab = np.zeros((nb, h, w), dtype=np.int32 if top < 2**31 else np.int64)
+        for b, (im, lb) in enumerate(zip(images, labels)):
+            rgb[b, 1 : 1 + im.shape[0], 1 : 1 + im.shape[1]] = im
+            lab[b, 1 : 1 + lb.shape[0], 1 : 1 + lb.shape[1]] = lb
+        rgb = rgb.reshape(-1, 3)
+        packed = (rgb[:, 0].astype(np.int32) << 16) | (rgb[:, 1].astype(np.int32) << 8) | rgb[:, 2]
+        del rgb
+        t_lab = lab.reshape(-1)
+    else:  # upload each patch in its smallest dtype and pad on the device
+        torch = xp.torch
+        ldt = np.uint16 if top <= 65536 else np.int32 if top < 2**31 else np.int64
+        rgb = torch.zeros((nb, h, w, 3), dtype=torch.uint8, device=xp.device)
+        lab = torch.zeros((nb, h, w), dtype=torch.int64, device=xp.device)
+        for b, (im, lb) in enumerate(zip(images, labels)):
+            rgb[b, 1 : 1 + im.shape[0], 1 : 1 + im.shape[1]] = xp.asarray(np.ascontiguousarray(im, dtype=np.uint8))
+            t = torch.from_numpy(np.ascontiguousarray(lb, dtype=ldt).view(np.int16 if ldt == np.uint16 else ldt))
+            t = t.to(xp.device, non_blocking=False)
+            if ldt == np.uint16:  # torch has no uint16 arithmetic everywhere: reinterpret int16
+                t = t.to(torch.int64) & 0xFFFF
+            lab[b, 1 : 1 + lb.shape[0], 1 : 1 + lb.shape[1]] = t
+        t_rgb = xp.i(rgb.reshape(-1, 3))
+        t_lab = lab.reshape(-1)
+        packed = t_rgb[:, 0] * 65536 + t_rgb[:, 1] * 256 + t_rgb[:, 2]
+        del t_rgb
     # (patch, label) keys: which are present, and each one's rank among them = compact id.
-    key = (xp.arange(nb * h * w) // (h * w)) * top + t_lab
+    key = t_lab if nb == 1 else (xp.arange(nb * h * w) // (h * w)) * top + t_lab
     if nb * top <= 8 * key.shape[0] + (1 << 20):
         present = xp.bincount(key, minlength=nb * top) > 0
         present[xp.arange(nb) * top] = False  # background of every patch
         rank = xp.i(xp.cumsum(xp.i(present), axis=0))
-        compact = xp.where(t_lab > 0, rank[key], 0)
+        rank[xp.arange(nb) * top] = 0  # every patch's background stays 0
+        compact = _img(xp, rank)[key]
         keys = xp.to_numpy(xp.nonzero(present)).astype(np.int64)
     else:  # huge label values: sort-based unique instead of a table
         uk, inv = xp.unique_inverse(key)
@@ -72,21 +98,28 @@ def _stack(xp, images, labels):
         is_bg = (keys % top) == 0
         bg_before = np.cumsum(is_bg)
         comp_of = xp.asarray(np.where(is_bg, 0, np.arange(1, len(keys) + 1) - bg_before), dtype="i64")
-        compact = comp_of[inv]
+        compact = _img(xp, comp_of)[inv]
         keys = keys[~is_bg]
     patch_of = keys // top
     ids = [keys[patch_of == b] % top for b in range(nb)]
     return packed, compact, ids, (nb, h, w)
 
 
+def _img(xp, a):
+    """Whole-image integer arrays are int32 on NumPy (memory on big patches), int64 on torch."""
+    return a.astype(np.int32) if xp.name == "numpy" and a.dtype != np.int32 else a
+
+
 def _zones_numpy(key_img):
     """8-connected components of equal non-zero keys, per patch; (B, Hp, Wp) ids from 1."""
     from skimage.measure import label
 
+    if key_img.shape[0] == 1:
+        return label(key_img[0], connectivity=2, background=0)[None]
     out = np.zeros(key_img.shape, dtype=np.int64)
     base = 0
     for b in range(key_img.shape[0]):
-        z = label(key_img[b], connectivity=2, background=0).astype(np.int64)
+        z = label(key_img[b], connectivity=2, background=0)
         out[b] = np.where(z > 0, z + base, 0)
         base += int(z.max())
     return out
@@ -153,7 +186,7 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         return [(i, np.empty((0, n_feat))) for i in ids]
     _, hp, wp = stack_shape
     pix = xp.nonzero(lab > 0)
-    cell_all = lab[pix] - 1
+    cell_all = xp.i(lab[pix]) - 1
     spacing = (schema.mpp, schema.mpp)
     fams = schema.family_features
 
@@ -169,14 +202,14 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         raw[ch] = (values, level)
         ng_all = xp.maximum(ng_all, xp.scatter_max(n_cells, cell_all, level))
 
-    # Renumber cells by their number of grey levels so that each chunk's dense (cells, 4, L, L)
-    # GLCM block is sized by its own largest L, not by the patch's most textured nucleus.
+    # Renumber cells by their number of grey levels (keeps the MCC batches of one matrix size
+    # contiguous), then group the pixels by cell.
     by_ng = xp.argsort(ng_all)
     rank = xp.zeros(n_cells, dtype="i64")
     rank[by_ng] = xp.arange(n_cells)
     lookup = xp.zeros(n_cells + 1, dtype="i64")
     lookup[1:] = rank + 1
-    lab = lookup[lab]
+    lab = _img(xp, lookup)[lab]
     cell_all = rank[cell_all]
     order = xp.argsort(cell_all)  # pixels grouped by cell: a chunk is a contiguous slice
     pix, cell_all = pix[order], cell_all[order]
@@ -185,14 +218,14 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
     for ch in schema.channels:
         values, level = raw[ch][0][order], raw[ch][1][order]
         n_levels = int(level.max()) + 1
-        levimg = xp.zeros(lab.shape[0], dtype="i64")
-        levimg[pix] = level
+        levimg = _img(xp, xp.zeros(lab.shape[0], dtype="i64"))
+        levimg[pix] = _img(xp, level)
         zone = None
         if "glszm" in schema.families:  # 8-connected same-level zones, labelled once
             key = lab * n_levels + levimg
             if xp.name == "numpy":
                 z = _zones_numpy(xp.to_numpy(key).reshape(stack_shape)).reshape(-1)
-                zone = np.unique(z[pix] - 1, return_inverse=True)[1].reshape(-1).astype(np.int64)
+                zone = z[xp.to_numpy(pix)].astype(np.int64) - 1  # consecutive labels from 1
             else:
                 zone = _zones_torch(xp, key, pix, wp)
         chan[ch] = (values, level, n_levels, levimg, zone)
@@ -203,40 +236,71 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         if zone is not None:
             glszm_vals[ch] = _texture.glszm(xp, zone, cell_all, level, n_cells, n_levels)
 
-    # Every family is computed for all cells at once: the per-cell matrices are sparse (GLCM,
-    # GLRLM, GLSZM) or small dense (C, levels) arrays, so there is no chunk loop.
-    nc, cell_c, pix_c = n_cells, cell_all, pix
-    cols = []
-    shape = _shape.shape_features(xp, lab, pix_c, cell_c, nc, wp, spacing)
-    cols += [shape[f] for f in fams["shape2D"]]
-    pairs = _texture.angle_pairs(xp, lab, pix_c, cell_c, wp) if "glcm" in schema.families or "glrlm" in schema.families else None
-    for ch in schema.channels:
-        v_c, l_c, n_levels, levimg, _ = chan[ch]
-        res = {}
-        ng = xp.scatter_max(nc, cell_c, l_c)
-        present = xp.bincount(cell_c * n_levels + l_c, minlength=nc * n_levels).reshape(nc, n_levels) > 0
-        n_present = xp.f(present).sum(axis=1)
-        lrank = (xp.cumsum(xp.i(present), axis=1) - 1).reshape(-1)  # level -> rank among present
-        if "firstorder" in schema.families:
-            res["firstorder"] = _texture.first_order(
-                xp, cell_c, v_c, l_c, nc, n_levels, schema.mpp * schema.mpp * 1.0
-            )
-        res["glcm"], valid = _texture.glcm(xp, cell_c, l_c, levimg, pairs, nc, n_levels, ng, n_present, lrank)
+    # Column layout of the output: shape, then per channel its families in schema order.
+    col_of, k = {}, 0
+    for fam_key in [("", "shape2D")] + [(ch, fam) for ch in schema.channels for fam in schema.families]:
+        col_of[fam_key] = k
+        k += len(fams[fam_key[1]])
+    out = np.empty((n_cells, n_feat), dtype=np.float64)
+
+    def put(fam_key, c0, c1, feats):
+        k0 = col_of[fam_key]
+        block = xp.stack([feats[f] for f in fams[fam_key[1]]], axis=1)
+        out[c0:c1, k0 : k0 + block.shape[1]] = xp.to_numpy(block)
+
+    # The per-cell families run on all cells at once (their matrices are sparse or small dense
+    # (cells, levels) arrays); only on very large inputs are the cells split into a few chunks
+    # of at most _CHUNK_PIXELS pixels, to bound memory.
+    counts = xp.to_numpy(xp.bincount(cell_all, minlength=n_cells)).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    budget = _CHUNK_PIXELS["cuda" if str(device).startswith("cuda") else "cpu"]
+    bounds, c0 = [], 0
+    while c0 < n_cells:
+        c1 = int(np.searchsorted(starts, starts[c0] + budget, side="right")) - 1
+        c1 = min(n_cells, max(c1, c0 + 1))
+        bounds.append((c0, c1))
+        c0 = c1
+    valid_all = {ch: [] for ch in schema.channels}
+    for c0, c1 in bounds:
+        nc = c1 - c0
+        sl = slice(int(starts[c0]), int(starts[c1]))
+        pix_c = pix[sl]
+        cell_c = cell_all[sl] - c0
+        lab_c = lab if c0 == 0 else lab - c0  # cells of the chunk are 1..nc (equality tests only)
+        put(("", "shape2D"), c0, c1, _shape.shape_features(xp, lab_c, pix_c, cell_c, nc, wp, spacing))
+        pairs = _texture.angle_pairs(xp, lab_c, pix_c, cell_c, wp)
+        for ch in schema.channels:
+            values, level, n_levels, levimg, _ = chan[ch]
+            v_c, l_c = values[sl], level[sl]
+            ng = xp.scatter_max(nc, cell_c, l_c)
+            present = xp.bincount(cell_c * n_levels + l_c, minlength=nc * n_levels).reshape(nc, n_levels) > 0
+            n_present = xp.f(present).sum(axis=1)
+            lrank = (xp.cumsum(xp.i(present), axis=1) - 1).reshape(-1)  # level -> rank among present
+            if "firstorder" in schema.families:
+                area = schema.mpp * schema.mpp * 1.0
+                put((ch, "firstorder"), c0, c1, _texture.first_order(xp, cell_c, v_c, l_c, nc, n_levels, area))
+            glcm, valid = _texture.glcm(xp, cell_c, l_c, levimg, pairs, nc, n_levels, ng, n_present, lrank)
+            valid_all[ch].append(valid)
+            if "glcm" in schema.families:
+                put((ch, "glcm"), c0, c1, glcm)
+            if "gldm" in schema.families or "ngtdm" in schema.families:
+                same, cnt, tot = _texture.neighbour_stats(xp, lab_c, pix_c, cell_c, l_c, levimg, wp)
+                if "gldm" in schema.families:
+                    put((ch, "gldm"), c0, c1, _texture.gldm(xp, cell_c, l_c, same, nc, n_levels))
+                if "ngtdm" in schema.families:
+                    put((ch, "ngtdm"), c0, c1, _texture.ngtdm(xp, cell_c, l_c, cnt, tot, nc, n_levels))
+        del pairs, lab_c
+        if progress is not None:
+            progress(0.9 * c1 / n_cells)
+    for ch in schema.channels:  # whole-image families: all cells at once
+        _, _, n_levels, levimg, _ = chan[ch]
         if "glrlm" in schema.families:
-            res["glrlm"] = _texture.glrlm(xp, lab * n_levels + levimg, stack_shape, n_levels, nc, n_levels, valid)
+            key_img = (lab * n_levels + levimg).reshape(stack_shape)
+            valid = valid_all[ch][0] if len(bounds) == 1 else xp.concat(valid_all[ch])
+            put((ch, "glrlm"), 0, n_cells, _texture.glrlm(xp, key_img, n_levels, n_cells, n_levels, valid))
+            del key_img
         if "glszm" in schema.families:
-            res["glszm"] = glszm_vals[ch]
-        if "gldm" in schema.families or "ngtdm" in schema.families:
-            same, cnt, tot = _texture.neighbour_stats(xp, lab, pix_c, cell_c, l_c, levimg, wp)
-            if "gldm" in schema.families:
-                res["gldm"] = _texture.gldm(xp, cell_c, l_c, same, nc, n_levels)
-            if "ngtdm" in schema.families:
-                res["ngtdm"] = _texture.ngtdm(xp, cell_c, l_c, cnt, tot, nc, n_levels)
-        for fam in schema.families:
-            cols += [res[fam][f] for f in fams[fam]]
-    out = xp.to_numpy(xp.stack(cols, axis=1)).astype(np.float64, copy=False)
-    if progress is not None:
-        progress(1.0)
+            put((ch, "glszm"), 0, n_cells, glszm_vals[ch])
 
     out = out[xp.to_numpy(rank)]  # back to the original (patch, label) order
     results, k = [], 0

@@ -8,8 +8,9 @@ resample themselves.
 Tiling: the padded image is cut into tiles of ``tile_px`` pixels whose outer ``MARGIN_PX``
 pixels only give context; the interiors of the *network outputs* are pasted side by side into
 one map, and the post-processing runs once on that map. Tile origins are multiples of the
-network's stride, so a tiled prediction equals a one-pass one up to the (negligible) influence
-of zero padding beyond the margin: no nucleus is cut at a tile border.
+network's stride, so a tiled prediction equals a one-pass one up to the influence of zero
+padding beyond the margin, which :data:`MARGIN_PX` keeps below 1e-5: no nucleus is cut at a
+tile border and the labels are the same.
 
 The weights file (:data:`WEIGHTS_PATH`) holds a dict: ``config`` (the architecture),
 ``net_mpp``, ``state_dict`` (fp16 tensors), and optionally ``postprocess`` (tuned
@@ -34,10 +35,15 @@ from .postprocess import PostParams, instances
 NET_MPP = 0.25
 #: The shipped weights.
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "nuclei_unet.pt"
-#: Context pixels around each tile's interior (a multiple of the network's stride).
-MARGIN_PX = 64
-#: Default tile side in network pixels; images up to about this size run in one pass.
-TILE_PX = 1024
+#: Context pixels around each tile's interior (a multiple of the network's stride). The
+#: network's receptive field reaches about 134 px; with 128 px of context a tiled prediction
+#: differs from a one-pass one by < 1e-5 (64 px left differences up to 0.18 near tile borders,
+#: enough to move a watershed line).
+MARGIN_PX = 128
+#: Default tile side in network pixels (interior of up to 1024 px plus the margins): a
+#: 1000x1000 patch at 0.25 um/px runs in one pass, and memory stays near 0.5 GB on the CPU
+#: whatever the image size.
+TILE_PX = 1280
 
 _CACHE: dict = {}
 _LOCK = threading.Lock()
@@ -64,22 +70,45 @@ def load_checkpoint(path: Path | str | None = None) -> dict:
         if key not in _CACHE:
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch raises many types for corrupt files
-                raise UAMError(f"Cannot read nuclei segmentation weights {path}: {exc}") from exc
-            if not isinstance(ckpt, dict) or not {"config", "state_dict", "net_mpp"} <= set(ckpt):
-                raise UAMError(f"{path} is not a napari-uam nuclei U-Net checkpoint.")
+                if not isinstance(ckpt, dict) or not {"config", "state_dict", "net_mpp"} <= set(ckpt):
+                    raise UAMError(f"{path} is not a napari-uam nuclei U-Net checkpoint.")
+            except UAMError as exc:
+                ckpt = exc
+            except Exception as exc:  # torch raises many types for truncated or corrupt files
+                ckpt = UAMError(
+                    f"Cannot read nuclei segmentation weights {path} (truncated or corrupt? "
+                    f"reinstall napari-uam or point NAPARI_UAM_SEG_WEIGHTS at a good copy): {exc}"
+                )
             _CACHE.clear()
+            # A failure is cached too, so "auto" does not re-read a bad file on every call.
             _CACHE[key] = ckpt
+        if isinstance(_CACHE[key], UAMError):
+            raise _CACHE[key]
         return _CACHE[key]
 
 
-def build_model(ckpt: dict, device: str = "cpu"):
-    """A :class:`~.unet.NucleiUNet` in eval mode with the checkpoint's weights (fp32)."""
-    from .unet import NucleiUNet, UNetConfig
+def build_model(ckpt: dict, device: str = "cpu", for_inference: bool = True):
+    """A :class:`~.unet.NucleiUNet` in eval mode with the checkpoint's weights (fp32).
+
+    Args:
+        ckpt: a dict from :func:`load_checkpoint`.
+        device: torch device.
+        for_inference: fold the BatchNorms into the convolutions and use the channels-last
+            memory layout: together about 2x faster on a 2-core CPU (measured 3.5 s -> 1.8 s
+            on a 1264x1264 tile), same outputs to 3e-5. False keeps the trainable layout.
+    """
+    import torch
+
+    from .unet import NucleiUNet, UNetConfig, fold_batchnorm
 
     model = NucleiUNet(UNetConfig.from_dict(ckpt["config"]))
     model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if for_inference:
+        # oneDNN's channels-last convolutions skip the layout reorders done around each
+        # NCHW convolution; the input (an HWC image permuted) is channels-last already.
+        model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    return model
 
 
 def _model(device: str):
@@ -87,17 +116,36 @@ def _model(device: str):
     key = ("model", id(ckpt), device)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = build_model(ckpt, device)
+            try:
+                _CACHE[key] = build_model(ckpt, device)
+            except Exception as exc:  # wrong shapes or names: a checkpoint of another network
+                _CACHE[key] = UAMError(f"Nuclei segmentation weights {weights_path()} do not fit the network: {exc}")
+        if isinstance(_CACHE[key], UAMError):
+            raise _CACHE[key]
         return _CACHE[key], ckpt
+
+
+def unavailable_reason() -> str | None:
+    """Why the learned backend cannot run here, or None when it can.
+
+    Returns:
+        None when torch imports and the weights file loads into the network; otherwise a
+        one-line explanation (missing, truncated or mismatching weights, torch not installed).
+    """
+    try:
+        _model("cpu")
+    except ImportError as exc:
+        return f"PyTorch is not installed ({exc})."
+    except UAMError as exc:
+        return str(exc)
+    except Exception as exc:  # anything else also means "fall back to the watershed"
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def is_available() -> bool:
     """True when torch imports and the weights file loads into the network."""
-    try:
-        _model("cpu")
-    except Exception:  # any failure means "fall back to the watershed"
-        return False
-    return True
+    return unavailable_reason() is None
 
 
 def predict_maps(
@@ -114,8 +162,8 @@ def predict_maps(
         model: a :class:`~.unet.NucleiUNet` in eval mode on ``device``.
         image: (H, W, 3) uint8 RGB at the network's pixel size.
         device: torch device of ``model``.
-        tile_px: tile side including the margins (rounded to the network's stride; at least
-            ``2 * margin_px + stride``).
+        tile_px: largest tile side including the margins (interiors are multiples of the
+            network's stride, at least one stride).
         margin_px: context kept around each tile interior and discarded after the network.
         progress: optional ``progress(fraction, message)``.
 
@@ -131,9 +179,11 @@ def predict_maps(
     core = max(s, (int(tile_px) - 2 * m) // s * s)
     h, w = image.shape[:2]
     ny, nx = max(1, math.ceil(h / core)), max(1, math.ceil(w / core))
-    # An image that fits in one tile runs in one pass of just the size it needs.
-    cy = core if ny > 1 else math.ceil(h / s) * s
-    cx = core if nx > 1 else math.ceil(w / s) * s
+    # Balanced tiles: the fewest tiles of at most ``core`` pixels, each only as large as needed
+    # (a 1000 px side is one 1008 px interior, 2000 px two of 1008, not 896 + 896 + 896 of
+    # which most is padding); an image that fits runs in one pass of just the size it needs.
+    cy = math.ceil(h / ny / s) * s
+    cx = math.ceil(w / nx / s) * s
     pad = ((m, ny * cy + m - h), (m, nx * cx + m - w), (0, 0))
     # Reflection gives the network tissue-like context at the image border; the same padded
     # canvas is cut for every tiling, so the border context does not depend on the tile size.
@@ -169,8 +219,8 @@ def segment_learned(
         mpp: microns per pixel of ``image``.
         progress: optional ``progress(fraction, message)``.
         device: "cpu", "cuda" or "auto".
-        tile_px: tile side in network pixels (memory stays bounded by about 1 GB at 1024
-            on the CPU whatever the image size).
+        tile_px: largest tile side in network pixels; memory for the network stays bounded
+            (about 0.5 GB at the default 1280) whatever the image size.
         **params: :class:`~.postprocess.PostParams` overrides, e.g. ``min_area_um2=5``.
 
     Returns:

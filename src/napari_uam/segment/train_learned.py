@@ -85,7 +85,8 @@ def make_targets(inst: np.ndarray) -> np.ndarray:
 def _read_pair(root: Path, i: int) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    rgb = np.asarray(Image.open(root / f"train_{i}.jpg").convert("RGB"))
+    # np.array (a writable copy): torch.from_numpy warns on PIL's read-only buffers.
+    rgb = np.array(Image.open(root / f"train_{i}.jpg").convert("RGB"))
     inst = np.asarray(Image.open(root / f"train_{i}_inst.png")).astype(np.int32)
     return rgb, inst
 
@@ -270,12 +271,15 @@ def validate(model, root: Path, ids, device: str, workers: int, log) -> dict:
         for mpp in (CONSEP_MPP, 0.5):
             img = rescale_image(rgb, CONSEP_MPP / mpp)
             net_img = rescale_image(img, scale_factor(mpp, CONSEP_MPP))
-            maps = predict_maps(model, net_img, device, tile_px=1152)
+            maps = predict_maps(model, net_img, device)
             jobs.append((maps, gt, CONSEP_MPP, img.shape[:2]))
             keys.append((i, mpp))
-    # "spawn": this process holds a CUDA context, which forked children must not inherit.
-    with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn")) as ex:
-        scores = list(ex.map(_post_and_score, jobs))
+    if workers <= 1:  # in process: a worker's start-up would cost more than a small check
+        scores = [_post_and_score(j) for j in jobs]
+    else:
+        # "spawn": this process holds a CUDA context, which forked children must not inherit.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            scores = list(ex.map(_post_and_score, jobs))
     out = {}
     for mpp in (CONSEP_MPP, 0.5):
         rows = [dict(image=i, **s) for (i, m), s in zip(keys, scores) if m == mpp]
@@ -303,6 +307,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="folder with train_N.jpg / train_N_inst.png")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--minutes", type=float, default=5.0, help="training-loop time budget")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps too (0: no cap)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--train-ids", default="1-20")
     ap.add_argument("--val-ids", default="21-27")
@@ -346,8 +351,12 @@ def main(argv=None) -> int:
     train_ids, val_ids = _ids(args.train_ids), _ids(args.val_ids)
     assert not set(train_ids) & set(val_ids), "training and held-out images overlap"
     # Targets are computed in worker processes before CUDA is initialised in this one.
-    with ProcessPoolExecutor(max(1, args.workers)) as ex:
-        pairs = list(ex.map(_load_train, [(str(args.data), i) for i in train_ids]))
+    jobs = [(str(args.data), i) for i in train_ids]
+    if args.workers <= 1:
+        pairs = [_load_train(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(args.workers) as ex:
+            pairs = list(ex.map(_load_train, jobs))
     images = [torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(dev) for rgb, _ in pairs]
     targets = [torch.from_numpy(t).to(dev, torch.float16) for _, t in pairs]
     del pairs
@@ -374,7 +383,7 @@ def main(argv=None) -> int:
     losses = []
     while True:
         frac = (time.perf_counter() - t0) / budget
-        if frac >= 1.0:
+        if frac >= 1.0 or 0 < args.max_steps <= step:
             break
         # Linear warm-up, then cosine to 1% of the peak, both in elapsed time.
         lr_f = frac / warm if frac < warm else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))

@@ -127,6 +127,26 @@ class NucleiUNet(nn.Module):
         return F.pixel_shuffle(self.head(x), 2)
 
 
+def fold_batchnorm(model: NucleiUNet) -> NucleiUNet:
+    """Fold every BatchNorm of an eval-mode model into the convolution before it, in place.
+
+    Inference then skips the normalisation passes over the activations (about a tenth of the
+    CPU time); outputs agree with the unfolded model to float rounding. Only for inference:
+    the folded model cannot be trained or saved as a checkpoint of the original layout.
+
+    Returns:
+        The same model, with each ``ConvBlock.bn*`` replaced by ``nn.Identity``.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for block in model.modules():
+        if isinstance(block, ConvBlock) and isinstance(block.bn1, nn.BatchNorm2d):
+            block.conv1 = fuse_conv_bn_eval(block.conv1, block.bn1)
+            block.conv2 = fuse_conv_bn_eval(block.conv2, block.bn2)
+            block.bn1, block.bn2 = nn.Identity(), nn.Identity()
+    return model
+
+
 def activate(raw: torch.Tensor) -> torch.Tensor:
     """Map raw network outputs to the ranges the post-processing expects.
 

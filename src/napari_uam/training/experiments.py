@@ -137,8 +137,9 @@ def _fmt(vals, pct=True) -> str:
     if not vals:
         return "n/a"
     s = 100.0 if pct else 1.0
-    m, sd = np.mean(vals) * s, (np.std(vals) * s if len(vals) > 1 else 0.0)
-    return f"{m:.1f} ± {sd:.1f}"
+    if len(vals) == 1:  # one seed: no spread to show
+        return f"{vals[0] * s:.1f}"
+    return f"{np.mean(vals) * s:.1f} ± {np.std(vals) * s:.1f}"
 
 
 def choose_shipped(records: list) -> tuple[str, dict]:
@@ -165,8 +166,11 @@ def render_markdown(records: list, eff: dict, meta: dict, shipped: str, val_auc:
             " **Quick smoke run** (few epochs, subsampled cells): not a result." if meta["quick"] else ""
         ),
         "",
-        f"Training: AdamW lr {meta['lr']}, batch {meta['batch_size']}, at most {meta['epochs']} epochs, early "
-        f"stopping on validation AUC (patience {meta['patience']}), class-weighted cross-entropy + "
+        f"Training: AdamW lr {meta['lr']}, batch {meta['batch_size']}, at most {meta['epochs']} epochs"
+        + (f" or {meta['max_train_seconds']:.0f} s per run (time budget; see 'Epochs run')" if meta.get("max_train_seconds") else "")
+        + (", early " if not meta.get("max_train_seconds") else
+           "; a time cap favours the cheaper models, which run more epochs in it; early ")
+        + f"stopping on validation AUC (patience {meta['patience']}), class-weighted cross-entropy + "
         "0.01 x MoE load-balancing loss. Features: "
         f"{meta['n_features']} radiomics features (schema `{meta['schema_id']}`), signed log + "
         "median/IQR normalisation fitted on the training cells. GBT: scikit-learn "
@@ -296,11 +300,24 @@ def main(argv=None) -> int:
     p.add_argument("--lr-grid", type=float, nargs="*", default=[1e-4, 3e-4, 3e-3],
                    help="extra learning rates tried for UAM (seed 0) and compared on validation AUC")
     p.add_argument("--max-train-seconds", type=float, default=None,
-                   help="per-run wall-clock budget: stop after the epoch that crosses it")
+                   help="per-run wall-clock training budget (the epoch in progress is cut short)")
+    p.add_argument("--budget-seconds", type=float, default=None,
+                   help="whole-command budget: sets --max-train-seconds from the number of job waves "
+                        "(and bounds --train-default) so that everything ends within it")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 epochs, <=2000 train / 3000 eval cells")
     p.add_argument("--train-default", action="store_true", help="then retrain the chosen model on all cells")
     p.add_argument("--default-out", default=None, help="checkpoint path for --train-default")
+    p.add_argument("--from-json", default=None,
+                   help="only re-render the markdown section from a JSON report of an earlier run "
+                        "(e.g. one fetched from a GPU machine) into --out")
     a = p.parse_args(argv)
+    if a.from_json:
+        rep = json.loads(Path(a.from_json).read_text())
+        replace_section(Path(a.out), render_markdown(
+            rep["runs"], rep["efficiency"], rep["meta"], rep["shipped"], choose_shipped(rep["runs"])[1],
+            rep.get("lr_study", [])))
+        print(f"wrote the classification section of {a.out} from {a.from_json}")
+        return 0
     from ..device import resolve_device
     from ..radiomics import DEFAULT_SCHEMA
 
@@ -322,6 +339,17 @@ def main(argv=None) -> int:
             for lr in a.lr_grid if lr != a.lr
             for j in jobs if j["arch"] == "uam" and j["seed"] == a.seeds[0]
         ]
+    if a.budget_seconds and a.max_train_seconds is None:
+        # Waves of neural jobs; trees are short and fill the gaps. 20% of the budget is kept for
+        # the default model, 60 s for start-up, evaluation and the report.
+        n_nn = sum(j["arch"] != "gbt" for j in jobs)
+        waves = max(1, math.ceil(n_nn / max(1, a.jobs)))
+        usable = a.budget_seconds * (0.8 if a.train_default else 1.0) - 60
+        a.max_train_seconds = max(10.0, usable / waves - 20)
+        for j in jobs:
+            j["max_seconds"] = a.max_train_seconds
+        print(f"budget {a.budget_seconds:.0f}s: {n_nn} neural jobs in {waves} waves -> "
+              f"at most {a.max_train_seconds:.0f}s of training per job", flush=True)
     # Slowest first so that the last wave is short.
     jobs.sort(key=lambda j: (-COST.get(j["arch"], 0), j["seed"]))
     records = []
@@ -349,6 +377,7 @@ def main(argv=None) -> int:
         "date": datetime.date.today().isoformat(), "device": _device_name(device), "jobs": a.jobs,
         "seconds": time.perf_counter() - t0, "seeds": a.seeds, "quick": a.quick, "lr": a.lr,
         "batch_size": a.batch_size, "epochs": a.epochs, "patience": a.patience,
+        "max_train_seconds": a.max_train_seconds,
         "n_features": DEFAULT_SCHEMA.n_features, "schema_id": DEFAULT_SCHEMA.schema_id,
         "data": {d: {"cells": int(len(t)), "images": int(t["image"].nunique()), "tumor": float(t["target"].mean())}
                  for d, t in tables.items()},
@@ -368,7 +397,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         cfg = TrainConfig(arch=shipped, lr=a.lr, batch_size=a.batch_size, max_epochs=max(a.epochs, 2),
                           patience=a.patience, device=device,
-                          max_seconds=None if a.max_train_seconds is None else 2 * a.max_train_seconds)  # fmt: skip
+                          max_seconds=(a.budget_seconds * 0.2 - 20 if a.budget_seconds else
+                                       None if a.max_train_seconds is None else 2 * a.max_train_seconds))  # fmt: skip
         train_default(a.tables, a.default_out, shipped, cfg)
     return 0
 

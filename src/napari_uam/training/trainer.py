@@ -39,7 +39,8 @@ class TrainConfig:
         seed: seeds weights init and batch order.
         device: "cpu" / "cuda" / "auto".
         eval_batch: cells per forward pass at evaluation.
-        max_seconds: stop after the epoch that crosses this wall-clock budget (None: no limit).
+        max_seconds: wall-clock budget of the run: when crossed, the current epoch ends early,
+            is evaluated, and training stops (None: no limit).
     """
 
     arch: str = "uam"
@@ -134,6 +135,10 @@ def train_model(
     history, best, best_state, best_epoch, bad = [], -np.inf, None, 0, 0
     t0 = time.perf_counter()
     epoch_times = []
+
+    def out_of_time() -> bool:
+        return config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds
+
     for epoch in range(1, config.max_epochs + 1):
         te = time.perf_counter()
         model.train()
@@ -143,6 +148,8 @@ def train_model(
         for lo in range(0, len(order), config.batch_size):
             if cancel is not None and cancel():
                 raise TrainingCancelled(f"training of {config.arch} cancelled at epoch {epoch}")
+            if out_of_time():
+                break  # evaluate the partial epoch, then stop
             idx = order[lo : lo + config.batch_size]
             logits = model(xt[idx])
             loss = F.cross_entropy(logits, yt[idx], weight=weight)
@@ -153,7 +160,9 @@ def train_model(
             tot += loss.detach()
             tot_aux += model.aux_loss.detach()
             nb += 1
-        epoch_times.append(time.perf_counter() - te)
+        # Per full epoch even when the time budget cut this one short.
+        steps_per_epoch = -(-len(order) // config.batch_size)
+        epoch_times.append((time.perf_counter() - te) * steps_per_epoch / max(nb, 1))
         proba = predict_proba(model, x_val, device, config.eval_batch)
         m = classification_metrics(y_val, proba, positive=positive)
         score = m["auc"] if np.isfinite(m["auc"]) else m["balanced_accuracy"]
@@ -173,7 +182,7 @@ def train_model(
             bad += 1
             if bad >= config.patience:
                 break
-        if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
+        if out_of_time():
             break
     model.load_state_dict(best_state)
     model.eval()

@@ -124,7 +124,7 @@ def _compute(job: _Job, cancelled, report):
         if labels is None:
             from ..segment import resolve_backend
 
-            out.backend = resolve_backend(job.backend)
+            out.backend = resolve_backend(job.backend, job.mpp)
             labels = pipeline.segment_nuclei(rgb, job.mpp, backend=out.backend, progress=report, cancel=cancelled)
             out.ran.append("segment")
             yield ("segment", 1.0)
