@@ -69,13 +69,14 @@ def test_classifies_real_tumor_cells_accurately(brca_dir):
     assert correct / total > 0.75, f"pipeline accuracy {correct / total:.3f} on BRCA-M2C val"
 
 
-def test_pixel_size_changes_nothing_for_a_resampled_image():
-    """The same tissue at 40x and 20x gives about the same number of nuclei."""
+@pytest.mark.parametrize("backend", ["watershed", "learned"])
+def test_pixel_size_changes_nothing_for_a_resampled_image(backend):
+    """The same tissue at 40x and 20x gives about the same number of nuclei with one backend."""
     from napari_uam.scale import rescale_image
 
     img = sample_image()
-    n20 = pipeline.segment_nuclei(img, 0.5).max()
-    n40 = pipeline.segment_nuclei(rescale_image(img, 2.0), 0.25).max()
+    n20 = pipeline.segment_nuclei(img, 0.5, backend=backend).max()
+    n40 = pipeline.segment_nuclei(rescale_image(img, 2.0), 0.25, backend=backend).max()
     assert abs(int(n40) - int(n20)) <= 0.1 * n20
 
 
