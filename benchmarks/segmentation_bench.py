@@ -252,7 +252,11 @@ def merge_gpu_json(path: Path, doc: Path = DOC) -> Path:
     from _report import write_section
 
     js = json.loads(Path(path).read_text())
-    return write_section("gpu", gpu_section(js), doc, title="# Nuclei segmentation")
+    section = gpu_section(js)
+    # The same rows, under their own heading, in the shared performance page.
+    write_section("segmentation-gpu", section.replace("## Speed on the GPU", "## Nuclei segmentation speed (GPU)"),
+                  doc.parent / "performance.md")
+    return write_section("gpu", section, doc, title="# Nuclei segmentation")
 
 
 def _tuning_summary() -> dict:
@@ -417,7 +421,6 @@ def summary_sections(quality: list[dict], brca: list[dict], speed: list[dict], n
          f"Seconds per 1000x1000 image, {CPU_THREADS} torch threads, best of repeats:", "",
          "| backend | um/px | seconds |", "|---|---|---|"]
     t += [f"| {r['backend']} | {r['mpp']:g} | {r['seconds']:.2f} |" for r in speed]
-    t += ["", "GPU (H100) inference times: see `docs/segmentation.md`."]
     write_section("segmentation", "\n".join(t), DOCS / "performance.md")
 
 

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "classify":
             return _classify(args)
-    except (UAMError, FileExistsError) as err:
+    except (UAMError, OSError) as err:  # OSError: file exists, full disk, permission denied
         print(f"napari-uam: error: {err}", file=sys.stderr)
         return 2
     except CancelledError as err:

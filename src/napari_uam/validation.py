@@ -12,6 +12,10 @@ from .errors import InvalidImageError, InvalidLabelsError
 
 #: Smallest side (pixels) of an image the pipeline accepts: below this no nucleus fits.
 MIN_SIDE = 8
+#: Largest image (pixels) processed in one piece: 100 Mpx, e.g. 10000x10000. The pipeline holds
+#: the image, its labels and per-pixel float intermediates in memory (tens of bytes per pixel),
+#: so a whole slide must be cropped or tiled first rather than exhaust the machine's memory.
+MAX_PIXELS = 100_000_000
 
 
 def as_rgb_uint8(image) -> np.ndarray:
@@ -20,7 +24,8 @@ def as_rgb_uint8(image) -> np.ndarray:
     Accepted: uint8 RGB; RGBA whose alpha is fully opaque (alpha dropped); 16-bit RGB
     (scaled by 257); float RGB in [0, 1] or [0, 255]. Rejected with a message: grayscale,
     other channel counts, non-finite values, negative values, images smaller than
-    ``MIN_SIDE`` pixels, and partially transparent RGBA (whose colours are not tissue).
+    ``MIN_SIDE`` pixels or larger than :data:`MAX_PIXELS`, and 4-channel images whose 4th
+    channel is not an opaque alpha (transparent RGBA, CMYK).
 
     Args:
         image: array-like of shape (H, W, C).
@@ -43,24 +48,22 @@ def as_rgb_uint8(image) -> np.ndarray:
             f"Image has shape {arr.shape}; expected a 2-D RGB image (H, W, 3). "
             "For stacks or pyramids, select one 2-D RGB plane or level."
         )
+    check_size(arr.shape)
     if arr.shape[-1] == 4:
         alpha = arr[..., 3]
         full = np.iinfo(arr.dtype).max if arr.dtype.kind in "iu" else (255 if alpha.max() > 1 else 1)
         if not np.all(alpha == full):
+            # A CMYK or 4-channel multiplex image lands here too: its 4th channel varies.
             raise InvalidImageError(
-                "Image is RGBA with transparent pixels; napari-uam needs opaque RGB. "
-                "Flatten the image onto a white background first."
+                "Image has 4 channels and the 4th is not an opaque alpha (RGBA with transparent "
+                "pixels, or CMYK / multiplexed data); napari-uam needs opaque RGB. Flatten the image "
+                "onto a white background or convert it to RGB first."
             )
         arr = arr[..., :3]
     if arr.shape[-1] != 3:
         raise InvalidImageError(
             f"Image has {arr.shape[-1]} channels; expected 3 (RGB). "
             "Multiplexed or grayscale data is not an H&E image."
-        )
-    h, w = arr.shape[:2]
-    if h < MIN_SIDE or w < MIN_SIDE:
-        raise InvalidImageError(
-            f"Image is {h}x{w} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed to hold a nucleus."
         )
     if arr.dtype == np.uint8:
         return arr.copy()
@@ -88,6 +91,54 @@ def as_rgb_uint8(image) -> np.ndarray:
             )
         return arr.astype(np.uint8)
     raise InvalidImageError(f"Unsupported image dtype {arr.dtype}.")
+
+
+def check_size(shape) -> None:
+    """Raise :class:`InvalidImageError` if an image of ``shape`` (H, W, ...) is too small or too big.
+
+    Only the shape is looked at, so a reader can refuse a huge file before decoding its pixels.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise InvalidImageError(
+            f"Image is {h}x{w} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed to hold a nucleus."
+        )
+    if h * w > MAX_PIXELS:
+        raise InvalidImageError(
+            f"Image is {h}x{w} pixels ({h * w / 1e6:.0f} Mpx); napari-uam processes images of up to "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx (e.g. 10000x10000) in one piece. Crop a region, or export "
+            "tiles (e.g. from QuPath) and run them one by one."
+        )
+
+
+#: Brightness (0-255, brightest channel) below which most of a brightfield image never is.
+_DARK_MEDIAN = 50
+#: Brightness the brightest objects of a fluorescence image reach.
+_BRIGHT_OBJECTS = 100
+
+
+def check_brightfield(rgb: np.ndarray) -> None:
+    """Raise :class:`InvalidImageError` if ``rgb`` looks like a fluorescence / dark-field image.
+
+    H&E is brightfield: glass and tissue are bright and nuclei darker. A fluorescence image is
+    the reverse (black background, bright nuclei), and the H&E segmenters would take its black
+    background for stain. The test: the brightest channel is dark (< 50) in most pixels while
+    some objects are bright (>= 100). A uniform black image is not flagged (it has no nuclei,
+    and says so later).
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB, as returned by :func:`as_rgb_uint8`.
+    """
+    # A strided sample is enough for a median and keeps the check cheap on large images.
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1_000_000)))
+    peak = rgb[::step, ::step].max(axis=-1)
+    median = float(np.median(peak))
+    if median < _DARK_MEDIAN and float(np.percentile(peak, 99.9)) >= _BRIGHT_OBJECTS:
+        raise InvalidImageError(
+            f"Image is mostly dark (median brightness {median:.0f}/255) with bright objects: it "
+            "looks like a fluorescence or dark-field image. napari-uam needs a brightfield H&E "
+            "image (white background, purple nuclei)."
+        )
 
 
 def as_labels(labels, shape: tuple[int, int] | None = None) -> np.ndarray:

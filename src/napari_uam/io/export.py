@@ -8,6 +8,9 @@ label: ``label,y,x,area_um2,class,tumor_probability`` then features), ``<stem>_c
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -42,7 +45,11 @@ def export_cells(
     provenance: Optional[dict] = None,
     mpp: Optional[float] = None,
 ) -> dict[str, Path]:
-    """Write the chosen outputs of one image; nothing is written if any target exists.
+    """Write the chosen outputs of one image, all or none.
+
+    Nothing is written if any target exists (unless ``overwrite``). If any write fails (full
+    disk, error, crash), the output folder is left as it was: the outputs are staged in a
+    hidden folder inside ``out_dir`` and only renamed into place once every one is complete.
 
     Args:
         labels: (H, W) nuclei labels.
@@ -71,17 +78,36 @@ def export_cells(
                 f"Not overwriting existing output(s): {', '.join(existing)}. "
                 "Choose another folder or allow overwriting."
             )
-    written: dict[str, Path] = {}
-    if "tif" in formats:
-        written["tif"] = write_labels_tiff(labels, paths["tif"], overwrite=True, mpp=mpp)
-    if "csv" in formats:
-        written["csv"] = write_cells_csv(table, paths["csv"], overwrite=True)
-    if "parquet" in formats:
-        written["parquet"] = write_cells_parquet(table, paths["parquet"], provenance, overwrite=True)
-    if "geojson" in formats:
-        written["geojson"] = write_geojson(labels, table, paths["geojson"], overwrite=True)
-    if tumor_mask is not None:
-        written["tumor_mask"] = write_labels_tiff(
-            (np.asarray(tumor_mask) > 0).astype(np.uint8), paths["tumor_mask"], overwrite=True, mpp=mpp
-        )
-    return written
+    # Every output is first written into a hidden staging folder beside the targets (same file
+    # system, so the final moves are renames). A write that fails (full disk, bad table, crash)
+    # then leaves the output folder exactly as it was: no new file, no replaced file.
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{stem}.export.", dir=out))
+    try:
+        staged = {k: stage / paths[k].name for k in wanted}
+        if "tif" in formats:
+            write_labels_tiff(labels, staged["tif"], mpp=mpp)
+        if "csv" in formats:
+            write_cells_csv(table, staged["csv"])
+        if "parquet" in formats:
+            write_cells_parquet(table, staged["parquet"], provenance)
+        if "geojson" in formats:
+            write_geojson(labels, table, staged["geojson"])
+        if tumor_mask is not None:
+            write_labels_tiff((np.asarray(tumor_mask) > 0).astype(np.uint8), staged["tumor_mask"], mpp=mpp)
+        written: dict[str, Path] = {}
+        try:
+            for kind in wanted:
+                os.replace(staged[kind], paths[kind])
+                written[kind] = paths[kind]
+        except BaseException:
+            # A rename failing midway: files that did not exist before this call are removed
+            # again; files that replaced a previous version are complete and stay.
+            if not overwrite:
+                for path in written.values():
+                    path.unlink(missing_ok=True)
+            raise
+        return written
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -58,6 +58,30 @@ def _mpp_from_tiff(tif) -> Optional[float]:
     return None
 
 
+def _check_file_size(path: Path, shape) -> None:
+    """Refuse an image larger than the pipeline's limit before its pixels are decoded.
+
+    Args:
+        path: the file (for the message).
+        shape: the stored array shape; a leading or trailing axis of 3 or 4 is channels.
+    """
+    from .. import validation  # read at call time: tests lower the limit
+
+    dims = [int(d) for d in shape]
+    if len(dims) > 2 and dims[-1] in (3, 4):
+        dims = dims[:-1]
+    elif len(dims) > 2 and dims[0] in (3, 4):
+        dims = dims[1:]
+    pixels = int(np.prod(dims, dtype=np.int64))
+    if pixels > validation.MAX_PIXELS:
+        raise InvalidImageError(
+            f"{path.name} holds {'x'.join(map(str, dims))} pixels ({pixels / 1e6:.0f} Mpx); "
+            f"napari-uam processes images of up to {validation.MAX_PIXELS / 1e6:.0f} Mpx "
+            "(e.g. 10000x10000) in one piece. Crop a region, or export tiles (e.g. from QuPath) "
+            "and run them one by one."
+        )
+
+
 def read_image(path) -> tuple[np.ndarray, Optional[float]]:
     """Read an RGB H&E patch and its pixel size.
 
@@ -79,6 +103,7 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 level = series.levels[0] if getattr(series, "levels", None) else series
+                _check_file_size(path, level.shape)
                 data = level.asarray()
                 mpp = _mpp_from_tiff(tif)
             # OME/SVS may store channels first: move a leading 3/4-channel axis last.
@@ -89,6 +114,7 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
             from PIL import Image
 
             with Image.open(path) as im:
+                _check_file_size(path, (im.size[1], im.size[0]))
                 im.load()
                 if im.mode not in ("RGB", "RGBA", "L", "I;16", "I"):
                     im = im.convert("RGB")

@@ -49,6 +49,51 @@ def _engine_device(device: str) -> str:
     return "numpy" if dev == "cpu" else dev
 
 
+#: Smallest chunk (cell pixels) tried after a GPU out-of-memory error before the CPU fallback.
+MIN_OOM_CHUNK_PIXELS = 1 << 16
+
+
+def _run_engine(images, labels, schema: FeatureSchema, engine: str, progress=None) -> list:
+    """Run the fast engine on ``engine``; on out-of-memory, smaller chunks, then NumPy on the CPU.
+
+    A torch engine (``"cuda[:n]"``, or ``"cpu"`` for torch on the CPU) that raises
+    ``torch.cuda.OutOfMemoryError`` is retried with 4-fold smaller chunks of cell pixels down
+    to :data:`MIN_OOM_CHUNK_PIXELS`, then the NumPy engine runs the whole batch on the CPU.
+    Each step issues a ``RuntimeWarning`` saying so. The NumPy engine is run as is.
+    """
+    import warnings
+
+    from .fast_backend import _CHUNK_PIXELS, extract_batch
+
+    if engine == "numpy":
+        return extract_batch(images, labels, schema, engine, progress)
+    import torch
+
+    chunk = _CHUNK_PIXELS["cuda" if str(engine).startswith("cuda") else "cpu"]
+    while True:
+        try:
+            return extract_batch(images, labels, schema, engine, progress, chunk_pixels=chunk)
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if chunk > MIN_OOM_CHUNK_PIXELS:
+                chunk = max(MIN_OOM_CHUNK_PIXELS, chunk // 4)
+                warnings.warn(
+                    f"{engine} ran out of memory measuring nuclei; retrying in chunks of "
+                    f"{chunk} cell pixels.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            warnings.warn(
+                f"{engine} ran out of memory measuring nuclei even in chunks of {chunk} cell "
+                "pixels; measuring on the CPU instead (slower).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return extract_batch(images, labels, schema, "numpy", progress)
+
+
 def extract(image, labels, schema=None, backend: str = "auto", device: str = "auto", progress=None):
     """Per-cell features of every nucleus in ``labels``.
 
@@ -69,6 +114,9 @@ def extract(image, labels, schema=None, backend: str = "auto", device: str = "au
     Raises:
         InvalidImageError, InvalidLabelsError: unusable inputs.
         UAMError: unknown backend. DeviceError: unavailable device.
+
+    A GPU out-of-memory error is retried in smaller chunks, then on the CPU, with a
+    ``RuntimeWarning`` (see :func:`_run_engine`).
     """
     schema = get_schema(schema)
     img = as_rgb_uint8(image)
@@ -85,9 +133,7 @@ def extract(image, labels, schema=None, backend: str = "auto", device: str = "au
         ids, values = extract_pyradiomics(img, lab, schema, progress=progress)
         df = _frame(ids, values, schema)
     else:
-        from .fast_backend import extract_batch
-
-        [(ids, values)] = extract_batch([img], [lab], schema, _engine_device(device), progress)
+        [(ids, values)] = _run_engine([img], [lab], schema, _engine_device(device), progress)
         df = _frame(ids, values, schema)
     if progress is not None:
         progress(1.0)
@@ -104,10 +150,8 @@ def extract_many(images, labels, schema=None, device: str = "auto", progress=Non
     Returns:
         list of DataFrames as :func:`extract` returns.
     """
-    from .fast_backend import extract_batch
-
     schema = get_schema(schema)
     imgs = [as_rgb_uint8(im) for im in images]
     labs = [as_labels(lb, im.shape) for lb, im in zip(labels, imgs)]
-    res = extract_batch(imgs, labs, schema, _engine_device(device), progress)
+    res = _run_engine(imgs, labs, schema, _engine_device(device), progress)
     return [_frame(ids, values, schema) for ids, values in res]

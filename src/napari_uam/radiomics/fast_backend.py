@@ -158,14 +158,14 @@ def _zones_torch(xp, key, pix, width):
     return torch.unique(comp, return_inverse=True)[1]
 
 
-def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None):
+def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None):
     """Features of every cell of every patch (see :func:`_extract_batch`)."""
     # Degenerate cells divide 0 by 0 on purpose (pyradiomics' NaNs); keep NumPy quiet about it.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _extract_batch(images, labels, schema, device, progress)
+        return _extract_batch(images, labels, schema, device, progress, chunk_pixels)
 
 
-def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None):
+def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None):
     """Features of every cell of every patch.
 
     Args:
@@ -174,6 +174,8 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         schema: the feature schema.
         device: ``"numpy"`` (NumPy CPU), ``"cpu"`` (torch CPU) or ``"cuda[:n]"`` (torch GPU).
         progress: optional callable(fraction).
+        chunk_pixels: most cell pixels per chunk of the per-cell families; None = the
+            device's default (:data:`_CHUNK_PIXELS`). Smaller chunks need less memory.
 
     Returns:
         list over patches of (ids, values): (n_b,) int64 sorted label ids, (n_b, F) float64.
@@ -253,7 +255,7 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
     # of at most _CHUNK_PIXELS pixels, to bound memory.
     counts = xp.to_numpy(xp.bincount(cell_all, minlength=n_cells)).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    budget = _CHUNK_PIXELS["cuda" if str(device).startswith("cuda") else "cpu"]
+    budget = chunk_pixels or _CHUNK_PIXELS["cuda" if str(device).startswith("cuda") else "cpu"]
     bounds, c0 = [], 0
     while c0 < n_cells:
         c1 = int(np.searchsorted(starts, starts[c0] + budget, side="right")) - 1

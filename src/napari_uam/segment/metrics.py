@@ -206,6 +206,10 @@ def match_points(pred_yx, true_yx, radius: float) -> tuple[np.ndarray, np.ndarra
         true_yx: (M, 2) array-like of annotated (y, x) positions in pixels.
         radius: largest matching distance in pixels (3 um is ``3 / mpp`` pixels).
 
+    Points are matched by distance only: the function knows no image extent, so a point outside
+    the image (negative or beyond its size) is matched like any other and never raises. Filter
+    such points first if they should not count.
+
     Returns:
         (pred_idx, true_idx): two int64 arrays of equal length K <= min(N, M), sorted by
         ``pred_idx``; ``pred_yx[pred_idx[k]]`` is matched to ``true_yx[true_idx[k]]``.
@@ -214,6 +218,10 @@ def match_points(pred_yx, true_yx, radius: float) -> tuple[np.ndarray, np.ndarra
     t = np.asarray(true_yx, dtype=np.float64).reshape(-1, 2)
     if not radius > 0:
         raise ValueError(f"radius must be > 0 pixels (got {radius}).")
+    # NaN would silently never match (and inf breaks the KD-tree); say which input is bad.
+    for name, pts in (("pred_yx", p), ("true_yx", t)):
+        if not np.all(np.isfinite(pts)):
+            raise ValueError(f"{name} contains NaN or infinite coordinates; drop those points first.")
     empty = np.zeros(0, np.int64)
     if len(p) == 0 or len(t) == 0:
         return empty, empty.copy()

@@ -39,6 +39,7 @@ import hashlib
 import os
 import platform
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ from .normalize import Normalizer
 FORMAT = "napari-uam/cell-classifier"
 FORMAT_VERSION = 1
 
+#: Smallest batch (cells) tried after a GPU out-of-memory error before falling back to the CPU.
+MIN_OOM_BATCH = 256
+
 #: File name of the shipped default weights in ``napari_uam/weights/``.
 DEFAULT_WEIGHTS = "uam_default.pt"
 
@@ -57,6 +61,14 @@ _REQUIRED = (
     "format", "format_version", "arch", "config", "state_dict", "schema_id", "feature_names",
     "class_names", "tumor_class", "normalization",
 )  # fmt: skip
+
+
+def _free_cuda_cache() -> None:
+    """Return cached GPU blocks to the driver after an out-of-memory error (no-op without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def default_weights_path() -> Path:
@@ -180,10 +192,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"Model checkpoint {path} is a folder; choose the .pt file inside it.")
     if not path.is_file():
         raise CheckpointError(f"Model checkpoint {path} does not exist; check the path.")
     try:
+        # map_location: a checkpoint saved from a GPU loads on a machine without one.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as err:
+        raise CheckpointError(
+            f"Cannot read model checkpoint {path}: permission denied. Ask for read access or copy "
+            "the file somewhere you can read it."
+        ) from err
     except Exception as err:  # zip/pickle/EOF errors of a damaged file, or non-plain content
         raise CheckpointError(
             f"Cannot read model checkpoint {path}: the file is truncated, corrupted or not a "
@@ -312,12 +332,46 @@ class CellClassifier:
 
         Returns:
             (n_cells, n_classes) float32 probabilities, rows in table order.
+
+        On a GPU out-of-memory error the batch shrinks 4-fold per retry down to
+        :data:`MIN_OOM_BATCH` cells, then the classifier moves to the CPU; each step issues a
+        ``RuntimeWarning`` saying so.
         """
         import torch
 
         x = self.normalizer.transform(self.check_features(features))
         if batch_size is None:
             batch_size = 65536 if self.device.startswith("cuda") else 1024
+        while True:
+            try:
+                return self._forward(x, batch_size)
+            except torch.cuda.OutOfMemoryError:
+                _free_cuda_cache()
+                if batch_size > MIN_OOM_BATCH:
+                    batch_size = max(MIN_OOM_BATCH, batch_size // 4)
+                    warnings.warn(
+                        f"{self.device} ran out of memory classifying {len(x)} cells; retrying "
+                        f"with batches of {batch_size} cells.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                if self.device == "cpu":
+                    raise
+                warnings.warn(
+                    f"{self.device} ran out of memory even with batches of {batch_size} cells; "
+                    "classifying on the CPU instead (slower). This classifier stays on the CPU; "
+                    "free GPU memory and load it again to use the GPU.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.model = self.model.to("cpu")
+                self.device = "cpu"
+
+    def _forward(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        """Softmax outputs of the model on normalised features ``x``, ``batch_size`` rows at a time."""
+        import torch
+
         out = np.empty((len(x), len(self.class_names)), dtype=np.float32)
         with torch.no_grad():
             for lo in range(0, len(x), batch_size):
