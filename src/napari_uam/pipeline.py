@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 from . import __version__
 from .errors import CancelledError, InvalidImageError, InvalidLabelsError, NoNucleiError
 from .scale import rescale_image, resize_labels, scale_factor
-from .validation import as_labels, as_rgb_uint8, check_brightfield
+from .validation import as_labels, as_rgb_uint8, check_brightfield, check_he_stain
 
 Progress = Optional[Callable[[str, float], None]]
 Cancel = Optional[Callable[[], bool]]
@@ -117,6 +117,7 @@ def segment_nuclei(
     mpp = _check_mpp(mpp)
     # The H&E segmenters would take a fluorescence image's black background for stain.
     check_brightfield(rgb)
+    check_he_stain(rgb)
     _check_cancel(cancel)
     _tick(progress, "segment", 0.0)
     # Each backend works at the pixel size it was designed or trained for and returns labels
@@ -183,6 +184,7 @@ def measure_cells(
     mpp = _check_mpp(mpp)
     # Features of a fluorescence image mean nothing to a classifier trained on H&E.
     check_brightfield(rgb)
+    check_he_stain(rgb)
     _check_cancel(cancel)
     _tick(progress, "measure", 0.0)
     geom = cell_geometry(lab, mpp)

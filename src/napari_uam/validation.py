@@ -141,6 +141,50 @@ def check_brightfield(rgb: np.ndarray) -> None:
         )
 
 
+class StainWarning(UserWarning):
+    """The image is brightfield but does not look like H&E (e.g. IHC with DAB)."""
+
+
+#: DAB optical density above which a tissue pixel counts as brown, and the share of such
+#: pixels above which the image is taken for IHC. No H&E image of the development data comes
+#: near it (tests/test_robustness.py checks all 150); a DAB-stained field has most pixels brown.
+_DAB_OD = 0.15
+_DAB_SHARE = 0.2
+
+
+def check_he_stain(rgb: np.ndarray) -> bool:
+    """Warn (:class:`StainWarning`) when a brightfield image looks like IHC (brown DAB), not H&E.
+
+    IHC slides carry a hematoxylin counterstain, so segmentation may still work, but the
+    classifier was trained on H&E only; the user is told and decides. Returns True if it warned.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB.
+    """
+    import warnings
+
+    from skimage.color import rgb2hed
+
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    sample = rgb[::step, ::step]
+    hed = rgb2hed(sample)
+    # Near-black pixels have a high optical density in every stain: they are not tissue colour.
+    tissue = (hed.sum(axis=-1) > 0.05) & (sample.max(axis=-1) >= 40)
+    if tissue.sum() < 100:
+        return False
+    share = float((hed[..., 2][tissue] > _DAB_OD).mean())
+    if share > _DAB_SHARE:
+        warnings.warn(
+            f"{share:.0%} of the tissue is brown (DAB): this looks like an IHC stain, not H&E. "
+            "Nuclei may still be found from the hematoxylin counterstain, but the tumor classes "
+            "are only validated on H&E; check the results or use an H&E section.",
+            StainWarning,
+            stacklevel=3,
+        )
+        return True
+    return False
+
+
 def as_labels(labels, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Return ``labels`` as a 2-D int32 instance map, or raise :class:`InvalidLabelsError`.
 
