@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
-import re
+import sys
 import time
 from pathlib import Path
 
@@ -35,12 +35,8 @@ def today() -> str:
 
 def write_section(name: str, markdown: str, path: Path = DOCS / "performance.md", title: str = "# Performance") -> Path:
     """Replace (or append) the section ``name`` of ``path`` with ``markdown``."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{markdown.strip()}\n{end}"
-    text = path.read_text() if path.exists() else f"{title}\n\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from napari_uam._sections import markers, replace_section
+
+    start, end = markers(name)
+    return replace_section(path, f"{start}\n{markdown.strip()}\n{end}", (start, end), title)

@@ -237,15 +237,9 @@ def markdown(res: dict) -> str:
 
 def write_section(path: Path, body: str) -> None:
     """Replace the models section of ``path`` (create the file if absent; keep other sections)."""
-    text = path.read_text() if path.is_file() else "# Performance\n\n"
-    if MARKERS[0] in text and MARKERS[1] in text:
-        pre, rest = text.split(MARKERS[0], 1)
-        text = pre + body + rest.split(MARKERS[1], 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from napari_uam._sections import replace_section
+
+    replace_section(path, body, MARKERS, "# Performance")
 
 
 def main(argv=None) -> int:

@@ -271,18 +271,9 @@ def _gbt_note(records, shipped) -> str:
 
 def replace_section(path: Path, body: str, markers=SECTION, title: str = "# Results") -> None:
     """Write ``body`` (which includes the markers) into ``path``, keeping other sections."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.is_file() else f"{title}\n\n"
-    start, end = markers
-    if start in text and end in text:
-        pre, rest = text.split(start, 1)
-        post = rest.split(end, 1)[1]
-        text = pre + body + post
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from .._sections import replace_section as _replace
+
+    _replace(path, body, markers, title)
 
 
 def main(argv=None) -> int:
