@@ -25,9 +25,14 @@ def test_classify_sample_writes_contract(tmp_path, capsys):
     assert len(gj["features"]) == n
     assert len(pd.read_parquet(tmp_path / f"{stem}_cells.parquet")) == n
     assert "nuclei" in capsys.readouterr().out
-    # A second run refuses to overwrite, with one line and a non-zero status.
+    # A second run skips the finished image and rewrites nothing.
     before = (tmp_path / f"{stem}_cells.csv").read_bytes()
-    assert main(["classify", "--sample", "--out", str(tmp_path)]) == 2
+    assert main(["classify", "--sample", "--out", str(tmp_path)]) == 0
+    assert "skipped (done" in capsys.readouterr().out
+    # Without its done marker the image is not finished, and its outputs are still never
+    # overwritten without --overwrite: the image fails with one line, status 1.
+    (tmp_path / f"{stem}.done.json").unlink()
+    assert main(["classify", "--sample", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Not overwriting" in err[0]
     assert (tmp_path / f"{stem}_cells.csv").read_bytes() == before
@@ -36,13 +41,21 @@ def test_classify_sample_writes_contract(tmp_path, capsys):
 def test_bad_input_exits_with_one_line(tmp_path, capsys):
     gray = tmp_path / "gray.tif"
     tifffile.imwrite(gray, np.zeros((64, 64), np.uint8))
-    assert main(["classify", str(gray), "--mpp", "0.5", "--out", str(tmp_path / "o")]) == 2
+    out = tmp_path / "o"
+    # An unusable image fails (status 1) with one line; unusable arguments give status 2.
+    assert main(["classify", str(gray), "--mpp", "0.5", "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "grayscale" in err[0]
     rgb = tmp_path / "nompp.png"
     from PIL import Image
 
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(rgb)
-    assert main(["classify", str(rgb), "--out", str(tmp_path / "o")]) == 2
+    assert main(["classify", str(rgb), "--out", str(out)]) == 1
     assert "--mpp" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    # Only the run manifest is written: no per-image output, no temporary file.
+    assert sorted(p.name for p in out.iterdir()) == ["napari_uam_run.json"]
+    assert main(["classify", str(tmp_path / "missing.tif"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such file" in err[0]
+    assert main(["classify", str(gray), "--mpp", "0.5", "--formats", "tif,xls", "--out", str(out)]) == 2
+    assert "xls" in capsys.readouterr().err

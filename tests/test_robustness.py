@@ -159,9 +159,10 @@ def test_folder_instead_of_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_UAM_SEG_WEIGHTS", str(tmp_path))
     assert not learned.is_available()
     assert resolve_backend("auto") == "watershed"
+    # The command line takes a folder for its images; one without any is a bad argument.
     assert main(["classify", str(tmp_path), "--mpp", "0.5", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not a file" in err[0]
+    assert len(err) == 1 and "holds no TIFF, PNG or JPEG image" in err[0]
 
 
 def test_unreadable_file_gives_a_clear_error(tmp_path, monkeypatch):

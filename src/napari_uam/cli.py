@@ -1,19 +1,25 @@
-"""Command line: the same pipeline as the napari dock, over files.
+"""Command line: the same pipeline as the napari dock, over files, globs and folders.
 
-    napari-uam classify IMAGE... --mpp MPP --out DIR
+    napari-uam segment  INPUT... --out DIR [--mpp MPP]
+    napari-uam measure  INPUT... --out DIR [--mpp MPP] [--labels-from-out]
+    napari-uam classify INPUT... --out DIR [--mpp MPP] [--labels-from-out]
     napari-uam classify --sample --out DIR
 
-writes per image ``DIR/<stem>_nuclei.tif``, ``<stem>_cells.csv``, ``<stem>_cells.parquet``
-and ``<stem>_cells.geojson`` (see :mod:`napari_uam.io.export`). Bad input exits with status 2
-and one line saying why; nothing is overwritten unless ``--overwrite`` is given.
+An INPUT is an image file, a glob pattern or a folder (its TIFF/PNG/JPEG files, sorted).
+Per image, ``classify`` writes ``DIR/<stem>_nuclei.tif``, ``<stem>_cells.csv``,
+``<stem>_cells.parquet`` and ``<stem>_cells.geojson`` (see :mod:`napari_uam.io.export`);
+``segment`` writes the labels TIFF; ``measure`` the labels and the cell table without
+classes. Runs are resumable: an image whose ``<stem>.done.json`` says its outputs are
+complete is skipped unless ``--overwrite``. ``DIR/napari_uam_run.json`` records the run and
+``DIR/cohort_cells.parquet`` holds every image's cells. Exit status: 0 when every image is
+done or skipped, 1 when any image failed (the others still run), 2 for unusable arguments,
+130 when interrupted. The batch logic lives in :mod:`napari_uam.batch`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from .errors import CancelledError, UAMError
 
@@ -21,70 +27,83 @@ from .errors import CancelledError, UAMError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="napari-uam", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("classify", help="segment, measure and classify the nuclei of H&E images")
-    c.add_argument("images", nargs="*", help="image files (TIFF/OME-TIFF/SVS, PNG, JPEG)")
-    c.add_argument("--sample", action="store_true", help="also run on the shipped sample patch")
-    c.add_argument("--mpp", type=float, default=None,
-                   help="microns per pixel (0.25 at 40x, 0.5 at 20x); default: read from the file")
-    c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--model", default=None, help="checkpoint file (default: the shipped UAM weights)")
-    c.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    c.add_argument("--segmenter", default="auto", help="segmentation backend (default: best installed)")
-    c.add_argument("--radiomics-backend", default="auto", choices=["auto", "fast", "pyradiomics"])
-    c.add_argument("--formats", default="tif,csv,parquet,geojson",
-                   help="comma-separated subset of tif,csv,parquet,geojson")
-    c.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    c.add_argument("--quiet", action="store_true")
+    helps = {
+        "segment": "segment the nuclei of H&E images (writes <stem>_nuclei.tif)",
+        "measure": "segment and measure the nuclei (labels + cell table without classes)",
+        "classify": "segment, measure and classify the nuclei of H&E images",
+    }
+    for name, text in helps.items():
+        c = sub.add_parser(name, help=text, description=text)
+        c.add_argument("images", nargs="*",
+                       help="image files (TIFF/OME-TIFF/SVS, PNG, JPEG), glob patterns or folders")
+        c.add_argument("--sample", action="store_true", help="also run on the shipped sample patch")
+        c.add_argument("--mpp", type=float, default=None,
+                       help="microns per pixel (0.25 at 40x, 0.5 at 20x); default: read from each file")
+        c.add_argument("--out", required=True, help="output folder")
+        c.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+        c.add_argument("--segmenter", default="auto", help="segmentation backend (default: best installed)")
+        if name != "segment":
+            c.add_argument("--radiomics-backend", default="auto", choices=["auto", "fast", "pyradiomics"])
+            c.add_argument("--labels-from-out", action="store_true",
+                           help="reuse <stem>_nuclei.tif from the output folder when present "
+                                "instead of segmenting again")
+        if name == "classify":
+            c.add_argument("--model", default=None,
+                           help="checkpoint file (default: the shipped UAM weights)")
+            c.add_argument("--formats", default="tif,csv,parquet,geojson",
+                           help="comma-separated subset of tif,csv,parquet,geojson")
+        c.add_argument("--overwrite", action="store_true",
+                       help="recompute images already done and replace their outputs")
+        c.add_argument("--quiet", action="store_true", help="no progress lines (failures still go to stderr)")
     return p
 
 
-def _classify(args) -> int:
-    from . import pipeline
-    from .io import export_cells, read_image
+def _run(args, argv) -> int:
+    from .batch import run_batch
     from .sample_data import SAMPLE_MPP, SAMPLE_PATH
 
-    jobs = [(Path(p), args.mpp) for p in args.images]
-    if args.sample:
-        jobs.append((SAMPLE_PATH, args.mpp or SAMPLE_MPP))
-    if not jobs:
-        raise UAMError("no input: give image files or --sample")
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    model = pipeline.get_classifier(args.model, args.device)
-    for path, mpp in jobs:
-        image, file_mpp = read_image(path)
-        mpp = mpp or file_mpp
-        if mpp is None:
-            raise UAMError(f"{path.name}: the file does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x)")
-        t0 = time.perf_counter()
-        res = pipeline.run(
-            image, mpp, segment_backend=args.segmenter, radiomics_backend=args.radiomics_backend,
-            model=model, device=args.device,
-        )
-        stem = path.name.split(".")[0]
-        written = export_cells(
-            res.labels, res.table, args.out, stem, formats=formats, overwrite=args.overwrite,
-            tumor_mask=res.tumor_mask, provenance=res.provenance, mpp=mpp,
-        )
-        if not args.quiet:
-            n = len(res.table)
-            n_t = int((res.table["class"] == res.table.attrs.get("tumor_class", "tumor")).sum()) if n else 0
-            print(f"{path.name}: {n} nuclei, {n_t} tumor, {time.perf_counter() - t0:.1f} s -> "
-                  + ", ".join(str(p) for p in written.values()))
-    return 0
+    def progress(line: str, status: str) -> None:
+        # Failures always reach stderr so that a quiet run still says what went wrong.
+        if status == "failed":
+            print(line, file=sys.stderr, flush=True)
+        elif not args.quiet:
+            print(line, flush=True)
+
+    formats = getattr(args, "formats", None)
+    result = run_batch(
+        args.command,
+        args.images,
+        args.out,
+        mpp=args.mpp,
+        extra_images=[(SAMPLE_PATH, SAMPLE_MPP)] if args.sample else (),
+        formats=[f.strip() for f in formats.split(",") if f.strip()] if formats else None,
+        model=getattr(args, "model", None),
+        device=args.device,
+        segmenter=args.segmenter,
+        radiomics_backend=getattr(args, "radiomics_backend", "auto"),
+        overwrite=args.overwrite,
+        labels_from_out=getattr(args, "labels_from_out", False),
+        progress=progress,
+        argv=["napari-uam", *argv],
+    )
+    if not args.quiet:
+        cohort = f", cohort table {result.cohort_path}" if result.cohort_path else ""
+        print(f"{result.count('done')} done, {result.count('skipped')} skipped, "
+              f"{result.count('failed')} failed; manifest {result.manifest_path}{cohort}")
+    return result.exit_code
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
-        if args.command == "classify":
-            return _classify(args)
-    except (UAMError, OSError) as err:  # OSError: file exists, full disk, permission denied
+        return _run(args, argv)
+    except (UAMError, OSError) as err:  # bad arguments, model not loadable, output folder unusable
         print(f"napari-uam: error: {err}", file=sys.stderr)
         return 2
-    except CancelledError as err:
-        print(f"napari-uam: {err}", file=sys.stderr)
+    except (KeyboardInterrupt, CancelledError):
+        print("napari-uam: interrupted; finished images are kept, rerun to resume", file=sys.stderr)
         return 130
-    return 1
 
 
 if __name__ == "__main__":

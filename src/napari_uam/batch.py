@@ -1,0 +1,589 @@
+"""Batch runs over many images: resumable, one manifest per run, one cohort table.
+
+The command line (:mod:`napari_uam.cli`) is a thin layer over :func:`run_batch`; nothing
+here imports Qt, so tests and scripts call it headless.
+
+Per image ``<stem>`` the outputs of :func:`napari_uam.io.export_cells` are written (all or
+none, through a hidden staging folder), then ``<stem>.done.json`` (provenance, parameters,
+timings) is written last and atomically. An image counts as done only when its marker
+exists, was written by the same command and lists every requested output, and those
+outputs exist: a run killed at any point therefore leaves only complete per-image sets
+behind, and the next run redoes exactly the images without a marker.
+
+Per run, ``napari_uam_run.json`` (the manifest: command line, versions, model, parameters,
+per-image status and totals) is rewritten atomically after every image, so that even a
+killed run says how far it got, and ``cohort_cells.parquet`` (every image's cell table with
+an ``image`` column) is written at the end from the per-image parquet files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import pandas as pd
+
+from . import pipeline
+from .errors import UAMError
+from .io.atomic import atomic_path
+from .io.export import FORMATS, export_cells, output_paths
+from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
+from .validation import as_rgb_uint8
+
+#: The batch commands, in pipeline order.
+COMMANDS = ("segment", "measure", "classify")
+#: Output kinds each command writes (``classify`` may be narrowed with ``formats``).
+COMMAND_FORMATS = {
+    "segment": ("tif",),
+    "measure": ("tif", "csv", "parquet"),
+    "classify": FORMATS,
+}
+MANIFEST_NAME = "napari_uam_run.json"
+COHORT_NAME = "cohort_cells.parquet"
+DONE_SUFFIX = ".done.json"
+#: Identifies the layout of the manifest and of the done markers, for scripts reading them.
+MANIFEST_SCHEMA = "napari-uam-run/1"
+
+Progress = Optional[Callable[[str, str], None]]
+
+
+class BatchArgumentError(UAMError):
+    """The batch's arguments are unusable (no input, unknown format, clashing names)."""
+
+
+def image_stem(path) -> str:
+    """File-name stem of an image's outputs.
+
+    The same rule as the napari dock's exports: the file name without its image suffix
+    (``.ome.tif``/``.ome.tiff`` counted as one suffix), with characters other than letters,
+    digits, ``.``, ``_`` and ``-`` replaced by ``_``. Dots inside the name are kept, so
+    ``slide_0.986.jpg`` gives ``slide_0.986``.
+    """
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = name.rsplit(".", 1)[0] if "." in name else name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return stem or "image"
+
+
+def _is_image_name(name: str) -> bool:
+    low = name.lower()
+    return low.endswith(TIFF_SUFFIXES) or low.endswith(PIL_SUFFIXES)
+
+
+def _own_output(path: Path, out_dir: Optional[Path]) -> bool:
+    """True for a label TIFF this tool wrote into ``out_dir`` (never an input image)."""
+    if out_dir is None or path.parent.resolve() != out_dir.resolve():
+        return False
+    return path.name.endswith(("_nuclei.tif", "_tumor_mask.tif"))
+
+
+def collect_images(inputs: Iterable, out_dir=None) -> list[Path]:
+    """Expand files, globs and folders into the list of images to process.
+
+    Args:
+        inputs: file paths, glob patterns (``*``, ``?``, ``[``; ``**`` recurses) or folders.
+            A folder stands for its TIFF/OME-TIFF/SVS, PNG and JPEG files (not recursive,
+            hidden files left out), sorted by name.
+        out_dir: the output folder; label TIFFs written there by an earlier run are left out,
+            so that a run whose output folder is its input folder does not take its own
+            outputs for images.
+
+    Returns:
+        The image paths in input order, each once.
+
+    Raises:
+        BatchArgumentError: an input that is neither a file, a folder nor a matching glob,
+            or a folder without images.
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(
+                f for f in p.iterdir()
+                if f.is_file() and not f.name.startswith(".") and _is_image_name(f.name)
+                and not _own_output(f, out)
+            )
+            if not files:
+                raise BatchArgumentError(f"{p}: the folder holds no TIFF, PNG or JPEG image.")
+            found.extend(files)
+        elif p.is_file():
+            found.append(p)
+        elif glob.has_magic(str(item)):
+            files = sorted(
+                Path(f) for f in glob.glob(str(item), recursive=True)
+                if Path(f).is_file() and _is_image_name(f) and not _own_output(Path(f), out)
+            )
+            if not files:
+                raise BatchArgumentError(f"{item}: no TIFF, PNG or JPEG image matches this pattern.")
+            found.extend(files)
+        else:
+            raise BatchArgumentError(f"{item}: no such file or folder.")
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def done_path(out_dir, stem: str) -> Path:
+    """The marker that says an image's outputs are complete."""
+    return Path(out_dir) / f"{stem}{DONE_SUFFIX}"
+
+
+def read_done(out_dir, stem: str, command: str, formats: Sequence[str]) -> Optional[dict]:
+    """The done marker of an image if its requested outputs are complete, else None.
+
+    Args:
+        out_dir: output folder.
+        stem: the image's output stem.
+        command: ``segment``, ``measure`` or ``classify``: a marker written by another
+            command does not count (a ``measure`` table has no classes).
+        formats: the output kinds this run asks for.
+    """
+    marker = done_path(out_dir, stem)
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("command") != command:
+        return None
+    outputs = info.get("outputs") or {}
+    if not set(formats) <= set(outputs):
+        return None
+    paths = output_paths(out_dir, stem)
+    if not all(paths[k].is_file() for k in formats):
+        return None
+    return info
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _remove_stale_staging(out_dir: Path, stem: str) -> None:
+    """Remove what a run killed by a signal left in ``out_dir`` for this image.
+
+    A SIGKILL skips the ``finally`` blocks that normally remove the export's staging folder
+    and the marker's temporary file; both carry the stem in hidden names only this package
+    writes.
+    """
+    for leftover in out_dir.glob(f".{glob.escape(stem)}.export.*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out_dir.glob(f".{glob.escape(stem + DONE_SUFFIX)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class ImageStatus:
+    """What a batch did with one image.
+
+    Attributes:
+        image: the input path.
+        stem: its output stem.
+        status: ``pending``, ``done``, ``skipped`` (done by an earlier run), ``failed`` or
+            ``interrupted``.
+        reason: one line saying why, for ``failed``.
+        n_cells: nuclei found (also for skipped images, from their marker).
+        n_tumor: nuclei classified as tumor (``classify`` only).
+        seconds: time spent on the image in this run.
+        outputs: output file names by kind.
+    """
+
+    image: str
+    stem: str
+    status: str = "pending"
+    reason: str = ""
+    n_cells: Optional[int] = None
+    n_tumor: Optional[int] = None
+    seconds: float = 0.0
+    outputs: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchResult:
+    """The outcome of :func:`run_batch`.
+
+    Attributes:
+        images: one status per input image, in input order.
+        manifest_path: the run manifest written.
+        cohort_path: the cohort table, or None when the command writes no parquet table.
+    """
+
+    images: list
+    manifest_path: Path
+    cohort_path: Optional[Path] = None
+
+    def count(self, status: str) -> int:
+        """Number of images with ``status``."""
+        return sum(1 for s in self.images if s.status == status)
+
+    @property
+    def exit_code(self) -> int:
+        """1 if any image failed, else 0."""
+        return 1 if self.count("failed") else 0
+
+
+def _tumor_count(table: Optional[pd.DataFrame]) -> Optional[int]:
+    if table is None or "class" not in table.columns:
+        return None
+    return int((table["class"] == table.attrs.get("tumor_class", "tumor")).sum())
+
+
+def write_cohort_table(out_dir, parts: Sequence[tuple[str, Path]]) -> Optional[Path]:
+    """Concatenate per-image cell tables into ``out_dir/cohort_cells.parquet``, atomically.
+
+    The first column, ``image``, is the image's output stem. The file is left untouched when
+    it was already built from the same per-image files (same names, sizes and modification
+    times), so that a rerun with nothing new rewrites nothing.
+
+    Args:
+        out_dir: output folder.
+        parts: ``(stem, parquet path)`` per image, in order.
+
+    Returns:
+        The cohort table's path, or None when ``parts`` is empty.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not parts:
+        return None
+    path = Path(out_dir) / COHORT_NAME
+    sources = [[stem, p.name, p.stat().st_size, p.stat().st_mtime_ns] for stem, p in parts]
+    if path.is_file():
+        try:
+            meta = pq.read_schema(path).metadata or {}
+            old = json.loads(meta.get(b"napari_uam_cohort", b"{}")).get("sources")
+        except Exception:  # an unreadable cohort file is simply rebuilt
+            old = None
+        if old == sources:
+            return path
+    frames = []
+    for stem, p in parts:
+        df = pd.read_parquet(p)
+        df.insert(0, "image", stem)
+        frames.append(df)
+    cohort = pd.concat(frames, ignore_index=True)
+    tab = pa.Table.from_pandas(cohort, preserve_index=False)
+    meta = dict(tab.schema.metadata or {})
+    meta[b"napari_uam_cohort"] = json.dumps({"sources": sources}).encode()
+    tab = tab.replace_schema_metadata(meta)
+    with atomic_path(path, overwrite=True) as tmp:
+        pq.write_table(tab, tmp)
+    return path
+
+
+def run_batch(
+    command: str,
+    inputs: Iterable = (),
+    out_dir=".",
+    *,
+    mpp: Optional[float] = None,
+    extra_images: Sequence[tuple] = (),
+    formats: Optional[Sequence[str]] = None,
+    model=None,
+    device: str = "auto",
+    segmenter: str = "auto",
+    radiomics_backend: str = "auto",
+    overwrite: bool = False,
+    labels_from_out: bool = False,
+    progress: Progress = None,
+    argv: Optional[Sequence[str]] = None,
+) -> BatchResult:
+    """Run ``segment``, ``measure`` or ``classify`` over many images, resumably.
+
+    A failing image (unreadable, not H&E, no nuclei, outputs in the way) is recorded as
+    failed with a one-line reason and the next image is processed. A KeyboardInterrupt
+    stops the run after recording it in the manifest; the image being processed then has
+    no outputs (they are only renamed into place once complete) and no marker.
+
+    Args:
+        command: ``"segment"`` (labels TIFF), ``"measure"`` (labels + cell table without
+            classes) or ``"classify"`` (labels, classified table, GeoJSON).
+        inputs: files, glob patterns or folders (see :func:`collect_images`).
+        out_dir: output folder (created if missing).
+        mpp: microns per pixel for every image; None reads it from each file.
+        extra_images: further ``(path, default_mpp)`` pairs (e.g. the shipped sample),
+            whose ``default_mpp`` applies when neither ``mpp`` nor the file gives one.
+        formats: output kinds for ``classify`` (subset of tif, csv, parquet, geojson);
+            the other commands write their fixed set.
+        model: checkpoint path, loaded classifier or None for the shipped weights.
+        device: ``"auto"``, ``"cuda"`` or ``"cpu"``.
+        segmenter: segmentation backend (``"auto"``: the best installed).
+        radiomics_backend: ``"auto"``, ``"fast"`` or ``"pyradiomics"``.
+        overwrite: recompute done images and replace their outputs.
+        labels_from_out: for ``measure``/``classify``, reuse ``<stem>_nuclei.tif`` from the
+            output folder when it exists instead of segmenting again.
+        progress: called as ``progress(line, status)`` once per image (``status`` one of
+            done, skipped, failed).
+        argv: the command line, recorded in the manifest.
+
+    Returns:
+        :class:`BatchResult`.
+
+    Raises:
+        BatchArgumentError: unusable arguments (nothing is written then).
+        UAMError: the model cannot be loaded or ``mpp`` is implausible.
+    """
+    from .radiomics.schema import DEFAULT_SCHEMA
+
+    if command not in COMMANDS:
+        raise BatchArgumentError(f"Unknown command {command!r}; choose from {', '.join(COMMANDS)}.")
+    if formats is None or command != "classify":
+        formats = COMMAND_FORMATS[command]
+    formats = tuple(dict.fromkeys(formats))
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise BatchArgumentError(
+            f"Unknown output format(s) {sorted(unknown) or '(none)'}; choose from {', '.join(FORMATS)}."
+        )
+    if mpp is not None:
+        mpp = pipeline._check_mpp(mpp)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BatchArgumentError(f"--out {out} is a file, not a folder.")
+    jobs = [(p, None) for p in collect_images(inputs, out)] + [(Path(p), m) for p, m in extra_images]
+    if not jobs:
+        raise BatchArgumentError("No input: give image files, globs or folders.")
+    stems: dict[str, Path] = {}
+    for p, _ in jobs:
+        s = image_stem(p)
+        if s in stems:
+            raise BatchArgumentError(
+                f"{stems[s]} and {p} would write the same outputs ({s}_*); "
+                "process them into different --out folders."
+            )
+        stems[s] = p
+
+    clf = pipeline.get_classifier(model, device) if command == "classify" else None
+    out.mkdir(parents=True, exist_ok=True)
+    parameters = {
+        "mpp": mpp,
+        "formats": list(formats),
+        "device": device,
+        "segmenter": segmenter,
+        "radiomics_backend": radiomics_backend if command != "segment" else None,
+        "model": None if model is None or hasattr(model, "predict_proba") else str(model),
+        "overwrite": overwrite,
+        "labels_from_out": labels_from_out,
+    }
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "command": command,
+        "argv": list(argv) if argv is not None else None,
+        "cwd": os.getcwd(),
+        "out_dir": str(out.resolve()),
+        "started_utc": _utc(),
+        "finished_utc": None,
+        "state": "running",
+        "versions": pipeline._versions(),
+        "model": None if clf is None else {
+            "id": clf.model_id, "sha256": clf.sha256, "arch": clf.arch, "schema_id": clf.schema_id,
+        },
+        "schema_id": DEFAULT_SCHEMA.schema_id if command != "segment" else None,
+        "parameters": parameters,
+        "images": [],
+        "totals": {},
+        "cohort_table": None,
+    }
+    statuses = [ImageStatus(image=str(p), stem=image_stem(p)) for p, _ in jobs]
+    manifest_path = out / MANIFEST_NAME
+    t_run = time.perf_counter()
+
+    def save(state: str) -> None:
+        manifest["state"] = state
+        manifest["images"] = [asdict(s) for s in statuses]
+        manifest["totals"] = {
+            "images": len(statuses),
+            **{k: sum(1 for s in statuses if s.status == k)
+               for k in ("done", "skipped", "failed", "pending")},
+            "cells": sum(s.n_cells or 0 for s in statuses if s.status in ("done", "skipped")),
+            "tumor_cells": sum(s.n_tumor or 0 for s in statuses if s.status in ("done", "skipped")),
+            "seconds": round(time.perf_counter() - t_run, 3),
+        }
+        if state != "running":
+            manifest["finished_utc"] = _utc()
+        _write_json(manifest_path, manifest)
+
+    ctx = dict(
+        command=command, out=out, formats=formats, mpp=mpp, clf=clf, device=device,
+        segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
+        labels_from_out=labels_from_out, parameters=parameters,
+    )
+    save("running")
+    n = len(jobs)
+    for i, ((path, default_mpp), st) in enumerate(zip(jobs, statuses), start=1):
+        t0 = time.perf_counter()
+        try:
+            _process_image(path, default_mpp, st, ctx)
+        except KeyboardInterrupt:
+            st.status = "interrupted"
+            st.seconds = round(time.perf_counter() - t0, 3)
+            save("interrupted")
+            raise
+        except Exception as err:  # one bad image never stops the cohort; the reason is kept
+            st.status = "failed"
+            st.reason = _one_line(err)
+        st.seconds = round(time.perf_counter() - t0, 3)
+        if progress is not None:
+            progress(f"[{i}/{n}] {path.name}: {_describe(st)}", st.status)
+        save("running")
+
+    cohort = None
+    if "parquet" in formats and command != "segment":
+        parts = [
+            (s.stem, output_paths(out, s.stem)["parquet"])
+            for s in statuses if s.status in ("done", "skipped")
+        ]
+        cohort = write_cohort_table(out, parts)
+        manifest["cohort_table"] = cohort.name if cohort is not None else None
+    save("finished")
+    return BatchResult(images=statuses, manifest_path=manifest_path, cohort_path=cohort)
+
+
+def _one_line(err: BaseException) -> str:
+    msg = " ".join(str(err).split())
+    # Typed napari-uam errors carry a complete message; anything else is named by its type.
+    return msg if isinstance(err, (UAMError, FileExistsError)) and msg else f"{type(err).__name__}: {msg}"
+
+
+def _describe(st: ImageStatus) -> str:
+    if st.status == "failed":
+        return f"failed: {st.reason}"
+    counts = f"{st.n_cells} nuclei" + (f", {st.n_tumor} tumor" if st.n_tumor is not None else "")
+    if st.status == "skipped":
+        return f"skipped (done: {counts})"
+    return f"{counts}, {st.seconds:.1f} s"
+
+
+def _process_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> None:
+    """Process one image into ``st`` (raises on failure; the caller records it)."""
+    import tifffile
+
+    command, out, formats = ctx["command"], ctx["out"], ctx["formats"]
+    stem = st.stem
+    paths = output_paths(out, stem)
+    marker = done_path(out, stem)
+    if not ctx["overwrite"]:
+        info = read_done(out, stem, command, formats)
+        if info is not None:
+            st.status = "skipped"
+            st.n_cells, st.n_tumor = info.get("n_cells"), info.get("n_tumor")
+            st.outputs = info.get("outputs", {})
+            return
+    _remove_stale_staging(out, stem)
+    timings = {}
+    t = time.perf_counter()
+    image, file_mpp = read_image(path)
+    mpp = ctx["mpp"] or file_mpp or default_mpp
+    if mpp is None:
+        raise UAMError(
+            f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x)."
+        )
+    timings["read_s"] = time.perf_counter() - t
+
+    labels = None
+    write_formats = formats
+    labels_source = "segmented"
+    if ctx["labels_from_out"] and command != "segment" and paths["tif"].is_file():
+        labels = tifffile.imread(paths["tif"])
+        write_formats = tuple(f for f in formats if f != "tif")
+        labels_source = paths["tif"].name
+
+    t = time.perf_counter()
+    if command == "segment":
+        from .segment import resolve_backend
+
+        rgb = as_rgb_uint8(image)
+        backend = resolve_backend(ctx["segmenter"], mpp)
+        labels = pipeline.segment_nuclei(rgb, mpp, backend=backend)
+        table = pipeline.cell_geometry(labels, mpp)
+        timings["segment_s"] = time.perf_counter() - t
+        provenance = {
+            "versions": pipeline._versions(),
+            "image_sha256_16": pipeline.image_hash(rgb),
+            "image_shape": list(rgb.shape),
+            "mpp": mpp,
+            "segment_backend": backend,
+            "n_cells": int(len(table)),
+            "time_utc": _utc(),
+        }
+    else:
+        res = pipeline.run(
+            image, mpp, labels=labels, segment_backend=ctx["segmenter"],
+            radiomics_backend=ctx["radiomics_backend"], model=ctx["clf"], device=ctx["device"],
+            classify=command == "classify",
+        )
+        labels, table, provenance = res.labels, res.table, res.provenance
+        timings.update(provenance.get("timings", {}))
+    provenance["labels_source"] = labels_source
+
+    # A marker from an earlier run must not vouch for outputs this run is replacing.
+    if ctx["overwrite"]:
+        marker.unlink(missing_ok=True)
+    t = time.perf_counter()
+    export_cells(
+        labels, table, out, stem, formats=write_formats, overwrite=ctx["overwrite"],
+        provenance=provenance, mpp=mpp,
+    )
+    timings["export_s"] = time.perf_counter() - t
+    st.n_cells = int(len(table))
+    st.n_tumor = _tumor_count(table)
+    st.outputs = {k: paths[k].name for k in formats}
+    st.status = "done"
+    # Written last: its presence is what makes the image count as done.
+    _write_json(marker, {
+        "schema": MANIFEST_SCHEMA,
+        "command": command,
+        "image": str(path),
+        "stem": stem,
+        "outputs": st.outputs,
+        "n_cells": st.n_cells,
+        "n_tumor": st.n_tumor,
+        "mpp": mpp,
+        "model": provenance.get("model_id") and {
+            "id": provenance.get("model_id"), "sha256": provenance.get("model_sha256"),
+        },
+        "schema_id": provenance.get("schema_id"),
+        "parameters": ctx["parameters"],
+        "provenance": provenance,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "finished_utc": _utc(),
+    })
+
+
+__all__ = [
+    "BatchArgumentError",
+    "BatchResult",
+    "COMMANDS",
+    "ImageStatus",
+    "collect_images",
+    "done_path",
+    "image_stem",
+    "read_done",
+    "run_batch",
+    "write_cohort_table",
+]
