@@ -42,6 +42,7 @@ from napari_uam.radiomics.schema import channel_lut, to_channel  # noqa: E402
 from napari_uam.scale import rescale_image, resize_labels  # noqa: E402
 
 START, END = "<!-- radiomics:start -->", "<!-- radiomics:end -->"
+KEEP, KEEP_END = "<!-- radiomics:keep -->", "<!-- radiomics:keep-end -->"
 
 
 def load_patches(data: Path, n: int, native: bool = False):
@@ -257,7 +258,13 @@ def write_docs(table: str, meta: dict) -> None:
         "4096x4096 patch.\n"
         f"{END}"
     )
+    # Hand-written text between KEEP and KEEP_END (rows measured on a machine this run may not
+    # have, e.g. the CUDA ones, and the history) is carried over into the new section.
     if START in text and END in text:
+        old = text[text.index(START) : text.index(END)]
+        if KEEP in old and KEEP_END in old:
+            kept = old[old.index(KEEP) : old.index(KEEP_END) + len(KEEP_END)]
+            body = body.replace("\n\nTargets:", "\n\n" + kept + "\n\nTargets:", 1)
         text = text[: text.index(START)] + body + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip("\n") + "\n\n" + body + "\n"

@@ -13,13 +13,17 @@ The same code runs on NumPy (CPU) and on PyTorch (CPU for the parity tests, CUDA
 production) through :mod:`._ops`; everything is float64. Same-level zones (GLSZM) are
 labelled with scikit-image on the NumPy path and with a hook-and-compress union-find on the
 torch path; both give the same partition.
+
+When numba imports, the NumPy path runs the per-cell families as compiled, GIL-free loops over
+the cells (:mod:`._numba`, see :func:`_numba_chunk`); ``device="numpy-pure"`` keeps the pure
+NumPy code, the fallback, which is parity tested as well.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _shape, _texture
+from . import _numba, _shape, _texture
 from ._ops import NumpyOps, TorchOps
 from .schema import FeatureSchema, channel_lut
 
@@ -31,8 +35,13 @@ _CHUNK_PIXELS = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
 def make_ops(device: str):
-    """NumPy ops for ``"numpy"``, torch ops for ``"cpu"``/``"cuda[:n]"``."""
-    return NumpyOps() if device == "numpy" else TorchOps(device)
+    """NumPy ops for ``"numpy"`` (with the compiled kernels of :mod:`._numba` when numba
+    imports) and ``"numpy-pure"`` (NumPy only), torch ops for ``"cpu"``/``"cuda[:n]"``."""
+    if device in ("numpy", "numpy-pure"):
+        ops = NumpyOps()
+        ops.numba = device == "numpy" and _numba.AVAILABLE
+        return ops
+    return TorchOps(device)
 
 
 def _lut(xp, channel):
@@ -158,6 +167,49 @@ def _zones_torch(xp, key, pix, width):
     return torch.unique(comp, return_inverse=True)[1]
 
 
+def _numba_chunk(schema, chan, put, lab, pix_c, cell_c, c0, c1, starts, wp, spacing, valid_all):
+    """Every per-cell family of cells c0..c1 with the compiled kernels of :mod:`._numba`."""
+    nb = _numba
+    nc = c1 - c0
+    st = starts[c0 : c1 + 1] - starts[c0]
+    sy, sx = spacing
+    seg = ((sy * sy + sx * sx) ** 0.5) / 2
+    perim_lut = np.array([d * seg + h * sx + v * sy for d, h, v in zip(_shape._DIAG, _shape._HORIZ, _shape._VERT)])
+    sf = np.empty((nc, len(nb.SHAPE_NAMES)))
+    nb.shape_cells(st, pix_c, lab, c0 + 1, wp, float(sy), float(sx), np.array(_shape._AREA), perim_lut, sf)
+    put(("", "shape2D"), c0, c1, dict(zip(nb.SHAPE_NAMES, sf.T)))
+    fams = schema.families
+    for ch in schema.channels:
+        values, level, n_levels, levimg, _ = chan[ch]
+        v_c, l_c = values[starts[c0] : starts[c1]], level[starts[c0] : starts[c1]]
+        ng = np.zeros(nc, dtype=np.int64)
+        np.maximum.at(ng, cell_c, l_c)
+        present = np.bincount(cell_c * n_levels + l_c, minlength=nc * n_levels).reshape(nc, n_levels) > 0
+        n_present = present.sum(axis=1).astype(np.int64)
+        if "firstorder" in fams:
+            ff = np.empty((nc, len(nb.FIRSTORDER_NAMES)))
+            nb.first_order_cells(st, v_c, l_c, n_levels, schema.mpp * schema.mpp * 1.0, ff)
+            put((ch, "firstorder"), c0, c1, dict(zip(nb.FIRSTORDER_NAMES, ff.T)))
+        gf = np.empty((nc, len(nb.GLCM_NAMES)))
+        valid = np.empty((nc, 4), dtype=bool)
+        nb.glcm_cells(st, pix_c, l_c, levimg, lab, c0 + 1, wp, ng, n_present, gf, valid)
+        valid_all[ch].append(valid)
+        if "glcm" in fams:
+            put((ch, "glcm"), c0, c1, dict(zip(nb.GLCM_NAMES, gf.T)))
+        if "glrlm" in fams:
+            rf = np.empty((nc, len(nb.GLRLM_NAMES)))
+            nb.glrlm_cells(st, pix_c, l_c, levimg, lab, c0 + 1, wp, ng, valid, rf)
+            put((ch, "glrlm"), c0, c1, dict(zip(nb.GLRLM_NAMES, rf.T)))
+        if "gldm" in fams or "ngtdm" in fams:
+            df = np.empty((nc, len(nb.GLDM_NAMES)))
+            tf = np.empty((nc, len(nb.NGTDM_NAMES)))
+            nb.gldm_ngtdm_cells(st, pix_c, l_c, levimg, lab, c0 + 1, wp, ng, df, tf)
+            if "gldm" in fams:
+                put((ch, "gldm"), c0, c1, dict(zip(nb.GLDM_NAMES, df.T)))
+            if "ngtdm" in fams:
+                put((ch, "ngtdm"), c0, c1, dict(zip(nb.NGTDM_NAMES, tf.T)))
+
+
 def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None):
     """Features of every cell of every patch (see :func:`_extract_batch`)."""
     # Degenerate cells divide 0 by 0 on purpose (pyradiomics' NaNs); keep NumPy quiet about it.
@@ -172,7 +224,8 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         images: list of (H_b, W_b, 3) uint8 RGB patches at ``schema.mpp``.
         labels: list of (H_b, W_b) int instance maps (0 = background).
         schema: the feature schema.
-        device: ``"numpy"`` (NumPy CPU), ``"cpu"`` (torch CPU) or ``"cuda[:n]"`` (torch GPU).
+        device: ``"numpy"`` (NumPy CPU, numba kernels when available), ``"numpy-pure"``
+            (NumPy only), ``"cpu"`` (torch CPU) or ``"cuda[:n]"`` (torch GPU).
         progress: optional callable(fraction).
         chunk_pixels: most cell pixels per chunk of the per-cell families; None = the
             device's default (:data:`_CHUNK_PIXELS`). Smaller chunks need less memory.
@@ -181,6 +234,7 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         list over patches of (ids, values): (n_b,) int64 sorted label ids, (n_b, F) float64.
     """
     xp = make_ops(device)
+    use_nb = getattr(xp, "numba", False)
     rgb, lab, ids, stack_shape = _stack(xp, images, labels)
     n_cells = sum(len(i) for i in ids)
     n_feat = schema.n_features
@@ -268,6 +322,11 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         sl = slice(int(starts[c0]), int(starts[c1]))
         pix_c = pix[sl]
         cell_c = cell_all[sl] - c0
+        if use_nb:  # compiled kernels: one loop over the chunk's cells per family
+            _numba_chunk(schema, chan, put, lab, pix_c, cell_c, c0, c1, starts, wp, spacing, valid_all)
+            if progress is not None:
+                progress(0.9 * c1 / n_cells)
+            continue
         lab_c = lab if c0 == 0 else lab - c0  # cells of the chunk are 1..nc (equality tests only)
         put(("", "shape2D"), c0, c1, _shape.shape_features(xp, lab_c, pix_c, cell_c, nc, wp, spacing))
         pairs = _texture.angle_pairs(xp, lab_c, pix_c, cell_c, wp)
@@ -296,7 +355,7 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
             progress(0.9 * c1 / n_cells)
     for ch in schema.channels:  # whole-image families: all cells at once
         _, _, n_levels, levimg, _ = chan[ch]
-        if "glrlm" in schema.families:
+        if "glrlm" in schema.families and not use_nb:
             key_img = (lab * n_levels + levimg).reshape(stack_shape)
             valid = valid_all[ch][0] if len(bounds) == 1 else xp.concat(valid_all[ch])
             put((ch, "glrlm"), 0, n_cells, _texture.glrlm(xp, key_img, n_levels, n_cells, n_levels, valid))
