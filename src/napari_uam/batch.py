@@ -21,7 +21,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,22 +58,10 @@ class BatchArgumentError(UAMError):
 
 
 def image_stem(path) -> str:
-    """File-name stem of an image's outputs.
+    """File-name stem of an image's outputs (see :func:`napari_uam.io.export.output_stem`)."""
+    from .io.export import output_stem
 
-    The same rule as the napari dock's exports: the file name without its image suffix
-    (``.ome.tif``/``.ome.tiff`` counted as one suffix), with characters other than letters,
-    digits, ``.``, ``_`` and ``-`` replaced by ``_``. Dots inside the name are kept, so
-    ``slide_0.986.jpg`` gives ``slide_0.986``.
-    """
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = name.rsplit(".", 1)[0] if "." in name else name
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return stem or "image"
+    return output_stem(Path(path).name)
 
 
 def _is_image_name(name: str) -> bool:

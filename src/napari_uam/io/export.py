@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import re
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -20,6 +21,30 @@ import pandas as pd
 from .writers import write_cells_csv, write_cells_parquet, write_geojson, write_labels_tiff
 
 FORMATS = ("tif", "csv", "parquet", "geojson")
+
+
+def output_stem(name: str) -> str:
+    """File-name stem of an image's outputs, from its file name (or any name).
+
+    The file name without its image suffix (``.ome.tif``/``.ome.tiff`` counted as one suffix),
+    with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``. Dots
+    inside the name are kept, so ``slide_0.986.jpg`` gives ``slide_0.986``. Used by the command
+    line and the napari dock alike, so both name an image's outputs the same way.
+    """
+    name = re.split(r"[\\/]", str(name).strip())[-1]
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = name.rsplit(".", 1)[0] if "." in name else name
+    return safe_stem(name)
+
+
+def safe_stem(text: str) -> str:
+    """``text`` as a file-name stem: other characters than letters, digits, ``._-`` become ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return stem or "image"
 
 
 def output_paths(out_dir, stem: str) -> dict[str, Path]:

@@ -12,7 +12,6 @@ widget stays thin and this logic is tested headless.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -215,19 +214,12 @@ def mpp_from_metadata(metadata: Optional[dict], default: float = DEFAULT_MPP) ->
 
 def export_stem(layer_name: str, metadata: Optional[dict] = None) -> str:
     """File-name stem for an image's exports: its source file's stem, else its layer name."""
+    from ..io.export import output_stem, safe_stem
+
     source = (metadata or {}).get("source")
     if isinstance(source, str) and source.strip():
-        name = re.split(r"[\\/]", source.strip())[-1]
-        for suffix in (".ome.tiff", ".ome.tif"):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        else:
-            name = name.rsplit(".", 1)[0] if "." in name else name
-    else:
-        name = layer_name
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return stem or "image"
+        return output_stem(source)
+    return safe_stem(layer_name)  # a layer name has no file suffix to strip
 
 
 def describe_layer(layer) -> str:
