@@ -25,3 +25,35 @@ def resolve_device(device: str = "auto") -> str:
             "CUDA was requested but no GPU is visible to PyTorch on this machine; choose 'cpu' or 'auto'."
         )
     return str(device)
+
+
+def retry_smaller_on_oom(run, size: int, min_size: int, retry_message, fallback):
+    """``run(size)``, retried with 4-fold smaller sizes while the GPU runs out of memory.
+
+    Shared by the feature engine (chunks of cell pixels) and the classifier (batches of
+    cells): each retry issues a ``RuntimeWarning`` (``retry_message(new_size)``), which napari
+    relays from its workers as a notification. When even ``min_size`` runs out of memory,
+    ``fallback(size, error)`` decides: run elsewhere (the CPU) or re-raise.
+
+    Args:
+        run: ``run(size) -> result``.
+        size: first size to try.
+        min_size: smallest size tried before giving up on this device.
+        retry_message: ``retry_message(size) -> str`` for the warning of each retry.
+        fallback: ``fallback(size, error) -> result`` called after the last failure.
+    """
+    import warnings
+
+    import torch
+
+    while True:
+        try:
+            return run(size)
+        except torch.cuda.OutOfMemoryError as err:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give cached blocks back before trying smaller
+            if size > min_size:
+                size = max(min_size, size // 4)
+                warnings.warn(retry_message(size), RuntimeWarning, stacklevel=3)
+                continue
+            return fallback(size, err)

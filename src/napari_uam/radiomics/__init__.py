@@ -67,31 +67,24 @@ def _run_engine(images, labels, schema: FeatureSchema, engine: str, progress=Non
 
     if engine == "numpy":
         return extract_batch(images, labels, schema, engine, progress)
-    import torch
+    from ..device import retry_smaller_on_oom
 
-    chunk = _CHUNK_PIXELS["cuda" if str(engine).startswith("cuda") else "cpu"]
-    while True:
-        try:
-            return extract_batch(images, labels, schema, engine, progress, chunk_pixels=chunk)
-        except torch.cuda.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if chunk > MIN_OOM_CHUNK_PIXELS:
-                chunk = max(MIN_OOM_CHUNK_PIXELS, chunk // 4)
-                warnings.warn(
-                    f"{engine} ran out of memory measuring nuclei; retrying in chunks of "
-                    f"{chunk} cell pixels.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                continue
-            warnings.warn(
-                f"{engine} ran out of memory measuring nuclei even in chunks of {chunk} cell "
-                "pixels; measuring on the CPU instead (slower).",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return extract_batch(images, labels, schema, "numpy", progress)
+    def on_cpu(chunk, _err):
+        warnings.warn(
+            f"{engine} ran out of memory measuring nuclei even in chunks of {chunk} cell "
+            "pixels; measuring on the CPU instead (slower).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return extract_batch(images, labels, schema, "numpy", progress)
+
+    return retry_smaller_on_oom(
+        lambda chunk: extract_batch(images, labels, schema, engine, progress, chunk_pixels=chunk),
+        _CHUNK_PIXELS["cuda" if str(engine).startswith("cuda") else "cpu"],
+        MIN_OOM_CHUNK_PIXELS,
+        lambda chunk: f"{engine} ran out of memory measuring nuclei; retrying in chunks of {chunk} cell pixels.",
+        on_cpu,
+    )
 
 
 def extract(image, labels, schema=None, backend: str = "auto", device: str = "auto", progress=None):

@@ -63,14 +63,6 @@ _REQUIRED = (
 )  # fmt: skip
 
 
-def _free_cuda_cache() -> None:
-    """Return cached GPU blocks to the driver after an out-of-memory error (no-op without CUDA)."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def default_weights_path() -> Path:
     """Path of the shipped default checkpoint (it may be absent in a source checkout)."""
     return Path(__file__).resolve().parents[1] / "weights" / DEFAULT_WEIGHTS
@@ -337,36 +329,29 @@ class CellClassifier:
         :data:`MIN_OOM_BATCH` cells, then the classifier moves to the CPU; each step issues a
         ``RuntimeWarning`` saying so.
         """
-        import torch
-
         x = self.normalizer.transform(self.check_features(features))
         if batch_size is None:
             batch_size = 65536 if self.device.startswith("cuda") else 1024
-        while True:
-            try:
-                return self._forward(x, batch_size)
-            except torch.cuda.OutOfMemoryError:
-                _free_cuda_cache()
-                if batch_size > MIN_OOM_BATCH:
-                    batch_size = max(MIN_OOM_BATCH, batch_size // 4)
-                    warnings.warn(
-                        f"{self.device} ran out of memory classifying {len(x)} cells; retrying "
-                        f"with batches of {batch_size} cells.",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    continue
-                if self.device == "cpu":
-                    raise
-                warnings.warn(
-                    f"{self.device} ran out of memory even with batches of {batch_size} cells; "
-                    "classifying on the CPU instead (slower). This classifier stays on the CPU; "
-                    "free GPU memory and load it again to use the GPU.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.model = self.model.to("cpu")
-                self.device = "cpu"
+        from ..device import retry_smaller_on_oom
+
+        def retry_message(size):
+            return f"{self.device} ran out of memory classifying {len(x)} cells; retrying with batches of {size} cells."
+
+        def on_cpu(size, err):
+            if self.device == "cpu":
+                raise err
+            warnings.warn(
+                f"{self.device} ran out of memory even with batches of {size} cells; "
+                "classifying on the CPU instead (slower). This classifier stays on the CPU; "
+                "free GPU memory and load it again to use the GPU.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.model = self.model.to("cpu")
+            self.device = "cpu"
+            return retry_smaller_on_oom(lambda b: self._forward(x, b), size, MIN_OOM_BATCH, retry_message, on_cpu)
+
+        return retry_smaller_on_oom(lambda b: self._forward(x, b), batch_size, MIN_OOM_BATCH, retry_message, on_cpu)
 
     def _forward(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Softmax outputs of the model on normalised features ``x``, ``batch_size`` rows at a time."""
