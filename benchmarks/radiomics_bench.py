@@ -165,6 +165,27 @@ def profile_torch(patches, batch: int, device: str) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    import functools
+
+    from napari_uam.radiomics import _shape, _texture
+    from napari_uam.radiomics import fast_backend as fb
+
+    def labelled(mod, name):  # a profiler range per engine stage (per-family device time)
+        f = getattr(mod, name)
+
+        @functools.wraps(f)
+        def g(*a, **k):
+            with record_function(f"stage:{name}"):
+                return f(*a, **k)
+
+        setattr(mod, name, g)
+
+    for name in ("glcm", "_mcc", "glrlm_pixels", "glszm_roots", "first_order", "neighbour_stats", "gldm", "ngtdm",
+                 "angle_pairs"):
+        labelled(_texture, name)
+    labelled(_shape, "shape_features")
+    labelled(fb, "_stack")
+    labelled(fb, "_zones_torch")
     imgs = [patches[k % len(patches)][0] for k in range(batch)]
     labs = [patches[k % len(patches)][1] for k in range(batch)]
     for _ in range(2):
@@ -179,6 +200,20 @@ def profile_torch(patches, batch: int, device: str) -> None:
         sync()
     print(f"{batch} patches, {sum(n_cells(lb) for lb in labs)} cells: {time.perf_counter() - t:.3f} s (profiled)")
     key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    # Launch / sync proxies: kernel launches (CUDA runtime calls, or non-view aten ops on the
+    # CPU) and the ops that read a device value back to the host.
+    ka = prof.key_averages()
+    launches = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    syncs = sum(e.count for e in ka if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"))
+    memcpy = sum(e.count for e in ka if e.key in ("cudaMemcpyAsync", "cudaMemcpy"))
+    readback = sum(e.count for e in ka if e.key in ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::repeat_interleave", "aten::_to_copy"))
+    # aten ops called from Python (not from inside another aten op): the CPU-side proxy
+    top_ops = sum(1 for e in prof.events()
+                  if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    print(f"kernel launches {launches}, stream/device syncs {syncs}, memcpys {memcpy}, "
+          f"top-level aten ops {top_ops}, read-back-type ops {readback}")
+    for e in sorted((e for e in ka if e.key.startswith("stage:")), key=lambda e: -e.device_time_total):
+        print(f"  {e.key:28s} device {e.device_time_total / 1e3:8.2f} ms   cpu {e.cpu_time_total / 1e3:8.2f} ms")
     print(prof.key_averages().table(sort_by=key, row_limit=25))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 

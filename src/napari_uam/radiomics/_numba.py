@@ -6,6 +6,12 @@ formulas of :mod:`._texture` in float64, in the same order of operations where i
 Kernels are ``nogil``: threads running different patches (or cell chunks) run in parallel.
 Used automatically by the NumPy engine when numba imports (``AVAILABLE``); the pure NumPy
 path stays the fallback (``NAPARI_UAM_NO_NUMBA=1`` forces it) and both are parity tested.
+
+The compiled path also does its own preparation (:func:`pad_patch`, :func:`group_pixels`,
+:func:`discretise`: padding, cell numbering, a counting sort of the pixels by cell, grey
+levels) and its own GLSZM zones (:func:`glszm_cells`, a flood fill per cell). Entropies read
+``log2`` of integer counts from a table (:func:`_log2_table`), and MCC comes from the two
+extreme eigenvalues of a deflated matrix (:func:`_mcc_deflated`) rather than all of them.
 """
 
 from __future__ import annotations
@@ -50,17 +56,10 @@ GLRLM_NAMES = (
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _second_abs_eig(a, n):
-    """Second largest |eigenvalue| of the symmetric (n, n) matrix ``a`` (overwritten), n >= 2.
-
-    Householder reduction to tridiagonal form, then the implicit QL iteration (eigenvalues
-    only; Numerical Recipes' tred2/tqli), both backward stable: float64 accuracy on these
-    small matrices, several times cheaper than a LAPACK call per matrix. Falls back to
-    ``np.linalg.eigvalsh`` if QL does not converge (never seen).
-    """
-    d = np.zeros(n)
-    e = np.zeros(n)
-    a0 = a.copy()
+def _tridiagonal(a, n, d, e):
+    """Householder reduction of the symmetric (n, n) matrix ``a`` (overwritten) to tridiagonal
+    form (Numerical Recipes' tred2, eigenvalues only): diagonal in ``d[:n]``, off-diagonal in
+    ``e[:n - 1]`` (``e[n - 1] = 0``). Backward stable."""
     for i in range(n - 1, 0, -1):
         l = i - 1
         h = 0.0
@@ -71,8 +70,9 @@ def _second_abs_eig(a, n):
             if scale == 0.0:
                 e[i] = a[i, l]
             else:
+                rs = 1.0 / scale  # multiplications instead of divisions (rounding-level change)
                 for k in range(l + 1):
-                    a[i, k] /= scale
+                    a[i, k] *= rs
                     h += a[i, k] * a[i, k]
                 f = a[i, l]
                 g = -math.sqrt(h) if f >= 0.0 else math.sqrt(h)
@@ -80,13 +80,14 @@ def _second_abs_eig(a, n):
                 h -= f * g
                 a[i, l] = f - g
                 f = 0.0
+                rh = 1.0 / h
                 for j in range(l + 1):
                     g = 0.0
                     for k in range(j + 1):
                         g += a[j, k] * a[i, k]
                     for k in range(j + 1, l + 1):
                         g += a[k, j] * a[i, k]
-                    e[j] = g / h
+                    e[j] = g * rh
                     f += e[j] * a[i, j]
                 hh = f / (h + h)
                 for j in range(l + 1):
@@ -102,6 +103,19 @@ def _second_abs_eig(a, n):
     for i in range(1, n):
         e[i - 1] = e[i]
     e[n - 1] = 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _second_abs_eig(a, n, d, e):
+    """Second largest |eigenvalue| of the symmetric (n, n) matrix ``a`` (overwritten), n >= 2.
+
+    Householder reduction to tridiagonal form, then the implicit QL iteration (eigenvalues
+    only; Numerical Recipes' tred2/tqli), both backward stable: float64 accuracy on these
+    small matrices, several times cheaper than a LAPACK call per matrix. ``d``, ``e``: (>= n,)
+    work arrays. Returns -1.0 if QL does not converge (never seen; the caller then falls back
+    to LAPACK on a rebuilt matrix).
+    """
+    _tridiagonal(a, n, d, e)
     for l in range(n):
         it = 0
         while True:
@@ -115,8 +129,7 @@ def _second_abs_eig(a, n):
                 break
             it += 1
             if it > 60:
-                ev = np.sort(np.abs(np.linalg.eigvalsh(a0)))
-                return ev[n - 2]
+                return -1.0
             g = (d[l + 1] - d[l]) / (2.0 * e[l])
             r = math.sqrt(g * g + 1.0)
             g = d[m] - d[l] + e[l] / (g + (r if g >= 0.0 else -r))
@@ -161,78 +174,290 @@ def _second_abs_eig(a, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _glcm_angle_feats(P, ng, n_lev, out):
+def _laguerre_extreme(d, e, n, x):
+    """The eigenvalue of the symmetric tridiagonal (d, e) nearest to ``x``, an upper (or
+    lower) bound of all of them: Laguerre's iteration on the characteristic polynomial (three
+    term recurrence with its first two derivatives). For a polynomial with only real roots it
+    converges monotonically from outside the roots, cubically once close. NaN if it did not
+    settle in 60 steps (the caller then falls back to QL)."""
+    for _ in range(60):
+        p0 = 1.0
+        dp0 = 0.0
+        ddp0 = 0.0
+        p1 = d[0] - x
+        dp1 = -1.0
+        ddp1 = 0.0
+        for k in range(1, n):
+            t = d[k] - x
+            b = e[k - 1] * e[k - 1]
+            p2 = t * p1 - b * p0
+            dp2 = t * dp1 - p1 - b * dp0
+            ddp2 = t * ddp1 - 2.0 * dp1 - b * ddp0
+            p0, dp0, ddp0 = p1, dp1, ddp1
+            p1, dp1, ddp1 = p2, dp2, ddp2
+        if p1 == 0.0:
+            return x
+        g = dp1 / p1
+        h = g * g - ddp1 / p1
+        disc = (n - 1) * (n * h - g * g)
+        root = math.sqrt(disc) if disc > 0.0 else 0.0
+        den = g + root if g >= 0.0 else g - root
+        if den == 0.0:
+            return np.nan
+        step = n / den
+        x -= step
+        if abs(step) <= 1e-14:
+            return x
+    return np.nan
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _mcc_deflated(m, n, v, d, e):
+    """Second largest |eigenvalue| of M = D^-1/2 P D^-1/2 (n >= 2), ``m`` overwritten.
+
+    M's largest eigenvalue is 1 with the unit eigenvector v = sqrt(px), so the answer is the
+    spectral radius of B = M - v v^T (the 1 becomes 0, every other eigenvalue stays): after
+    the tridiagonal reduction only B's two extreme eigenvalues are needed, from Laguerre's
+    iteration started at the Gershgorin bounds, instead of all n from QL. NaN on failure.
+    """
+    for a in range(n):
+        for b in range(n):
+            m[a, b] -= v[a] * v[b]
+    _tridiagonal(m, n, d, e)
+    hi = -np.inf
+    lo = np.inf
+    for i in range(n):
+        rad = abs(e[i]) + (abs(e[i - 1]) if i > 0 else 0.0)
+        hi = max(hi, d[i] + rad)
+        lo = min(lo, d[i] - rad)
+    top = _laguerre_extreme(d, e, n, hi + 1e-3)
+    bottom = _laguerre_extreme(d, e, n, lo - 1e-3)
+    return max(abs(top), abs(bottom))
+
+
+@njit(cache=True, nogil=True)
+def pad_patch(img, lb, top, rgb, lab, off, width, base):
+    """Copy one patch into the padded batch: packed colours and compact cell ids.
+
+    Args:
+        img: (H, W, 3) uint8; lb: (H, W) int labels >= 0, all < ``top``.
+        rgb, lab: (B * Hp * Wp,) int32 outputs (zero background and border), written at
+            ``off + (y + 1) * width + x + 1``.
+        base: compact id of the batch before this patch's first cell.
+
+    Returns:
+        (n,) int64 the sorted label values present (cell ``base + k + 1`` is ``ids[k]``).
+    """
+    h, w = lb.shape
+    rank = np.zeros(top, np.int64)
+    for y in range(h):
+        for x in range(w):
+            rank[lb[y, x]] = 1
+    rank[0] = 0
+    n = 0
+    for v in range(top):
+        if rank[v]:
+            n += 1
+            rank[v] = n
+    ids = np.empty(n, np.int64)
+    for v in range(top):
+        if rank[v]:
+            ids[rank[v] - 1] = v
+    for y in range(h):
+        row = off + (y + 1) * width + 1
+        for x in range(w):
+            rgb[row + x] = (np.int32(img[y, x, 0]) << 16) | (np.int32(img[y, x, 1]) << 8) | np.int32(img[y, x, 2])
+            v = lb[y, x]
+            if v > 0:
+                lab[row + x] = base + rank[v]
+    return ids
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _mcc(P, idx, r, kx, total, M, vv, d, e):
+    """MCC of one angle: second largest |eigenvalue| of M = D^-1/2 P D^-1/2 over the kx >= 2
+    present levels ``idx[:kx]`` (row counts ``r``, ``total`` pairs). Deflated Laguerre first;
+    QL on all eigenvalues if Laguerre did not settle (a repeated extreme eigenvalue, e.g.
+    MCC = 1 from two unconnected groups of levels), LAPACK if QL did not converge either."""
+    for a in range(kx):
+        vv[a] = math.sqrt(r[idx[a]] / total)
+    mcc = -1.0
+    for rep in range(3):
+        for a in range(kx):
+            ia = idx[a]
+            for b in range(kx):
+                c = P[ia, idx[b]]
+                M[a, b] = c / math.sqrt(r[ia] * r[idx[b]]) if c != 0.0 else 0.0
+        if rep == 0:
+            mcc = _mcc_deflated(M, kx, vv, d, e)
+            if mcc == mcc:  # not NaN
+                break
+        elif rep == 1:
+            mcc = _second_abs_eig(M, kx, d, e)
+            if mcc >= 0.0:
+                break
+        else:
+            ev = np.sort(np.abs(np.linalg.eigvalsh(M[:kx, :kx].copy())))
+            mcc = ev[kx - 2]
+    return mcc
+
+
+@njit(cache=True, nogil=True)
+def group_pixels(lab, n_cells):
+    """Flat indices of the pixels of cells 1..C of ``lab``, grouped by cell (counting sort).
+
+    Args:
+        lab: (P,) int compact cell ids of the padded image (0 = background).
+
+    Returns:
+        starts (C + 1,) int64 (cell c owns ``pix[starts[c]:starts[c + 1]]``), pix (N,) int64
+        in raster order within each cell.
+    """
+    starts = np.zeros(n_cells + 1, np.int64)
+    for p in range(lab.shape[0]):
+        starts[lab[p]] += 1  # counts[0] = background, shifted out below
+    run = 0
+    for c in range(n_cells):
+        k = starts[c + 1]
+        starts[c] = run
+        run += k
+    starts[n_cells] = run
+    pos = starts[:n_cells].copy()
+    pix = np.empty(run, np.int64)
+    for p in range(lab.shape[0]):
+        c = lab[p]
+        if c > 0:
+            pix[pos[c - 1]] = p
+            pos[c - 1] += 1
+    return starts, pix
+
+
+@njit(cache=True, nogil=True)
+def discretise(starts, pix, rgb, lut, bin_width, n_img):
+    """Channel value and grey level of every cell pixel (pyradiomics' fixed bin width anchored
+    at the cell's minimum: level = (v - (vmin - vmin % w)) // w + 1).
+
+    Returns:
+        values (N,) int64, level (N,) int64, levimg (n_img,) int32 level of every padded pixel
+        (0 outside cells), ng (C,) int64 largest level per cell, n_present (C,) int64 distinct
+        levels per cell.
+    """
+    n = pix.shape[0]
+    n_cells = starts.shape[0] - 1
+    values = np.empty(n, np.int64)
+    level = np.empty(n, np.int64)
+    levimg = np.zeros(n_img, np.int32)
+    ng = np.zeros(n_cells, np.int64)
+    n_present = np.zeros(n_cells, np.int64)
+    seen = np.zeros(256 // bin_width + 2, np.bool_)
+    for c in range(n_cells):
+        s0, s1 = starts[c], starts[c + 1]
+        vmin = 255
+        for k in range(s0, s1):
+            v = np.int64(lut[rgb[pix[k]]])
+            values[k] = v
+            vmin = min(vmin, v)
+        low = vmin - vmin % bin_width
+        g = 0
+        m = 0
+        for k in range(s0, s1):
+            lv = (values[k] - low) // bin_width + 1
+            level[k] = lv
+            levimg[pix[k]] = lv
+            g = max(g, lv)
+            if not seen[lv]:
+                seen[lv] = True
+                m += 1
+        for lv in range(g + 1):
+            seen[lv] = False
+        ng[c] = g
+        n_present[c] = m
+    return values, level, levimg, ng, n_present
+
+
+@njit(cache=True, nogil=True)
+def _log2_table(n):
+    """log2(k) for k = 0..n-1 (entry 0 unused): every GLCM probability is count / total."""
+    t = np.zeros(n)
+    for k in range(1, n):
+        t[k] = math.log2(k)
+    return t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _glcm_angle_feats(P, ng, lg, r, psum, pdiff, idx, M, vv, d, e, out):
     """The 24 GLCM features of one symmetrical count matrix P (levels 0..ng) into ``out``.
 
+    Works on integer counts c (p = c / T): every ``log2(p + eps)`` of pyradiomics is
+    ``lg[c] - lg[T] + eps / (p ln 2)`` (the second-order term is below 1e-20 for any cell
+    size), read from the table ``lg`` instead of calling log2. P is symmetrical, so the row
+    and column marginals are the same array ``r`` (and ux = uy, sigx = sigy, HX = HY).
+    ``r``, ``psum``, ``pdiff``, ``idx``, ``M``, ``vv``, ``d``, ``e`` are work arrays.
+
     Returns False when P is empty (angle without pairs)."""
+    for i in range(ng + 1):
+        r[i] = 0.0
+        pdiff[i] = 0.0
+    for k in range(2 * ng + 2):
+        psum[k] = 0.0
     total = 0.0
-    for i in range(1, ng + 1):
-        for j in range(1, ng + 1):
-            total += P[i, j]
-    if total == 0.0:
-        return False
-    px = np.zeros(ng + 1)
-    py = np.zeros(ng + 1)
-    psum = np.zeros(2 * ng + 2)
-    pdiff = np.zeros(ng + 1)
-    ux = 0.0
-    uy = 0.0
+    sx = 0.0
     auto = 0.0
     contrast = 0.0
     energy = 0.0
-    hxy = 0.0
-    pmax = 0.0
+    cmax = 0.0
     for i in range(1, ng + 1):
         for j in range(1, ng + 1):
             c = P[i, j]
             if c == 0.0:
                 continue
-            p = c / total
-            px[i] += p
-            py[j] += p
-            psum[i + j] += p
-            pdiff[abs(i - j)] += p
-            ux += p * i
-            uy += p * j
-            auto += p * i * j
-            contrast += p * (i - j) * (i - j)
-            energy += p * p
-            hxy -= p * math.log2(p + EPS)
-            if p > pmax:
-                pmax = p
+            total += c
+            r[i] += c
+            psum[i + j] += c
+            pdiff[abs(i - j)] += c
+            sx += c * i
+            auto += c * (i * j)
+            contrast += c * ((i - j) * (i - j))
+            energy += c * c
+            if c > cmax:
+                cmax = c
+    if total == 0.0:
+        return False
+    lt = lg[int(total)]
+    ux = sx / total  # exact for one grey level (then sumsq = 0, Correlation = 1)
     prom = 0.0
     shade = 0.0
     tend = 0.0
     sumsq = 0.0
-    sumsqy = 0.0
     corm = 0.0
-    hxy1 = 0.0
+    hxy = 0.0
+    guard = 0.0  # sum_ij c_ij / (r_i r_j): the eps term of HXY1
+    nnz = 0
     for i in range(1, ng + 1):
         for j in range(1, ng + 1):
             c = P[i, j]
             if c == 0.0:
                 continue
+            nnz += 1
             p = c / total
-            sij = i + j - (ux + uy)
+            sij = i + j - 2.0 * ux
             s2 = sij * sij
             prom += p * s2 * s2
             shade += p * s2 * sij
             tend += p * s2
             di = i - ux
-            dj = j - uy
+            dj = j - ux
             sumsq += p * di * di
-            sumsqy += p * dj * dj
             corm += p * di * dj
-            hxy1 -= p * math.log2(px[i] * py[j] + EPS)
-    sigx = sumsq**0.5
-    sigy = sumsqy**0.5
-    if sigx * sigy == 0.0:
+            hxy -= p * (lg[int(c)] - lt)
+            guard += c / (r[i] * r[j])
+    hxy -= nnz * (EPS / LN2)
+    sig2 = sumsq  # sigx * sigy with sigx = sigy
+    if sig2 == 0.0:
         corr = 1.0
     else:
-        corr = corm / (sigx * sigy + EPS)
+        corr = corm / (sig2 + EPS)
     diffavg = 0.0
-    for k in range(ng + 1):
-        diffavg += k * pdiff[k]
     dent = 0.0
     dvar = 0.0
     idm = 0.0
@@ -242,8 +467,12 @@ def _glcm_angle_feats(P, ng, n_lev, out):
     invvar = 0.0
     ngf = float(ng)
     for k in range(ng + 1):
-        q = pdiff[k]
-        dent -= q * math.log2(q + EPS)
+        diffavg += k * (pdiff[k] / total)
+    for k in range(ng + 1):
+        if pdiff[k] == 0.0:
+            continue
+        q = pdiff[k] / total
+        dent -= q * (lg[int(pdiff[k])] - lt) + EPS / LN2
         dvar += q * (k - diffavg) ** 2
         idm += q / (1.0 + k * k)
         idmn += q / (1.0 + k * k / (ngf * ngf))
@@ -254,35 +483,25 @@ def _glcm_angle_feats(P, ng, n_lev, out):
     savg = 0.0
     sent = 0.0
     for k in range(2 * ng + 2):
-        q = psum[k]
+        if psum[k] == 0.0:
+            continue
+        q = psum[k] / total
         savg += k * q
-        sent -= q * math.log2(q + EPS)
-    hx = 0.0
-    hy = 0.0
-    lx = 0.0
-    ly = 0.0
-    sx = 0.0
-    sy = 0.0
+        sent -= q * (lg[int(psum[k])] - lt) + EPS / LN2
+    lx = 0.0  # sum_i px_i log2 px_i
     kx = 0
-    ky = 0
     for i in range(1, ng + 1):
-        a = px[i]
-        b = py[i]
-        hx -= a * math.log2(a + EPS)
-        hy -= b * math.log2(b + EPS)
-        sx += a
-        sy += b
-        if a > 0.0:
-            lx += a * math.log2(a)
+        if r[i] > 0.0:
+            lx += (r[i] / total) * (lg[int(r[i])] - lt)
             kx += 1
-        if b > 0.0:
-            ly += b * math.log2(b)
-            ky += 1
-    hxy2 = -(lx * sy + ly * sx + kx * ky * (EPS / LN2))
-    if kx == 1 and ky == 1:
+    hx = -lx - kx * (EPS / LN2)
+    if kx == 1:  # one grey level: HXY1 = HXY2 = HXY exactly (pyradiomics: IMC1 = IMC2 = 0)
+        hxy1 = hxy
         hxy2 = hxy
-    div = max(hx, hy)
-    imc1 = (hxy - hxy1) / div if div != 0.0 else 0.0
+    else:
+        hxy1 = -2.0 * lx - (EPS / LN2) * total * guard
+        hxy2 = -(2.0 * lx + kx * kx * (EPS / LN2))
+    imc1 = (hxy - hxy1) / hx if hx != 0.0 else 0.0
     if hxy2 == hxy:
         imc2 = 0.0
     else:
@@ -293,31 +512,23 @@ def _glcm_angle_feats(P, ng, n_lev, out):
     if kx < 2:
         mcc = 0.0
     else:
-        idx = np.empty(kx, np.int64)
         m = 0
         for i in range(1, ng + 1):
-            if px[i] > 0.0:
+            if r[i] > 0.0:
                 idx[m] = i
                 m += 1
-        M = np.zeros((kx, kx))
-        for a in range(kx):
-            ia = idx[a]
-            for b in range(kx):
-                c = P[ia, idx[b]]
-                if c != 0.0:
-                    M[a, b] = (c / total) / math.sqrt(px[ia] * px[idx[b]])
-        mcc = _second_abs_eig(M, kx)
-    out[0] = auto
+        mcc = _mcc(P, idx, r, kx, total, M, vv, d, e)
+    out[0] = auto / total
     out[1] = ux
     out[2] = prom
     out[3] = shade
     out[4] = tend
-    out[5] = contrast
+    out[5] = contrast / total
     out[6] = corr
     out[7] = diffavg
     out[8] = dent
     out[9] = dvar
-    out[10] = energy
+    out[10] = energy / (total * total)
     out[11] = hxy
     out[12] = imc1
     out[13] = imc2
@@ -327,7 +538,7 @@ def _glcm_angle_feats(P, ng, n_lev, out):
     out[17] = id_
     out[18] = idn
     out[19] = invvar
-    out[20] = pmax
+    out[20] = cmax / total
     out[21] = savg
     out[22] = sent
     out[23] = sumsq
@@ -339,15 +550,32 @@ def glcm_cells(starts, pix, level, levimg, lab, own0, width, ng, n_present, feat
     """GLCM features (C, 24) and valid angles (C, 4) of cells ``starts[c]..starts[c+1]``.
 
     ``lab[q] == own0 + c`` tests membership of cell c; angles (dy, dx) as ``_texture.ANGLES``.
+    All work arrays are allocated once per call, sized by the largest cell.
     """
     offs = np.array([width + 1, width, width - 1, 1], np.int64)
     n_cells = starts.shape[0] - 1
     acc = np.empty(24)
     tmp = np.empty(24)
+    gmax = 1
+    nmax = 1
+    for c in range(n_cells):
+        gmax = max(gmax, ng[c])
+        nmax = max(nmax, starts[c + 1] - starts[c])
+    lg = _log2_table(2 * nmax + 2)  # every count and total of one angle is <= 2 * pixels
+    P = np.zeros((4, gmax + 1, gmax + 1))
+    r = np.empty(gmax + 1)
+    psum = np.empty(2 * gmax + 2)
+    pdiff = np.empty(gmax + 1)
+    idx = np.empty(gmax + 1, np.int64)
+    M = np.empty((gmax, gmax))
+    vv = np.empty(gmax)
+    d = np.empty(gmax)
+    e = np.empty(gmax)
     for c in range(n_cells):
         g = ng[c]
         own = own0 + c
-        P = np.zeros((4, g + 1, g + 1))
+        Pc = P[:, : g + 1, : g + 1]
+        Pc[:] = 0.0
         for k in range(starts[c], starts[c + 1]):
             p = pix[k]
             li = level[k]
@@ -360,7 +588,7 @@ def glcm_cells(starts, pix, level, levimg, lab, own0, width, ng, n_present, feat
         acc[:] = 0.0
         nv = 0
         for a in range(4):
-            ok = _glcm_angle_feats(P[a], g, g, tmp)
+            ok = _glcm_angle_feats(P[a], g, lg, r, psum, pdiff, idx, M, vv, d, e, tmp)
             valid[c, a] = ok
             if ok:
                 nv += 1
@@ -378,6 +606,16 @@ def glrlm_cells(starts, pix, level, levimg, lab, own0, width, ng, valid, feats):
     offs = np.array([width + 1, width, width - 1, 1], np.int64)
     n_cells = starts.shape[0] - 1
     acc = np.empty(16)
+    nmax = 1
+    for c in range(n_cells):
+        nmax = max(nmax, starts[c + 1] - starts[c])
+    lg = _log2_table(nmax + 1)  # run counts and totals are <= the cell's pixels
+    gmax = 1
+    for c in range(n_cells):
+        gmax = max(gmax, ng[c])
+    jbuf = np.zeros(64 * (gmax + 1))  # work arrays, grown when a cell needs more
+    prbuf = np.zeros(64)
+    pg = np.zeros(gmax + 1)
     for c in range(n_cells):
         g = ng[c]
         own = own0 + c
@@ -394,9 +632,12 @@ def glrlm_cells(starts, pix, level, levimg, lab, own0, width, ng, valid, feats):
             xmin = min(xmin, x)
             xmax = max(xmax, x)
         rmax = max(ymax - ymin, xmax - xmin) + 2
-        J = np.zeros((g + 1, rmax))
-        pg = np.zeros(g + 1)
-        pr = np.zeros(rmax)
+        if (g + 1) * rmax > jbuf.shape[0]:
+            jbuf = np.zeros(2 * (g + 1) * rmax)
+        if rmax > prbuf.shape[0]:
+            prbuf = np.zeros(2 * rmax)
+        J = jbuf[: (g + 1) * rmax].reshape((g + 1, rmax))
+        pr = prbuf[:rmax]
         acc[:] = 0.0
         nv = 0
         for a in range(4):
@@ -405,7 +646,7 @@ def glrlm_cells(starts, pix, level, levimg, lab, own0, width, ng, valid, feats):
             nv += 1
             off = offs[a]
             J[:, :] = 0.0
-            pg[:] = 0.0
+            pg[: g + 1] = 0.0
             pr[:] = 0.0
             nr = 0.0
             npx = 0.0
@@ -459,12 +700,13 @@ def glrlm_cells(starts, pix, level, levimg, lab, own0, width, ng, valid, feats):
             rv = 0.0
             for j in range(rmax):
                 rv += pr[j] / nr * (j - uj) ** 2
-            ent = 0.0
+            ent = 0.0  # -sum q log2(q + eps), q = count / nr: log2 q from the table (see GLCM)
+            ln = lg[int(nr)]
             for i in range(1, g + 1):
                 for j in range(1, rmax):
                     if J[i, j] > 0.0:
                         q = J[i, j] / nr
-                        ent -= q * math.log2(q + EPS)
+                        ent -= q * (lg[int(J[i, j])] - ln) + EPS / LN2
             acc[0] += sre / nr
             acc[1] += lre / nr
             acc[2] += pg2 / nr
@@ -483,6 +725,138 @@ def glrlm_cells(starts, pix, level, levimg, lab, own0, width, ng, valid, feats):
             acc[15] += lrhge / nr
         for f in range(16):
             feats[c, f] = acc[f] / nv if nv > 0 else np.nan
+
+
+GLSZM_NAMES = (
+    "SmallAreaEmphasis", "LargeAreaEmphasis", "GrayLevelNonUniformity",
+    "GrayLevelNonUniformityNormalized", "SizeZoneNonUniformity", "SizeZoneNonUniformityNormalized",
+    "ZonePercentage", "GrayLevelVariance", "ZoneVariance", "ZoneEntropy",
+    "LowGrayLevelZoneEmphasis", "HighGrayLevelZoneEmphasis", "SmallAreaLowGrayLevelEmphasis",
+    "SmallAreaHighGrayLevelEmphasis", "LargeAreaLowGrayLevelEmphasis",
+    "LargeAreaHighGrayLevelEmphasis",
+)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def glszm_cells(starts, pix, level, levimg, lab, own0, width, ng, feats):
+    """GLSZM features (C, 16), as :func:`._texture.glszm`.
+
+    Zones (8-connected same-level pixels of one cell) are found by a depth-first fill from
+    each not yet visited pixel of the cell's pixel list; ``seen`` marks visited pixels of the
+    padded image, so no per-cell reset is needed (a pixel belongs to one cell).
+    """
+    n_cells = starts.shape[0] - 1
+    offs = np.array([-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1], np.int64)
+    gmax = 1
+    nmax = 1
+    for c in range(n_cells):
+        gmax = max(gmax, ng[c])
+        nmax = max(nmax, starts[c + 1] - starts[c])
+    seen = np.zeros(lab.shape[0], np.bool_)
+    stack = np.empty(nmax, np.int64)
+    zs = np.empty(nmax, np.int64)  # zone sizes of the cell
+    zl = np.empty(nmax, np.int64)  # zone levels
+    hist = np.zeros(nmax + 1)  # zones per size (reset after each cell)
+    joint = np.zeros((gmax + 1) * (nmax + 1))  # zones per (level, size) (reset after each cell)
+    lg = _log2_table(nmax + 1)
+    pg = np.zeros(gmax + 1)  # zones per level
+    for c in range(n_cells):
+        own = own0 + c
+        s0, s1 = starts[c], starts[c + 1]
+        nz = 0
+        for t in range(s0, s1):
+            p0 = pix[t]
+            if seen[p0]:
+                continue
+            li = level[t]
+            seen[p0] = True
+            stack[0] = p0
+            top = 1
+            size = 0
+            while top > 0:
+                top -= 1
+                u = stack[top]
+                size += 1
+                for o in range(8):
+                    q = u + offs[o]
+                    if not seen[q] and lab[q] == own and levimg[q] == li:
+                        seen[q] = True
+                        stack[top] = q
+                        top += 1
+            zs[nz] = size
+            zl[nz] = li
+            nz += 1
+        n = float(nz)
+        npx = float(s1 - s0)
+        g = ng[c]
+        for i in range(g + 1):
+            pg[i] = 0.0
+        sae = 0.0
+        lae = 0.0
+        si = 0.0
+        lgze = 0.0
+        hgze = 0.0
+        salge = 0.0
+        sahge = 0.0
+        lalge = 0.0
+        lahge = 0.0
+        for z in range(nz):
+            sz = float(zs[z])
+            i = float(zl[z])
+            s2 = sz * sz
+            i2 = i * i
+            pg[zl[z]] += 1.0
+            hist[zs[z]] += 1.0
+            joint[zl[z] * (nmax + 1) + zs[z]] += 1.0
+            sae += 1.0 / s2
+            lae += s2
+            si += i
+            lgze += 1.0 / i2
+            hgze += i2
+            salge += 1.0 / (i2 * s2)
+            sahge += i2 / s2
+            lalge += s2 / i2
+            lahge += i2 * s2
+        ps2 = 0.0
+        for z in range(nz):
+            h = hist[zs[z]]
+            if h > 0.0:
+                ps2 += h * h
+                hist[zs[z]] = 0.0
+        u_i = si / n
+        u_s = npx / n
+        gln = 0.0
+        glv = 0.0
+        for i in range(g + 1):
+            gln += pg[i] * pg[i]
+            glv += (pg[i] / n) * (i - u_i) ** 2
+        zv = 0.0
+        for z in range(nz):
+            zv += (zs[z] - u_s) ** 2
+        ent = 0.0  # -sum q log2(q + eps), q = count / nz: log2 q from the table (see GLCM)
+        ln = lg[nz]
+        for z in range(nz):
+            kz = zl[z] * (nmax + 1) + zs[z]
+            h = joint[kz]
+            if h > 0.0:
+                ent -= (h / n) * (lg[int(h)] - ln) + EPS / LN2
+                joint[kz] = 0.0
+        feats[c, 0] = sae / n
+        feats[c, 1] = lae / n
+        feats[c, 2] = gln / n
+        feats[c, 3] = gln / n**2
+        feats[c, 4] = ps2 / n
+        feats[c, 5] = ps2 / n**2
+        feats[c, 6] = n / npx
+        feats[c, 7] = glv
+        feats[c, 8] = zv / n
+        feats[c, 9] = ent
+        feats[c, 10] = lgze / n
+        feats[c, 11] = hgze / n
+        feats[c, 12] = salge / n
+        feats[c, 13] = sahge / n
+        feats[c, 14] = lalge / n
+        feats[c, 15] = lahge / n
 
 
 SHAPE_NAMES = (
@@ -512,6 +886,10 @@ def shape_cells(starts, pix, lab, own0, width, sy, sx, area_lut, perim_lut, feat
     corners = np.array([0, 1, width, width + 1], np.int64)
     dys = np.array([-1, 1, 0, 0], np.int64)
     dxs = np.array([0, 0, -1, 1], np.int64)
+    rowb = np.empty(64, np.int64)  # work arrays, grown when a cell needs more
+    colb = np.empty(64, np.int64)
+    vyb = np.empty(64, np.int64)
+    vxb = np.empty(64, np.int64)
     for c in range(n_cells):
         own = own0 + c
         s0, s1 = starts[c], starts[c + 1]
@@ -574,12 +952,23 @@ def shape_cells(starts, pix, lab, own0, width, sy, sx, area_lut, perim_lut, feat
         # and in their column (the only possible hull vertices), then all pairs.
         hy = 2 * (ymax - ymin) + 3
         hx = 2 * (xmax - xmin) + 3
-        rlo = np.full(hy, 1 << 40, np.int64)
-        rhi = np.full(hy, -1, np.int64)
-        clo = np.full(hx, 1 << 40, np.int64)
-        chi = np.full(hx, -1, np.int64)
-        vy = np.empty(4 * n, np.int64)
-        vx = np.empty(4 * n, np.int64)
+        if 2 * hy > rowb.shape[0]:
+            rowb = np.empty(4 * hy, np.int64)
+        if 2 * hx > colb.shape[0]:
+            colb = np.empty(4 * hx, np.int64)
+        if 4 * n > vyb.shape[0]:
+            vyb = np.empty(8 * n, np.int64)
+            vxb = np.empty(8 * n, np.int64)
+        rlo = rowb[:hy]
+        rhi = rowb[hy : 2 * hy]
+        clo = colb[:hx]
+        chi = colb[hx : 2 * hx]
+        rlo[:] = 1 << 40
+        rhi[:] = -1
+        clo[:] = 1 << 40
+        chi[:] = -1
+        vy = vyb
+        vx = vxb
         nv = 0
         for t in range(s0, s1):
             p = pix[t]
@@ -631,6 +1020,11 @@ def first_order_cells(starts, values, level, n_levels, voxel_area, feats):
     n_cells = starts.shape[0] - 1
     hist = np.zeros(256, np.int64)
     lh = np.zeros(n_levels)
+    nmax = 1
+    for c in range(n_cells):
+        nmax = max(nmax, starts[c + 1] - starts[c])
+    svb = np.empty(nmax)  # work arrays
+    pct = np.empty(5)
     for c in range(n_cells):
         s0, s1 = starts[c], starts[c + 1]
         n_i = s1 - s0
@@ -646,7 +1040,7 @@ def first_order_cells(starts, values, level, n_levels, voxel_area, feats):
             fv = float(v)
             sm += fv
             energy += fv * fv
-        sv = np.empty(n_i)
+        sv = svb[:n_i]
         k = 0
         for v in range(256):
             for _ in range(hist[v]):
@@ -668,7 +1062,6 @@ def first_order_cells(starts, values, level, n_levels, voxel_area, feats):
         m3 /= n
         m4 /= n
         m2s = 1.0 if m2 == 0 else m2
-        pct = np.empty(5)
         qs = (0.10, 0.90, 0.5, 0.75, 0.25)
         for qi in range(5):
             pos = qs[qi] * (n - 1)
@@ -727,14 +1120,23 @@ def gldm_ngtdm_cells(starts, pix, level, levimg, lab, own0, width, ng, gldm, ngt
     """gldm (C, 14) and ngtdm (C, 5) features, as :mod:`._texture`'s."""
     n_cells = starts.shape[0] - 1
     offs = np.array([-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1], np.int64)
+    gmax = 1
+    for c in range(n_cells):
+        gmax = max(gmax, ng[c])
+    Pb = np.zeros((gmax + 1, 9))  # work arrays, zeroed per cell
+    n_i = np.zeros(gmax + 1)
+    s_i = np.zeros(gmax + 1)
+    pd = np.zeros(9)
+    pg = np.zeros(gmax + 1)
     for c in range(n_cells):
         g = ng[c]
         own = own0 + c
         s0, s1 = starts[c], starts[c + 1]
         nz = float(s1 - s0)
-        P = np.zeros((g + 1, 9))
-        n_i = np.zeros(g + 1)
-        s_i = np.zeros(g + 1)
+        P = Pb[: g + 1]
+        P[:, :] = 0.0
+        n_i[: g + 1] = 0.0
+        s_i[: g + 1] = 0.0
         for t in range(s0, s1):
             p = pix[t]
             li = level[t]
@@ -754,8 +1156,8 @@ def gldm_ngtdm_cells(starts, pix, level, levimg, lab, own0, width, ng, gldm, ngt
             if cnt > 0:
                 s_i[li] += abs(li - tot / cnt)
         # GLDM
-        pd = np.zeros(9)
-        pg = np.zeros(g + 1)
+        pd[:] = 0.0
+        pg[: g + 1] = 0.0
         for i in range(g + 1):
             for d in range(9):
                 pd[d] += P[i, d]

@@ -42,19 +42,18 @@ def shape_features(xp, lab, pix, cell, n_cells, width, spacing):
     area_lut = xp.asarray(_AREA, dtype="f64")
     seg = math.sqrt(sy * sy + sx * sx) / 2
     perim_lut = xp.asarray([d * seg + h * sx + v * sy for d, h, v in zip(_DIAG, _HORIZ, _VERT)], dtype="f64")
-    area = xp.zeros(n_cells)
-    perim = xp.zeros(n_cells)
-    for k, ck in enumerate(corners):
-        top_left = pix - ck
-        inside = [lab[top_left + c] == own for c in corners]
-        # Count each (cell, window) once: at the first of its corners that belongs to the cell.
-        keep = own == own
-        for j in range(k):
-            keep = keep & ~inside[j]
-        case = xp.i(inside[0]) + 2 * xp.i(inside[1]) + 4 * xp.i(inside[2]) + 8 * xp.i(inside[3])
-        sel = xp.nonzero(keep)
-        area = area + xp.bincount(cell[sel], weights=area_lut[case[sel]], minlength=n_cells)
-        perim = perim + xp.bincount(cell[sel], weights=perim_lut[case[sel]], minlength=n_cells)
+    # All 4 windows of every pixel at once: window k has the pixel as its corner k; inside[k, j]
+    # = corner j of that window is in the cell. Each (cell, window) is counted once, at the
+    # first of its corners that belongs to the cell (no earlier corner j < k inside).
+    off = xp.asarray(corners, dtype="i64")
+    top_left = pix[None, :] - off[:, None]  # (4, N)
+    inside = xp.i(lab[top_left[:, None, :] + off[None, :, None]] == own[None, None, :])  # (4, 4, N)
+    earlier = xp.asarray(np.tril(np.ones((4, 4), np.int64), -1), dtype="i64")  # [k, j]: j < k
+    keep = xp.f((inside * earlier[:, :, None]).sum(axis=1) == 0)  # (4, N)
+    case = (inside * xp.asarray([1, 2, 4, 8], dtype="i64")[None, :, None]).sum(axis=1)  # (4, N)
+    cell4 = (cell[None, :] + xp.zeros((4, 1), dtype="i64")).reshape(-1)
+    area = xp.bincount(cell4, weights=(area_lut[case] * keep).reshape(-1), minlength=n_cells)
+    perim = xp.bincount(cell4, weights=(perim_lut[case] * keep).reshape(-1), minlength=n_cells)
     area = area * (sy * sx)
 
     n_pix = xp.bincount(cell, minlength=n_cells)
@@ -110,15 +109,17 @@ def _max_diameter(xp, lab, pix, cell, n_cells, width, spacing):
     """
     sy, sx = spacing
     own = cell + 1
-    ys, xs, cs = [], [], []
-    for dyy, dxx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        out = xp.nonzero(lab[pix + dyy * width + dxx] != own)
-        p = pix[out]
-        ys.append(2 * (p // width) + dyy)  # vertex coordinates in half pixels
-        xs.append(2 * (p % width) + dxx)
-        cs.append(cell[out])
-    vy, vx, vc = xp.concat(ys), xp.concat(xs), xp.concat(cs)
-    span = int(max(int(vy.max()), int(vx.max()))) + 2
+    # The 4 edge midpoints of every pixel at once, (4, N); only those on the boundary (the
+    # neighbour across that edge is outside the cell) are vertices: the others get the
+    # sentinel cell n_cells, which groups them apart, and are dropped below.
+    dirs = ((-1, 0), (1, 0), (0, -1), (0, 1))
+    dyy = xp.asarray([d[0] for d in dirs], dtype="i64")[:, None]
+    dxx = xp.asarray([d[1] for d in dirs], dtype="i64")[:, None]
+    out = (lab[pix[None, :] + dyy * width + dxx] != own[None, :]).reshape(-1)
+    vy = (2 * (pix // width)[None, :] + dyy).reshape(-1)  # vertex coordinates in half pixels
+    vx = (2 * (pix % width)[None, :] + dxx).reshape(-1)
+    vc = xp.where(out, (cell[None, :] + 0 * dyy).reshape(-1), n_cells)
+    span = 2 * max(lab.shape[0] // width + 1, width) + 4  # > every coordinate, known on the host
     keep = None
     for major, minor in ((vy, vx), (vx, vy)):
         key = (vc * span + major) * span + minor
@@ -131,6 +132,7 @@ def _max_diameter(xp, lab, pix, cell, n_cells, width, spacing):
         extreme = xp.zeros(n, dtype="i64")
         extreme[order] = xp.i(is_first | is_last)
         keep = extreme if keep is None else keep * extreme
+    keep = keep * xp.i(out)
     sel = xp.nonzero(keep > 0)
     vy, vx, vc = vy[sel], vx[sel], vc[sel]
     order = xp.argsort(vc)
@@ -138,16 +140,19 @@ def _max_diameter(xp, lab, pix, cell, n_cells, width, spacing):
     counts = xp.to_numpy(xp.bincount(vc, minlength=n_cells)).astype(np.int64)
     starts = np.cumsum(counts) - counts
     diam2 = xp.zeros(n_cells)
-    # Cells bucketed by candidate count (geometric buckets), each bucket a padded (cells, K, K)
-    # distance block; a cell's slots past its count repeat its last candidate (harmless).
-    bucket = np.ceil(np.log(np.maximum(counts, 1)) / np.log(1.25)).astype(np.int64)
+    # Cells bucketed by candidate count (power-of-two buckets: a fixed few, whatever the
+    # number of cells), each bucket a padded (cells, K, K) distance block; a cell's slots past
+    # its count repeat its last candidate (harmless). One upload of the slot table per block.
+    bucket = np.ceil(np.log2(np.maximum(counts, 2))).astype(np.int64)
     order_c = np.argsort(bucket, kind="stable")
     edges = np.flatnonzero(np.diff(bucket[order_c])) + 1
+    on_gpu = getattr(getattr(xp, "device", None), "type", "cpu") == "cuda"
+    budget = 1 << 26 if on_gpu else 1 << 22  # distance-block elements per call (memory)
     for group in np.split(order_c, edges):
         if group.size == 0:
             continue
         k = int(counts[group].max())
-        step = max(1, (1 << 22) // max(1, k * k))
+        step = max(1, budget // max(1, k * k))
         for g0 in range(0, group.size, step):
             cells = group[g0 : g0 + step]
             idx = starts[cells][:, None] + np.minimum(np.arange(k)[None, :], counts[cells][:, None] - 1)

@@ -17,6 +17,14 @@ EPS = 2.220446049250313e-16  # numpy.spacing(1), pyradiomics' log guard
 ANGLES = ((1, 1), (1, 0), (1, -1), (0, 1))
 #: The 8 neighbours of a pixel (GLDM, NGTDM).
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+#: Padded matrix sides of the MCC size classes (besides the closed form for 2-3 levels and a
+#: last class up to the largest matrix): one batched call per class (see :func:`_mcc`).
+_MCC_CLASSES = (8, 16)
+#: Squarings of B^2 in the torch MCC (see :func:`_top_abs_eig_torch`); a multiple of 4.
+_MCC_SQUARINGS = 24
+#: Scratch bins that masked-out entries of a scatter are spread over (atomics on one address
+#: serialise on the GPU).
+_SPREAD = 4096
 
 
 def _angle_mean(xp, values, valid):
@@ -24,6 +32,17 @@ def _angle_mean(xp, values, valid):
     n = xp.f(valid).sum(axis=1)
     total = xp.where(valid, values, 0.0).sum(axis=1)
     return total / xp.where(n > 0, n, float("nan"))
+
+
+def _angle_means(xp, feats, valid):
+    """:func:`_angle_mean` of every (C * A,) array of ``feats`` at once (one stacked pass)."""
+    C, A = valid.shape
+    names = list(feats)
+    v = xp.stack([feats[k] for k in names], axis=0).reshape(len(names), C, A)
+    n = xp.f(valid).sum(axis=1)
+    total = xp.where(valid[None], v, 0.0).sum(axis=2)
+    mean = total / xp.where(n > 0, n, float("nan"))[None]
+    return {k: mean[f] for f, k in enumerate(names)}
 
 
 def _safe_div(xp, num, den):
@@ -47,10 +66,11 @@ def first_order(xp, cell, values, level, n_cells, n_levels, voxel_area):
     def seg(w):
         return xp.bincount(cell, weights=w, minlength=C)
 
-    hist = xp.i(xp.bincount(cell * 256 + values, minlength=C * 256))
     n_i = xp.i(xp.bincount(cell, minlength=C))
     start = xp.cumsum(n_i, axis=0) - n_i
-    sv = xp.f(xp.repeat(xp.arange(C * 256) % 256, hist))  # each cell's values, ascending
+    # Each cell's values, ascending (cells are contiguous and in order): one sort of the
+    # (cell, value) keys, with no output of data-dependent size.
+    sv = xp.f(xp.sort(cell * 256 + values) % 256)
     n = xp.f(n_i)
 
     def order_stat(k):  # k-th smallest value (0-based), k: (C,) float holding an integer
@@ -107,14 +127,20 @@ def angle_pairs(xp, lab, pix, cell, width):
     """Per angle, the (pixel-list index, neighbour flat index) pairs inside the same cell.
 
     Returns:
-        list over ANGLES of (src, nbr): src (M,) indices into ``pix``, nbr (M,) flat indices.
+        list over ANGLES of (src, nbr, same): src (M,) indices into ``pix``, nbr (M,) flat
+        indices, same None; or on torch src None (every pixel), nbr (N,), same (N,) the mask of
+        the pairs inside the cell.
     """
     own = cell + 1
     out = []
     for dy, dx in ANGLES:
         nbr = pix + dy * width + dx
-        src = xp.nonzero(lab[nbr] == own)
-        out.append((src, nbr[src]))
+        same = lab[nbr] == own
+        if xp.name == "numpy":
+            src = xp.nonzero(same)
+            out.append((src, nbr[src], None))
+        else:  # torch: every pixel, with a mask (no data-dependent size, no host sync)
+            out.append((None, nbr, same))
     return out
 
 
@@ -139,8 +165,8 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
     Sparse: only the non-zero (cell, angle, i, j) entries are kept. They are counted with one
     ``bincount`` into a table sized per cell (4 (ng+1)^2 bins for a cell with ng levels), so
     the table stays small even when a few cells have many levels; every feature is then a
-    segment sum over the entries of one (cell, angle). Only MCC needs dense matrices: one
-    batched eigensolver call per distinct ng, on (ng x ng) matrices.
+    segment sum over the entries of one (cell, angle). Only MCC needs dense matrices, padded
+    into a fixed few size classes (:func:`_mcc`).
 
     Args:
         levimg: (P,) grey level of every padded pixel (0 outside cells).
@@ -158,13 +184,19 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
     end = xp.cumsum(size, axis=0)
     off = end - size
     keys = []
-    for a, (src, nbr) in enumerate(pairs):
-        c = cell[src]
+    n_bins = int(end[-1])
+    for a, (src, nbr, same) in enumerate(pairs):
+        c = cell if src is None else cell[src]
         s = stride[c]
         base = off[c] + a * s * s
-        li, lj = level[src], levimg[nbr]
-        keys += [base + li * s + lj, base + lj * s + li]  # symmetrical GLCM
-    counts = xp.bincount(xp.concat(keys), minlength=int(end[-1]))
+        li, lj = (level if src is None else level[src]), levimg[nbr]
+        k1, k2 = base + li * s + lj, base + lj * s + li  # symmetrical GLCM
+        if same is not None:  # pairs leaving the cell go to one extra bin, dropped below
+            # (spread over _SPREAD bins: one bin would serialise the GPU's atomic adds)
+            dump = n_bins + xp.arange(same.shape[0]) % _SPREAD
+            k1, k2 = xp.where(same, k1, dump), xp.where(same, k2, dump)
+        keys += [k1, k2]
+    counts = xp.bincount(xp.concat(keys), minlength=n_bins + _SPREAD)[:n_bins]
     k = xp.nonzero(counts > 0)
     cnt = counts[k]
     c = xp.searchsorted(end, k, right=True)
@@ -183,8 +215,10 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
     valid = (total > 0).reshape(C, A)
     p = cnt / total[seg]
     fi, fj = xp.f(i), xp.f(j)
-    ux = ss(p * fi)
-    uy = ss(p * fj)
+    # Segment sums in two scatters (those needing the means after those giving them).
+    ux, uy, hxy, autocorr, contrast, energy = xp.segment_sums(
+        seg, [p * fi, p * fj, p * xp.log2(p + EPS), p * fi * fj, p * (fi - fj) ** 2, p * p], CA)
+    hxy = -hxy
     px = xp.bincount(seg * L + i, weights=p, minlength=CA * L)  # (CA * L,) marginals
     py = xp.bincount(seg * L + j, weights=p, minlength=CA * L)
     g = xp.f(xp.arange(L))
@@ -194,21 +228,21 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
     p_diff = xp.bincount(seg * L + xp.abs(i - j), weights=p, minlength=CA * L).reshape(CA, L)
     ngf = xp.f(ng)[xp.arange(CA) // A][:, None]
 
-    hxy = -ss(p * xp.log2(p + EPS))
     sum_ij = fi + fj - (ux + uy)[seg]
     sum2 = sum_ij * sum_ij
     di = fi - ux[seg]
     dj = fj - uy[seg]
-    sumsq = ss(p * di * di)
+    sumsq, sigy2, corm, prominence, shade, tendency, hxy1 = xp.segment_sums(
+        seg, [p * di * di, p * dj * dj, p * di * dj, p * sum2 * sum2, p * sum2 * sum_ij, p * sum2,
+              p * xp.log2(px[seg * L + i] * py[seg * L + j] + EPS)], CA)
+    hxy1 = -hxy1
     sigx = sumsq**0.5
-    sigy = ss(p * dj * dj) ** 0.5
-    corm = ss(p * di * dj)
+    sigy = sigy2**0.5
     corr = xp.where(sigx * sigy == 0, 1.0, corm / (sigx * sigy + EPS))
     diffavg = (kd * p_diff).sum(axis=1)
     pxr, pyr = px.reshape(CA, L), py.reshape(CA, L)
     hx = -(pxr * xp.log2(pxr + EPS)).sum(axis=1)
     hy = -(pyr * xp.log2(pyr + EPS)).sum(axis=1)
-    hxy1 = -ss(p * xp.log2(px[seg * L + i] * py[seg * L + j] + EPS))
     # HXY2 = -sum_ij px_i py_j log2(px_i py_j + eps) is separable up to the eps guard: every
     # non-zero px_i py_j is >= 1 / (4 pairs^2) >> eps, so log2(ab + eps) = log2(a) + log2(b)
     # + eps / (ab ln 2) to double precision, i.e. each present (i, j) adds eps / ln 2. With one
@@ -225,23 +259,24 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
     imc1 = xp.where(div != 0, (hxy - hxy1) / xp.where(div != 0, div, 1.0), 0.0)
     imc2 = xp.where(hxy2 == hxy, 0.0, xp.sqrt(1 - xp.exp(-2 * (hxy2 - hxy))))
     inv_var_w = xp.where(kd > 0, 1.0 / xp.where(kd > 0, kd, 1.0) ** 2, 0.0)
-    mval = p / xp.sqrt(px[seg * L + i] * px[seg * L + j])
+    pxi = px[seg * L + i]
+    mval = p / xp.sqrt(pxi * px[seg * L + j])
     if rank is None:
-        mcc = _mcc(xp, c, a, i - 1, j - 1, mval, ng, C)
+        mcc = _mcc(xp, c, a, i - 1, j - 1, mval, xp.sqrt(pxi), ng, C)
     else:
-        mcc = _mcc(xp, c, a, rank[c * L + i], rank[c * L + j], mval, xp.i(n_present), C)
+        mcc = _mcc(xp, c, a, rank[c * L + i], rank[c * L + j], mval, xp.sqrt(pxi), xp.i(n_present), C)
     feats = {
-        "Autocorrelation": ss(p * fi * fj),
+        "Autocorrelation": autocorr,
         "JointAverage": ux,
-        "ClusterProminence": ss(p * sum2 * sum2),
-        "ClusterShade": ss(p * sum2 * sum_ij),
-        "ClusterTendency": ss(p * sum2),
-        "Contrast": ss(p * (fi - fj) ** 2),
+        "ClusterProminence": prominence,
+        "ClusterShade": shade,
+        "ClusterTendency": tendency,
+        "Contrast": contrast,
         "Correlation": corr,
         "DifferenceAverage": diffavg,
         "DifferenceEntropy": -(p_diff * xp.log2(p_diff + EPS)).sum(axis=1),
         "DifferenceVariance": (p_diff * (kd - diffavg[:, None]) ** 2).sum(axis=1),
-        "JointEnergy": ss(p * p),
+        "JointEnergy": energy,
         "JointEntropy": hxy,
         "Imc1": imc1,
         "Imc2": imc2,
@@ -256,50 +291,105 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
         "SumEntropy": -(p_sum * xp.log2(p_sum + EPS)).sum(axis=1),
         "SumSquares": sumsq,
     }
-    out = {k: _angle_mean(xp, v.reshape(C, A), valid) for k, v in feats.items()}
+    out = _angle_means(xp, feats, valid)
     # pyradiomics returns MCC = 1 for a single grey level even when no angle holds a pair.
     out["MCC"] = xp.where(n_present < 2, 1.0, out["MCC"])
     return out, valid
 
 
-def _mcc(xp, c, a, ri, rj, mval, ng, C):
+def _mcc(xp, c, a, ri, rj, mval, vval, n, C):
     """Per (cell, angle) MCC: the second largest |eigenvalue| of M = D^-1/2 P D^-1/2.
 
     Q = D^-1 P D^-1 P^T (pyradiomics) is similar to M^2 with M symmetric, so the eigenvalues of
-    Q are the squared eigenvalues of M, computed stably with a symmetric eigensolver. Absent
-    levels only add zero rows (eigenvalue 0), so each cell's matrix is indexed by the rank of
-    its levels (``ri``, ``rj`` in 0..ng-1; ``ng`` (C,) the matrix size; ``mval`` the entries
-    of M) and cells are batched by size, which never exceeds 32 (batched Jacobi on CUDA).
+    Q are the squared eigenvalues of M. M has the eigenvalue 1 with the unit eigenvector
+    v = sqrt(px), so MCC is the largest |eigenvalue| of the deflated B = M - v v^T (its other
+    eigenvalues are M's, v's becomes 0). Absent levels only add zero rows (eigenvalue 0), so
+    each cell's matrix is indexed by the rank of its levels (``ri``, ``rj`` in 0..n-1; ``n``
+    (C,) the matrix size; ``mval`` the entries of M, ``vval`` sqrt(px) of each entry's row).
+
+    No loop over matrix sizes: sizes 2 and 3 have closed forms (B has rank <= 2: its
+    eigenvalues follow from tr B and ||B||_F^2), larger ones are zero-padded into a fixed
+    few size classes (8, 16, the largest matrix; padding adds eigenvalues 0), all filled with
+    one scatter, and each class is one batched call: LAPACK's symmetric eigensolver on NumPy,
+    repeated squaring on torch (:func:`_top_abs_eig_torch`: no eigensolver, no host sync).
     """
     A = len(ANGLES)
     out = xp.zeros(C * A)
-    ng_h = xp.to_numpy(ng).astype(np.int64)
-    order_c = np.argsort(ng_h, kind="stable")
-    pos = np.empty(C, np.int64)
-    pos[order_c] = np.arange(C)
-    ng_sorted = ng_h[order_c]
-    levels = np.unique(ng_sorted[ng_sorted >= 2])
-    if levels.size == 0:
-        return out
-    g_start = np.searchsorted(ng_sorted, levels)
-    g_end = np.searchsorted(ng_sorted, levels, side="right")
-    local = xp.asarray(pos - np.concatenate([[0], g_start])[np.searchsorted(levels, ng_h, side="right")], dtype="i64")
-    ng_e = ng[c]
-    e_order = xp.argsort(ng_e)  # entries grouped by their cell's ng (already so for one channel)
-    e_bounds = xp.to_numpy(xp.searchsorted(ng_e[e_order], xp.asarray(np.stack([levels, levels + 1]).reshape(-1), dtype="i64")))
-    n_lv = levels.size
-    for t, gl in enumerate(levels.tolist()):
-        e0, e1 = int(e_bounds[t]), int(e_bounds[n_lv + t])
-        n_mat = int(g_end[t] - g_start[t]) * A
-        sel = e_order[e0:e1]
-        buf = xp.zeros(n_mat * gl * gl)
-        idx = ((local[c[sel]] * A + a[sel]) * gl + ri[sel]) * gl + rj[sel]
-        buf[idx] = mval[sel]
-        ev = xp.sort(xp.abs(xp.eigvalsh(buf.reshape(n_mat, gl, gl))))[:, -2]
-        cells = xp.asarray(order_c[g_start[t] : g_end[t]], dtype="i64")
-        dst = (cells[:, None] * A + xp.arange(A)[None, :]).reshape(-1)
+    n_h = xp.to_numpy(n).astype(np.int64)
+    # Size class of every cell: 0 none (n < 2), 1 closed form (n = 2, 3), 2.. padded classes.
+    caps = [3] + [s for s in _MCC_CLASSES if s < int(n_h.max(initial=0))] + [max(int(n_h.max(initial=0)), 4)]
+    caps = sorted(set(caps))
+    cls = np.where(n_h < 2, -1, np.searchsorted(caps, n_h))
+    order_c = np.argsort(cls, kind="stable")
+    cls_sorted = cls[order_c]
+    sizes = np.array([3] + caps[1:], dtype=np.int64)  # padded side per class (class 0 dense 3x3)
+    side = np.where(cls >= 0, sizes[np.maximum(cls, 0)], 0)
+    mat_el = A * side * side  # buffer elements of a cell's A matrices
+    base = np.zeros(len(caps) + 1, np.int64)
+    off = np.zeros(len(n_h), np.int64)
+    for k in range(len(caps)):  # fixed few classes, host-side bookkeeping only
+        cells = order_c[cls_sorted == k]
+        off[cells] = base[k] + np.concatenate([[0], np.cumsum(mat_el[cells])[:-1]]) if cells.size else 0
+        base[k + 1] = base[k] + int(mat_el[cells].sum())
+    side_d = xp.asarray(side, dtype="i64")
+    off_d = xp.asarray(off, dtype="i64")
+    s = side_d[c]
+    keep = n[c] >= 2
+    idx = off_d[c] + (a * s + ri) * s + rj
+    buf = xp.zeros(int(base[-1]) + 1)
+    vbuf = xp.zeros(int(base[-1]) + 1)
+    dump = int(base[-1])  # entries of cells without an MCC matrix land here
+    idx = xp.where(keep, idx, dump)
+    buf[idx] = mval
+    vbuf[idx] = vval
+    for k in range(len(caps)):
+        cells = order_c[cls_sorted == k]
+        if cells.size == 0:
+            continue
+        sk = int(sizes[k])
+        nm = cells.size * A
+        m = buf[base[k] : base[k + 1]].reshape(nm, sk, sk)
+        vr = vbuf[base[k] : base[k + 1]].reshape(nm, sk, sk)
+        # vbuf holds v_i at every stored (i, j); row i's v is the max over j (all equal or 0).
+        v = vr.max(axis=2) if xp.name == "numpy" else vr.amax(dim=2)
+        b = m - v[:, :, None] * v[:, None, :]
+        if k == 0:  # rank <= 2: eigenvalues mu1, mu2 from t = mu1 + mu2, f = mu1^2 + mu2^2
+            t = b[:, 0, 0] + b[:, 1, 1] + b[:, 2, 2]
+            f = (b * b).sum(axis=(1, 2))
+            d = 2 * f - t * t
+            ev = (xp.abs(t) + xp.sqrt(xp.where(d > 0, d, 0.0))) / 2
+        elif xp.name == "numpy":
+            ev = xp.abs(xp.eigvalsh(b)).max(axis=1)
+        else:
+            ev = _top_abs_eig_torch(xp, b)
+        dst = (xp.asarray(cells, dtype="i64")[:, None] * A + xp.arange(A)[None, :]).reshape(-1)
         out[dst] = ev
     return out
+
+
+def _top_abs_eig_torch(xp, b):
+    """Largest |eigenvalue| of each symmetric (n, s, s) matrix, by repeated squaring in tensor
+    form (a fixed number of batched matmuls: no eigensolver, no host sync).
+
+    A = B^2 is positive semi-definite with top eigenvalue lambda^2. S = A^(2^24), normalised by
+    its trace every 2^4 powers, is numerically rank one along the top eigenvector (plus any
+    eigenvalue within a factor 1 - 3e-8 of it); the Rayleigh quotient of A at S's column of
+    largest diagonal then gives lambda^2, too low by at most ~ s / (2^25 e) relative in the worst
+    case (near-equal top eigenvalues with adversarial weights), ~1e-7 for s = 33; repeated
+    eigenvalues (MCC = 1) are exact. Float64 throughout.
+    """
+    torch = xp.torch
+    a = b @ b
+    s = a
+    for _ in range(_MCC_SQUARINGS // 4):
+        s = torch.linalg.matrix_power(s, 16)
+        tr = s.diagonal(dim1=1, dim2=2).sum(dim=1)  # >= 0; a zero matrix stays zero below
+        s = s / (tr + 1e-300)[:, None, None]
+    j = s.diagonal(dim1=1, dim2=2).argmax(dim=1)
+    x = torch.take_along_dim(s, j[:, None, None], dim=2)  # (n, s, 1) the column j
+    xx = (x * x).sum(dim=(1, 2))
+    rq = (x * (a @ x)).sum(dim=(1, 2)) / torch.where(xx > 0, xx, 1.0)
+    return torch.sqrt(torch.clamp(rq, min=0.0))
 
 
 def line_sequences(xp, key_img):
@@ -354,7 +444,7 @@ def glrlm(xp, key_img, n_keys, n_cells, n_levels, valid):
     """
     L, A, C = n_levels, len(ANGLES), n_cells
     g = xp.f(xp.arange(L))
-    per_angle = []
+    segs, levels, lengths = [], [], []
     for a, seq in enumerate(line_sequences(xp, key_img)):  # one direction at a time (memory)
         n = seq.shape[0]
         starts = xp.nonzero(seq[1:] != seq[:-1]) + 1  # position 0 is padding
@@ -365,15 +455,18 @@ def glrlm(xp, key_img, n_keys, n_cells, n_levels, valid):
         # Runs of background, and of cells without any pair in this direction, do not count.
         keep = xp.nonzero(k > 0)
         keep = keep[valid[:, a][rc[keep]]]
-        rc, rl, rj = rc[keep], k[keep] % n_keys, length[keep]
+        segs.append(rc[keep] * A + a)
+        levels.append(k[keep] % n_keys)
+        lengths.append(length[keep])
         del k, length, keep
-        per_angle.append(_glrlm_angle(xp, rc, rl, rj, C, L, g))
-    names = per_angle[0].keys()
-    return {k: _angle_mean(xp, xp.stack([f[k] for f in per_angle], axis=1), valid) for k in names}
+    # The features of all (cell, angle) pairs at once: one pass of segment sums, not four.
+    per = _glrlm_angle(xp, xp.concat(segs), xp.concat(levels), xp.concat(lengths), C * A, L, g)
+    return _angle_means(xp, per, valid)
 
 
 def _glrlm_angle(xp, rc, rl, rj, C, L, g):
-    """GLRLM features (C,) of one direction from its runs (cell, level, length)."""
+    """GLRLM features (C,) of C segments (one per (cell, angle)) from their runs
+    (segment, level, length)."""
     i, j = xp.f(rl), xp.f(rj)
     i2, j2 = i * i, j * j
 
@@ -415,6 +508,123 @@ def _glrlm_angle(xp, rc, rl, rj, C, L, g):
         "LongRunHighGrayLevelEmphasis": run_sum(i2 * j2) / nrs,
     }
 
+
+def glrlm_pixels(xp, lab, pix, cell, level, levimg, width, n_cells, n_levels, valid, rmax):
+    """:func:`glrlm` from the pixel list instead of whole-image line scans (the torch path).
+
+    Per direction, a pixel starts a run when the pixel before it along the direction is not of
+    the same cell and level, and ends one when the pixel after it is not. With the pixels
+    ordered by (direction, cell, line of that direction, position on the line) (one argsort of
+    the 4 directions stacked), starts and ends alternate, so the k-th start pairs with the k-th
+    end: run lengths come from two cumulative sums and two scatters, with every array sized by
+    4x the pixel count (no data-dependent sizes, no host sync). Equal (segment, length) and
+    (segment, level, length) runs are counted by sorting (see :func:`_group_counts`).
+
+    Args:
+        lab: (P,) padded label image, cells 1..n_cells; pix, cell, level: (N,) pixel list.
+        levimg: (P,) grey level of every padded pixel.
+        valid: (C, A) angles with at least one pair (from :func:`glcm`).
+        rmax: an upper bound of run lengths (the padded patch side).
+    """
+    L, A, C = n_levels, len(ANGLES), n_cells
+    n = pix.shape[0]
+    own = cell + 1
+    ymax = lab.shape[0] // width + 1
+    span = max(width, ymax)
+    y, x = pix // width, pix % width
+    dy = xp.asarray([d[0] for d in ANGLES], dtype="i64")[:, None]
+    dx = xp.asarray([d[1] for d in ANGLES], dtype="i64")[:, None]
+    step = dy * width + dx  # (A, 1)
+    prev, nxt = pix[None, :] - step, pix[None, :] + step  # (A, N)
+    st = ~((lab[prev] == own[None, :]) & (levimg[prev] == level[None, :]))
+    en = ~((lab[nxt] == own[None, :]) & (levimg[nxt] == level[None, :]))
+    # Line and position along it: rows for 0 degrees, columns for 90, x -/+ y for the diagonals.
+    line = xp.where(dy == 0, y[None, :], xp.where(dx == 0, x[None, :], x[None, :] - dx * y[None, :] + ymax))
+    pos = xp.where(dy == 0, x[None, :], y[None, :])
+    a_idx = xp.arange(A)[:, None]
+    key = ((a_idx * C + cell[None, :]) * (width + 2 * ymax) + line) * span + pos
+    perm = xp.argsort(key.reshape(-1))
+    st, en = st.reshape(-1)[perm], en.reshape(-1)[perm]
+    m = A * n
+    q = xp.arange(m)
+    # sq[k], eq[k]: ordered positions of the k-th start and end (others write to scratch slots)
+    sq = xp.zeros(m + _SPREAD, dtype="i64")
+    eq = xp.zeros(m + _SPREAD, dtype="i64")
+    sq[xp.where(st, xp.cumsum(xp.i(st), axis=0) - 1, m + q % _SPREAD)] = q
+    eq[xp.where(en, xp.cumsum(xp.i(en), axis=0) - 1, m + q % _SPREAD)] = q
+    sq, eq = sq[:m], eq[:m]
+    first = perm[sq]  # index into the stacked (A, N) list of each run's first pixel
+    ang, px_i = first // n, first % n
+    rc = cell[px_i]
+    ok = (q < xp.i(st).sum()) & valid.reshape(-1)[rc * A + ang]  # runs past the count: empty slots
+    # Empty slots (weight 0) are spread over the segments: all on one would serialise atomics.
+    return _glrlm_runs(xp, xp.where(ok, rc * A + ang, q % (C * A)), xp.where(ok, level[px_i], 1), xp.where(ok, eq - sq + 1, 1), ok,
+                       C, L, rmax, valid)
+
+def _group_counts(xp, key, ok):
+    """Counts of equal ``key`` among the ``ok`` entries, by sorting, with no data-dependent size.
+
+    Returns (sorted keys, count of each entry's group, mask of the first entry of every group
+    of ok entries); entries that are not ok sort last, under a sentinel.
+    """
+    big = 1 << 62
+    sk = xp.sort(xp.where(ok, key, big))
+    m = sk.shape[0]
+    first = sk == sk
+    first[1:] = sk[1:] != sk[:-1]
+    gid = xp.cumsum(xp.i(first), axis=0) - 1
+    cnt = xp.bincount(gid, minlength=m)[gid]
+    return sk, cnt, first & (sk != big)
+
+
+def _glrlm_runs(xp, seg, rl, rj, ok, C, L, rmax, valid):
+    """GLRLM features averaged over valid angles, from runs (segment = cell * A + angle,
+    level, length) of which only the ``ok`` ones count (the others hold level 1, length 1)."""
+    A = len(ANGLES)
+    CA = C * A
+    w = xp.f(ok)
+    i, j = xp.f(rl), xp.f(rj)
+    i2, j2 = i * i, j * j
+    inv_i2, inv_j2 = 1 / i2, 1 / j2
+    # Every per-run sum in one scatter.
+    nr, n_pix, sre, lre, lgl, hgl, srlgl, srhgl, lrlgl, lrhgl = xp.segment_sums(
+        seg, [w, j * w, inv_j2 * w, j2 * w, inv_i2 * w, i2 * w, inv_i2 * inv_j2 * w, i2 * inv_j2 * w,
+              j2 * inv_i2 * w, i2 * j2 * w], CA)
+    nrs = xp.where(nr > 0, nr, float("nan"))
+    g = xp.f(xp.arange(L))
+    pg = xp.bincount(seg * L + rl, weights=w, minlength=CA * L).reshape(CA, L)
+    pgn = pg / nrs[:, None]
+    u_i = (pgn * g).sum(axis=1)
+    u_j = n_pix / nrs
+    pg2 = (pg * pg).sum(axis=1)
+    # sum_j pr(j)^2: counts of equal (segment, length)
+    sk, cnt, fst = _group_counts(xp, seg * rmax + rj, ok)
+    pr2 = xp.bincount(xp.where(fst, sk // rmax, xp.arange(sk.shape[0]) % CA), weights=xp.where(fst, xp.f(cnt) ** 2, 0.0), minlength=CA)
+    # RunEntropy over the (level, length) distribution of each segment
+    sk, cnt, fst = _group_counts(xp, (seg * L + rl) * rmax + rj, ok)
+    sg = xp.where(fst, sk // (L * rmax), xp.arange(sk.shape[0]) % CA)
+    qq = xp.f(cnt) / nrs[sg]
+    ent = xp.bincount(sg, weights=xp.where(fst, -qq * xp.log2(qq + EPS), 0.0), minlength=CA)
+    dj = j - u_j[seg]
+    feats = {
+        "ShortRunEmphasis": sre / nrs,
+        "LongRunEmphasis": lre / nrs,
+        "GrayLevelNonUniformity": pg2 / nrs,
+        "GrayLevelNonUniformityNormalized": pg2 / nrs**2,
+        "RunLengthNonUniformity": pr2 / nrs,
+        "RunLengthNonUniformityNormalized": pr2 / nrs**2,
+        "RunPercentage": nrs / n_pix,
+        "GrayLevelVariance": (pgn * (g - u_i[:, None]) ** 2).sum(axis=1),
+        "RunVariance": xp.bincount(seg, weights=xp.where(ok, dj * dj, 0.0), minlength=CA) / nrs,
+        "RunEntropy": ent,
+        "LowGrayLevelRunEmphasis": lgl / nrs,
+        "HighGrayLevelRunEmphasis": hgl / nrs,
+        "ShortRunLowGrayLevelEmphasis": srlgl / nrs,
+        "ShortRunHighGrayLevelEmphasis": srhgl / nrs,
+        "LongRunLowGrayLevelEmphasis": lrlgl / nrs,
+        "LongRunHighGrayLevelEmphasis": lrhgl / nrs,
+    }
+    return _angle_means(xp, feats, valid)
 
 def glszm(xp, zone, cell, level, n_cells, n_levels):
     """pyradiomics ``glszm`` from 8-connected same-level zones.
@@ -466,6 +676,56 @@ def glszm(xp, zone, cell, level, n_cells, n_levels):
         "LargeAreaHighGrayLevelEmphasis": zsum(i**2 * s**2) / nz1,
     }
 
+
+
+def glszm_roots(xp, root, cell, level, n_cells, n_levels):
+    """:func:`glszm` with zones given by a root pixel index (``root`` (N,) in 0..N-1, from the
+    torch union-find) instead of consecutive ids: every table is sized by the pixel count,
+    zones are the slots of non-zero size, and equal sizes are counted by sorting, so nothing
+    is read back to the host."""
+    L, C = n_levels, n_cells
+    n = root.shape[0]
+    size = xp.bincount(root, minlength=n)
+    ok = size > 0  # slot k is a zone (rooted at pixel k), whose cell and level are pixel k's
+    w = xp.f(ok)
+    s = xp.where(ok, size, 1.0)
+    i = xp.f(level)
+    zc = cell
+    s2, i2 = s * s, i * i
+    nz, n_pix, sum_i, sae, lae, lgl, hgl, salgl, sahgl, lalgl, lahgl = xp.segment_sums(
+        zc, [w, s * w, i * w, w / s2, s2 * w, w / i2, i2 * w, w / (i2 * s2), i2 / s2 * w, s2 / i2 * w, i2 * s2 * w], C)
+    nz1 = xp.where(nz == 0, 1.0, nz)
+    pg = xp.bincount(zc * L + level, weights=w, minlength=C * L).reshape(C, L)
+    si = xp.i(s)
+    smax = n + 1
+    sk, cnt, fst = _group_counts(xp, zc * smax + si, ok)
+    ps2 = xp.bincount(xp.where(fst, sk // smax, xp.arange(sk.shape[0]) % C), weights=xp.where(fst, xp.f(cnt) ** 2, 0.0), minlength=C)
+    sk, cnt, fst = _group_counts(xp, (zc * L + level) * smax + si, ok)
+    sg = xp.where(fst, sk // (L * smax), xp.arange(sk.shape[0]) % C)
+    q = xp.f(cnt) / nz1[sg]
+    ent = xp.bincount(sg, weights=xp.where(fst, -q * xp.log2(q + EPS), 0.0), minlength=C)
+    g = xp.f(xp.arange(L))
+    u_i = sum_i / nz1
+    u_s = n_pix / nz1
+    ds = s - u_s[zc]
+    return {
+        "SmallAreaEmphasis": sae / nz1,
+        "LargeAreaEmphasis": lae / nz1,
+        "GrayLevelNonUniformity": (pg**2).sum(axis=1) / nz1,
+        "GrayLevelNonUniformityNormalized": (pg**2).sum(axis=1) / nz1**2,
+        "SizeZoneNonUniformity": ps2 / nz1,
+        "SizeZoneNonUniformityNormalized": ps2 / nz1**2,
+        "ZonePercentage": nz1 / xp.where(n_pix == 0, 1.0, n_pix),
+        "GrayLevelVariance": ((pg / nz1[:, None]) * (g - u_i[:, None]) ** 2).sum(axis=1),
+        "ZoneVariance": xp.bincount(zc, weights=ds * ds * w, minlength=C) / nz1,
+        "ZoneEntropy": ent,
+        "LowGrayLevelZoneEmphasis": lgl / nz1,
+        "HighGrayLevelZoneEmphasis": hgl / nz1,
+        "SmallAreaLowGrayLevelEmphasis": salgl / nz1,
+        "SmallAreaHighGrayLevelEmphasis": sahgl / nz1,
+        "LargeAreaLowGrayLevelEmphasis": lalgl / nz1,
+        "LargeAreaHighGrayLevelEmphasis": lahgl / nz1,
+    }
 
 def neighbour_stats(xp, lab, pix, cell, level, levimg, width):
     """Per pixel: same-level 8-neighbours in the cell, all 8-neighbours in the cell, and the
@@ -560,13 +820,21 @@ def ngtdm(xp, cell, level, count, total, n_cells, n_levels):
     strength = 2 * (p * per_i).sum(axis=1)
     # Complexity: sum over ordered pairs of present levels of |i - j| (p_i s_i + p_j s_j) /
     # (p_i + p_j), over the (cell, level) entries paired within their cell (sparse).
-    e = xp.nonzero(present.reshape(-1))
-    ec = e // L
-    e1, e2 = _segment_pairs(xp, ec, C)
-    pf_, sf_ = p.reshape(-1), s_i.reshape(-1)
-    a1, a2 = e[e1], e[e2]
-    num = xp.abs(xp.f(a1 % L - a2 % L)) * (pf_[a1] * sf_[a1] + pf_[a2] * sf_[a2])
-    cplx = xp.bincount(ec[e1], weights=num / (pf_[a1] + pf_[a2]), minlength=C)
+    if xp.name == "numpy":
+        e = xp.nonzero(present.reshape(-1))
+        ec = e // L
+        e1, e2 = _segment_pairs(xp, ec, C)
+        pf_, sf_ = p.reshape(-1), s_i.reshape(-1)
+        a1, a2 = e[e1], e[e2]
+        num = xp.abs(xp.f(a1 % L - a2 % L)) * (pf_[a1] * sf_[a1] + pf_[a2] * sf_[a2])
+        cplx = xp.bincount(ec[e1], weights=num / (pf_[a1] + pf_[a2]), minlength=C)
+    else:  # dense (C, L, L) pairs on torch: no data-dependent sizes (L is the schema's few bins)
+        pis = p * s_i
+        both = present[:, :, None] & present[:, None, :]
+        den = p[:, :, None] + p[:, None, :]
+        dist = xp.abs(g[0][:, None] - g[0][None, :])[None]
+        num = dist * (pis[:, :, None] + pis[:, None, :]) / xp.where(both, den, 1.0)
+        cplx = xp.where(both, num, 0.0).sum(axis=(1, 2))
     return {
         "Coarseness": xp.where(ps != 0, 1 / xp.where(ps != 0, ps, 1.0), 1e6),
         "Contrast": xp.where(div != 0, contrast / xp.where(div != 0, div, 1.0), 0.0),

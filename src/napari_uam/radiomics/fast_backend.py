@@ -6,16 +6,21 @@ every neighbour lookup is ``lab[pix + offset]``, every per-cell matrix a ``binco
 (cell, ...) keys, so there is no per-cell Python loop. The co-occurrence, run and zone
 matrices are sparse (only their non-zero (cell, i, j) entries exist) and all cells are
 processed at once; only inputs of more than ``_CHUNK_PIXELS`` cell pixels are split into a few
-cell chunks, to bound memory. Run lengths (GLRLM) are read off the (cell, level)-keyed image
-line by line, and MCC's eigenvalues come from one batched solver call per matrix size.
+cell chunks, to bound memory. On NumPy, run lengths (GLRLM) are read off the (cell,
+level)-keyed image line by line; MCC comes from one batched call per matrix size class.
 
 The same code runs on NumPy (CPU) and on PyTorch (CPU for the parity tests, CUDA in
 production) through :mod:`._ops`; everything is float64. Same-level zones (GLSZM) are
 labelled with scikit-image on the NumPy path and with a hook-and-compress union-find on the
-torch path; both give the same partition.
+torch path; both give the same partition. The torch path avoids data-dependent sizes and host
+syncs where it can, so that the number of kernel launches does not grow with the number of
+patches or cells: GLRLM runs come from the pixel list (:func:`._texture.glrlm_pixels`), GLSZM
+zones stay keyed by their union-find root (:func:`._texture.glszm_roots`), GLCM pairs are
+masked instead of gathered, and the upload and download go through page-locked buffers.
 
 When numba imports, the NumPy path runs the per-cell families as compiled, GIL-free loops over
-the cells (:mod:`._numba`, see :func:`_numba_chunk`); ``device="numpy-pure"`` keeps the pure
+the cells (:mod:`._numba`, see :func:`_numba_chunk`; GLSZM zones there come from a per-cell
+flood fill instead of scikit-image); ``device="numpy-pure"`` keeps the pure
 NumPy code, the fallback, which is parity tested as well.
 """
 
@@ -76,26 +81,39 @@ def _stack(xp, images, labels):
         packed = (rgb[:, 0].astype(np.int32) << 16) | (rgb[:, 1].astype(np.int32) << 8) | rgb[:, 2]
         del rgb
         t_lab = lab.reshape(-1)
-    else:  # upload each patch in its smallest dtype and pad on the device
+    else:  # pad on the host, then one upload per array (uint8 RGB, labels in their smallest dtype)
         torch = xp.torch
         ldt = np.uint16 if top <= 65536 else np.int32 if top < 2**31 else np.int64
-        rgb = torch.zeros((nb, h, w, 3), dtype=torch.uint8, device=xp.device)
-        lab = torch.zeros((nb, h, w), dtype=torch.int64, device=xp.device)
+        rgb_h = _staging(xp, "rgb", (nb, h, w, 3), np.uint8)
+        lab_h = _staging(xp, "lab", (nb, h, w), ldt)
         for b, (im, lb) in enumerate(zip(images, labels)):
-            rgb[b, 1 : 1 + im.shape[0], 1 : 1 + im.shape[1]] = xp.asarray(np.ascontiguousarray(im, dtype=np.uint8))
-            t = torch.from_numpy(np.ascontiguousarray(lb, dtype=ldt).view(np.int16 if ldt == np.uint16 else ldt))
-            t = t.to(xp.device, non_blocking=False)
-            if ldt == np.uint16:  # torch has no uint16 arithmetic everywhere: reinterpret int16
-                t = t.to(torch.int64) & 0xFFFF
-            lab[b, 1 : 1 + lb.shape[0], 1 : 1 + lb.shape[1]] = t
-        t_rgb = xp.i(rgb.reshape(-1, 3))
-        t_lab = lab.reshape(-1)
+            for buf, a in ((rgb_h, im), (lab_h, lb)):
+                hb, wb = a.shape[0], a.shape[1]
+                buf[b, 1 : 1 + hb, 1 : 1 + wb] = a
+                buf[b, 0] = 0  # the padding (the buffer is reused between calls)
+                buf[b, 1 + hb :] = 0
+                buf[b, 1 : 1 + hb, 0] = 0
+                buf[b, 1 : 1 + hb, 1 + wb :] = 0
+        t_rgb = _upload(xp, rgb_h.reshape(-1, 3))
+        t_lab = _upload(xp, lab_h.reshape(-1).view(np.int16) if ldt == np.uint16 else lab_h.reshape(-1))
+        _staging_done(xp)
+        t_lab = t_lab.to(torch.int64)
+        if ldt == np.uint16:  # torch has no uint16 arithmetic everywhere: reinterpret int16
+            t_lab = t_lab & 0xFFFF
+        del rgb_h, lab_h
+        t_rgb = xp.i(t_rgb)
         packed = t_rgb[:, 0] * 65536 + t_rgb[:, 1] * 256 + t_rgb[:, 2]
         del t_rgb
     # (patch, label) keys: which are present, and each one's rank among them = compact id.
     key = t_lab if nb == 1 else (xp.arange(nb * h * w) // (h * w)) * top + t_lab
     if nb * top <= 8 * key.shape[0] + (1 << 20):
-        present = xp.bincount(key, minlength=nb * top) > 0
+        if xp.name == "numpy":
+            present = xp.bincount(key, minlength=nb * top) > 0
+        else:  # a plain scatter of True: counting would pile atomic adds onto the background bins
+            spread = nb * top + xp.arange(key.shape[0]) % 4096  # background: scratch slots
+            present = xp.torch.zeros(nb * top + 4096, dtype=xp.torch.bool, device=xp.device)
+            present[xp.torch.where(t_lab > 0, key, spread)] = True
+            present = present[: nb * top]
         present[xp.arange(nb) * top] = False  # background of every patch
         rank = xp.i(xp.cumsum(xp.i(present), axis=0))
         rank[xp.arange(nb) * top] = 0  # every patch's background stays 0
@@ -112,6 +130,51 @@ def _stack(xp, images, labels):
     patch_of = keys // top
     ids = [keys[patch_of == b] % top for b in range(nb)]
     return packed, compact, ids, (nb, h, w)
+
+
+#: Reused host buffers of the CUDA upload, per (name, dtype): page-locked, so that the upload
+#: is one fast asynchronous DMA instead of a pageable copy, and no page faults per call.
+_STAGING: dict = {}
+
+
+def _staging(xp, name, shape, dtype):
+    """A host array of ``shape`` for the upload (pinned and cached on CUDA; contents stale)."""
+    if xp.device.type != "cuda":
+        return np.empty(shape, dtype=dtype)
+    torch = xp.torch
+    key = (name, np.dtype(dtype).str, str(xp.device))
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    entry = _STAGING.get(key)
+    if entry is None or entry[0].numel() < n:
+        entry = [torch.empty(max(n, 1), dtype=torch.uint8, pin_memory=True), None]
+        _STAGING[key] = entry
+    if entry[1] is not None:  # the previous call's upload from this buffer must be finished
+        entry[1].synchronize()
+    return entry[0][:n].numpy().view(dtype).reshape(shape)
+
+
+def _upload(xp, arr):
+    return xp.torch.from_numpy(arr).to(xp.device, non_blocking=xp.device.type == "cuda")
+
+
+def _staging_done(xp):
+    """Mark the staging buffers as in use by the uploads just queued."""
+    if xp.device.type == "cuda":
+        ev = xp.torch.cuda.Event()
+        ev.record()
+        for entry in _STAGING.values():
+            entry[1] = ev
+
+
+def _download(xp, a):
+    """Device array -> NumPy; on CUDA through a page-locked buffer (a pageable copy of the
+    (cells, features) float64 table ran at a few GB/s on the H100 host)."""
+    if xp.name == "numpy" or xp.device.type != "cuda":
+        return xp.to_numpy(a)
+    torch = xp.torch
+    host = torch.empty(a.shape, dtype=a.dtype, pin_memory=True)
+    host.copy_(a)  # blocking: the table is complete when this returns
+    return host.numpy()
 
 
 def _img(xp, a):
@@ -137,77 +200,166 @@ def _zones_numpy(key_img):
 def _zones_torch(xp, key, pix, width):
     """Union-find over the pixel list: hook the larger root onto the smaller, then compress.
 
-    Returns (N,) zone ids 0..Z-1.
+    Every pixel has its 4 forward 8-neighbours as edges, an edge to itself where that
+    neighbour is not of the same key (a no-op hook), so no data-dependent filtering.
+
+    Returns (N,) the pixel-list index of each pixel's zone root (its smallest pixel index).
     """
     torch = xp.torch
     n = pix.shape[0]
-    where = torch.full((int(pix.max()) + width + 2,), -1, dtype=torch.int64, device=pix.device)
-    where[pix] = torch.arange(n, device=pix.device)
-    us, vs = [], []
+    ar = torch.arange(n, device=pix.device)
+    where = torch.full((key.shape[0],), -1, dtype=torch.int64, device=pix.device)
+    where[pix] = ar
+    vs = []
     for off in (1, width - 1, width, width + 1):  # forward half of the 8-neighbourhood
         v = where[pix + off]
-        ok = v >= 0
-        ok &= key[pix + off] == key[pix]
-        us.append(torch.nonzero(ok, as_tuple=True)[0])
-        vs.append(v[ok])
-    u, v = torch.cat(us), torch.cat(vs)
-    comp = torch.arange(n, device=pix.device)
+        vs.append(torch.where((v >= 0) & (key[pix + off] == key[pix]), v, ar))
+    u, v = ar.repeat(4), torch.cat(vs)
+    comp = ar
+    # Rounds of hooking (every edge, no data-dependent filtering: an edge whose ends already
+    # share a root hooks that root onto itself, a no-op) and pointer jumping (idempotent once
+    # every pixel points at a root); convergence is read back once per 4 rounds, a single
+    # host sync, instead of after every step.
     while True:
-        cu, cv = comp[u], comp[v]
-        diff = cu != cv
-        if not bool(diff.any()):
+        for _ in range(4):
+            cu, cv = comp[u], comp[v]
+            comp = comp.scatter_reduce(0, torch.maximum(cu, cv), torch.minimum(cu, cv), reduce="amin", include_self=True)
+            for _ in range(3):
+                comp = comp[comp]
+        nxt = comp[comp]
+        if bool(((comp[u] == comp[v]).all() & (nxt == comp).all()).item()):
             break
-        lo, hi = torch.minimum(cu[diff], cv[diff]), torch.maximum(cu[diff], cv[diff])
-        comp = comp.scatter_reduce(0, hi, lo, reduce="amin", include_self=True)
-        while True:  # pointer jumping until every pixel points at a root
-            nxt = comp[comp]
-            if bool((nxt == comp).all()):
-                break
-            comp = nxt
-    return torch.unique(comp, return_inverse=True)[1]
+        comp = nxt
+    return comp
 
 
-def _numba_chunk(schema, chan, put, lab, pix_c, cell_c, c0, c1, starts, wp, spacing, valid_all):
+def _numba_chunk(schema, chan, put, lab, pix, c0, c1, starts, wp, spacing):
     """Every per-cell family of cells c0..c1 with the compiled kernels of :mod:`._numba`."""
     nb = _numba
     nc = c1 - c0
+    k0, k1 = int(starts[c0]), int(starts[c1])
     st = starts[c0 : c1 + 1] - starts[c0]
+    pix_c = pix[k0:k1]
+    own0 = c0 + 1  # compact ids of the chunk's cells are own0 .. own0 + nc - 1
     sy, sx = spacing
     seg = ((sy * sy + sx * sx) ** 0.5) / 2
     perim_lut = np.array([d * seg + h * sx + v * sy for d, h, v in zip(_shape._DIAG, _shape._HORIZ, _shape._VERT)])
     sf = np.empty((nc, len(nb.SHAPE_NAMES)))
-    nb.shape_cells(st, pix_c, lab, c0 + 1, wp, float(sy), float(sx), np.array(_shape._AREA), perim_lut, sf)
+    nb.shape_cells(st, pix_c, lab, own0, wp, float(sy), float(sx), np.array(_shape._AREA), perim_lut, sf)
     put(("", "shape2D"), c0, c1, dict(zip(nb.SHAPE_NAMES, sf.T)))
     fams = schema.families
     for ch in schema.channels:
-        values, level, n_levels, levimg, _ = chan[ch]
-        v_c, l_c = values[starts[c0] : starts[c1]], level[starts[c0] : starts[c1]]
-        ng = np.zeros(nc, dtype=np.int64)
-        np.maximum.at(ng, cell_c, l_c)
-        present = np.bincount(cell_c * n_levels + l_c, minlength=nc * n_levels).reshape(nc, n_levels) > 0
-        n_present = present.sum(axis=1).astype(np.int64)
+        values, level, levimg, ng_all, np_all = chan[ch]
+        v_c, l_c = values[k0:k1], level[k0:k1]
+        ng, n_present = ng_all[c0:c1], np_all[c0:c1]
         if "firstorder" in fams:
             ff = np.empty((nc, len(nb.FIRSTORDER_NAMES)))
-            nb.first_order_cells(st, v_c, l_c, n_levels, schema.mpp * schema.mpp * 1.0, ff)
+            nb.first_order_cells(st, v_c, l_c, int(ng.max()) + 1, schema.mpp * schema.mpp * 1.0, ff)
             put((ch, "firstorder"), c0, c1, dict(zip(nb.FIRSTORDER_NAMES, ff.T)))
         gf = np.empty((nc, len(nb.GLCM_NAMES)))
         valid = np.empty((nc, 4), dtype=bool)
-        nb.glcm_cells(st, pix_c, l_c, levimg, lab, c0 + 1, wp, ng, n_present, gf, valid)
-        valid_all[ch].append(valid)
+        nb.glcm_cells(st, pix_c, l_c, levimg, lab, own0, wp, ng, n_present, gf, valid)
         if "glcm" in fams:
             put((ch, "glcm"), c0, c1, dict(zip(nb.GLCM_NAMES, gf.T)))
         if "glrlm" in fams:
             rf = np.empty((nc, len(nb.GLRLM_NAMES)))
-            nb.glrlm_cells(st, pix_c, l_c, levimg, lab, c0 + 1, wp, ng, valid, rf)
+            nb.glrlm_cells(st, pix_c, l_c, levimg, lab, own0, wp, ng, valid, rf)
             put((ch, "glrlm"), c0, c1, dict(zip(nb.GLRLM_NAMES, rf.T)))
+        if "glszm" in fams:
+            zf = np.empty((nc, len(nb.GLSZM_NAMES)))
+            nb.glszm_cells(st, pix_c, l_c, levimg, lab, own0, wp, ng, zf)
+            put((ch, "glszm"), c0, c1, dict(zip(nb.GLSZM_NAMES, zf.T)))
         if "gldm" in fams or "ngtdm" in fams:
             df = np.empty((nc, len(nb.GLDM_NAMES)))
             tf = np.empty((nc, len(nb.NGTDM_NAMES)))
-            nb.gldm_ngtdm_cells(st, pix_c, l_c, levimg, lab, c0 + 1, wp, ng, df, tf)
+            nb.gldm_ngtdm_cells(st, pix_c, l_c, levimg, lab, own0, wp, ng, df, tf)
             if "gldm" in fams:
                 put((ch, "gldm"), c0, c1, dict(zip(nb.GLDM_NAMES, df.T)))
             if "ngtdm" in fams:
                 put((ch, "ngtdm"), c0, c1, dict(zip(nb.NGTDM_NAMES, tf.T)))
+
+
+def _column_layout(schema: FeatureSchema):
+    """Output column of the first feature of every (channel, family): shape first, then per
+    channel its families in schema order ("" is the channel of shape2D)."""
+    fams = schema.family_features
+    col_of, k = {}, 0
+    for fam_key in [("", "shape2D")] + [(ch, fam) for ch in schema.channels for fam in schema.families]:
+        col_of[fam_key] = k
+        k += len(fams[fam_key[1]])
+    return col_of, fams, k
+
+
+def _chunk_bounds(starts, n_cells, budget):
+    """(c0, c1) cell ranges of at most ``budget`` pixels each (at least one cell)."""
+    bounds, c0 = [], 0
+    while c0 < n_cells:
+        c1 = int(np.searchsorted(starts, starts[c0] + budget, side="right")) - 1
+        c1 = min(n_cells, max(c1, c0 + 1))
+        bounds.append((c0, c1))
+        c0 = c1
+    return bounds
+
+
+def _stack_numba(xp, images, labels):
+    """:func:`_stack` for the compiled path: one kernel per patch pads, packs the colours and
+    numbers the cells 1..C in (patch, label) order, with no pass of NumPy temporaries.
+
+    Returns rgb (B * Hp * Wp,) int32, lab (B * Hp * Wp,) int32, ids (list of (n_b,) int64), Wp.
+    """
+    h = max(im.shape[0] for im in images) + 2
+    w = max(im.shape[1] for im in images) + 2
+    tops = [int(lb.max()) + 1 if lb.size else 1 for lb in labels]
+    negative = any(lb.size and lb.min() < 0 for lb in labels)
+    if negative or max(tops) > 8 * h * w + (1 << 20) or sum(lb.size for lb in labels) >= 2**31:
+        # huge label values (a table per label value would not fit), ids beyond int32, or
+        # negative labels (the kernel indexes a table by label: _stack reports them instead)
+        rgb, lab, ids, (_, _, wp) = _stack(xp, images, labels)
+        return rgb, lab, ids, wp
+    rgb = np.zeros(len(images) * h * w, np.int32)
+    lab = np.zeros(len(images) * h * w, np.int32)
+    ids, base = [], 0
+    for b, (im, lb) in enumerate(zip(images, labels)):
+        im8, lb_c = np.ascontiguousarray(im, dtype=np.uint8), np.ascontiguousarray(lb)
+        i = _numba.pad_patch(im8, lb_c, tops[b], rgb, lab, b * h * w, w, base)
+        ids.append(i)
+        base += len(i)
+    return rgb, lab, ids, w
+
+
+def _extract_numba(images, labels, schema: FeatureSchema, progress=None, chunk_pixels=None):
+    """:func:`_extract_batch` with the compiled kernels: no NumPy pass over the pixels at all.
+
+    The compact ids of :func:`_stack` are used as they are (no renumbering by grey levels:
+    that only serves the batched eigensolver of the array path); a counting sort groups the
+    pixels by cell and one kernel per channel discretises them.
+    """
+    xp = make_ops("numpy")
+    rgb, lab, ids, wp = _stack_numba(xp, images, labels)
+    n_cells = sum(len(i) for i in ids)
+    col_of, fams, n_feat = _column_layout(schema)
+    if n_cells == 0:
+        return [(i, np.empty((0, n_feat))) for i in ids]
+    starts, pix = _numba.group_pixels(lab, n_cells)
+    chan = {ch: _numba.discretise(starts, pix, rgb, _lut(xp, ch), schema.bin_width, lab.shape[0]) for ch in schema.channels}
+    del rgb
+    out = np.empty((n_cells, n_feat), dtype=np.float64)
+
+    def put(fam_key, c0, c1, feats):
+        k0 = col_of[fam_key]
+        for j, f in enumerate(fams[fam_key[1]]):
+            out[c0:c1, k0 + j] = feats[f]
+
+    spacing = (schema.mpp, schema.mpp)
+    for c0, c1 in _chunk_bounds(starts, n_cells, chunk_pixels or _CHUNK_PIXELS["cpu"]):
+        _numba_chunk(schema, chan, put, lab, pix, c0, c1, starts, wp, spacing)
+        if progress is not None:
+            progress(0.9 * c1 / n_cells)
+    results, k = [], 0
+    for i in ids:
+        results.append((i, out[k : k + len(i)]))
+        k += len(i)
+    return results
 
 
 def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None):
@@ -234,7 +386,8 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         list over patches of (ids, values): (n_b,) int64 sorted label ids, (n_b, F) float64.
     """
     xp = make_ops(device)
-    use_nb = getattr(xp, "numba", False)
+    if getattr(xp, "numba", False):
+        return _extract_numba(images, labels, schema, progress, chunk_pixels)
     rgb, lab, ids, stack_shape = _stack(xp, images, labels)
     n_cells = sum(len(i) for i in ids)
     n_feat = schema.n_features
@@ -289,20 +442,22 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
     glszm_vals = {}
     for ch in schema.channels:
         values, level, n_levels, levimg, zone = chan[ch]
-        if zone is not None:
+        if zone is not None and xp.name == "numpy":
             glszm_vals[ch] = _texture.glszm(xp, zone, cell_all, level, n_cells, n_levels)
+        elif zone is not None:  # torch: zones keyed by their root pixel, no relabelling
+            glszm_vals[ch] = _texture.glszm_roots(xp, zone, cell_all, level, n_cells, n_levels)
 
     # Column layout of the output: shape, then per channel its families in schema order.
     col_of, k = {}, 0
     for fam_key in [("", "shape2D")] + [(ch, fam) for ch in schema.channels for fam in schema.families]:
         col_of[fam_key] = k
         k += len(fams[fam_key[1]])
-    out = np.empty((n_cells, n_feat), dtype=np.float64)
+    out = xp.zeros((n_cells, n_feat))  # on the engine's device: one download at the end
 
     def put(fam_key, c0, c1, feats):
         k0 = col_of[fam_key]
         block = xp.stack([feats[f] for f in fams[fam_key[1]]], axis=1)
-        out[c0:c1, k0 : k0 + block.shape[1]] = xp.to_numpy(block)
+        out[c0:c1, k0 : k0 + block.shape[1]] = block
 
     # The per-cell families run on all cells at once (their matrices are sparse or small dense
     # (cells, levels) arrays); only on very large inputs are the cells split into a few chunks
@@ -310,23 +465,13 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
     counts = xp.to_numpy(xp.bincount(cell_all, minlength=n_cells)).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     budget = chunk_pixels or _CHUNK_PIXELS["cuda" if str(device).startswith("cuda") else "cpu"]
-    bounds, c0 = [], 0
-    while c0 < n_cells:
-        c1 = int(np.searchsorted(starts, starts[c0] + budget, side="right")) - 1
-        c1 = min(n_cells, max(c1, c0 + 1))
-        bounds.append((c0, c1))
-        c0 = c1
+    bounds = _chunk_bounds(starts, n_cells, budget)
     valid_all = {ch: [] for ch in schema.channels}
     for c0, c1 in bounds:
         nc = c1 - c0
         sl = slice(int(starts[c0]), int(starts[c1]))
         pix_c = pix[sl]
         cell_c = cell_all[sl] - c0
-        if use_nb:  # compiled kernels: one loop over the chunk's cells per family
-            _numba_chunk(schema, chan, put, lab, pix_c, cell_c, c0, c1, starts, wp, spacing, valid_all)
-            if progress is not None:
-                progress(0.9 * c1 / n_cells)
-            continue
         lab_c = lab if c0 == 0 else lab - c0  # cells of the chunk are 1..nc (equality tests only)
         put(("", "shape2D"), c0, c1, _shape.shape_features(xp, lab_c, pix_c, cell_c, nc, wp, spacing))
         pairs = _texture.angle_pairs(xp, lab_c, pix_c, cell_c, wp)
@@ -344,6 +489,9 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
             valid_all[ch].append(valid)
             if "glcm" in schema.families:
                 put((ch, "glcm"), c0, c1, glcm)
+            if "glrlm" in schema.families and xp.name == "torch":  # runs from the pixel list
+                runs = _texture.glrlm_pixels(xp, lab_c, pix_c, cell_c, l_c, levimg, wp, nc, n_levels, valid, max(hp, wp))
+                put((ch, "glrlm"), c0, c1, runs)
             if "gldm" in schema.families or "ngtdm" in schema.families:
                 same, cnt, tot = _texture.neighbour_stats(xp, lab_c, pix_c, cell_c, l_c, levimg, wp)
                 if "gldm" in schema.families:
@@ -355,7 +503,7 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
             progress(0.9 * c1 / n_cells)
     for ch in schema.channels:  # whole-image families: all cells at once
         _, _, n_levels, levimg, _ = chan[ch]
-        if "glrlm" in schema.families and not use_nb:
+        if "glrlm" in schema.families and xp.name == "numpy":
             key_img = (lab * n_levels + levimg).reshape(stack_shape)
             valid = valid_all[ch][0] if len(bounds) == 1 else xp.concat(valid_all[ch])
             put((ch, "glrlm"), 0, n_cells, _texture.glrlm(xp, key_img, n_levels, n_cells, n_levels, valid))
@@ -363,7 +511,7 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         if "glszm" in schema.families:
             put((ch, "glszm"), 0, n_cells, glszm_vals[ch])
 
-    out = out[xp.to_numpy(rank)]  # back to the original (patch, label) order
+    out = _download(xp, out[rank])  # back to the original (patch, label) order
     results, k = [], 0
     for i in ids:
         results.append((i, out[k : k + len(i)]))
