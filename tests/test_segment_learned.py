@@ -13,7 +13,19 @@ from napari_uam.segment import available_backends, backend_unavailable_reason, r
 from napari_uam.segment import learned
 from napari_uam.segment import metrics as M
 from napari_uam.segment.postprocess import PostParams, instances
-from napari_uam.segment.train_learned import make_targets, main, sample_batch
+from napari_uam.segment.train_learned import (
+    POINT_IGNORE_UM,
+    auto_range,
+    confirmed_nuclei,
+    loss_fn,
+    make_targets,
+    main,
+    read_points,
+    sample_batch,
+    should_ship,
+    weak_targets,
+    with_weight,
+)
 from napari_uam.segment.unet import NucleiUNet, UNetConfig, fold_batchnorm, n_parameters
 
 #: Held-out CoNSeP image 21 at 0.25 um/px must reach this AJI with the shipped weights
@@ -68,9 +80,9 @@ def test_augmentation_keeps_hover_maps_consistent():
         yy, xx = np.mgrid[:160, :160]
         inst[(yy - cy) ** 2 / 400 + (xx - cx) ** 2 / 150 < 1] = k
     img = torch.from_numpy(np.stack([np.where(inst > 0, 80, 230)] * 3).astype(np.uint8))
-    tgt = torch.from_numpy(make_targets(inst)).half()
+    tgt = torch.from_numpy(with_weight(make_targets(inst))).half()
     x, y = sample_batch([img], [tgt], 16, 96, (0.8, 1.25), torch.Generator().manual_seed(1))
-    assert x.shape == (16, 3, 96, 96) and y.shape == (16, 4, 96, 96)
+    assert x.shape == (16, 3, 96, 96) and y.shape == (16, 5, 96, 96)
     fg = y[:, 0] > 0
     dh = y[:, 1, :, 2:] - y[:, 1, :, :-2]
     dv = y[:, 2, 2:, :] - y[:, 2, :-2, :]
@@ -123,6 +135,43 @@ def test_training_smoke_run_writes_a_loadable_checkpoint(consep_dir, tmp_path):
     ckpt = learned.load_checkpoint(out / "nuclei_unet.pt")
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     learned.build_model(ckpt)
+
+
+@needs_weights
+def test_fine_tuning_with_brca_points_records_its_numbers(consep_dir, brca_dir, tmp_path):
+    """Fine-tuning from the shipped weights with weak BRCA-M2C targets runs end to end."""
+    from PIL import Image
+
+    data = _small_consep(consep_dir, tmp_path / "data", (1, 21))
+    folders = {}
+    for split in ("train", "val"):
+        folders[split] = tmp_path / f"brca_{split}"
+        folders[split].mkdir()
+        for path in sorted((brca_dir / split).glob("*.jpg"))[:2]:
+            Image.open(path).convert("RGB").crop((0, 0, 160, 160)).save(folders[split] / path.name, quality=95)
+            pts = read_points(path.with_name(path.stem + "_points.csv"))
+            pts = pts[(pts < 160).all(1)]
+            np.savetxt(folders[split] / f"{path.stem}_points.csv", np.c_[pts, np.zeros(len(pts))],
+                       delimiter=",", header="y,x,class", comments="", fmt="%d")
+    out = tmp_path / "out"
+    rc = main([
+        "--data", str(data), "--out", str(out), "--minutes", "1", "--max-steps", "2",
+        "--device", "cpu", "--batch", "4", "--crop", "64", "--train-ids", "1", "--val-ids", "21",
+        "--workers", "1", "--init", str(learned.WEIGHTS_PATH), "--lr", "1e-4",
+        "--brca-train", str(folders["train"]), "--brca-val", str(folders["val"]), "--brca-frac", "0.5",
+    ])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("brca_val", "brca_train"):
+        for backend in ("learned", "watershed"):
+            assert 0 <= metrics["brca_m2c"][split][backend]["f1"] <= 1
+    assert metrics["brca_m2c"]["brca_val"]["learned"]["n_points"] > 0
+    assert "BRCA-M2C train" in metrics["meta"]["weak_supervision"]
+    assert metrics["meta"]["init"].startswith("nuclei_unet.pt")
+    ckpt = learned.load_checkpoint(out / "nuclei_unet.pt")
+    assert ckpt["auto_mpp_range"] == metrics["meta"]["auto_mpp_range"]
+    # Two small steps from the shipped weights keep a working network on the crop of image 21.
+    assert metrics["held_out"]["0.25"]["mean"]["f1"] > 0.3
 
 
 def test_folded_inference_model_matches_the_trained_layout():
@@ -203,11 +252,103 @@ def test_tiling_of_a_large_image_keeps_tile_count_small():
 def test_shipped_weights_are_the_auto_backend():
     assert resolve_backend("auto") == "learned"
     assert available_backends()[:2] == ["learned", "watershed"]
-    # "auto" keeps the learned model to the 40x scale it was validated at (see segment/__init__).
+    # "auto" follows the validated range recorded with the weights (see segment/__init__).
+    rng = learned.auto_mpp_range()
+    assert rng != "never", "shipped weights that miss the 40x targets must not be shipped"
     assert resolve_backend("auto", mpp=0.25) == "learned"
-    assert resolve_backend("auto", mpp=0.5) == "watershed"
+    at_20x = rng is None or rng[0] <= 0.5 <= rng[1]
+    assert resolve_backend("auto", mpp=0.5) == ("learned" if at_20x else "watershed")
     assert resolve_backend("learned", mpp=0.5) == "learned"
     assert learned.WEIGHTS_PATH.stat().st_size < 1.5e6
+
+
+@needs_weights
+@pytest.mark.parametrize(
+    "recorded, at_25, at_50",
+    [(None, "learned", "learned"), ([0.2, 0.35], "learned", "watershed"), ("never", "watershed", "watershed"),
+     ("absent", "learned", "watershed")],
+)
+def test_auto_follows_the_range_recorded_in_the_weights(tmp_path, monkeypatch, recorded, at_25, at_50):
+    ckpt = dict(learned.load_checkpoint(learned.WEIGHTS_PATH))
+    ckpt.pop("auto_mpp_range", None)
+    if recorded != "absent":
+        ckpt["auto_mpp_range"] = recorded
+    path = tmp_path / "nuclei_unet.pt"
+    torch.save(ckpt, path)
+    monkeypatch.setenv("NAPARI_UAM_SEG_WEIGHTS", str(path))
+    assert resolve_backend("auto", mpp=0.25) == at_25
+    assert resolve_backend("auto", mpp=0.5) == at_50
+    assert resolve_backend("learned", mpp=0.5) == "learned"
+
+
+def test_auto_range_rule():
+    def val(aji, pq):
+        return {"0.25": {"mean": {"aji": aji, "pq": pq}}}
+
+    def pts(f_net, f_ws):
+        return {"learned": {"f1": f_net}, "watershed": {"f1": f_ws}}
+
+    assert auto_range(val(0.57, 0.54), pts(0.85, 0.84)) is None
+    assert auto_range(val(0.57, 0.54), pts(0.80, 0.84)) == [0.2, 0.35]
+    assert auto_range(val(0.57, 0.54), None) == [0.2, 0.35]
+    assert auto_range(val(0.54, 0.54), pts(0.90, 0.84)) == "never"
+    assert auto_range(val(0.57, 0.52), pts(0.90, 0.84)) == "never"
+    # Whether fine-tuned weights replace their start: always at every scale, at 40x only if not
+    # worse on the same held-out images, never below the targets.
+    init = {"meta": {"held_out_images": [21, 22], "held_out": {"0.25": {"aji": 0.565, "pq": 0.534}}}}
+    same, other = {**val(0.57, 0.54), "images": [21, 22]}, {**val(0.70, 0.67), "images": [21]}
+    assert should_ship(None, same, init)
+    assert should_ship([0.2, 0.35], same, init)
+    assert not should_ship([0.2, 0.35], {**val(0.56, 0.54), "images": [21, 22]}, init)
+    assert not should_ship([0.2, 0.35], other, init)
+    assert not should_ship("never", same, init)
+
+
+# --- weak supervision from BRCA-M2C points ---------------------------------------------------
+
+
+def test_weak_targets_of_a_brca_train_image(brca_dir):
+    from PIL import Image
+    from scipy.spatial import cKDTree
+
+    path = sorted((brca_dir / "train").glob("*.jpg"))[0]
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    pts = read_points(path.with_name(path.stem + "_points.csv"))
+    img, t = weak_targets(rgb, pts, 0.5)
+    # Resampled to the network's 0.25 um/px; targets plus the loss weight.
+    assert img.shape[:2] == (2 * rgb.shape[0], 2 * rgb.shape[1]) and t.shape == (5,) + img.shape[:2]
+    fg, w = t[0] > 0, t[4] > 0
+    assert np.all(w[fg]), "confirmed nuclei are supervised"
+    known = w.mean()
+    assert 0.6 < known < 0.99
+    # Each confirmed nucleus holds at most one annotated cell, and most cells get one.
+    conf, _, unmatched = confirmed_nuclei(rgb, pts, 0.5)
+    ids = np.unique(conf)[1:]
+    yx = np.clip(np.round(pts).astype(int), 0, np.array(rgb.shape[:2]) - 1)
+    per = np.bincount(conf[yx[:, 0], yx[:, 1]], minlength=int(conf.max()) + 1)[ids]
+    assert len(ids) > 0.5 * len(pts) and per.max() <= 1
+    # The mask target is the confirmed nuclei, upsampled 2x with the image.
+    assert abs(fg.mean() - (conf > 0).mean()) < 0.01
+    # No pixel near an annotated cell left without a confirmed nucleus is called background.
+    assert len(unmatched) > 0
+    gy, gx = np.nonzero(w & ~fg)
+    d = cKDTree(pts[unmatched] * 2).query(np.stack([gy, gx], 1))[0] * 0.25
+    assert d.min() > POINT_IGNORE_UM
+
+
+def test_loss_ignores_pixels_of_weight_zero():
+    torch.manual_seed(0)
+    inst = _two_touching_discs()
+    y = torch.from_numpy(with_weight(make_targets(inst)))[None].repeat(2, 1, 1, 1)
+    y[1, 4, :, 40:] = 0  # the right part of the second crop is unknown
+    raw = torch.randn(2, 4, 64, 64)
+    loss, _ = loss_fn(raw, y)
+    other = raw.clone()
+    other[1, :, :, 42:] = torch.randn(4, 64, 22) * 5  # change only unknown pixels (+1 px of gradient stencil)
+    assert loss_fn(other, y)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    changed = raw.clone()
+    changed[1, :, :, :38] += 1.0
+    assert loss_fn(changed, y)[0].item() != pytest.approx(loss.item(), rel=1e-3)
 
 
 @needs_weights
@@ -259,3 +400,29 @@ def test_damaged_weights_fall_back_to_the_watershed(tmp_path, monkeypatch, damag
     assert segment(np.full((64, 64, 3), 200, np.uint8), 0.5).shape == (64, 64)
     monkeypatch.delenv("NAPARI_UAM_SEG_WEIGHTS")
     assert resolve_backend("auto") == "learned"
+
+
+def test_auto_falls_back_to_the_watershed_where_the_network_finds_nothing(regions_dir, consep_dir):
+    """A CAMELYON lymph-node tile (dense lymphocytes, stained far redder than the training
+    data) is outside the network's domain: auto warns and returns the watershed's nuclei
+    rather than an almost empty result; an in-domain CoNSeP image keeps the network's."""
+    from PIL import Image
+
+    from napari_uam.segment import SegmentationFallbackWarning, segment_watershed
+
+    if resolve_backend("auto", 0.75) != "learned":
+        pytest.skip("the learned backend is not the auto choice here (weights missing)")
+    tile = np.asarray(Image.open(regions_dir / "camelyon" / "10679.jpg").convert("RGB"))[:256, :256]
+    assert segment(tile, 0.75, backend="learned").max() < 20  # the failure being guarded against
+    with pytest.warns(SegmentationFallbackWarning, match="outside the network's training domain"):
+        labels, used = segment(tile, 0.75, return_backend=True)
+    assert used == "watershed" and labels.max() > 200
+    np.testing.assert_array_equal(labels > 0, segment_watershed(tile, 0.75) > 0)
+
+    img = np.asarray(Image.open(consep_dir / "train_21.jpg").convert("RGB"))[:300, :300]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmentationFallbackWarning)
+        labels, used = segment(img, 0.25, return_backend=True)
+    assert used == "learned" and labels.max() > 20

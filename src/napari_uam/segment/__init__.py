@@ -22,6 +22,9 @@ from ..errors import InvalidImageError, UAMError
 from ..validation import as_rgb_uint8
 from .watershed import WatershedParams, segment_watershed
 
+#: Where "auto" may pick a backend: (low, high) um/px, None for any pixel size, or "never".
+MppRange = "tuple[float, float] | None | str"
+
 #: Signature of a backend: ``fn(image (H, W, 3) uint8, mpp, progress, **params) -> (H, W) labels``.
 BackendFn = Callable[..., np.ndarray]
 
@@ -38,7 +41,9 @@ class Backend:
         priority: "auto" picks the available backend of highest priority.
         reason: optional; returns why the backend is unavailable (for error messages).
         mpp_range: (low, high) pixel sizes in um/px where the backend was validated; "auto"
-            only picks it for images in that range (None: any pixel size).
+            only picks it for images in that range (None: any pixel size; "never": "auto"
+            never picks it). May be a function returning one of those, read at each call
+            (the learned backend's range is recorded in its weights file).
     """
 
     name: str
@@ -46,11 +51,14 @@ class Backend:
     is_available: Callable[[], bool]
     priority: int
     reason: Callable[[], str | None] | None = None
-    mpp_range: tuple[float, float] | None = None
+    mpp_range: "MppRange | Callable[[], MppRange]" = None
 
     def suits(self, mpp: float | None) -> bool:
         """Whether "auto" may pick this backend for an image of ``mpp`` um/px."""
-        return mpp is None or self.mpp_range is None or self.mpp_range[0] <= mpp <= self.mpp_range[1]
+        rng = self.mpp_range() if callable(self.mpp_range) else self.mpp_range
+        if rng == "never":
+            return False
+        return mpp is None or rng is None or rng[0] <= mpp <= rng[1]
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -62,7 +70,7 @@ def register_backend(
     is_available: Callable[[], bool] = lambda: True,
     priority: int = 0,
     reason: Callable[[], str | None] | None = None,
-    mpp_range: tuple[float, float] | None = None,
+    mpp_range: "MppRange | Callable[[], MppRange]" = None,
 ) -> None:
     """Register (or replace) a segmentation backend.
 
@@ -74,8 +82,9 @@ def register_backend(
         priority: higher wins when ``backend="auto"`` (watershed has 0; a learned one > 0).
         reason: optional ``reason() -> str | None`` explaining why the backend is unavailable
             (e.g. "weights truncated"); shown when a caller asks for it by name.
-        mpp_range: pixel sizes (um/px) where the backend was validated; "auto" picks it only
-            for images in that range. A name given explicitly runs at any pixel size.
+        mpp_range: pixel sizes (um/px) where the backend was validated, or a function
+            returning them (see :class:`Backend`); "auto" picks it only for images in that
+            range. A name given explicitly runs at any pixel size.
     """
     if name == "auto":
         raise ValueError('"auto" is reserved for picking the best available backend.')
@@ -90,17 +99,30 @@ register_backend("watershed", _run_watershed, priority=0)
 
 # The learned backend imports torch only when it runs or its weights are checked, so the
 # watershed-only paths stay light; without its weights "auto" falls back to the watershed.
+from .learned import auto_mpp_range as _learned_auto_range  # noqa: E402
 from .learned import is_available as _learned_available  # noqa: E402
 from .learned import segment_learned, unavailable_reason  # noqa: E402
 
-# The network was trained and validated on 40x colorectal nuclei (CoNSeP, 0.25 um/px): there
-# it beats the watershed by far (held-out AJI 0.57 vs 0.33). On 20x breast fields (BRCA-M2C,
-# 0.5 um/px) it over-splits (point F1 0.70 vs 0.84) and is slower, so "auto" keeps the
-# watershed for coarser images; asking for "learned" by name still runs it at any scale.
+# Where "auto" may pick the network is decided by its held-out numbers and stored with its
+# weights (``auto_mpp_range``, written by ``train_learned``): any pixel size only when it meets
+# the 40x targets on CoNSeP 21-27 *and* detects BRCA-M2C val cells (20x) at least as well as
+# the watershed; 40x-like images (0.2-0.35 um/px) when it meets the 40x targets only (weights
+# recording nothing get this too: the first network over-split 20x breast fields, point F1
+# 0.70 vs 0.84). Asking for "learned" by name still runs it at any scale.
 register_backend(
     "learned", segment_learned, _learned_available, priority=10, reason=unavailable_reason,
-    mpp_range=(0.2, 0.35),
+    mpp_range=_learned_auto_range,
 )
+
+
+def _accepts_device(fn) -> bool:
+    """Whether a backend function takes a ``device`` keyword (networks do, the watershed not)."""
+    import inspect
+
+    try:
+        return "device" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def backend_unavailable_reason(name: str) -> str | None:
@@ -174,8 +196,10 @@ def segment(
     mpp: float,
     backend: str = "auto",
     progress: Callable[[float, str], None] | None = None,
+    device: str | None = None,
+    return_backend: bool = False,
     **params,
-) -> np.ndarray:
+):
     """Segment nuclei in an RGB H&E image.
 
     Args:
@@ -184,11 +208,22 @@ def segment(
         mpp: microns per pixel of ``image`` (0.25 at 40x, 0.5 at 20x).
         backend: "auto" (best available, see :func:`available_backends`) or a backend name.
         progress: optional callback ``progress(fraction in [0, 1], message)``.
+        device: "auto", "cpu" or "cuda" for backends that run a network (the learned one);
+            ignored by the others. None keeps the backend's own default.
+        return_backend: also return the name of the backend whose labels are returned
+            (with ``backend="auto"`` that can be the watershed fallback, see below).
         **params: backend parameters in physical units, e.g. ``min_area_um2=10`` for
             "watershed" (see :class:`napari_uam.segment.watershed.WatershedParams`).
 
+    With ``backend="auto"``, when a network finds almost no nuclei (fewer than
+    ``FALLBACK_MIN_PER_MM2`` per mm^2) where the classical watershed finds several times more,
+    the image is out of the network's domain (e.g. CAMELYON lymph-node tiles stained far
+    redder than its training data): the watershed labels are returned instead, with a
+    :class:`SegmentationFallbackWarning`.
+
     Returns:
-        np.ndarray: (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N.
+        np.ndarray: (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N
+        (``(labels, backend_name)`` when ``return_backend``).
         An image without nuclei gives all zeros (the caller decides whether that is an error,
         e.g. by raising :class:`napari_uam.errors.NoNucleiError`).
 
@@ -199,7 +234,12 @@ def segment(
     rgb = as_rgb_uint8(image)
     mpp = _check_mpp(mpp)
     name = resolve_backend(backend, mpp)
-    labels = np.asarray(_BACKENDS[name].run(rgb, mpp, progress=progress, **params))
+    run = _BACKENDS[name].run
+    if device is not None and _accepts_device(run):
+        params = {**params, "device": device}
+    labels = np.asarray(run(rgb, mpp, progress=progress, **params))
+    if backend == "auto" and name != "watershed":
+        labels, name = _fallback_if_empty(rgb, mpp, labels, name)
     if labels.shape != rgb.shape[:2]:
         raise UAMError(
             f"Backend {name!r} returned labels of shape {labels.shape} for an image of "
@@ -212,11 +252,46 @@ def segment(
         lut = np.zeros(int(ids[-1]) + 1, np.int32)
         lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
         labels = lut[labels]
-    return labels.astype(np.int32, copy=False)
+    labels = labels.astype(np.int32, copy=False)
+    return (labels, name) if return_backend else labels
+
+
+class SegmentationFallbackWarning(UserWarning):
+    """``auto`` replaced a network's near-empty result by the classical watershed's."""
+
+
+# Any H&E tissue with cells has thousands of nuclei per mm^2 (CoNSeP ~11,000, BRCA-M2C
+# ~4,000); fewer than this from the network triggers the (cheap) watershed cross-check.
+FALLBACK_MIN_PER_MM2 = 1000.0
+# ... and the watershed result is used when it finds this many times more nuclei.
+FALLBACK_RATIO = 4.0
+
+
+def _fallback_if_empty(rgb: np.ndarray, mpp: float, labels: np.ndarray, name: str):
+    area_mm2 = labels.size * (mpp * 1e-3) ** 2
+    n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+    if n >= FALLBACK_MIN_PER_MM2 * area_mm2:
+        return labels, name
+    classical = np.asarray(segment_watershed(rgb, mpp))
+    n_classical = int(len(np.unique(classical)) - (1 if (classical == 0).any() else 0))
+    if n_classical >= 20 and n_classical > FALLBACK_RATIO * n:
+        import warnings
+
+        warnings.warn(
+            f"The {name} segmenter found only {n} nuclei in this {rgb.shape[0]}x{rgb.shape[1]} image "
+            f"at {mpp:g} um/px where the classical watershed finds {n_classical}: the image looks "
+            "outside the network's training domain (stain or pixel size), so the watershed result "
+            "is used. Choose a backend explicitly to override.",
+            SegmentationFallbackWarning,
+            stacklevel=3,
+        )
+        return classical, "watershed"
+    return labels, name
 
 
 __all__ = [
     "Backend",
+    "SegmentationFallbackWarning",
     "WatershedParams",
     "available_backends",
     "backend_unavailable_reason",

@@ -45,6 +45,9 @@ MARGIN_PX = 128
 #: whatever the image size.
 TILE_PX = 1280
 
+#: Where "auto" may pick weights that do not record it (the v1 network, validated at 40x only).
+DEFAULT_AUTO_MPP_RANGE = (0.2, 0.35)
+
 _CACHE: dict = {}
 _LOCK = threading.Lock()
 
@@ -123,6 +126,26 @@ def _model(device: str):
         if isinstance(_CACHE[key], UAMError):
             raise _CACHE[key]
         return _CACHE[key], ckpt
+
+
+def auto_mpp_range():
+    """Pixel sizes where "auto" may pick the learned backend, as its weights file records.
+
+    Returns:
+        None (any pixel size), a (low, high) tuple in um/px, or "never"; the checkpoint's
+        ``auto_mpp_range`` (set by :mod:`.train_learned` from its held-out numbers), else
+        :data:`DEFAULT_AUTO_MPP_RANGE`. "never" too when the weights do not load (then the
+        backend is unavailable anyway).
+    """
+    try:
+        ckpt = load_checkpoint()
+    except (UAMError, ImportError):
+        return "never"
+    rng = ckpt.get("auto_mpp_range", DEFAULT_AUTO_MPP_RANGE)
+    if rng is None or rng == "never":
+        return rng
+    lo, hi = (float(v) for v in rng)
+    return (lo, hi)
 
 
 def unavailable_reason() -> str | None:

@@ -1,23 +1,33 @@
-"""Train the nuclei U-Net of the "learned" backend on CoNSeP within a fixed time budget.
+"""Train the nuclei U-Net of the "learned" backend within a fixed time budget.
 
-Everything after loading lives on the device: the 20 training images and their targets are
-uploaded once, random crops are cut, rescaled, flipped / rotated and colour-jittered on the GPU
-(bf16 autocast, channels_last), and the learning rate follows a cosine of the *elapsed time*,
-so the schedule completes whatever the throughput and the run stops by itself after
-``--minutes``. The exponential moving average of the weights is what is validated and saved.
+Data: CoNSeP images with full instance masks (40x) and, optionally, BRCA-M2C *train* fields
+(20x breast, one point per cell) with partial targets (:func:`weak_targets`), mixed into each
+batch (``--brca-frac``). BRCA-M2C *val* (``--brca-val``) is only evaluated.
+
+Everything after loading lives on the device: the images and their targets are uploaded once,
+random crops are cut, rescaled, flipped / rotated and colour-jittered on the GPU (bf16
+autocast, channels_last), and the learning rate follows a cosine of the *elapsed time*, so the
+schedule completes whatever the throughput and the run stops by itself after ``--minutes``.
+The exponential moving average of the weights is what is validated and saved. ``--init``
+fine-tunes an existing checkpoint instead of starting from random weights.
 
 Writes into ``--out``:
 
 * ``nuclei_unet.pt``: fp16 checkpoint for :mod:`napari_uam.segment.learned` (config,
-  net_mpp, state_dict, meta).
+  net_mpp, state_dict, meta, and ``auto_mpp_range``: where "auto" may pick it, from
+  :func:`auto_range`).
 * ``metrics.json``: held-out scores (AJI, PQ, DQ, SQ, Dice, F1; mean and per image) at
-  0.25 um/px and after resampling the image to 0.5 um/px, plus the training summary.
+  0.25 um/px and after resampling the image to 0.5 um/px, BRCA-M2C point precision / recall /
+  F1 of the network and of the watershed, the training summary, and ``meta.ship`` (whether the
+  result should replace the weights it started from, :func:`should_ship`).
 * ``train.log``: the console log.
 
-Usage (GPU, about 6 minutes in all)::
+Usage (GPU, about 5.5 minutes in all; the v2 weights)::
 
     PYTHONPATH=src python -m napari_uam.segment.train_learned --data .gpu_data/consep \\
-        --out "$OUT" --minutes 5 --device cuda
+        --out "$OUT" --device cuda --init src/napari_uam/weights/nuclei_unet.pt --lr 1e-3 \\
+        --minutes 4 --brca-train .gpu_data/brca_m2c/train --brca-val .gpu_data/brca_m2c/val \\
+        --brca-frac 0.375
 
 Smoke test on a CPU::
 
@@ -44,6 +54,8 @@ from scipy import ndimage as ndi
 
 #: Pixel size of CoNSeP (40x); the network is trained and run at it.
 CONSEP_MPP = 0.25
+#: Pixel size of BRCA-M2C (TCGA breast at 20x).
+BRCA_MPP = 0.5
 DATASET = "CoNSeP (Graham et al. 2019, HoVer-Net), research use, cite HoVer-Net"
 
 
@@ -82,6 +94,104 @@ def make_targets(inst: np.ndarray) -> np.ndarray:
     return out
 
 
+def with_weight(targets: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """Append the per-pixel loss weight as a fifth channel (all ones: full supervision)."""
+    w = np.ones((1,) + targets.shape[1:], np.float32) if weight is None else weight[None].astype(np.float32)
+    return np.concatenate([targets, w], 0)
+
+
+#: Weak supervision on BRCA-M2C train (20x breast, points only), in microns at the image.
+#: A pixel closer than this to an annotated point that no confirmed nucleus covers is not
+#: called background (the nucleus is there, its extent unknown).
+POINT_IGNORE_UM = 5.0
+#: Watershed nuclei within this of an annotated point (one to one) are confirmed.
+POINT_MATCH_UM = 3.0
+
+
+def confirmed_nuclei(rgb: np.ndarray, points_yx: np.ndarray, mpp: float):
+    """Watershed nuclei confirmed by the annotated points (see :func:`weak_targets`).
+
+    Args:
+        rgb: (H, W, 3) uint8 image at ``mpp`` um/px.
+        points_yx: (N, 2) annotated cell positions in pixels of ``rgb``.
+        mpp: pixel size of ``rgb``.
+
+    Returns:
+        (confirmed, all_nuclei, unmatched): (H, W) int32 labels of the confirmed nuclei (ids
+        of the watershed kept), (H, W) int32 labels of every watershed nucleus, and the indices
+        of the points that no confirmed nucleus accounts for.
+    """
+    from . import metrics as M
+    from .watershed import WatershedParams, segment_watershed
+
+    lab = segment_watershed(rgb, mpp, WatershedParams())
+    pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
+    pi, ti = M.match_points(M.centroids(lab), pts, POINT_MATCH_UM / mpp)
+    # Points inside each nucleus: a nucleus holding two annotated cells is a merge.
+    yi = np.clip(np.round(pts[:, 0]).astype(int), 0, lab.shape[0] - 1)
+    xi = np.clip(np.round(pts[:, 1]).astype(int), 0, lab.shape[1] - 1)
+    inside = np.bincount(lab[yi, xi], minlength=int(lab.max()) + 1)
+    keep = np.zeros(int(lab.max()) + 1, bool)
+    uid = np.unique(lab)
+    ids = uid[uid > 0][np.asarray(pi, int)]  # centroids() rows follow increasing ids
+    keep[ids] = inside[ids] <= 1
+    keep[0] = False
+    confirmed = np.where(keep[lab], lab, 0).astype(np.int32)
+    unmatched = np.setdiff1d(np.arange(len(pts)), np.asarray(ti, int)[keep[ids]])
+    return confirmed, lab.astype(np.int32), unmatched
+
+
+def weak_targets(rgb: np.ndarray, points_yx: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Partial training targets of a point-annotated image, at the network's pixel size.
+
+    The classical watershed backend segments the image; its nuclei matched one to one to an
+    annotated point (within :data:`POINT_MATCH_UM`) that contain exactly one point become full
+    targets (mask, HoVer maps, distance). Background is only asserted away from everything
+    uncertain: a pixel gets weight 1 when it lies in a confirmed nucleus, or outside every
+    watershed nucleus and farther than :data:`POINT_IGNORE_UM` from every point; unconfirmed
+    watershed nuclei (unannotated, or holding several points) and the surroundings of unmatched
+    points get weight 0, so the loss neither rewards nor punishes the network there.
+
+    Args:
+        rgb: (H, W, 3) uint8 image at ``mpp`` um/px.
+        points_yx: (N, 2) annotated cell positions in pixels of ``rgb``.
+        mpp: pixel size of ``rgb``.
+
+    Returns:
+        (image, targets): the image resampled to :data:`CONSEP_MPP`, (h, w, 3) uint8, and
+        (5, h, w) float32 targets (the 4 of :func:`make_targets` plus the loss weight).
+    """
+    from scipy.spatial import cKDTree
+
+    from ..scale import rescale_image, resize_labels, scale_factor
+
+    pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
+    confirmed, lab, unmatched_pts = confirmed_nuclei(rgb, pts, mpp)
+    f = scale_factor(mpp, CONSEP_MPP)
+    img = rescale_image(rgb, f)
+    conf = resize_labels(confirmed, img.shape[:2])
+    any_nuc = resize_labels(lab, img.shape[:2]) > 0
+    weight = ~any_nuc | (conf > 0)
+    if len(unmatched_pts):
+        gy, gx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+        near = cKDTree(pts[unmatched_pts] * f).query(np.stack([gy.ravel(), gx.ravel()], 1), k=1)[0]
+        weight &= (near.reshape(img.shape[:2]) > POINT_IGNORE_UM / CONSEP_MPP) | (conf > 0)
+    return img, with_weight(make_targets(conf), weight)
+
+
+def read_points(path: Path) -> np.ndarray:
+    """(N, 2) (y, x) cell positions of a BRCA-M2C ``*_points.csv`` (header ``y,x,class``)."""
+    return np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1), ndmin=2).reshape(-1, 2)
+
+
+def _load_weak(path: str) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    p = Path(path)
+    rgb = np.array(Image.open(p).convert("RGB"))
+    return weak_targets(rgb, read_points(p.with_name(p.stem + "_points.csv")), BRCA_MPP)
+
+
 def _read_pair(root: Path, i: int) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
@@ -93,7 +203,7 @@ def _read_pair(root: Path, i: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_train(args: tuple[str, int]) -> tuple[np.ndarray, np.ndarray]:
     rgb, inst = _read_pair(Path(args[0]), args[1])
-    return rgb, make_targets(inst)
+    return rgb, with_weight(make_targets(inst))
 
 
 # --- GPU-side augmentation -------------------------------------------------------------------
@@ -116,7 +226,8 @@ def sample_batch(images, targets, batch: int, crop: int, scale_range, gen):
 
     Args:
         images: list of (3, H, W) uint8 tensors.
-        targets: list of (4, H, W) float16 tensors from :func:`make_targets`.
+        targets: list of (5, H, W) float16 tensors: :func:`make_targets` plus the loss
+            weight (:func:`with_weight`).
         batch: number of crops.
         crop: output side in pixels.
         scale_range: (lo, hi) of the zoom; a crop covers ``crop * s`` source pixels.
@@ -124,8 +235,9 @@ def sample_batch(images, targets, batch: int, crop: int, scale_range, gen):
 
     Returns:
         x: (batch, 3, crop, crop) float in [0, 1].
-        y: (batch, 4, crop, crop) float targets in the crop's frame: the h / v maps are
-        permuted and negated with the flip / rotation so they still point away from centroids.
+        y: (batch, 5, crop, crop) float targets in the crop's frame: the h / v maps are
+        permuted and negated with the flip / rotation so they still point away from centroids;
+        the last channel is the 0/1 loss weight.
     """
     import torch
     from torch.nn import functional as F
@@ -159,11 +271,12 @@ def sample_batch(images, targets, batch: int, crop: int, scale_range, gen):
     x, y = out[:, :3], out[:, 3:]
     # Offsets seen in the crop are M^T times the source offsets.
     hv = torch.einsum("bji,bjyx->biyx", M, y[:, 1:3])
-    y = torch.cat([(y[:, :1] > 0.5).float(), hv, y[:, 3:]], 1)
+    # A pixel keeps its weight only when fully inside the weighted area (no half-known edges).
+    y = torch.cat([(y[:, :1] > 0.5).float(), hv, y[:, 3:4], (y[:, 4:5] > 0.999).float()], 1)
     return x, y
 
 
-def colour_jitter(x, gen):
+def colour_jitter(x, gen, strong: bool = True):
     """H&E stain and acquisition variation, per crop.
 
     Stain jitter in HED optical-density space (Tellez et al. 2018): each stain concentration is
@@ -173,6 +286,10 @@ def colour_jitter(x, gen):
     Args:
         x: (B, 3, H, W) float RGB in [0, 1].
         gen: CPU ``torch.Generator``.
+        strong: the v2 setting: hematoxylin scaled 0.6-1.6 (TCGA breast nuclei are far darker
+            than CoNSeP's) and half the crops down-and-up resampled by 1.6-2.4x, so that the
+            CoNSeP crops also look like 20x scans upsampled by the pipeline. False: the v1
+            ranges (0.7-1.3, a quarter of the crops at exactly 2x).
 
     Returns:
         (B, 3, H, W) float RGB in [0, 1].
@@ -189,7 +306,8 @@ def colour_jitter(x, gen):
 
     od = -torch.log(x.clamp(1.0 / 255.0, 1.0))
     hed = torch.einsum("bcyx,cd->bdyx", od, torch.tensor(HED_FROM_RGB, dtype=x.dtype, device=dev))
-    alpha = torch.cat([u(0.7, 1.3, 2), u(0.9, 1.1, 1)], 1)[:, :, None, None]
+    h_lo, h_hi = (0.6, 1.6) if strong else (0.7, 1.3)
+    alpha = torch.cat([u(h_lo, h_hi, 1), u(0.7, 1.3, 1), u(0.9, 1.1, 1)], 1)[:, :, None, None]
     beta = torch.cat([u(-0.08, 0.08, 2), u(-0.02, 0.02, 1)], 1)[:, :, None, None]
     hed = hed * alpha + beta
     od = torch.einsum("bdyx,dc->bcyx", hed, torch.tensor(RGB_FROM_HED, dtype=x.dtype, device=dev))
@@ -197,9 +315,15 @@ def colour_jitter(x, gen):
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (x - mean) * u(0.8, 1.2, 1, 1, 1) + mean + u(-0.08, 0.08, 1, 1, 1)
     r = torch.rand(b, generator=gen).to(dev)[:, None, None, None]
-    low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="bilinear", align_corners=False)
+    hh, ww = x.shape[-2:]
+    # One random down factor per batch (interpolate takes one size); area-average down, then
+    # bilinear up, as a 20x scanner plus the pipeline's upsampling would give.
+    k = float(torch.empty(1).uniform_(1.6, 2.4, generator=gen)) if strong else 2.0
+    small = F.interpolate(x, size=(max(8, round(hh / k)), max(8, round(ww / k))), mode="area")
+    low = F.interpolate(small, size=(hh, ww), mode="bilinear", align_corners=False)
     blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    x = torch.where(r < 0.25, low, torch.where(r < 0.35, blur, x))
+    p_low = 0.5 if strong else 0.25
+    x = torch.where(r < p_low, low, torch.where(r < p_low + 0.1, blur, x))
     # Drawn on the device from the global (seeded) generator: a CPU draw of B*3*H*W numbers
     # plus its upload would cost more than the training step.
     x = x + torch.randn_like(x) * u(0.0, 0.02, 1, 1, 1)
@@ -212,9 +336,12 @@ def colour_jitter(x, gen):
 def loss_fn(raw, y):
     """HoVer-Net's losses plus a distance-map term.
 
+    Every term is a mean over the pixels of weight 1 (the last target channel): all of them
+    for fully annotated crops, only the known ones for weakly annotated crops.
+
     Args:
         raw: (B, 4, H, W) network outputs.
-        y: (B, 4, H, W) targets of :func:`sample_batch`.
+        y: (B, 5, H, W) targets of :func:`sample_batch` (last channel: loss weight).
 
     Returns:
         (total loss, dict of detached 0-d tensors with the parts).
@@ -223,20 +350,21 @@ def loss_fn(raw, y):
     from torch.nn import functional as F
 
     raw = raw.float()
-    fg_t, hv_t, d_t = y[:, :1], y[:, 1:3], y[:, 3:]
-    bce = F.binary_cross_entropy_with_logits(raw[:, :1], fg_t)
-    p = torch.sigmoid(raw[:, :1])
-    dice = 1 - (2 * (p * fg_t).sum() + 1) / (p.sum() + fg_t.sum() + 1)
+    fg_t, hv_t, d_t, w = y[:, :1], y[:, 1:3], y[:, 3:4], y[:, 4:5]
+    n = w.sum() + 1
+    bce = (F.binary_cross_entropy_with_logits(raw[:, :1], fg_t, reduction="none") * w).sum() / n
+    p = torch.sigmoid(raw[:, :1]) * w
+    dice = 1 - (2 * (p * fg_t).sum() + 1) / (p.sum() + (fg_t * w).sum() + 1)
     hv = torch.tanh(raw[:, 1:3])
-    mse = F.mse_loss(hv, hv_t)
+    mse = (((hv - hv_t) ** 2) * w).sum() / (2 * n)
     # Gradient of h along x and of v along y: sharp at borders between touching nuclei, the
     # very signal the post-processing splits on (HoVer-Net's MSGE, on nuclear pixels).
     def grads(t):
         return torch.stack([t[:, 0, 1:-1, 2:] - t[:, 0, 1:-1, :-2], t[:, 1, 2:, 1:-1] - t[:, 1, :-2, 1:-1]], 1)
 
-    m = fg_t[:, :, 1:-1, 1:-1]
+    m = (fg_t * w)[:, :, 1:-1, 1:-1]
     msge = (((grads(hv) - grads(hv_t)) ** 2) * m).sum() / (2 * m.sum() + 1)
-    dmse = F.mse_loss(torch.sigmoid(raw[:, 3:]), d_t)
+    dmse = (((torch.sigmoid(raw[:, 3:]) - d_t) ** 2) * w).sum() / n
     total = bce + dice + mse + msge + 2 * dmse
     # Detached tensors, not floats: reading them back every step would stall the GPU queue.
     parts = {"bce": bce, "dice": dice, "hv_mse": mse, "msge": msge, "dist": dmse}
@@ -290,7 +418,109 @@ def validate(model, root: Path, ids, device: str, workers: int, log) -> dict:
     return out
 
 
+def _points_one(args) -> dict:
+    """tp / fp / fn of one point-annotated image: learned (from maps) and watershed."""
+    from ..scale import resize_labels
+    from . import metrics as M
+    from .postprocess import PostParams, instances
+    from .watershed import WatershedParams, segment_watershed
+
+    maps, rgb, pts, net_mpp, mpp = args
+    radius = POINT_MATCH_UM / mpp
+    out = {}
+    for name, lab in (
+        ("learned", resize_labels(instances(maps, net_mpp, PostParams()), rgb.shape[:2])),
+        ("watershed", segment_watershed(rgb, mpp, WatershedParams())),
+    ):
+        s = M.point_detection_scores(M.centroids(lab), pts, radius)
+        out[name] = {k: s[k] for k in ("tp", "fp", "fn")}
+    return out
+
+
+def validate_points(model, paths, device: str, workers: int, log, label: str) -> dict:
+    """Pooled centroid-vs-point precision / recall / F1 (3 um) on BRCA-M2C images at 0.5 um/px.
+
+    ``paths`` are the ``*.jpg`` images (each with its ``*_points.csv``).
+
+    The learned model runs through the backend's code path (resample to the network's pixel
+    size, :func:`.learned.predict_maps`, default post-processing, labels resized back); the
+    classical watershed is scored on the same images for comparison.
+    """
+    from PIL import Image
+
+    from ..scale import rescale_image, scale_factor
+    from .learned import predict_maps
+
+    jobs = []
+    for path in map(Path, paths):
+        rgb = np.array(Image.open(path).convert("RGB"))
+        maps = predict_maps(model, rescale_image(rgb, scale_factor(BRCA_MPP, CONSEP_MPP)), device)
+        jobs.append((maps, rgb, read_points(path.with_name(path.stem + "_points.csv")), CONSEP_MPP, BRCA_MPP))
+    if workers <= 1:
+        rows = [_points_one(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            rows = list(ex.map(_points_one, jobs))
+    out = {}
+    for name in ("learned", "watershed"):
+        tp, fp, fn = (sum(r[name][k] for r in rows) for k in ("tp", "fp", "fn"))
+        out[name] = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
+                     "f1": 2 * tp / max(1, 2 * tp + fp + fn), "n_images": len(rows), "n_points": tp + fn}
+        log(f"{label} {name}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in out[name].items()))
+    return out
+
+
+#: Held-out targets of issue #5 at 40x (CoNSeP 21-27, 0.25 um/px).
+TARGET_AJI, TARGET_PQ = 0.55, 0.53
+
+
+def auto_range(val: dict, points: dict | None) -> list[float] | None | str:
+    """The pixel sizes where "auto" may pick this network, from its held-out numbers.
+
+    Returns:
+        None (any pixel size) when it meets the 40x targets on CoNSeP 21-27 *and* detects the
+        BRCA-M2C val cells (20x) at least as well as the watershed; [0.2, 0.35] (40x-like only)
+        when it meets the 40x targets only; "never" otherwise.
+    """
+    m = val[f"{CONSEP_MPP:g}"]["mean"]
+    if not (m["aji"] >= TARGET_AJI and m["pq"] >= TARGET_PQ):
+        return "never"
+    if points and points["learned"]["f1"] >= points["watershed"]["f1"]:
+        return None
+    return [0.2, 0.35]
+
+
+def should_ship(auto, val: dict, init: dict | None) -> bool:
+    """Whether these weights should replace the ones they were fine-tuned from.
+
+    Yes when "auto" may pick them at every pixel size (40x targets met and 20x cells found at
+    least as well as by the watershed); when they are for 40x only, only if they are not worse
+    there than the starting weights (AJI and PQ at 0.25 um/px as recorded at their training);
+    never when they miss the 40x targets.
+    """
+    if auto == "never":
+        return False
+    if auto is None:
+        return True
+    if init is None:
+        return True
+    meta = init.get("meta", {})
+    ref = meta.get("held_out", {}).get(f"{CONSEP_MPP:g}")
+    # Only numbers on the same held-out images compare; otherwise keep what is there.
+    if ref is None or meta.get("held_out_images") != val.get("images"):
+        return False
+    m = val[f"{CONSEP_MPP:g}"]["mean"]
+    return m["aji"] >= ref["aji"] and m["pq"] >= ref["pq"]
+
+
 # --- training --------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _ids(text: str) -> list[int]:
@@ -319,6 +549,15 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, nargs=2, default=(0.8, 1.25), help="zoom range")
     ap.add_argument("--widths", type=int, nargs="+", default=None, help="U-Net widths")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--brca-train", type=Path, default=None,
+                    help="BRCA-M2C train folder (*.jpg + *_points.csv): weak supervision at 20x")
+    ap.add_argument("--brca-val", type=Path, default=None,
+                    help="BRCA-M2C val folder: point F1 of the result (never trained on)")
+    ap.add_argument("--brca-frac", type=float, default=0.375, help="share of each batch from --brca-train")
+    ap.add_argument("--brca-limit", type=int, default=0, help="use only the first N BRCA train images (0: all)")
+    ap.add_argument("--v1-aug", action="store_true", help="the v1 colour / resampling ranges")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this checkpoint (fine-tuning; its architecture overrides --widths)")
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     args = ap.parse_args(argv)
 
@@ -357,14 +596,48 @@ def main(argv=None) -> int:
     else:
         with ProcessPoolExecutor(args.workers) as ex:
             pairs = list(ex.map(_load_train, jobs))
-    images = [torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(dev) for rgb, _ in pairs]
-    targets = [torch.from_numpy(t).to(dev, torch.float16) for _, t in pairs]
-    del pairs
+    weak, train_paths = [], []
+    if args.brca_train is not None:
+        if args.brca_val is not None and args.brca_train.resolve() == args.brca_val.resolve():
+            ap.error("--brca-train and --brca-val must be different folders")
+        paths = sorted(str(q) for q in args.brca_train.glob("*.jpg"))
+        paths = paths[: args.brca_limit] if args.brca_limit > 0 else paths
+        if not paths:
+            ap.error(f"no *.jpg in {args.brca_train}")
+        train_paths = paths
+        if args.workers <= 1:
+            weak = [_load_weak(q) for q in paths]
+        else:
+            with ProcessPoolExecutor(args.workers) as ex:
+                weak = list(ex.map(_load_weak, paths, chunksize=4))
+
+    def upload(group):
+        return ([torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(dev) for rgb, _ in group],
+                [torch.from_numpy(t).to(dev, torch.float16) for _, t in group])
+
+    images, targets = upload(pairs)
+    w_images, w_targets = upload(weak)
+    known = float(np.mean([t[4].mean() for _, t in weak])) if weak else 0.0
+    del pairs, weak
     log(f"torch {torch.__version__} device {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if cuda else ""))
     log(f"loaded {len(images)} training images {args.train_ids} with targets")
+    if w_images:
+        log(f"loaded {len(w_images)} BRCA-M2C train images with weak targets "
+            f"({known:.1%} of pixels with a known label)")
+    n_weak = int(round(args.batch * args.brca_frac)) if w_images else 0
 
     cfg = UNetConfig(widths=tuple(args.widths)) if args.widths else UNetConfig()
-    model = NucleiUNet(cfg).to(dev).to(memory_format=torch.channels_last)
+    init = None
+    if args.init is not None:
+        from .learned import load_checkpoint
+
+        init = load_checkpoint(args.init)
+        cfg = UNetConfig.from_dict(init["config"])
+    model = NucleiUNet(cfg)
+    if init is not None:
+        model.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in init["state_dict"].items()})
+        log(f"initialised from {args.init} (trained {init.get('meta', {}).get('date', '?')})")
+    model = model.to(dev).to(memory_format=torch.channels_last)
     ema = NucleiUNet(cfg).to(dev).to(memory_format=torch.channels_last)
     ema.load_state_dict(model.state_dict())
     ema.eval()
@@ -390,8 +663,11 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_f
         with torch.no_grad():
-            x, y = sample_batch(images, targets, args.batch, args.crop, args.scale, gen)
-            x = colour_jitter(x, gen).contiguous(memory_format=torch.channels_last)
+            x, y = sample_batch(images, targets, args.batch - n_weak, args.crop, args.scale, gen)
+            if n_weak:
+                xw, yw = sample_batch(w_images, w_targets, n_weak, args.crop, args.scale, gen)
+                x, y = torch.cat([x, xw]), torch.cat([y, yw])
+            x = colour_jitter(x, gen, strong=not args.v1_aug).contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
             raw = model(x)
         loss, parts = loss_fn(raw, y)
@@ -415,6 +691,16 @@ def main(argv=None) -> int:
 
     ema.load_state_dict({**model.state_dict(), **{k: v for k, v in ema.state_dict().items() if v.dtype.is_floating_point}})
     val = validate(ema, args.data, val_ids, str(dev), args.workers, log)
+    points = {}
+    if args.brca_val is not None:
+        val_paths = sorted(args.brca_val.glob("*.jpg"))
+        points["brca_val"] = validate_points(ema, val_paths, str(dev), args.workers, log, "brca_val")
+    if train_paths:  # the images it was trained on: how well the weak targets were fitted
+        points["brca_train"] = validate_points(ema, train_paths, str(dev), args.workers, log, "brca_train")
+    auto = auto_range(val, points.get("brca_val"))
+    log(f"auto picks this network for: {'any pixel size' if auto is None else auto}")
+    ship = should_ship(auto, {**val, "images": val_ids}, init)
+    log(f"verdict: {'SHIP' if ship else 'KEEP the current weights'} (see should_ship)")
 
     state = {k: (v.detach().half() if v.dtype.is_floating_point else v.detach()).cpu().contiguous()
              for k, v in ema.state_dict().items()}
@@ -433,11 +719,22 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(dev) if cuda else platform.processor() or "cpu",
         "torch": str(torch.__version__),
         "held_out": {m: v["mean"] for m, v in val.items()},
+        "brca_m2c": points,
+        "weak_supervision": (
+            f"BRCA-M2C train ({args.brca_train.name}), {len(w_images)} images, {n_weak} of {args.batch} crops "
+            "per batch: watershed nuclei confirmed by one annotated point, background away from "
+            "points and watershed nuclei, the rest ignored" if w_images else None
+        ),
+        "init": (f"{args.init.name} (sha256 {_sha256(args.init)[:12]}, trained "
+                 f"{init.get('meta', {}).get('date', '?')})" if init is not None else None),
+        "augmentation": "v1" if args.v1_aug else "v2 (hematoxylin 0.6-1.6, half the crops down-up 1.6-2.4x)",
+        "auto_mpp_range": auto,
+        "ship": ship,
     }
-    ckpt = {"format": "napari-uam nuclei U-Net v1", "config": cfg.to_dict(), "net_mpp": NET_MPP,
+    ckpt = {"format": "napari-uam nuclei U-Net v1", "auto_mpp_range": auto, "config": cfg.to_dict(), "net_mpp": NET_MPP,
             "state_dict": state, "meta": meta}
     torch.save(ckpt, args.out / "nuclei_unet.pt")
-    (args.out / "metrics.json").write_text(json.dumps({"meta": meta, "held_out": val}, indent=1))
+    (args.out / "metrics.json").write_text(json.dumps({"meta": meta, "held_out": val, "brca_m2c": points}, indent=1))
     # Reload exactly as the backend will (weights_only torch.load), so a file that cannot be
     # shipped fails here rather than on a user's machine.
     from .learned import build_model, load_checkpoint
