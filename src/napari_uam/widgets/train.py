@@ -1,0 +1,477 @@
+"""The "UAM train classifier" dock: fine-tune the cell classifier on annotated images.
+
+The dock collects inputs (annotated nuclei layers and/or folders of saved projects, starting
+model, architecture, epochs, learning rate, validation share, seed, device, output file) in
+the GUI thread and runs :func:`napari_uam.training.finetune.finetune` -- the function
+``napari-uam train`` runs -- in a napari worker thread. Progress comes back through a Qt
+signal: the bar follows the steps, the plot and the status line every epoch. Cancel sets a
+flag the training loop polls between steps; nothing is written until training has finished,
+and then the checkpoint and its model card are written together
+(:func:`~napari_uam.training.finetune.save_finetuned`), never over the shipped weights and
+never over an existing file without asking. **Use for Classify cells** then points the
+classifier dock at the new checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from napari.layers import Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import CancelledError, UAMError
+from . import _layers as L
+from ._plot import TrainingPlot
+from .annotate import annotated_table, source_of
+
+logger = logging.getLogger(__name__)
+
+START_DEFAULT = "Shipped default model"
+START_FILE = "Checkpoint file..."
+START_SCRATCH = "From scratch"
+_ROLE = Qt.ItemDataRole.UserRole
+
+
+def default_output() -> Path:
+    """A fresh checkpoint path in ``~/napari-uam/models`` (time-stamped, so never an existing file)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    return Path.home() / "napari-uam" / "models" / f"uam_finetuned_{stamp}.pt"
+
+
+@dataclass
+class _TrainJob:
+    """Inputs of one run, captured in the GUI thread (the worker never touches layers)."""
+
+    layers: list = field(default_factory=list)  # (image_id, image, labels, table, mpp)
+    folders: list = field(default_factory=list)
+    config: object = None
+    out: str = ""
+    overwrite: bool = False
+
+
+@dataclass
+class _TrainOutcome:
+    job: _TrainJob
+    path: Optional[Path] = None
+    card: Optional[Path] = None
+    result: object = None
+    cancelled: bool = False
+    error: Optional[BaseException] = None
+
+
+def _train(job: _TrainJob, cancelled, report) -> _TrainOutcome:
+    """Worker body: measure the annotated cells, fine-tune, save; exceptions become an outcome."""
+    from ..training.finetune import _concat, cells_from_annotation, cells_from_projects, finetune, save_finetuned
+
+    try:
+        report({"event": "status", "text": "Measuring the annotated nuclei..."})
+        parts = [cells_from_annotation(img, lab, tab, mpp, name, cancel=cancelled) for name, img, lab, tab, mpp in job.layers]
+        if job.folders:
+            parts.append(cells_from_projects(job.folders, cancel=cancelled))
+        cells = _concat(parts)
+        result = finetune(cells, job.config, progress=report, cancel=cancelled)
+        if cancelled():
+            raise CancelledError("Training cancelled; nothing was saved.")
+        path, card = save_finetuned(result, job.out, overwrite=job.overwrite)
+        return _TrainOutcome(job=job, path=path, card=card, result=result)
+    except CancelledError:
+        return _TrainOutcome(job=job, cancelled=True)
+    except (UAMError, OSError) as err:
+        return _TrainOutcome(job=job, error=err)
+    except Exception as err:  # noqa: BLE001 - a bug must not take napari down; log it, say it
+        logger.exception("napari-uam training failed")
+        return _TrainOutcome(job=job, error=err)
+
+
+class _Relay(QObject):
+    """Carries progress dicts from the worker thread to the GUI thread."""
+
+    progressed = Signal(object)
+
+
+class TrainWidget(QWidget):
+    """Dock widget: fine-tune (or train) the cell classifier on annotated images.
+
+    Args:
+        napari_viewer: the viewer the dock belongs to (napari passes it).
+    """
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker = None
+        self._cancel = threading.Event()
+        self._history: list[dict] = []
+        self._epochs = 1
+        self.last_checkpoint: Optional[Path] = None
+        # No Qt parent: the worker holds the relay's emit, so it must outlive this dock if the
+        # dock is closed mid-run (Qt drops the connection to the deleted dock by itself).
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+        self._build()
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self.refresh_sources)
+        self.refresh_sources()
+
+    # ------------------------------------------------------------------ UI construction
+    def _build(self) -> None:
+        from ..models import list_models
+
+        self.sources = QListWidget()
+        self.sources.setToolTip("Tick the annotated images to train on: open nuclei layers with classes, and project folders.")
+        self.sources.setMaximumHeight(110)
+        src_row = QHBoxLayout()
+        self.add_folder_btn = QPushButton("Add folder...")
+        self.add_folder_btn.setToolTip("A project folder saved by the annotate dock, or a folder of them.")
+        self.add_folder_btn.clicked.connect(lambda: self.add_folder())
+        self.refresh_btn = QPushButton("Refresh")
+        self.refresh_btn.clicked.connect(self.refresh_sources)
+        src_row.addWidget(self.add_folder_btn)
+        src_row.addWidget(self.refresh_btn)
+
+        form = QFormLayout()
+        self.start_combo = QComboBox()
+        self.start_combo.addItems([START_DEFAULT, START_FILE, START_SCRATCH])
+        self.start_combo.currentTextChanged.connect(self._on_start_changed)
+        self.init_edit = QLineEdit()
+        self.init_edit.setPlaceholderText("previous checkpoint .pt")
+        self.init_browse = QPushButton("Browse...")
+        self.init_browse.clicked.connect(self._browse_init)
+        init_row = QHBoxLayout()
+        init_row.addWidget(self.init_edit)
+        init_row.addWidget(self.init_browse)
+        form.addRow("Start from", self.start_combo)
+        form.addRow("", init_row)
+        self.arch_combo = QComboBox()
+        self.arch_combo.addItems(list_models())
+        self.arch_combo.setCurrentText("uam-l")
+        form.addRow("Architecture", self.arch_combo)
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 1000)
+        self.epochs_spin.setValue(20)
+        form.addRow("Epochs", self.epochs_spin)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 0.1)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(3e-4)
+        form.addRow("Learning rate", self.lr_spin)
+        self.val_spin = QDoubleSpinBox()
+        self.val_spin.setRange(0.0, 0.5)
+        self.val_spin.setSingleStep(0.05)
+        self.val_spin.setValue(0.2)
+        self.val_spin.setToolTip("Share of the images (whole images, never cells) held out to validate and stop early.")
+        form.addRow("Validation images", self.val_spin)
+        self.patience_spin = QSpinBox()
+        self.patience_spin.setRange(0, 100)
+        self.patience_spin.setValue(5)
+        self.patience_spin.setToolTip("Stop after this many epochs without validation improvement (0: never).")
+        form.addRow("Early stopping", self.patience_spin)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        form.addRow("Seed", self.seed_spin)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["cpu", "cuda"])
+        try:
+            import torch
+
+            has_cuda = bool(torch.cuda.is_available())
+        except ImportError:
+            has_cuda = False
+        self.device_combo.model().item(1).setEnabled(has_cuda)
+        form.addRow("Device", self.device_combo)
+        self.out_edit = QLineEdit(str(default_output()))
+        self.out_browse = QPushButton("Browse...")
+        self.out_browse.clicked.connect(self._browse_out)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.out_edit)
+        out_row.addWidget(self.out_browse)
+        form.addRow("Save as", out_row)
+        self._on_start_changed(self.start_combo.currentText())
+
+        self.train_btn = QPushButton("Train")
+        self.train_btn.clicked.connect(self.start)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)  # per mille: long runs still move the bar every epoch
+        self.progress.setFormat("%p%")
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.train_btn)
+        run_row.addWidget(self.progress, 1)
+        run_row.addWidget(self.cancel_btn)
+        self.plot = TrainingPlot()
+        self.status = QLabel("Annotate some nuclei (UAM annotate cells), tick them above, click Train.")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.use_btn = QPushButton("Use for Classify cells")
+        self.use_btn.setEnabled(False)
+        self.use_btn.setToolTip("Point the UAM cell classifier dock at the checkpoint just trained.")
+        self.use_btn.clicked.connect(self.use_for_classify)
+
+        root = QVBoxLayout(self)
+        root.addWidget(QLabel("Annotated images"))
+        root.addWidget(self.sources)
+        root.addLayout(src_row)
+        root.addLayout(form)
+        root.addLayout(run_row)
+        root.addWidget(self.plot)
+        root.addWidget(self.status)
+        root.addWidget(self.use_btn)
+        root.addStretch(1)
+
+    def _on_start_changed(self, text: str) -> None:
+        self.init_edit.setEnabled(text == START_FILE)
+        self.init_browse.setEnabled(text == START_FILE)
+        # A checkpoint fixes its architecture; only a model trained from scratch can pick one.
+        self.arch_combo.setEnabled(text == START_SCRATCH)
+        self.lr_spin.setValue(1e-3 if text == START_SCRATCH else 3e-4)
+
+    def _browse_init(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Starting checkpoint", "", "Checkpoints (*.pt *.pth)")
+        if path:
+            self.init_edit.setText(path)
+
+    def _browse_out(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the trained model as", self.out_edit.text(), "Checkpoints (*.pt)")
+        if path:
+            self.out_edit.setText(path)
+
+    # ------------------------------------------------------------------------ sources
+    def refresh_sources(self, event=None) -> None:
+        """List the open annotated nuclei layers (kept ticked as they were) and the added folders."""
+        ticked = {self.sources.item(i).data(_ROLE): self.sources.item(i).checkState() for i in range(self.sources.count())}
+        folders = [k for k in ticked if k and k[0] == "folder"]
+        self.sources.clear()
+        for layer in self.viewer.layers:
+            rec = L.owner_record(layer)
+            table = annotated_table(layer) if isinstance(layer, Labels) else None
+            if table is None or (rec is not None and rec["kind"] != L.KIND_NUCLEI):
+                continue
+            # Ticked by default only when someone reviewed it: untouched predictions would
+            # just teach the model its own mistakes.
+            reviewed = "annotation" in table.columns and bool((table["annotation"] != "model").any())
+            default = Qt.CheckState.Checked if reviewed else Qt.CheckState.Unchecked
+            self._add_item(f"layer: {layer.name}", ("layer", layer.name), ticked, default)
+        for key in folders:
+            self._add_item(f"folder: {key[1]}", key, ticked)
+
+    def _add_item(self, text, key, ticked, default=Qt.CheckState.Checked) -> None:
+        item = QListWidgetItem(text)
+        item.setData(_ROLE, key)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(ticked.get(key, default))
+        self.sources.addItem(item)
+
+    def add_folder(self, folder: Optional[str] = None) -> bool:
+        """Add a project folder (or a folder of projects) to the training data."""
+        from ..io.project import ProjectError, find_projects
+
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Folder of annotation projects")
+            if not folder:
+                return False
+        try:
+            found = find_projects(folder)
+        except ProjectError as err:
+            self._fail(str(err))
+            return False
+        self._add_item(f"folder: {folder}", ("folder", str(folder)), {})
+        self.status.setText(f"Added {len(found)} project(s) from {folder}.")
+        return True
+
+    # ------------------------------------------------------------------------ running
+    @property
+    def busy(self) -> bool:
+        """True while a training run is in progress."""
+        return self._worker is not None
+
+    def _fail(self, text: str) -> None:
+        self.status.setText(text)
+        show_warning(text)
+
+    def _config(self):
+        from ..training.finetune import INIT_DEFAULT, INIT_SCRATCH, FinetuneConfig
+
+        start = self.start_combo.currentText()
+        if start == START_FILE:
+            init = self.init_edit.text().strip()
+            if not init:
+                self._fail("Choose the checkpoint to start from, or start from the shipped model.")
+                return None
+        else:
+            init = INIT_SCRATCH if start == START_SCRATCH else INIT_DEFAULT
+        return FinetuneConfig(
+            init=init, arch=self.arch_combo.currentText(), epochs=self.epochs_spin.value(), lr=self.lr_spin.value(),
+            patience=self.patience_spin.value(), val_fraction=self.val_spin.value(), seed=self.seed_spin.value(),
+            device=self.device_combo.currentText(),
+        )  # fmt: skip
+
+    def _make_job(self) -> Optional[_TrainJob]:
+        from ..training.finetune import _is_shipped
+
+        job = _TrainJob()
+        for i in range(self.sources.count()):
+            item = self.sources.item(i)
+            if item.checkState() != Qt.CheckState.Checked:
+                continue
+            kind, name = item.data(_ROLE)
+            if kind == "folder":
+                job.folders.append(name)
+                continue
+            if name not in self.viewer.layers:
+                continue
+            layer = self.viewer.layers[name]
+            image, mpp = source_of(self.viewer, layer)
+            if image is None:
+                self._fail(f"Cannot tell which image '{name}' belongs to; keep its image open.")
+                return None
+            from ..validation import as_rgb_uint8
+
+            data = image.data[0] if getattr(image, "multiscale", False) else image.data
+            job.layers.append((image.name, as_rgb_uint8(np.asarray(data)), np.array(layer.data, copy=True),
+                               annotated_table(layer), mpp or L.DEFAULT_MPP))  # fmt: skip
+        if not job.layers and not job.folders:
+            self._fail("Tick at least one annotated image (or add a project folder) to train on.")
+            return None
+        job.config = self._config()
+        if job.config is None:
+            return None
+        out = self.out_edit.text().strip()
+        if not out:
+            self._fail("Choose where to save the trained model.")
+            return None
+        out_path = Path(out).expanduser()
+        if out_path.suffix not in (".pt", ".pth"):
+            out_path = out_path.with_suffix(".pt")
+        if _is_shipped(out_path):
+            self._fail(f"{out_path} is napari-uam's shipped weights folder, which is never overwritten; choose another file.")
+            return None
+        taken = [p for p in (out_path, out_path.with_suffix(".md")) if p.exists()]
+        if taken:
+            answer = QMessageBox.question(self, "Overwrite the model?",
+                                          f"{', '.join(map(str, taken))} exists.\n\nOverwrite it when training finishes?",
+                                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                          QMessageBox.StandardButton.No)  # fmt: skip
+            if answer != QMessageBox.StandardButton.Yes:
+                self.status.setText("Not started: choose another file name to keep the existing model.")
+                return None
+            job.overwrite = True
+        job.out = str(out_path)
+        return job
+
+    def start(self) -> None:
+        """Train on the ticked images in a worker thread."""
+        if self.busy:
+            self.status.setText("Training is in progress; wait for it or click Cancel.")
+            return
+        job = self._make_job()
+        if job is None:
+            return
+        self._cancel = threading.Event()
+        self._history = []
+        self._epochs = job.config.epochs
+        self.plot.set_history([], self._epochs)
+        self.progress.setValue(0)
+        self.use_btn.setEnabled(False)
+        self.train_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        n = len(job.layers) + len(job.folders)
+        self.status.setText(f"Training on {n} source(s)...")
+        worker = create_worker(_train, job, self._cancel.is_set, self._relay.progressed.emit, _ignore_errors=True)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop training at the next step; nothing is saved."""
+        if self._worker is not None:
+            self._cancel.set()
+            self.cancel_btn.setEnabled(False)
+            self.status.setText("Cancelling...")
+
+    def _on_progress(self, rec: dict) -> None:
+        event = rec.get("event")
+        if event == "status":
+            self.status.setText(rec["text"])
+        elif event == "start":
+            self.status.setText(f"Training on {rec['n_train']} cells, validating on {rec['n_val']} ({rec['device']})...")
+        elif event == "step":
+            value = int(1000 * (rec["epoch"] - 1 + rec["fraction"]) / max(self._epochs, 1))
+            self.progress.setValue(max(self.progress.value(), min(value, 999)))
+        elif event == "epoch":
+            self._history.append(rec)
+            self.plot.set_history(self._history, self._epochs)
+            self.progress.setValue(max(self.progress.value(), min(int(1000 * rec["epoch"] / max(self._epochs, 1)), 999)))
+            if rec["epoch"] == 0:
+                self.status.setText(f"Starting model: validation accuracy {rec['val_accuracy']:.3f}.")
+            else:
+                val = "" if not np.isfinite(rec["val_accuracy"]) else (
+                    f", validation accuracy {rec['val_accuracy']:.3f}, F1 {rec['val_f1']:.3f}")
+                self.status.setText(f"Epoch {rec['epoch']}/{self._epochs}: loss {rec['loss']:.3f}{val}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.train_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _on_returned(self, out: _TrainOutcome) -> None:
+        if out.cancelled:
+            self.progress.setValue(0)
+            self.status.setText("Training cancelled: no model was saved.")
+            show_info("UAM training cancelled; nothing was saved.")
+            return
+        if out.error is not None:
+            self.progress.setValue(0)
+            err = out.error
+            known = isinstance(err, (UAMError, OSError))
+            self._fail(str(err) if known else f"Unexpected error ({type(err).__name__}: {err}); details are in the log.")
+            return
+        res = out.result
+        self.progress.setValue(self.progress.maximum())
+        self.last_checkpoint = out.path
+        vm = res.val_metrics
+        val = f" Validation accuracy {vm['accuracy']:.3f} (start {res.start_metrics['accuracy']:.3f})." if vm and res.start_metrics else (
+            f" Validation accuracy {vm['accuracy']:.3f}." if vm else "")
+        worse = res.start_metrics and vm and res.start_metrics["accuracy"] > vm["accuracy"]
+        kept = " (the starting model scored higher on the validation images: annotate more, or keep it)" if worse else ""
+        self.status.setText(f"Saved {out.path} and its model card; kept epoch {res.best_epoch}{kept}.{val} "
+                            "Click 'Use for Classify cells' to classify with it.")  # fmt: skip
+        self.use_btn.setEnabled(True)
+        # Offer the next run a fresh name so it never collides with this model.
+        self.out_edit.setText(str(out.path.parent / default_output().name))
+
+    def use_for_classify(self) -> None:
+        """Point the UAM cell classifier dock (opened if needed) at the model just trained."""
+        if self.last_checkpoint is None:
+            return
+        _, classifier = self.viewer.window.add_plugin_dock_widget("napari-uam", "UAM cell classifier")
+        classifier.use_checkpoint(self.last_checkpoint)
+        self.status.setText(f"UAM cell classifier now uses {self.last_checkpoint.name}; click Classify cells.")
