@@ -45,29 +45,41 @@ def main(argv=None) -> int:
 
     path = Path(args.data) / args.image
     clf = pipeline.get_classifier(None, args.device)
+    from napari_uam.tumor import load_tumor_model, predict_tumor_mask, tumor_weights_available
+
+    # The tumor-region stage runs whenever its weights are installed, as in pipeline.run.
+    tumor = load_tumor_model(None, args.device) if tumor_weights_available() else None
     image, _ = read_image(path)
     pipeline.run(image, args.mpp, model=clf, device=args.device)  # warm-up: imports, caches
 
-    stages = {"read": [], "segment": [], "measure": [], "classify": [], "export": [], "total": []}
+    stages = {"read": [], "segment": [], "measure": [], "classify": [], "tumor mask": [], "export": [],
+              "total": []}
     n_cells = 0
     for _ in range(args.repeats):
         t = time.perf_counter()
         image, _ = read_image(path)
         t_read = time.perf_counter()
-        labels = pipeline.segment_nuclei(image, args.mpp)
+        labels = pipeline.segment_nuclei(image, args.mpp, device=args.device)
         t_seg = time.perf_counter()
         table = pipeline.measure_cells(image, labels, args.mpp, device=args.device)
         t_meas = time.perf_counter()
         table = pipeline.classify_cells(table, model=clf, device=args.device)
         t_cls = time.perf_counter()
+        mask = None
+        if tumor is not None:
+            mask = (predict_tumor_mask(image, args.mpp, table, model=tumor) > 0.5).astype("uint8")
+        t_tum = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
-            export_cells(labels, table, d, "bench")
+            export_cells(labels, table, d, "bench", tumor_mask=mask)
         t_exp = time.perf_counter()
         for k, a, b in (("read", t, t_read), ("segment", t_read, t_seg), ("measure", t_seg, t_meas),
-                        ("classify", t_meas, t_cls), ("export", t_cls, t_exp), ("total", t, t_exp)):
+                        ("classify", t_meas, t_cls), ("tumor mask", t_cls, t_tum), ("export", t_tum, t_exp),
+                        ("total", t, t_exp)):
             stages[k].append(b - a)
         n_cells = len(table)
 
+    if tumor is None:
+        stages.pop("tumor mask")
     rows = [f"| {k} | {statistics.median(v):.3f} |" for k, v in stages.items()]
     md = "\n".join(
         [

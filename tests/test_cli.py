@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import tifffile
 
 from napari_uam.cli import main
@@ -59,3 +60,51 @@ def test_bad_input_exits_with_one_line(tmp_path, capsys):
     assert len(err) == 1 and "no such file" in err[0]
     assert main(["classify", str(gray), "--mpp", "0.5", "--formats", "tif,xls", "--out", str(out)]) == 2
     assert "xls" in capsys.readouterr().err
+
+
+def _consep_table(consep_dir, tmp_path):
+    """A real cell table with ground truth: CoNSeP field 1's annotated nuclei, measured;
+    ``target`` 1 for epithelial (the tumor proxy, see the data's meta.json), else 0."""
+    from PIL import Image
+
+    from napari_uam import pipeline
+
+    img = np.asarray(Image.open(consep_dir / "train_1.jpg").convert("RGB"))
+    inst = np.asarray(Image.open(consep_dir / "train_1_inst.png")).astype(np.int32)
+    table = pipeline.measure_cells(img, inst, 0.25, device="cpu")
+    truth = pd.read_csv(consep_dir / "train_1_cells.csv").set_index("label")["class"]
+    table.insert(4, "target", (truth.reindex(table["label"]).to_numpy() == "epithelial").astype(int))
+    path = tmp_path / "consep_1.parquet"
+    table.to_parquet(path)
+    return table, path
+
+
+def test_evaluate_reports_checkpoint_metrics(tmp_path, capsys, consep_dir):
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    from napari_uam import pipeline
+
+    table, path = _consep_table(consep_dir, tmp_path)
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", "default", str(path), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "consep_1.parquet" in printed and "confusion" in printed
+    res = json.loads(out.read_text())
+    clf = pipeline.get_classifier(None, "cpu")
+    proba = clf.predict_proba(table[pipeline.feature_columns(table.drop(columns="target"))])
+    y = table["target"].to_numpy()
+    m = res["tables"]["consep_1.parquet"]
+    assert m["n"] == len(table) > 300
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, proba.argmax(1)))
+    assert m["auc"] == pytest.approx(roc_auc_score(y, proba[:, clf.tumor_class]))
+    assert m["confusion"] == confusion_matrix(y, proba.argmax(1)).tolist()
+    assert m["auc"] > 0.7  # the shipped model separates epithelial nuclei on a real field
+    assert res["model"]["sha256"] == clf.sha256 and res["all"]["n"] == len(table)
+
+    # A table measured with other features fails with the schema message, status 2.
+    table.drop(columns=[table.columns[-1]]).to_parquet(tmp_path / "other.parquet")
+    assert main(["evaluate", str(tmp_path / "other.parquet"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match model" in err and "1 missing" in err
+    assert main(["evaluate", str(path), "--target", "truth", "--device", "cpu"]) == 2
+    assert "no ground-truth column 'truth'" in capsys.readouterr().err

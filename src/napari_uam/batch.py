@@ -14,6 +14,11 @@ Per run, ``napari_uam_run.json`` (the manifest: command line, versions, model, p
 per-image status and totals) is rewritten atomically after every image, so that even a
 killed run says how far it got, and ``cohort_cells.parquet`` (every image's cell table with
 an ``image`` column) is written at the end from the per-image parquet files.
+
+Images larger than :data:`napari_uam.tiling.TILE_ABOVE_PIXELS` (or than ``tile_size``) are
+processed in tiles with halos (:mod:`napari_uam.tiling`). Images and tiles are tasks of an
+executor (:mod:`napari_uam.distributed`): in this process, or on Dask workers; outputs,
+markers and the manifest are always written here, as results arrive.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import pandas as pd
 
 from . import pipeline
+from .distributed import SerialExecutor
 from .errors import UAMError
 from .io.atomic import atomic_path
 from .io.export import FORMATS, export_cells, output_paths
@@ -268,18 +274,24 @@ def write_cohort_table(out_dir, parts: Sequence[tuple[str, Path]]) -> Optional[P
             old = None
         if old == sources:
             return path
-    frames = []
-    for stem, p in parts:
-        df = pd.read_parquet(p)
-        df.insert(0, "image", stem)
-        frames.append(df)
-    cohort = pd.concat(frames, ignore_index=True)
-    tab = pa.Table.from_pandas(cohort, preserve_index=False)
-    meta = dict(tab.schema.metadata or {})
-    meta[b"napari_uam_cohort"] = json.dumps({"sources": sources}).encode()
-    tab = tab.replace_schema_metadata(meta)
+    # Streamed in batches of rows, so that a cohort of whole slides (each image's table as large
+    # as its nuclei) never has to fit in memory. The per-image pandas metadata is dropped: it
+    # describes a table without the ``image`` column.
     with atomic_path(path, overwrite=True) as tmp:
-        pq.write_table(tab, tmp)
+        writer = None
+        try:
+            for stem, p in parts:
+                for batch in pq.ParquetFile(p).iter_batches(batch_size=65536):
+                    tab = pa.Table.from_batches([batch])
+                    tab = tab.add_column(0, "image", pa.array([stem] * tab.num_rows, pa.string()))
+                    if writer is None:
+                        meta = {k: v for k, v in (tab.schema.metadata or {}).items() if k != b"pandas"}
+                        meta[b"napari_uam_cohort"] = json.dumps({"sources": sources}).encode()
+                        writer = pq.ParquetWriter(tmp, tab.schema.with_metadata(meta))
+                    writer.write_table(tab.select(writer.schema.names).cast(writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
     return path
 
 
@@ -297,6 +309,9 @@ def run_batch(
     radiomics_backend: str = "auto",
     overwrite: bool = False,
     labels_from_out: bool = False,
+    tile_size: Optional[int] = None,
+    dask: Optional[str] = None,
+    workers: Optional[int] = None,
     progress: Progress = None,
     argv: Optional[Sequence[str]] = None,
 ) -> BatchResult:
@@ -324,6 +339,13 @@ def run_batch(
         overwrite: recompute done images and replace their outputs.
         labels_from_out: for ``measure``/``classify``, reuse ``<stem>_nuclei.tif`` from the
             output folder when it exists instead of segmenting again.
+        tile_size: process images taller or wider than this in tiles of this side (see
+            :mod:`napari_uam.tiling`); None tiles only images above
+            :data:`napari_uam.tiling.TILE_ABOVE_PIXELS`, with the default tile.
+        dask: None (this process), ``"local"`` (a local Dask cluster) or a scheduler address;
+            images (and the tiles of large images) are then tasks on the Dask workers, and
+            the outputs are written here as results arrive.
+        workers: local Dask workers (more than 1 implies ``dask="local"``).
         progress: called as ``progress(line, status)`` once per image (``status`` one of
             done, skipped, failed).
         argv: the command line, recorded in the manifest.
@@ -365,7 +387,12 @@ def run_batch(
             )
         stems[s] = p
 
+    if tile_size is not None and int(tile_size) < 256:
+        raise BatchArgumentError(f"--tile-size {tile_size} is too small; use 256 pixels or more (default 2048).")
     clf = pipeline.get_classifier(model, device) if command == "classify" else None
+    from .distributed import make_executor
+
+    executor = make_executor(dask, workers)
     out.mkdir(parents=True, exist_ok=True)
     parameters = {
         "mpp": mpp,
@@ -376,6 +403,9 @@ def run_batch(
         "model": None if model is None or hasattr(model, "predict_proba") else str(model),
         "overwrite": overwrite,
         "labels_from_out": labels_from_out,
+        "tile_size": tile_size,
+        "dask": dask,
+        "workers": workers,
     }
     manifest = {
         "schema": MANIFEST_SCHEMA,
@@ -392,6 +422,7 @@ def run_batch(
         },
         "schema_id": DEFAULT_SCHEMA.schema_id if command != "segment" else None,
         "parameters": parameters,
+        "executor": executor.description,
         "images": [],
         "totals": {},
         "cohort_table": None,
@@ -416,28 +447,88 @@ def run_batch(
         _write_json(manifest_path, manifest)
 
     ctx = dict(
-        command=command, out=out, formats=formats, mpp=mpp, clf=clf, device=device,
+        command=command, out=out, formats=formats, mpp=mpp, clf=clf, model=model, device=device,
         segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
-        labels_from_out=labels_from_out, parameters=parameters,
+        labels_from_out=labels_from_out, parameters=parameters, tile_size=tile_size,
+        executor=executor,
     )
     save("running")
     n = len(jobs)
-    for i, ((path, default_mpp), st) in enumerate(zip(jobs, statuses), start=1):
-        t0 = time.perf_counter()
-        try:
-            _process_image(path, default_mpp, st, ctx)
-        except KeyboardInterrupt:
-            st.status = "interrupted"
-            st.seconds = round(time.perf_counter() - t0, 3)
-            save("interrupted")
-            raise
-        except Exception as err:  # one bad image never stops the cohort; the reason is kept
-            st.status = "failed"
-            st.reason = _one_line(err)
-        st.seconds = round(time.perf_counter() - t0, 3)
+    finished = [0]
+
+    last = [time.perf_counter()]
+
+    def report(k: int) -> None:
+        last[0] = time.perf_counter()
+        finished[0] += 1
         if progress is not None:
-            progress(f"[{i}/{n}] {path.name}: {_describe(st)}", st.status)
+            st = statuses[k]
+            progress(f"[{finished[0]}/{n}] {jobs[k][0].name}: {_describe(st)}", st.status)
         save("running")
+
+    def fail(k: int, err: BaseException) -> None:
+        statuses[k].status = "failed"
+        statuses[k].reason = _one_line(err)
+
+    # Client side, cheap: skip finished images, look at sizes; nothing is decoded yet.
+    plans: dict[int, dict] = {}
+    for k, (path, default_mpp) in enumerate(jobs):
+        try:
+            plan = _plan_image(path, default_mpp, statuses[k], ctx)
+        except Exception as err:  # unreadable file, missing pixel size
+            fail(k, err)
+            report(k)
+            continue
+        if plan is None:  # skipped
+            report(k)
+        else:
+            plans[k] = plan
+    small = [k for k, p in plans.items() if not p["tiled"]]
+    large = [k for k, p in plans.items() if p["tiled"]]
+    started: dict[int, float] = {}
+    try:
+        tasks = []
+        for k in small:
+            started[k] = time.perf_counter()
+            tasks.append((k, plans[k]))
+        args = [(jobs[k][0], jobs[k][1], plans[k], _compute_config(ctx, executor)) for k, _ in tasks]
+        for j, outcome in executor.map(_compute_safe, args):
+            k = tasks[j][0]
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                _finish_image(jobs[k][0], statuses[k], ctx, plans[k], outcome)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # one bad image never stops the cohort; the reason is kept
+                fail(k, err)
+            # Serially, an image's task starts when the previous one is reported.
+            begun = max(started[k], last[0])
+            statuses[k].seconds = round(time.perf_counter() - begun, 3)
+            if not isinstance(outcome, BaseException) and not isinstance(executor, SerialExecutor):
+                statuses[k].seconds = round(outcome["seconds"] + time.perf_counter() - last[0], 3)
+            report(k)
+        for k in large:
+            started[k] = time.perf_counter()
+            try:
+                _process_tiled(jobs[k][0], statuses[k], ctx, plans[k])
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:
+                fail(k, err)
+            statuses[k].seconds = round(time.perf_counter() - started[k], 3)
+            report(k)
+    except KeyboardInterrupt:
+        running = [k for k in started if statuses[k].status == "pending"]
+        # In this process only the first unfinished image was being computed; on Dask
+        # every submitted one may have been.
+        for k in running[:1] if isinstance(executor, SerialExecutor) else running:
+            statuses[k].status = "interrupted"
+            statuses[k].seconds = round(time.perf_counter() - started[k], 3)
+        save("interrupted")
+        raise
+    finally:
+        executor.close()
 
     cohort = None
     if "parquet" in formats and command != "segment":
@@ -466,47 +557,101 @@ def _describe(st: ImageStatus) -> str:
     return f"{counts}, {st.seconds:.1f} s"
 
 
-def _process_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> None:
-    """Process one image into ``st`` (raises on failure; the caller records it)."""
-    import tifffile
+def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional[dict]:
+    """Decide how one image is processed; None when it is skipped (``st`` filled in).
+
+    Only the file's header is read here (size, pixel size); the pixels are decoded by the
+    task that processes the image.
+    """
+    from . import tiling
 
     command, out, formats = ctx["command"], ctx["out"], ctx["formats"]
     stem = st.stem
     paths = output_paths(out, stem)
-    marker = done_path(out, stem)
     if not ctx["overwrite"]:
         info = read_done(out, stem, command, formats)
         if info is not None:
             st.status = "skipped"
             st.n_cells, st.n_tumor = info.get("n_cells"), info.get("n_tumor")
             st.outputs = info.get("outputs", {})
-            return
+            return None
     _remove_stale_staging(out, stem)
+    height, width, file_mpp = tiling.probe(path)
+    tile = ctx["tile_size"]
+    tiled = (height > tile or width > tile) if tile else height * width > tiling.TILE_ABOVE_PIXELS
+    plan = {"tiled": tiled, "shape": (height, width), "labels": None, "write_formats": formats,
+            "labels_source": "segmented"}
+    if ctx["labels_from_out"] and command != "segment" and paths["tif"].is_file():
+        if tiled:
+            raise UAMError(
+                f"{path.name} is processed in tiles ({height}x{width} pixels); --labels-from-out "
+                "only works for images processed in one piece."
+            )
+        plan["labels"] = _read_labels_tiff(paths["tif"])
+        plan["write_formats"] = tuple(f for f in formats if f != "tif")
+        plan["labels_source"] = paths["tif"].name
+    if tiled:
+        mpp = ctx["mpp"] or file_mpp or default_mpp
+        if mpp is None:
+            raise UAMError(
+                f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x)."
+            )
+        plan["mpp"] = mpp
+    return plan
+
+
+def _read_labels_tiff(path):
+    """A TIFF's pixels (labels written by an earlier run)."""
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def _compute_config(ctx: dict, executor) -> dict:
+    """What an image task needs (picklable; a loaded classifier only runs in this process)."""
+    from .distributed import SerialExecutor
+
+    local = isinstance(executor, SerialExecutor)
+    return {
+        "command": ctx["command"], "mpp": ctx["mpp"], "segmenter": ctx["segmenter"],
+        "radiomics_backend": ctx["radiomics_backend"], "device": ctx["device"],
+        "model": ctx["clf"] if local else ctx["model"],
+    }
+
+
+def _compute_safe(path: Path, default_mpp, plan: dict, cfg: dict):
+    """:func:`compute_image` returning an exception instead of raising (one image's failure)."""
+    try:
+        return compute_image(path, default_mpp, plan, cfg)
+    except Exception as err:  # returned, so the other images' tasks carry on
+        return err
+
+
+def compute_image(path: Path, default_mpp, plan: dict, cfg: dict) -> dict:
+    """Read and process one image in one piece (the task run in this process or on a worker).
+
+    Returns:
+        ``{"labels", "table", "provenance", "mpp", "timings"}``.
+    """
     timings = {}
-    t = time.perf_counter()
+    t = t_start = time.perf_counter()
     image, file_mpp = read_image(path)
-    mpp = ctx["mpp"] or file_mpp or default_mpp
+    mpp = cfg["mpp"] or file_mpp or default_mpp
     if mpp is None:
         raise UAMError(
             f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x)."
         )
     timings["read_s"] = time.perf_counter() - t
-
-    labels = None
-    write_formats = formats
-    labels_source = "segmented"
-    if ctx["labels_from_out"] and command != "segment" and paths["tif"].is_file():
-        labels = tifffile.imread(paths["tif"])
-        write_formats = tuple(f for f in formats if f != "tif")
-        labels_source = paths["tif"].name
-
+    command = cfg["command"]
     t = time.perf_counter()
+    tumor_mask = None
     if command == "segment":
         from .segment import resolve_backend
 
         rgb = as_rgb_uint8(image)
-        backend = resolve_backend(ctx["segmenter"], mpp)
-        labels = pipeline.segment_nuclei(rgb, mpp, backend=backend)
+        resolve_backend(cfg["segmenter"], mpp)
+        labels, backend = pipeline.segment_nuclei(rgb, mpp, backend=cfg["segmenter"], device=cfg["device"],
+                                                  return_backend=True)
         table = pipeline.cell_geometry(labels, mpp)
         timings["segment_s"] = time.perf_counter() - t
         provenance = {
@@ -519,34 +664,56 @@ def _process_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> None:
             "time_utc": _utc(),
         }
     else:
+        model = cfg["model"]
+        if command == "classify" and not hasattr(model, "predict_proba"):
+            model = pipeline.get_classifier(model, cfg["device"])
         res = pipeline.run(
-            image, mpp, labels=labels, segment_backend=ctx["segmenter"],
-            radiomics_backend=ctx["radiomics_backend"], model=ctx["clf"], device=ctx["device"],
+            image, mpp, labels=plan["labels"], segment_backend=cfg["segmenter"],
+            radiomics_backend=cfg["radiomics_backend"], model=model, device=cfg["device"],
             classify=command == "classify",
         )
         labels, table, provenance = res.labels, res.table, res.provenance
+        tumor_mask = getattr(res, "tumor_mask", None)
         timings.update(provenance.get("timings", {}))
-    provenance["labels_source"] = labels_source
+    provenance["labels_source"] = plan["labels_source"]
+    return {"labels": labels, "table": table, "provenance": provenance, "mpp": mpp, "timings": timings,
+            "tumor_mask": tumor_mask if command == "classify" else None,
+            "seconds": time.perf_counter() - t_start}
 
+
+def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict) -> None:
+    """Write one image's outputs (all or none), then its done marker."""
+    out, stem, formats = ctx["out"], st.stem, ctx["formats"]
+    paths = output_paths(out, stem)
+    marker = done_path(out, stem)
     # A marker from an earlier run must not vouch for outputs this run is replacing.
     if ctx["overwrite"]:
         marker.unlink(missing_ok=True)
     t = time.perf_counter()
     export_cells(
-        labels, table, out, stem, formats=write_formats, overwrite=ctx["overwrite"],
-        provenance=provenance, mpp=mpp,
+        res["labels"], res["table"], out, stem, formats=plan["write_formats"],
+        overwrite=ctx["overwrite"], provenance=res["provenance"], mpp=res["mpp"],
+        tumor_mask=res.get("tumor_mask"),
     )
+    timings = dict(res["timings"])
     timings["export_s"] = time.perf_counter() - t
+    table = res["table"]
     st.n_cells = int(len(table))
     st.n_tumor = _tumor_count(table)
     st.outputs = {k: paths[k].name for k in formats}
+    if res.get("tumor_mask") is not None:
+        st.outputs["tumor_mask"] = paths["tumor_mask"].name
     st.status = "done"
+    _write_marker(path, st, ctx, res["mpp"], res["provenance"], timings)
+
+
+def _write_marker(path: Path, st: ImageStatus, ctx: dict, mpp, provenance: dict, timings: dict) -> None:
     # Written last: its presence is what makes the image count as done.
-    _write_json(marker, {
+    _write_json(done_path(ctx["out"], st.stem), {
         "schema": MANIFEST_SCHEMA,
-        "command": command,
+        "command": ctx["command"],
         "image": str(path),
-        "stem": stem,
+        "stem": st.stem,
         "outputs": st.outputs,
         "n_cells": st.n_cells,
         "n_tumor": st.n_tumor,
@@ -560,6 +727,71 @@ def _process_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> None:
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "finished_utc": _utc(),
     })
+
+
+def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
+    """Process one large image in tiles (see :mod:`napari_uam.tiling`), all outputs or none."""
+    import tempfile
+
+    from . import tiling
+    from .radiomics.schema import DEFAULT_SCHEMA
+    from .segment import resolve_backend
+
+    out, stem, formats, command = ctx["out"], st.stem, ctx["formats"], ctx["command"]
+    paths = output_paths(out, stem)
+    if not ctx["overwrite"]:
+        existing = [str(paths[k]) for k in formats if paths[k].exists()]
+        if existing:
+            raise FileExistsError(
+                f"Not overwriting existing output(s): {', '.join(existing)}. "
+                "Choose another folder or allow overwriting."
+            )
+    mpp = pipeline._check_mpp(plan["mpp"])
+    backend = resolve_backend(ctx["segmenter"], mpp)
+    clf = ctx["clf"]
+    prov = {
+        "versions": pipeline._versions(), "mpp": mpp, "working_mpp": pipeline.working_mpp(),
+        "radiomics_backend": ctx["radiomics_backend"] if command != "segment" else None,
+        "schema_id": DEFAULT_SCHEMA.schema_id if command != "segment" else None,
+        "device": ctx["device"], "time_utc": _utc(), "labels_source": "segmented",
+    }
+    if clf is not None:
+        prov.update(model_id=clf.model_id, model_arch=clf.arch, model_sha256=clf.sha256,
+                    model_schema_id=clf.schema_id)
+    from .distributed import SerialExecutor
+
+    executor = ctx["executor"]
+    model = clf if isinstance(executor, SerialExecutor) else ctx["model"]
+    if ctx["overwrite"]:
+        done_path(out, stem).unlink(missing_ok=True)
+    # Same staging name as export_cells: a killed run's leftovers are removed on the next run.
+    stage = Path(tempfile.mkdtemp(prefix=f".{stem}.export.", dir=out))
+    try:
+        res = tiling.run_tiled(
+            path, mpp, stage, stem, command=command, formats=formats, backend=backend,
+            executor=executor, tile=ctx["tile_size"] or tiling.DEFAULT_TILE,
+            radiomics_backend=ctx["radiomics_backend"], device=ctx["device"], model=model,
+            provenance=prov,
+        )
+        written = []
+        try:
+            for kind in formats:
+                os.replace(res.outputs[kind], paths[kind])
+                written.append(paths[kind])
+        except BaseException:
+            if not ctx["overwrite"]:
+                for p in written:
+                    p.unlink(missing_ok=True)
+            raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    prov.update(res.provenance)
+    # The tumor-region model runs on whole images only; a tiled image gets its cells' classes.
+    prov["tumor_mask"] = "not computed for images processed in tiles"
+    st.n_cells, st.n_tumor = res.n_cells, res.n_tumor
+    st.outputs = {k: paths[k].name for k in formats}
+    st.status = "done"
+    _write_marker(path, st, ctx, mpp, prov, prov.get("timings", {}))
 
 
 __all__ = [

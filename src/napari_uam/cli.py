@@ -4,6 +4,8 @@
     napari-uam measure  INPUT... --out DIR [--mpp MPP] [--labels-from-out]
     napari-uam classify INPUT... --out DIR [--mpp MPP] [--labels-from-out]
     napari-uam classify --sample --out DIR
+    napari-uam evaluate --model CKPT|default TABLE... [--target target] [--out metrics.json]
+    napari-uam train    PROJECT... --out MODEL.pt [--init default|scratch|CKPT] [--epochs N]
 
 An INPUT is an image file, a glob pattern or a folder (its TIFF/PNG/JPEG files, sorted).
 Per image, ``classify`` writes ``DIR/<stem>_nuclei.tif``, ``<stem>_cells.csv``,
@@ -52,9 +54,22 @@ def _parser() -> argparse.ArgumentParser:
                            help="checkpoint file (default: the shipped UAM weights)")
             c.add_argument("--formats", default="tif,csv,parquet,geojson",
                            help="comma-separated subset of tif,csv,parquet,geojson")
+        c.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                       help="process images taller or wider than PX in tiles of PX with halos "
+                            "(default: only images above 16.8 Mpx, in tiles of 2048)")
+        c.add_argument("--dask", default=None, metavar="local|ADDRESS",
+                       help="run images and tiles on Dask: 'local' (a local cluster) or a "
+                            "scheduler address such as tcp://host:8786")
+        c.add_argument("--workers", type=int, default=None,
+                       help="local Dask workers (more than 1 implies --dask local)")
         c.add_argument("--overwrite", action="store_true",
                        help="recompute images already done and replace their outputs")
         c.add_argument("--quiet", action="store_true", help="no progress lines (failures still go to stderr)")
+    from .evaluation import add_evaluate_parser
+    from .training.finetune import add_train_parser
+
+    add_evaluate_parser(sub)  # napari-uam evaluate: metrics of a checkpoint on cell tables
+    add_train_parser(sub)  # napari-uam train: the Train dock's fine-tuning, headless
     return p
 
 
@@ -83,6 +98,9 @@ def _run(args, argv) -> int:
         radiomics_backend=getattr(args, "radiomics_backend", "auto"),
         overwrite=args.overwrite,
         labels_from_out=getattr(args, "labels_from_out", False),
+        tile_size=args.tile_size,
+        dask=args.dask,
+        workers=args.workers,
         progress=progress,
         argv=["napari-uam", *argv],
     )
@@ -97,6 +115,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
+        if args.command == "evaluate":
+            from .evaluation import run_cli as run_evaluate
+
+            return run_evaluate(args)
+        if args.command == "train":
+            from .training.finetune import run_cli
+
+            return run_cli(args)
         return _run(args, argv)
     except (UAMError, OSError) as err:  # bad arguments, model not loadable, output folder unusable
         print(f"napari-uam: error: {err}", file=sys.stderr)

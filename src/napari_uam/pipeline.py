@@ -49,12 +49,15 @@ class PipelineResult:
             um^2), then ``class, tumor_probability`` once classified, then the feature columns.
         tumor_mask: (H, W) uint8 tumor-region mask (1 = tumor) or None when no region model ran.
         provenance: versions, model id and hash, schema id, parameters and stage timings.
+        tumor_probability: (H, W) float32 per-pixel tumor probability behind ``tumor_mask``
+            (:func:`napari_uam.tumor.predict_tumor_mask`), or None.
     """
 
     labels: np.ndarray
     table: pd.DataFrame
     tumor_mask: Optional[np.ndarray] = None
     provenance: dict = field(default_factory=dict)
+    tumor_probability: Optional[np.ndarray] = None
 
     @property
     def tumor_cells(self) -> np.ndarray:
@@ -96,20 +99,26 @@ def segment_nuclei(
     mpp: float,
     *,
     backend: str = "auto",
+    device: str = "auto",
     progress: Progress = None,
     cancel: Cancel = None,
-) -> np.ndarray:
+    return_backend: bool = False,
+):
     """Segment nuclei of an RGB H&E image.
 
     Args:
         image: (H, W, 3) RGB image (uint8, uint16, float; see :func:`as_rgb_uint8`).
         mpp: microns per pixel of ``image`` (0.25 at 40x, 0.5 at 20x).
         backend: segmentation backend name (``"auto"`` picks the best installed).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for backends running a network.
         progress: optional ``progress(stage, fraction)``.
         cancel: optional ``cancel() -> bool``; when it returns True the run stops.
+        return_backend: also return the name of the backend that produced the labels
+            (``"auto"`` may fall back to the watershed, see :func:`napari_uam.segment.segment`).
 
     Returns:
-        (H, W) int32 labels, 0 = background, nuclei numbered 1..N.
+        (H, W) int32 labels, 0 = background, nuclei numbered 1..N
+        (``(labels, backend_name)`` when ``return_backend``).
     """
     from .segment import segment
 
@@ -122,8 +131,9 @@ def segment_nuclei(
     _tick(progress, "segment", 0.0)
     # Each backend works at the pixel size it was designed or trained for and returns labels
     # at the image's own resolution, so nothing is resampled here.
-    labels = segment(
-        rgb, mpp, backend=backend, progress=(lambda f, _msg="": _tick(progress, "segment", f))
+    labels, used = segment(
+        rgb, mpp, backend=backend, device=device, return_backend=True,
+        progress=(lambda f, _msg="": _tick(progress, "segment", f)),
     )
     _check_cancel(cancel)
     if labels.max() == 0:
@@ -132,7 +142,7 @@ def segment_nuclei(
             "Check that it is an H&E image with tissue and that the pixel size is right."
         )
     _tick(progress, "segment", 1.0)
-    return labels
+    return (labels, used) if return_backend else labels
 
 
 def cell_geometry(labels: np.ndarray, mpp: float) -> pd.DataFrame:
@@ -331,6 +341,8 @@ def run(
     model=None,
     device: str = "auto",
     classify: bool = True,
+    tumor_mask="auto",
+    tumor_model=None,
     progress: Progress = None,
     cancel: Cancel = None,
 ) -> PipelineResult:
@@ -345,7 +357,11 @@ def run(
         model: None (shipped default weights), a checkpoint path or a loaded classifier.
         device: ``"auto"``, ``"cuda"`` or ``"cpu"``.
         classify: False stops after measuring.
-        progress: optional ``progress(stage, fraction)``.
+        tumor_mask: tumor-region mask after classifying: ``"auto"`` when tumor-mask weights
+            are installed (or ``tumor_model`` is given), True (required), False (never).
+        tumor_model: None (shipped ``tumor_mask.pt``), a checkpoint path or a loaded
+            :class:`napari_uam.tumor.TumorMaskModel`.
+        progress: optional ``progress(stage, fraction)``; the mask reports ``"tumor mask"``.
         cancel: optional ``cancel() -> bool``.
 
     Returns:
@@ -359,8 +375,9 @@ def run(
     timings = {}
     t0 = time.perf_counter()
     if labels is None:
-        seg_used = resolve_backend(segment_backend, mpp)
-        labels = segment_nuclei(rgb, mpp, backend=seg_used, progress=progress, cancel=cancel)
+        resolve_backend(segment_backend, mpp)  # an unknown name fails before any work
+        labels, seg_used = segment_nuclei(rgb, mpp, backend=segment_backend, device=device, progress=progress,
+                                          cancel=cancel, return_backend=True)
         timings["segment_s"] = time.perf_counter() - t0
     else:
         labels = as_labels(labels, rgb.shape)
@@ -395,5 +412,24 @@ def run(
             model_schema_id=clf.schema_id,
             model_device=str(clf.device),
         )
+    prob = None
+    if classify and (tumor_mask is True or (tumor_mask == "auto" and _tumor_model_available(tumor_model))):
+        from .tumor import load_tumor_model, predict_tumor_mask
+
+        _check_cancel(cancel)
+        t3 = time.perf_counter()
+        tm = tumor_model if hasattr(tumor_model, "predict") else load_tumor_model(tumor_model, device)
+        prob = predict_tumor_mask(rgb, mpp, table, model=tm, progress=progress)
+        timings["tumor_mask_s"] = time.perf_counter() - t3
+        prov.update(tumor_model_id=tm.model_id, tumor_model_path=tm.path)
     prov["timings"] = timings
-    return PipelineResult(labels=labels, table=table, tumor_mask=None, provenance=prov)
+    return PipelineResult(
+        labels=labels, table=table, tumor_mask=None if prob is None else (prob > 0.5).astype(np.uint8),
+        provenance=prov, tumor_probability=prob,
+    )
+
+
+def _tumor_model_available(tumor_model) -> bool:
+    from .tumor import tumor_weights_available
+
+    return tumor_model is not None or tumor_weights_available()

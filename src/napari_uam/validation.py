@@ -14,7 +14,8 @@ from .errors import InvalidImageError, InvalidLabelsError
 MIN_SIDE = 8
 #: Largest image (pixels) processed in one piece: 100 Mpx, e.g. 10000x10000. The pipeline holds
 #: the image, its labels and per-pixel float intermediates in memory (tens of bytes per pixel),
-#: so a whole slide must be cropped or tiled first rather than exhaust the machine's memory.
+#: so a whole slide must be cropped, or processed in tiles (:mod:`napari_uam.tiling`, which the
+#: command line uses for large images), rather than exhaust the machine's memory.
 MAX_PIXELS = 100_000_000
 
 
@@ -106,8 +107,8 @@ def check_size(shape) -> None:
     if h * w > MAX_PIXELS:
         raise InvalidImageError(
             f"Image is {h}x{w} pixels ({h * w / 1e6:.0f} Mpx); napari-uam processes images of up to "
-            f"{MAX_PIXELS / 1e6:.0f} Mpx (e.g. 10000x10000) in one piece. Crop a region, or export "
-            "tiles (e.g. from QuPath) and run them one by one."
+            f"{MAX_PIXELS / 1e6:.0f} Mpx (e.g. 10000x10000) in one piece. Crop a region, or run the "
+            "command line (napari-uam classify IMAGE --out DIR), which processes large images in tiles."
         )
 
 

@@ -46,7 +46,11 @@ from . import _layers as L
 logger = logging.getLogger(__name__)
 
 #: Relative cost of each stage, to turn per-stage fractions into one progress bar.
-_STAGE_WEIGHT = {"load": 0.05, "segment": 0.45, "measure": 0.45, "classify": 0.05}
+_STAGE_WEIGHT = {"load": 0.05, "segment": 0.45, "measure": 0.45, "classify": 0.05, "tumor mask": 0.1}
+#: Layer kind (and name suffix) of the tumor-region result.
+_KIND_REGION = "tumor region"
+#: "Tumor region" choices: combo text -> job setting.
+_REGION_CHOICES = {"Probability image": "probability", "Mask (p > 0.5)": "mask", "Off": "off"}
 #: Export formats: check-box label -> :func:`napari_uam.io.export.export_cells` format.
 _EXPORT_FORMATS = (("CSV", "csv"), ("Parquet", "parquet"), ("GeoJSON (QuPath)", "geojson"), ("TIFF labels", "tif"))
 _DEFAULT_MODEL = "Default UAM model"
@@ -67,6 +71,7 @@ class _Job:
     labels: Optional[np.ndarray] = None
     table: Optional[pd.DataFrame] = None
     notes: list = field(default_factory=list)
+    region: str = "off"  # tumor-region layer after classify: "probability", "mask" or "off"
 
     @property
     def stages(self) -> list[str]:
@@ -78,6 +83,8 @@ class _Job:
             out.append("measure")
         if self.action == "classify":
             out.append("classify")
+            if self.region != "off":
+                out.append("tumor mask")
         return out
 
 
@@ -89,6 +96,7 @@ class _Outcome:
     labels: Optional[np.ndarray] = None
     table: Optional[pd.DataFrame] = None
     tumor: Optional[np.ndarray] = None
+    region: Optional[np.ndarray] = None  # tumor probability (H, W) float32 or mask labels
     ran: list = field(default_factory=list)
     backend: Optional[str] = None
     model_id: Optional[str] = None
@@ -125,7 +133,9 @@ def _compute(job: _Job, cancelled, report):
             from ..segment import resolve_backend
 
             out.backend = resolve_backend(job.backend, job.mpp)
-            labels = pipeline.segment_nuclei(rgb, job.mpp, backend=out.backend, progress=report, cancel=cancelled)
+            labels, out.backend = pipeline.segment_nuclei(
+                rgb, job.mpp, backend=job.backend, device=job.device, progress=report, cancel=cancelled,
+                return_backend=True)
             out.ran.append("segment")
             yield ("segment", 1.0)
             checkpoint()
@@ -153,6 +163,17 @@ def _compute(job: _Job, cancelled, report):
             out.ran.append("classify")
             yield ("classify", 1.0)
             checkpoint()
+            if job.region != "off":
+                from ..tumor import predict_tumor_mask, tumor_weights_available
+
+                if tumor_weights_available():
+                    prob = predict_tumor_mask(rgb, job.mpp, table, device=job.device, progress=report)
+                    out.region = prob if job.region == "probability" else (prob > 0.5).astype(np.int32)
+                    out.ran.append("tumor mask")
+                    yield ("tumor mask", 1.0)
+                    checkpoint()
+                else:
+                    job.notes.append("No tumor-region weights are installed: no tumor region layer.")
         out.labels, out.table = labels, table
     except CancelledError:
         out = _Outcome(job=job, cancelled=True)
@@ -259,6 +280,13 @@ class ClassifierWidget(QWidget):
         ckpt_row.addWidget(self.checkpoint_browse)
         form.addRow("Model", self.model_combo)
         form.addRow("", ckpt_row)
+        self.region_combo = QComboBox()
+        self.region_combo.addItems(list(_REGION_CHOICES))
+        self.region_combo.setToolTip(
+            "After Classify cells, add the tumor region of the multimodal (image + UAM cells) model "
+            "as a probability image or as a thresholded mask."
+        )
+        form.addRow("Tumor region", self.region_combo)
         self._on_model_changed(self.model_combo.currentText())
 
         self.segment_btn = QPushButton("Segment nuclei")
@@ -408,6 +436,12 @@ class ClassifierWidget(QWidget):
         self.checkpoint_edit.setEnabled(use_file)
         self.checkpoint_browse.setEnabled(use_file)
 
+    def use_checkpoint(self, path) -> None:
+        """Classify with the checkpoint at ``path`` from now on (the Train dock offers this)."""
+        self.model_combo.setCurrentText(_CHECKPOINT_MODEL)
+        self.checkpoint_edit.setText(str(path))
+        self._say(f"Classify cells will use the model {Path(path).name}.")
+
     def _browse_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a UAM checkpoint", "", "Checkpoints (*.pt *.pth);;All files (*)")
         if path:
@@ -473,6 +507,7 @@ class ClassifierWidget(QWidget):
             device=self.device_combo.currentText(),
             backend=backend,
             model=model,
+            region=_REGION_CHOICES[self.region_combo.currentText()],
         )
         nuclei = L.current_layer(self.viewer.layers, layer.name, L.KIND_NUCLEI)
         if action == "segment" or nuclei is None:
@@ -599,6 +634,30 @@ class ClassifierWidget(QWidget):
         L.stamp(layer, image_layer.name, kind, **params)
         return plan.note
 
+    def _write_region(self, image_layer, region: np.ndarray, params: dict) -> str:
+        """Write the tumor region (probability Image or mask Labels), replacing only the
+        plugin's own unedited region layer of the same type; returns a note."""
+        as_mask = params.get("region") == "mask"
+        plan = L.plan_output(self.viewer.layers, image_layer.name, _KIND_REGION)
+        layer = plan.layer
+        from napari.layers import Labels
+
+        if layer is not None and isinstance(layer, Labels) != as_mask:
+            self.viewer.layers.remove(layer)  # ours, unedited, of the other type: replace it
+            layer = None
+        geometry = {k: getattr(image_layer, k) for k in ("scale", "translate", "rotate", "shear", "affine")}
+        if layer is not None:
+            layer.data = region
+        elif as_mask:
+            layer = self.viewer.add_labels(region, name=plan.name, opacity=0.35, **geometry)
+        else:
+            layer = self.viewer.add_image(
+                region, name=plan.name, colormap="inferno", contrast_limits=(0.0, 1.0),
+                blending="additive", opacity=0.5, **geometry,
+            )
+        L.stamp(layer, image_layer.name, _KIND_REGION, **params)
+        return plan.note
+
     def _show_results(self, image_layer, out: _Outcome) -> None:
         job = out.job
         features = L.to_features(out.table)
@@ -628,6 +687,8 @@ class ClassifierWidget(QWidget):
             for layer in L.owned_layers(self.viewer.layers, image_layer.name, L.KIND_TUMOR):
                 if not L.is_edited(layer):
                     self.viewer.layers.remove(layer)
+        if out.region is not None:
+            notes.append(self._write_region(image_layer, out.region, {**params, "region": job.region}))
         # Keep the image as the active target so the next click works on it again.
         self.viewer.layers.selection.active = image_layer
         self._say(

@@ -1,0 +1,140 @@
+"""Where the batch's tasks run: in this process, or on Dask workers.
+
+The command line has one kind of task per image (small images: the whole pipeline) and one
+per tile (large images, see :mod:`napari_uam.tiling`). Both are plain functions of picklable
+arguments returning picklable results, so an executor only has to run ``fn(*args)`` somewhere
+and hand back ``(index, result)`` pairs; all writing (outputs, markers, manifest) stays in
+the calling process, so workers only need to read the input files.
+
+- :class:`SerialExecutor`: in this process, in order (the default).
+- :class:`DaskExecutor`: on a Dask ``distributed`` cluster, results as they complete:
+  ``"local"`` starts a :class:`distributed.LocalCluster` of worker processes on this machine
+  (one single-threaded worker per core unless told otherwise), ``"tcp://host:port"`` (or any
+  scheduler address) joins an existing cluster, so the same command scales from a laptop to a
+  cluster. Workers resolve ``device="auto"`` themselves, so a GPU worker runs the network
+  and the feature engine on its GPU and a CPU worker on its CPU.
+
+``distributed`` is optional (``pip install napari-uam[cluster]``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator, Optional, Sequence
+
+from .errors import UAMError
+
+
+class SerialExecutor:
+    """Runs tasks one after another in this process."""
+
+    n_workers = 1
+    description = "serial (this process)"
+
+    def map(self, fn: Callable, args: Sequence[tuple]) -> Iterator[tuple[int, object]]:
+        """Yield ``(i, fn(*args[i]))`` in order."""
+        for i, a in enumerate(args):
+            yield i, fn(*a)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class DaskExecutor:
+    """Runs tasks on a Dask cluster and yields results as they complete.
+
+    Args:
+        address: ``"local"`` for a new local cluster, or a scheduler address
+            (``tcp://host:8786``).
+        n_workers: worker processes of a local cluster (default: one per CPU core).
+        threads_per_worker: threads per local worker (default 1: the numeric libraries
+            already use one core each, and processes avoid the GIL).
+        timeout: how long to try reaching a remote scheduler.
+
+    Raises:
+        UAMError: ``distributed`` is not installed or the scheduler cannot be reached.
+    """
+
+    def __init__(self, address: str = "local", n_workers: Optional[int] = None, threads_per_worker: int = 1,
+                 timeout: str = "30s"):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as err:
+            raise UAMError(
+                "Dask distribution needs the 'distributed' package: pip install 'napari-uam[cluster]' "
+                f"(or pip install distributed). ({err})"
+            ) from None
+        self._cluster = None
+        if address == "local":
+            n = int(n_workers or os.cpu_count() or 1)
+            # Each worker process uses one core for NumPy, torch and numba, so that n workers
+            # share n cores instead of each spawning a thread per core.
+            env = {"NUMBA_NUM_THREADS": str(threads_per_worker), "OMP_NUM_THREADS": str(threads_per_worker)}
+            self._cluster = LocalCluster(
+                n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                dashboard_address=None, env=env,
+            )
+            self.client = Client(self._cluster)
+            self.description = f"Dask local cluster, {n} worker(s)"
+        else:
+            try:
+                self.client = Client(address, timeout=timeout)
+            except Exception as err:  # unreachable scheduler, wrong protocol, version mismatch
+                raise UAMError(f"Cannot reach the Dask scheduler at {address}: {err}") from None
+            self.description = f"Dask scheduler {address}"
+        self.n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def map(self, fn: Callable, args: Sequence[tuple]) -> Iterator[tuple[int, object]]:
+        """Submit ``fn(*a)`` for every ``a`` and yield ``(i, result)`` as each completes.
+
+        A task's exception is raised here; tasks not yet collected are cancelled when the
+        caller stops iterating (an error, a Ctrl-C).
+        """
+        from distributed import as_completed
+
+        futures = [self.client.submit(fn, *a, pure=False) for a in args]
+        index = {f.key: i for i, f in enumerate(futures)}
+        try:
+            for fut in as_completed(futures):
+                yield index[fut.key], fut.result()
+        finally:
+            self.client.cancel([f for f in futures if not f.done()])
+
+    def close(self) -> None:
+        """Close the client and the local cluster it started."""
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def make_executor(dask: Optional[str] = None, workers: Optional[int] = None, timeout: str = "30s"):
+    """The executor for ``--dask`` / ``--workers``.
+
+    Args:
+        dask: None (no Dask), ``"local"`` or a scheduler address.
+        workers: number of local workers; more than 1 without ``dask`` means ``"local"``.
+        timeout: how long to try reaching a remote scheduler.
+
+    Returns:
+        :class:`SerialExecutor` or :class:`DaskExecutor`.
+    """
+    if workers is not None and workers < 1:
+        raise UAMError(f"--workers must be at least 1 (got {workers}).")
+    if dask is None and (workers or 1) > 1:
+        dask = "local"
+    if dask is None:
+        return SerialExecutor()
+    return DaskExecutor(dask, n_workers=workers, timeout=timeout)
+
+
+def dask_available() -> bool:
+    """True when the optional ``distributed`` package imports."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+__all__ = ["DaskExecutor", "SerialExecutor", "dask_available", "make_executor"]
+

@@ -1,0 +1,831 @@
+"""Large images in tiles with halos: every nucleus kept exactly once and whole, bounded memory.
+
+An image far larger than one patch (a 20,000 x 20,000 mosaic, a whole-slide level) is cut
+into a grid of square *cores* of ``tile`` pixels. Each core is processed with a *halo* of
+``halo`` pixels of context on every side (the *extended* tile):
+
+1. the extended tile is read lazily from the file (:class:`RegionReader`: a memory map of an
+   uncompressed TIFF, or only the compressed TIFF tiles / strips it overlaps),
+2. segmented, and of its nuclei only those whose centroid lies in the core are kept; the
+   halo is wider than the segmenters' context plus a nucleus, so a kept nucleus is whole and
+   segmented exactly as in one piece, and since the cores partition the image each nucleus
+   is kept by exactly one tile,
+3. the kept nuclei are measured (and classified) on the extended tile: features are per cell
+   and depend only on pixels near the cell, so this is the whole-image value. Tile origins are
+   multiples of :func:`alignment`, so the resampling to the working pixel size falls on the
+   same grid as for the whole image.
+
+Image-level statistics that the one-piece segmenters estimate from the whole image (the
+watershed's white level and hematoxylin threshold) are estimated once per image in a first
+pass over the tiles and passed to every tile, so no tile depends on what else it holds.
+
+Outputs are assembled without ever holding the image or its labels: the kept labels of each
+tile are stored compressed in the staging folder, and the labels TIFF is written as a tiled
+BigTIFF one output tile at a time (each composed from the kept nuclei of its own and its 8
+neighbouring tiles, which cover it since ``halo <= tile``). Cell tables are written by parts
+(parquet row groups, CSV appends, GeoJSON features streamed). Memory therefore depends on the
+tile size, not on the image size.
+
+Each tile is an independent task (:func:`tile_statistics`, :func:`tile_histogram`,
+:func:`process_tile`) run by an executor of :mod:`napari_uam.distributed` (in this process,
+or on Dask workers).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from .errors import InvalidImageError
+
+#: Images with more pixels than this are processed in tiles by the command line by default.
+TILE_ABOVE_PIXELS = 4096 * 4096
+#: Default core side in image pixels.
+DEFAULT_TILE = 2048
+#: Context on each side of a core, in microns: the learned backend's network sees 32 um (128
+#: px at 0.25 um/px), the watershed's local mean 5 um; plus the largest nucleus radius (the
+#: watershed keeps nuclei up to 400 um^2, about 11 um radius) and a margin.
+HALO_UM = 48.0
+
+
+# --------------------------------------------------------------------------------- reading
+def probe(path) -> tuple[int, int, Optional[float]]:
+    """Height, width and pixel size of an image file, without decoding its pixels.
+
+    Raises:
+        InvalidImageError: the file cannot be opened as an image.
+    """
+    from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, _mpp_from_tiff
+
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(TIFF_SUFFIXES):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                level = series.levels[0] if getattr(series, "levels", None) else series
+                shape = level.shape
+                mpp = _mpp_from_tiff(tif)
+            dims = list(shape)
+            if len(dims) == 3 and dims[0] in (3, 4) and dims[-1] not in (3, 4):
+                dims = dims[1:]
+            return int(dims[0]), int(dims[1]), mpp
+        if name.endswith(PIL_SUFFIXES):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                dpi = im.info.get("dpi")
+                # As read_image: only microscope-scale dpi is a pixel size.
+                mpp = 25400.0 / float(dpi[0]) if dpi and dpi[0] and dpi[0] > 1000 else None
+                return int(im.size[1]), int(im.size[0]), mpp
+    except Exception as err:
+        raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
+    raise InvalidImageError(
+        f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG."
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _whole(path: str, mtime: int) -> np.ndarray:
+    # PNG/JPEG and TIFF layouts without random access are decoded once per process.
+    import tifffile
+    from PIL import Image
+
+    if path.lower().endswith((".png", ".jpg", ".jpeg")):
+        Image.MAX_IMAGE_PIXELS = None  # the caller chose to process this file in tiles
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        level = series.levels[0] if getattr(series, "levels", None) else series
+        data = level.asarray()
+    if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[-1] not in (3, 4):
+        data = np.moveaxis(data, 0, -1)
+    return data
+
+
+@dataclass(frozen=True)
+class RegionReader:
+    """Reads rectangular regions of one image file, decoding only what a region overlaps.
+
+    Picklable (it holds only the path), so Dask workers each open the file themselves.
+
+    Attributes:
+        path: image file. An uncompressed TIFF is memory-mapped; a tiled or striped
+            compressed TIFF (RGB, interleaved) is read segment by segment; anything else
+            (PNG, JPEG, planar TIFF) is decoded whole once per process.
+    """
+
+    path: str
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The pixels ``[y0:y1, x0:x1]`` as stored, (h, w, C)."""
+        p = self.path
+        if p.lower().endswith((".tif", ".tiff", ".svs")):
+            out = _read_tiff_region(p, y0, y1, x0, x1)
+            if out is not None:
+                return out
+        return np.array(_whole(p, os.stat(p).st_mtime_ns)[y0:y1, x0:x1])
+
+
+def _read_tiff_region(path: str, y0: int, y1: int, x0: int, x1: int) -> Optional[np.ndarray]:
+    """Region of the first page of a TIFF, or None when its layout needs a whole read."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        level = series.levels[0] if getattr(series, "levels", None) else series
+        if len(level.pages) != 1 or level.pages[0] is None:
+            return None
+        page = level.pages[0]
+        if page.planarconfig != 1 or page.imagedepth != 1 or page.ndim != 3:
+            return None
+        if page.is_memmappable:
+            mm = tifffile.memmap(path, page=page.index, mode="r")
+            return np.array(mm[y0:y1, x0:x1])
+        ch, cw = int(page.chunks[0]), int(page.chunks[1])
+        ny, nx = int(page.chunked[0]), int(page.chunked[1])
+        out = np.zeros((y1 - y0, x1 - x0, page.samplesperpixel), page.dtype)
+        fh = tif.filehandle
+        for iy in range(y0 // ch, min(ny, (y1 - 1) // ch + 1)):
+            for ix in range(x0 // cw, min(nx, (x1 - 1) // cw + 1)):
+                k = iy * nx + ix
+                fh.seek(page.dataoffsets[k])
+                seg, _, _ = page.decode(fh.read(page.databytecounts[k]), k, jpegtables=page.jpegtables)
+                seg = np.asarray(seg).reshape(seg.shape[-3:])
+                sy, sx = iy * ch, ix * cw
+                a0, a1 = max(y0, sy), min(y1, sy + seg.shape[0], page.imagelength)
+                b0, b1 = max(x0, sx), min(x1, sx + seg.shape[1], page.imagewidth)
+                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = seg[a0 - sy : a1 - sy, b0 - sx : b1 - sx]
+        return out
+
+
+# ------------------------------------------------------------------------------------ grid
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its core (kept nuclei's centroids) and extended region (what is read).
+
+    Attributes:
+        iy, ix: grid position.
+        core: (y0, y1, x0, x1) in image pixels.
+        ext: (y0, y1, x0, x1): the core plus the halo, clipped to the image.
+    """
+
+    iy: int
+    ix: int
+    core: tuple
+    ext: tuple
+
+
+def alignment(mpp: float, targets: Sequence[float]) -> int:
+    """Smallest tile-origin step (pixels) on which resampling to every target pixel size lines up.
+
+    A crop whose origin is a multiple of ``q`` (with ``q * mpp / target`` an integer) is
+    resampled onto the same pixel grid as the whole image, so features and network inputs
+    near a kept nucleus are the same. Pixel sizes without a small common step get 1
+    (then tiled and one-piece results agree only approximately).
+    """
+    from .scale import scale_factor
+
+    q = 1
+    for t in targets:
+        f = scale_factor(mpp, t)
+        for k in range(1, 65):
+            if abs(k * f - round(k * f)) < 1e-6:
+                q = q * k // math.gcd(q, k)
+                break
+    return q
+
+
+def tile_grid(height: int, width: int, tile: int, halo: int) -> list[Tile]:
+    """Cut an image into cores of ``tile`` pixels, each extended by ``halo`` (row-major order)."""
+    tiles = []
+    for iy in range(math.ceil(height / tile)):
+        for ix in range(math.ceil(width / tile)):
+            y0, x0 = iy * tile, ix * tile
+            y1, x1 = min(height, y0 + tile), min(width, x0 + tile)
+            ext = (max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo))
+            tiles.append(Tile(iy, ix, (y0, y1, x0, x1), ext))
+    return tiles
+
+
+def plan(mpp: float, backend: str, tile: int = DEFAULT_TILE, halo_um: float = HALO_UM) -> tuple[int, int]:
+    """Core side and halo in pixels for an image of ``mpp`` segmented by ``backend``.
+
+    Both are multiples of 16 (TIFF tiles) and of :func:`alignment`; the halo is at least
+    ``halo_um`` and never larger than the core (each output tile then only needs its 8
+    neighbours).
+    """
+    from .radiomics.schema import DEFAULT_SCHEMA
+
+    targets = [DEFAULT_SCHEMA.mpp]
+    if backend == "learned":
+        from .segment.learned import NET_MPP
+
+        targets.append(NET_MPP)
+    q = alignment(mpp, targets)
+    step = 16 * q // math.gcd(16, q)
+    halo = int(math.ceil(halo_um / mpp / step) * step)
+    tile = max(int(math.ceil(int(tile) / step) * step), halo)
+    return tile, halo
+
+
+# ------------------------------------------------------------------------------ tile tasks
+@dataclass(frozen=True)
+class TileJob:
+    """What every tile task of one image needs (picklable).
+
+    Attributes:
+        reader: the image's :class:`RegionReader`.
+        mpp: pixel size of the image.
+        command: ``segment``, ``measure`` or ``classify``.
+        backend: concrete segmentation backend name.
+        white: (3,) watershed white level of the whole image, or None.
+        threshold: watershed hematoxylin threshold of the whole image, or None.
+        radiomics_backend, device: as in :func:`napari_uam.pipeline.run`.
+        model: checkpoint path, loaded classifier or None (shipped weights).
+        polygons: also return GeoJSON rings of the kept nuclei.
+        shape: (height, width) of the image.
+    """
+
+    reader: RegionReader
+    mpp: float
+    shape: tuple
+    command: str
+    backend: str
+    white: Optional[tuple] = None
+    threshold: Optional[float] = None
+    radiomics_backend: str = "auto"
+    device: str = "auto"
+    model: object = None
+    polygons: bool = False
+
+
+@dataclass
+class TileResult:
+    """What one tile contributes.
+
+    Attributes:
+        tile: the tile.
+        n: nuclei kept (centroid in the core).
+        labels: zlib-compressed kept labels over ``tile.ext`` (local ids 1..n, dtype below).
+        dtype: numpy dtype name of ``labels``.
+        table: cell table of the kept nuclei (local ids; centroids in image pixels) or None.
+        rings: local id -> GeoJSON ring in image pixels (when asked).
+        n_cut: kept nuclei touching the extended tile's border inside the image (0 when the
+            halo is wide enough; counted as a check).
+        seconds: time spent.
+    """
+
+    tile: Tile
+    n: int
+    labels: bytes
+    dtype: str
+    table: Optional[pd.DataFrame] = None
+    rings: dict = field(default_factory=dict)
+    n_cut: int = 0
+    seconds: float = 0.0
+
+    def kept_labels(self) -> np.ndarray:
+        """(h, w) kept labels over ``tile.ext`` (local ids)."""
+        y0, y1, x0, x1 = self.tile.ext
+        return np.frombuffer(zlib.decompress(self.labels), self.dtype).reshape(y1 - y0, x1 - x0)
+
+
+def _rgb(job: TileJob, box) -> np.ndarray:
+    from .validation import as_rgb_uint8
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return as_rgb_uint8(job.reader.read(*box))
+
+
+def overview_step(height: int, width: int, tile: int, target_pixels: int = 2_000_000) -> int:
+    """Stride of the overview (a divisor of ``tile``) keeping it near ``target_pixels``."""
+    step = 1
+    while height * width / (step * step) > target_pixels and tile % (step * 2) == 0:
+        step *= 2
+    return step
+
+
+def tile_statistics(job: TileJob, tile: Tile, step: int) -> np.ndarray:
+    """The core of ``tile`` subsampled by ``step`` (one piece of the image's overview)."""
+    return _rgb(job, tile.core)[::step, ::step]
+
+
+def tile_histogram(job: TileJob, tile: Tile, edges: np.ndarray, white, params) -> np.ndarray:
+    """Histogram of the smoothed hematoxylin of stained core pixels, as the watershed sees it.
+
+    The smoothing needs a few pixels of context, so the core is read with a margin.
+    """
+    from .segment.stain import hematoxylin
+
+    sigma = params.smooth_sigma_um / job.mpp
+    m = int(math.ceil(4 * sigma)) + 1
+    y0, y1, x0, x1 = tile.core
+    H, W = _image_hw(job, tile)
+    box = (max(0, y0 - m), min(H, y1 + m), max(0, x0 - m), min(W, x1 + m))
+    h = hematoxylin(_rgb(job, box), np.asarray(white, np.float32))
+    hs = ndi.gaussian_filter(h, sigma) if sigma > 0.3 else h
+    core = hs[y0 - box[0] : y1 - box[0], x0 - box[2] : x1 - box[2]]
+    stained = core[core > params.min_od * 0.5]
+    return np.histogram(np.clip(stained, edges[0], edges[-1]), bins=edges)[0]
+
+
+def _image_hw(job: TileJob, tile: Tile) -> tuple[int, int]:
+    return int(job.shape[0]), int(job.shape[1])
+
+
+def segment_tile(job: TileJob, rgb: np.ndarray) -> np.ndarray:
+    """Segment one extended tile with the image-level statistics of ``job``."""
+    from .segment import segment
+
+    if job.backend == "watershed" and job.white is not None:
+        return watershed_fixed(rgb, job.mpp, job.white, job.threshold)
+    return segment(rgb, job.mpp, backend=job.backend, device=job.device) if job.backend == "learned" \
+        else segment(rgb, job.mpp, backend=job.backend)
+
+
+def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params=None) -> np.ndarray:
+    """The watershed backend with the white level and threshold given instead of estimated.
+
+    Same steps as :func:`napari_uam.segment.watershed.segment_watershed`; only the two
+    image-level estimates come from the caller (the whole image's, for a tile).
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB.
+        mpp: pixel size.
+        white: (3,) white level per channel.
+        threshold: hematoxylin threshold (optical density), after ``threshold_scale``.
+        params: :class:`~napari_uam.segment.watershed.WatershedParams` (defaults when None).
+
+    Returns:
+        (H, W) int32 labels 1..N.
+    """
+    from dataclasses import replace
+
+    from .segment.stain import hematoxylin
+    from .segment.watershed import WatershedParams, filter_sizes, foreground, split_touching
+
+    params = params or WatershedParams()
+    # threshold_scale 0 with min_od = threshold makes foreground() use exactly ``threshold``.
+    fixed = replace(params, threshold_scale=0.0, min_od=float(threshold))
+    h = hematoxylin(rgb, np.asarray(white, np.float32))
+    mask = foreground(h, mpp, fixed)
+    min_px = params.min_area_um2 / (mpp * mpp)
+    comps, _ = ndi.label(mask)
+    small = np.bincount(comps.ravel()) < min_px
+    small[0] = False
+    mask &= ~small[comps]
+    labels = split_touching(mask, mpp, params)
+    return filter_sizes(labels, mpp, params)
+
+
+def measure_tile(rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, device: str) -> pd.DataFrame:
+    """:func:`napari_uam.pipeline.measure_cells` without the whole-image checks.
+
+    The brightfield / stain checks describe the whole image and ran once on its overview; on
+    a tile of background or slide label they would misfire.
+    """
+    from . import radiomics
+    from .pipeline import cell_geometry
+    from .radiomics.schema import DEFAULT_SCHEMA
+    from .scale import rescale_image, resize_labels, scale_factor
+
+    geom = cell_geometry(labels, mpp)
+    work = rescale_image(rgb, scale_factor(mpp, DEFAULT_SCHEMA.mpp))
+    feats = radiomics.extract(work, resize_labels(labels, work.shape[:2]), schema=DEFAULT_SCHEMA,
+                              backend=backend, device=device)
+    feats = feats.reindex(geom["label"].to_numpy())
+    table = pd.concat([geom.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
+    table.attrs["schema_id"] = DEFAULT_SCHEMA.schema_id
+    return table
+
+
+def process_tile(job: TileJob, tile: Tile) -> TileResult:
+    """Segment an extended tile, keep the nuclei centred in its core, measure and classify them."""
+    t0 = time.perf_counter()
+    H, W = _image_hw(job, tile)
+    Y0, Y1, X0, X1 = tile.ext
+    rgb = _rgb(job, tile.ext)
+    labels = segment_tile(job, rgb)
+    ids = np.arange(1, int(labels.max()) + 1)
+    kept = np.zeros(0, np.int64)
+    n_cut = 0
+    if ids.size:
+        area = ndi.sum_labels(np.ones(labels.shape), labels, ids)
+        yy, xx = np.indices(labels.shape, dtype=np.float64)
+        cy = ndi.sum_labels(yy, labels, ids) / np.maximum(area, 1) + Y0
+        cx = ndi.sum_labels(xx, labels, ids) / np.maximum(area, 1) + X0
+        y0, y1, x0, x1 = tile.core
+        inside = (area > 0) & (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+        kept = ids[inside]
+        # A kept nucleus reaching an edge of the extended tile that is not the image's edge may
+        # be cut by it: the halo would be too narrow. Counted so the caller can report it.
+        edge = np.zeros(labels.shape, bool)
+        if Y0 > 0:
+            edge[0] = True
+        if Y1 < H:
+            edge[-1] = True
+        if X0 > 0:
+            edge[:, 0] = True
+        if X1 < W:
+            edge[:, -1] = True
+        on_edge = np.unique(labels[edge])
+        n_cut = int(np.isin(kept, on_edge).sum())
+    lut = np.zeros(int(labels.max()) + 1, np.int64)
+    lut[kept] = np.arange(1, kept.size + 1)
+    local = lut[labels]
+    dtype = np.uint16 if kept.size < 65536 else np.uint32
+    local = local.astype(dtype)
+    table = None
+    rings = {}
+    if kept.size and job.command != "segment":
+        table = measure_tile(rgb, local.astype(np.int32), job.mpp, job.radiomics_backend, job.device)
+        table["y"] += Y0
+        table["x"] += X0
+        if job.command == "classify":
+            from .pipeline import classify_cells, get_classifier
+
+            clf = get_classifier(job.model, job.device)
+            table = classify_cells(table, model=clf, device=job.device)
+    elif kept.size:
+        from .pipeline import cell_geometry
+
+        table = cell_geometry(local.astype(np.int32), job.mpp)
+        table["y"] += Y0
+        table["x"] += X0
+    if kept.size and job.polygons:
+        from .io.writers import label_polygons
+
+        rings = {k: [[x + X0, y + Y0] for x, y in r] for k, r in label_polygons(local.astype(np.int32)).items()}
+    return TileResult(
+        tile=tile, n=int(kept.size), labels=zlib.compress(np.ascontiguousarray(local).tobytes(), 1),
+        dtype=np.dtype(dtype).name, table=table, rings=rings, n_cut=n_cut,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ------------------------------------------------------------------------- whole image run
+@dataclass
+class TiledResult:
+    """Outcome of :func:`run_tiled`.
+
+    Attributes:
+        n_cells: nuclei in the image.
+        n_tumor: nuclei classified as tumor (``classify``), else None.
+        outputs: written files by kind (in the staging folder until renamed).
+        provenance: grid, image-level statistics, checks and timings.
+    """
+
+    n_cells: int
+    n_tumor: Optional[int]
+    outputs: dict
+    provenance: dict
+
+
+def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, tile: int) -> dict:
+    """First pass: overview checks and, for the watershed, the whole image's white level and threshold.
+
+    Returns:
+        ``{"white": (3,) tuple, "threshold": float, "overview_step": int}`` (white/threshold
+        only for the watershed).
+    """
+    from .segment.stain import white_level
+    from .validation import check_brightfield, check_he_stain
+
+    step = overview_step(height, width, tile)
+    pieces = dict(executor.map(tile_statistics, [(job, t, step) for t in tiles]))
+    rows = []
+    gx = max(t.ix for t in tiles) + 1
+    for iy in range(max(t.iy for t in tiles) + 1):
+        rows.append(np.concatenate([pieces[iy * gx + ix] for ix in range(gx)], axis=1))
+    overview = np.concatenate(rows, axis=0)
+    check_brightfield(overview)
+    check_he_stain(overview)
+    out = {"overview_step": step}
+    if job.backend == "watershed":
+        from skimage.filters import threshold_otsu
+
+        from .segment.watershed import WatershedParams
+
+        params = WatershedParams()
+        white = white_level(overview)
+        edges = np.linspace(0.0, 4.0, 4097)
+        counts = sum(c for _, c in executor.map(
+            tile_histogram, [(job, t, edges, tuple(map(float, white)), params) for t in tiles]))
+        centers = (edges[:-1] + edges[1:]) / 2
+        if counts.sum() < 100 or np.count_nonzero(counts) < 2:
+            thr = np.inf
+        else:
+            thr = max(float(threshold_otsu(hist=(counts, centers))) * params.threshold_scale, params.min_od)
+        out.update(white=tuple(float(v) for v in white), threshold=float(thr))
+    return out
+
+
+def run_tiled(
+    path,
+    mpp: float,
+    stage: Path,
+    stem: str,
+    *,
+    command: str,
+    formats: Sequence[str],
+    backend: str,
+    executor=None,
+    tile: int = DEFAULT_TILE,
+    halo_um: float = HALO_UM,
+    radiomics_backend: str = "auto",
+    device: str = "auto",
+    model=None,
+    provenance: Optional[dict] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> TiledResult:
+    """Process one large image in tiles and write its outputs into ``stage``.
+
+    Args:
+        path: image file.
+        mpp: its pixel size.
+        stage: an empty folder to write into (the caller renames the files into place).
+        stem: output file stem.
+        command: ``segment``, ``measure`` or ``classify``.
+        formats: output kinds (tif, csv, parquet, geojson).
+        backend: concrete segmentation backend (see :func:`napari_uam.segment.resolve_backend`).
+        executor: a :mod:`napari_uam.distributed` executor (serial when None).
+        tile: core side in pixels (rounded up by :func:`plan`).
+        halo_um: halo in microns.
+        radiomics_backend, device, model: as in :func:`napari_uam.pipeline.run`.
+        provenance: extra provenance stored in the parquet metadata.
+        progress: ``progress(done_tiles, n_tiles)``.
+
+    Returns:
+        :class:`TiledResult` with the staged output paths.
+
+    Raises:
+        NoNucleiError: no nucleus in the whole image.
+    """
+    from .distributed import SerialExecutor
+    from .errors import NoNucleiError
+    from .io.export import output_paths
+
+    executor = executor or SerialExecutor()
+    t_start = time.perf_counter()
+    height, width, _ = probe(path)
+    tile, halo = plan(mpp, backend, tile, halo_um)
+    tiles = tile_grid(height, width, tile, halo)
+    job = TileJob(
+        reader=RegionReader(str(path)), mpp=float(mpp), shape=(height, width), command=command,
+        backend=backend,
+        radiomics_backend=radiomics_backend, device=device, model=model,
+        polygons="geojson" in formats,
+    )
+    levels = image_levels(job, tiles, executor, height, width, tile)
+    if "white" in levels:
+        from dataclasses import replace
+
+        job = replace(job, white=levels["white"], threshold=levels["threshold"])
+    t_levels = time.perf_counter() - t_start
+
+    parts = stage / "tiles"
+    parts.mkdir(parents=True, exist_ok=True)
+    counts = [0] * len(tiles)
+    n_cut = 0
+    done = 0
+    for i, res in executor.map(process_tile, [(job, t) for t in tiles]):
+        counts[i] = res.n
+        n_cut += res.n_cut
+        (parts / f"{i}.lab").write_bytes(res.labels)
+        attrs = {}
+        if res.table is not None:
+            res.table.to_parquet(parts / f"{i}.parquet", index=False)
+            attrs = {k: v for k, v in res.table.attrs.items() if isinstance(v, (str, int, float))}
+        if res.rings:
+            (parts / f"{i}.rings.json").write_text(json.dumps({str(k): v for k, v in res.rings.items()}))
+        (parts / f"{i}.json").write_text(json.dumps(
+            {"dtype": res.dtype, "n": res.n, "seconds": res.seconds, "attrs": attrs}))
+        done += 1
+        if progress is not None:
+            progress(done, len(tiles))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n_cells = int(offsets[-1])
+    if n_cells == 0:
+        raise NoNucleiError(
+            f"No nuclei found in this {height}x{width} image at {mpp:g} um/px. "
+            "Check that it is an H&E image with tissue and that the pixel size is right."
+        )
+    t_tiles = time.perf_counter() - t_start - t_levels
+
+    prov = dict(provenance or {})
+    prov.update(
+        tiled=True, image_shape=[height, width, 3], tile_px=tile, halo_px=halo,
+        n_tiles=len(tiles), grid=[max(t.iy for t in tiles) + 1, max(t.ix for t in tiles) + 1],
+        segment_backend=backend, n_cells=n_cells, cut_nuclei=n_cut,
+        watershed_white=levels.get("white"), watershed_threshold=levels.get("threshold"),
+    )
+    targets = output_paths(stage, stem)
+    written = {}
+    conflicts = 0
+    if "tif" in formats:
+        conflicts = _write_labels(targets["tif"], tiles, parts, offsets, height, width, tile, n_cells, mpp)
+        written["tif"] = targets["tif"]
+    prov["seam_conflict_pixels"] = conflicts
+    n_tumor = None
+    if command != "segment":
+        n_tumor = _write_tables(targets, formats, tiles, parts, offsets, prov, written)
+    elif "csv" in formats or "parquet" in formats:
+        _write_tables(targets, formats, tiles, parts, offsets, prov, written)
+    if "geojson" in formats:
+        _write_geojson(targets["geojson"], tiles, parts, offsets)
+        written["geojson"] = targets["geojson"]
+    shutil.rmtree(parts, ignore_errors=True)
+    prov["timings"] = {
+        "levels_s": t_levels, "tiles_s": t_tiles,
+        "assemble_s": time.perf_counter() - t_start - t_levels - t_tiles,
+    }
+    if n_cut:
+        warnings.warn(
+            f"{n_cut} nuclei touch the edge of their tile's halo: they may be cut. "
+            "Use a larger halo.", RuntimeWarning, stacklevel=2,
+        )
+    return TiledResult(n_cells=n_cells, n_tumor=n_tumor, outputs=written, provenance=prov)
+
+
+def _load_kept(parts: Path, i: int, tile: Tile) -> np.ndarray:
+    meta = json.loads((parts / f"{i}.json").read_text())
+    y0, y1, x0, x1 = tile.ext
+    raw = zlib.decompress((parts / f"{i}.lab").read_bytes())
+    return np.frombuffer(raw, meta["dtype"]).reshape(y1 - y0, x1 - x0)
+
+
+def _write_labels(path, tiles, parts, offsets, height, width, tile, n_cells, mpp) -> int:
+    """Write the global labels as a tiled BigTIFF, one output tile at a time.
+
+    Returns:
+        Pixels claimed by two kept nuclei of different tiles (0 when the halo suffices; the
+        first tile in row-major order keeps such a pixel).
+    """
+    import tifffile
+
+    gy = max(t.iy for t in tiles) + 1
+    gx = max(t.ix for t in tiles) + 1
+    dtype = np.uint16 if n_cells < 65536 else np.uint32
+    cache: dict[int, np.ndarray] = {}
+    conflicts = [0]
+
+    def kept(i):
+        if i not in cache:
+            if len(cache) >= 9:
+                cache.pop(next(iter(cache)))
+            cache[i] = _load_kept(parts, i, tiles[i])
+        return cache[i]
+
+    def blocks():
+        for iy in range(gy):
+            for ix in range(gx):
+                y0, x0 = iy * tile, ix * tile
+                out = np.zeros((tile, tile), dtype)
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        jy, jx = iy + dy, ix + dx
+                        if not (0 <= jy < gy and 0 <= jx < gx):
+                            continue
+                        j = jy * gx + jx
+                        if offsets[j + 1] == offsets[j]:
+                            continue
+                        t = tiles[j]
+                        Y0, Y1, X0, X1 = t.ext
+                        a0, a1 = max(Y0, y0), min(Y1, y0 + tile, height)
+                        b0, b1 = max(X0, x0), min(X1, x0 + tile, width)
+                        if a0 >= a1 or b0 >= b1:
+                            continue
+                        sub = kept(j)[a0 - Y0 : a1 - Y0, b0 - X0 : b1 - X0]
+                        dst = out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0]
+                        m = sub > 0
+                        clash = m & (dst > 0)
+                        conflicts[0] += int(clash.sum())
+                        put = m & ~clash
+                        dst[put] = (sub[put].astype(np.int64) + offsets[j]).astype(dtype)
+                yield out
+
+    kwargs = {}
+    if mpp:
+        kwargs = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(path, blocks(), shape=(height, width), dtype=dtype, tile=(tile, tile),
+                     compression="zlib", bigtiff=True, **kwargs)
+    return conflicts[0]
+
+
+def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Optional[int]:
+    """Stream the per-tile tables into the CSV and parquet outputs with global label ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    csv = open(targets["csv"], "w") if "csv" in formats else None
+    n_tumor = None
+    try:
+        for i in range(len(tiles)):
+            p = parts / f"{i}.parquet"
+            if not p.is_file():
+                continue
+            df = pd.read_parquet(p)
+            df["label"] = df["label"].astype(np.int64) + int(offsets[i])
+            attrs = json.loads((parts / f"{i}.json").read_text())["attrs"]
+            if "class" in df.columns:
+                tumor = attrs.get("tumor_class", "tumor")
+                n_tumor = (n_tumor or 0) + int((df["class"] == tumor).sum())
+            if csv is not None:
+                df.to_csv(csv, header=csv.tell() == 0, index=False, float_format="%.9g")
+            if "parquet" in formats:
+                tab = pa.Table.from_pandas(df, preserve_index=False)
+                if writer is None:
+                    schema = tab.schema
+                    extra = {"attrs": attrs, "provenance": prov}
+                    meta = dict(schema.metadata or {})
+                    meta[b"napari_uam"] = json.dumps(extra, default=str).encode()
+                    schema = schema.with_metadata(meta)
+                    writer = pq.ParquetWriter(targets["parquet"], schema)
+                writer.write_table(tab.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+        if csv is not None:
+            csv.close()
+    if "parquet" in formats:
+        written["parquet"] = targets["parquet"]
+    if csv is not None:
+        written["csv"] = targets["csv"]
+    return n_tumor
+
+
+def _write_geojson(path, tiles, parts, offsets) -> None:
+    """Stream the nuclei polygons (QuPath detections) of every tile into one GeoJSON file."""
+    from .io.writers import CLASS_COLOURS
+
+    keep = ("label", "y", "x", "area_um2", "tumor_probability")
+    with open(path, "w") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [')
+        first = True
+        for i in range(len(tiles)):
+            rp = parts / f"{i}.rings.json"
+            if not rp.is_file():
+                continue
+            rings = json.loads(rp.read_text())
+            tp = parts / f"{i}.parquet"
+            table = pd.read_parquet(tp).set_index("label", drop=False) if tp.is_file() else None
+            for key, ring in rings.items():
+                lab = int(key)
+                props: dict = {"objectType": "detection", "isLocked": False}
+                gid = lab + int(offsets[i])
+                if table is not None and lab in table.index:
+                    row = table.loc[lab]
+                    props["measurements"] = {
+                        k: (gid if k == "label" else float(row[k]))
+                        for k in keep if k in table.columns and pd.notna(row[k])
+                    }
+                    if "class" in table.columns and isinstance(row["class"], str):
+                        props["classification"] = {
+                            "name": row["class"],
+                            "color": list(CLASS_COLOURS.get(row["class"], (128, 128, 128))),
+                        }
+                else:
+                    props["measurements"] = {"label": gid}
+                feature = {"type": "Feature", "id": f"nucleus-{gid}",
+                           "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+                fh.write(("" if first else ", ") + json.dumps(feature))
+                first = False
+        fh.write("]}")
+
+
+__all__ = [
+    "DEFAULT_TILE",
+    "HALO_UM",
+    "RegionReader",
+    "TILE_ABOVE_PIXELS",
+    "Tile",
+    "TileJob",
+    "TileResult",
+    "TiledResult",
+    "alignment",
+    "plan",
+    "probe",
+    "process_tile",
+    "run_tiled",
+    "tile_grid",
+    "watershed_fixed",
+]

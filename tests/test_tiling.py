@@ -1,0 +1,144 @@
+"""Large images in tiles with halos, on mosaics of real CoNSeP fields (40x, 0.25 um/px).
+
+Tiled and one-piece processing must give the same nuclei: the same pixels, none twice, none
+cut at a seam; the same features for each; and the command line must tile large images
+itself and leave nothing half-written when stopped.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_uam import batch, pipeline, tiling
+from napari_uam.cli import main
+from napari_uam.segment import segment
+
+MPP = 0.25  # CoNSeP
+
+
+def _mosaic(consep_dir, ids, crop):
+    """Real CoNSeP fields cropped to ``crop`` and laid side by side (one row per pair)."""
+    ims = [np.asarray(Image.open(consep_dir / f"train_{i}.jpg").convert("RGB"))[:crop, :crop] for i in ids]
+    rows = [np.concatenate(ims[k : k + 2], axis=1) for k in range(0, len(ims), 2)]
+    return np.ascontiguousarray(np.concatenate(rows, axis=0))
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> dict:
+    """Compare two label images: identical up to renumbering, and IoU matching statistics."""
+    fg = (a > 0) | (b > 0)
+    pairs, inter = np.unique(np.stack([a[fg], b[fg]], 1), axis=0, return_counts=True)
+    na, nb = len(np.unique(a)) - 1, len(np.unique(b)) - 1
+    area_a = dict(zip(*np.unique(a[a > 0], return_counts=True)))
+    area_b = dict(zip(*np.unique(b[b > 0], return_counts=True)))
+    both = (pairs > 0).all(1)
+    iou = np.array([i / (area_a[x] + area_b[y] - i) for (x, y), i in zip(pairs[both], inter[both])])
+    matched = pairs[both][iou > 0.5]
+    return {
+        "identical": bool(len(pairs) == na == nb and both.all()),
+        "n_a": na, "n_b": nb, "matched": len(matched),
+        "a_twice": len(matched) - len(np.unique(matched[:, 1])),
+        "mapping": dict(map(tuple, matched)),
+    }
+
+
+def _run(path, stage_dir, stem, backend, tile, command="measure", formats=("tif", "parquet", "geojson")):
+    stage_dir.mkdir()
+    return tiling.run_tiled(path, MPP, stage_dir, stem, command=command, formats=formats,
+                            backend=backend, tile=tile, device="cpu")
+
+
+def test_region_reader_reads_what_the_file_holds(tmp_path, consep_dir):
+    img = _mosaic(consep_dir, [1, 2], 300)
+    for name, kw in {"plain.tif": {}, "tiled.tif": {"tile": (64, 64), "compression": "zlib"},
+                     "strips.tif": {"compression": "zlib", "rowsperstrip": 37}}.items():
+        tifffile.imwrite(tmp_path / name, img, **kw)
+        reader = tiling.RegionReader(str(tmp_path / name))
+        for box in [(0, 300, 0, 600), (17, 211, 59, 401), (250, 300, 590, 600)]:
+            np.testing.assert_array_equal(reader.read(*box), img[box[0]:box[1], box[2]:box[3]])
+    assert tiling.probe(tmp_path / "tiled.tif")[:2] == (300, 600)
+
+
+def test_watershed_tiled_equals_one_piece(tmp_path, consep_dir):
+    img = _mosaic(consep_dir, [1, 2, 3, 4], 700)  # 1400 x 1400, 16 tiles of 352 + halo 192
+    path = tmp_path / "mosaic.tif"
+    tifffile.imwrite(path, img, tile=(256, 256), compression="zlib")
+    res = _run(path, tmp_path / "stage", "mosaic", "watershed", tile=352)
+    prov = res.provenance
+    assert prov["n_tiles"] == 16 and prov["cut_nuclei"] == 0 and prov["seam_conflict_pixels"] == 0
+    tiled = tifffile.imread(res.outputs["tif"])
+    # One piece with the same image-level white level and threshold: the very same nuclei.
+    whole = tiling.watershed_fixed(img, MPP, prov["watershed_white"], prov["watershed_threshold"])
+    cmp = _same_partition(tiled, whole)
+    assert cmp["identical"], cmp
+    assert res.n_cells == cmp["n_b"] > 200
+    # The threshold estimated over tiles is the one-piece backend's: nearly all nuclei match.
+    auto = _same_partition(tiled, segment(img, MPP, backend="watershed"))
+    assert auto["matched"] >= 0.97 * auto["n_b"] and auto["a_twice"] == 0
+    # Each kept nucleus measured on its tile has its one-piece features.
+    table = pd.read_parquet(res.outputs["parquet"]).set_index("label")
+    ref = pipeline.measure_cells(img, whole, MPP, device="cpu").set_index("label")
+    ref = ref.loc[[cmp["mapping"][k] for k in table.index]]
+    np.testing.assert_allclose(table.to_numpy(float), ref.to_numpy(float), rtol=1e-9, atol=1e-9)
+    # QuPath polygons: one per nucleus, ids the labels of the TIFF.
+    gj = json.loads(res.outputs["geojson"].read_text())
+    assert sorted(f["properties"]["measurements"]["label"] for f in gj["features"]) == sorted(table.index)
+
+
+def test_learned_tiled_equals_one_piece(tmp_path, consep_dir):
+    pytest.importorskip("torch")
+    from napari_uam.segment import available_backends
+
+    if "learned" not in available_backends():
+        pytest.skip("learned segmentation weights not available")
+    img = _mosaic(consep_dir, [5, 6], 560)  # 560 x 1120: 2 x 4 tiles of 288 + halo 192
+    path = tmp_path / "mosaic.tif"
+    tifffile.imwrite(path, img)  # uncompressed: read through a memory map
+    res = _run(path, tmp_path / "stage", "mosaic", "learned", tile=288, command="segment", formats=("tif",))
+    assert res.provenance["n_tiles"] == 8 and res.provenance["cut_nuclei"] == 0
+    cmp = _same_partition(tifffile.imread(res.outputs["tif"]), segment(img, MPP, backend="learned"))
+    assert cmp["identical"], {k: v for k, v in cmp.items() if k != "mapping"}
+    assert cmp["n_a"] > 200
+
+
+def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, consep_dir, monkeypatch):
+    img = _mosaic(consep_dir, [7, 8], 640)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "big.tif", img, tile=(128, 128), compression="zlib",
+                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    out = tmp_path / "out"
+    real = tiling.process_tile
+    calls = []
+
+    def dies_on_third(job, tile):
+        calls.append(tile)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job, tile)
+
+    monkeypatch.setattr(tiling, "process_tile", dies_on_third)
+    argv = ["classify", str(folder), "--out", str(out), "--device", "cpu", "--tile-size", "320",
+            "--segmenter", "watershed", "--quiet"]
+    assert main(argv) == 130
+    assert sorted(p.name for p in out.iterdir()) == [batch.MANIFEST_NAME]  # no staging left
+    monkeypatch.setattr(tiling, "process_tile", real)
+    assert main(argv) == 0
+    done = json.loads((out / "big.done.json").read_text())
+    assert done["provenance"]["tiled"] and done["provenance"]["n_tiles"] == 8
+    labels = tifffile.imread(out / "big_nuclei.tif")
+    table = pd.read_parquet(out / "big_cells.parquet")
+    assert labels.shape == img.shape[:2] and len(table) == done["n_cells"] == labels.max()
+    assert sorted(table["label"]) == list(range(1, len(table) + 1))
+    assert set(table["class"]) <= {"tumor", "non-tumor"}
+    assert len(pd.read_csv(out / "big_cells.csv")) == len(table)
+    # Centroids in the table are those of the labels in the TIFF.
+    geo = pipeline.cell_geometry(labels, MPP).set_index("label")
+    np.testing.assert_allclose(table.set_index("label")[["y", "x"]].to_numpy(), geo[["y", "x"]].to_numpy())
+    assert main(argv) == 0  # a second run skips the done image
+    assert json.loads((out / batch.MANIFEST_NAME).read_text())["images"][0]["status"] == "skipped"
