@@ -216,3 +216,17 @@ def test_normalizer_imputes_and_round_trips():
 def test_metrics_binary():
     m = classification_metrics([0, 1, 1, 0], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), CLASS_NAMES)
     assert m["accuracy"] == 0.5 and m["auc"] == 0.75 and m["per_class"]["tumor"]["support"] == 2
+
+
+def test_training_leaves_subnormal_floats_working():
+    """Training flushes denormals for speed; the process (a napari session) must get IEEE
+    arithmetic back afterwards, or later float code silently loses tiny values."""
+    from napari_uam.training.trainer import TrainConfig, train_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    train_model(x[:96], y[:96], x[96:], y[96:], 2, TrainConfig(arch="trans", max_epochs=1, seed=0))
+    tiny = np.array([1e-310]) * np.array([1.0])
+    assert tiny[0] != 0.0, "flush-to-zero left on after training"
+    assert float(torch.tensor([1e-310], dtype=torch.float64) * 1.0) != 0.0

@@ -286,7 +286,7 @@ def finetune(
         torch.set_num_threads(int(config.threads))
     try:
         set_seed(config.seed)
-        torch.set_flush_denormal(True)
+        torch.set_flush_denormal(True)  # as in trainer.flush_denormals; restored in `finally`
         model, ckpt, init_desc = _start(config, len(DEFAULT_SCHEMA.feature_names))
         if ckpt is not None:
             names, classes = list(ckpt["feature_names"]), list(ckpt["class_names"])
@@ -386,6 +386,7 @@ def finetune(
         model = model.to("cpu").eval()
     finally:
         torch.set_num_threads(threads_before)
+        torch.set_flush_denormal(False)
     return FinetuneResult(
         model=model, normalizer=norm, feature_names=names, class_names=classes, tumor_class=tumor,
         schema_id=schema_id, mpp=mpp, history=history, best_epoch=best_epoch, val_metrics=best_metrics,

@@ -3,6 +3,8 @@ balance loss, early stopping on validation AUC, seeded and deterministic on the 
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import time
 from dataclasses import asdict, dataclass, field
@@ -91,7 +93,28 @@ def predict_proba(model, x: np.ndarray, device: str = "cpu", batch: int = 8192) 
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-def train_model(
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats to zero while training, then restore IEEE behaviour.
+
+    Tiny decays of the SSM scan otherwise hit slow denormal paths; the setting is global CPU
+    state, so leaving it on would change every later float computation of the process (the
+    napari session of a user who trained from the dock, or hypothesis' subnormal floats).
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def train_model(*args, **kwargs) -> TrainResult:
+    """Train ``config.arch`` with early stopping (see :func:`_train_model` for the arguments)."""
+    with flush_denormals():
+        return _train_model(*args, **kwargs)
+
+
+def _train_model(
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
@@ -120,7 +143,6 @@ def train_model(
 
     device = resolve_device(config.device)
     set_seed(config.seed)
-    torch.set_flush_denormal(True)  # tiny decays of the SSM scan otherwise hit slow denormal paths
     model = build_model(config.arch, x_train.shape[1], n_classes, **config.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
