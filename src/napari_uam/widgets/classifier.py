@@ -651,9 +651,14 @@ class ClassifierWidget(QWidget):
         elif as_mask:
             layer = self.viewer.add_labels(region, name=plan.name, opacity=0.35, **geometry)
         else:
+            # White (p = 0) to orange (p = 1), multiplied onto the H&E: non-tumor tissue keeps
+            # its colours and tumor is tinted, instead of the whole slide being washed out.
+            from napari.utils.colormaps import Colormap
+
+            cmap = Colormap([[1.0, 1.0, 1.0, 1.0], [1.0, 0.55, 0.1, 1.0]], name="uam tumor probability")
             layer = self.viewer.add_image(
-                region, name=plan.name, colormap="inferno", contrast_limits=(0.0, 1.0),
-                blending="additive", opacity=0.5, **geometry,
+                region, name=plan.name, colormap=cmap, contrast_limits=(0.0, 1.0),
+                blending="multiplicative", opacity=0.8, **geometry,
             )
         L.stamp(layer, image_layer.name, _KIND_REGION, **params)
         return plan.note
