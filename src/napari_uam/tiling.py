@@ -364,8 +364,8 @@ def segment_tile(job: TileJob, rgb: np.ndarray) -> np.ndarray:
 def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params=None) -> np.ndarray:
     """The watershed backend with the white level and threshold given instead of estimated.
 
-    Same steps as :func:`napari_uam.segment.watershed.segment_watershed`; only the two
-    image-level estimates come from the caller (the whole image's, for a tile).
+    :func:`napari_uam.segment.watershed.segment_watershed` with the two image-level estimates
+    given by the caller (the whole image's, for a tile).
 
     Args:
         rgb: (H, W, 3) uint8 RGB.
@@ -377,23 +377,9 @@ def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params
     Returns:
         (H, W) int32 labels 1..N.
     """
-    from dataclasses import replace
+    from .segment.watershed import segment_watershed
 
-    from .segment.stain import hematoxylin
-    from .segment.watershed import WatershedParams, filter_sizes, foreground, split_touching
-
-    params = params or WatershedParams()
-    # threshold_scale 0 with min_od = threshold makes foreground() use exactly ``threshold``.
-    fixed = replace(params, threshold_scale=0.0, min_od=float(threshold))
-    h = hematoxylin(rgb, np.asarray(white, np.float32))
-    mask = foreground(h, mpp, fixed)
-    min_px = params.min_area_um2 / (mpp * mpp)
-    comps, _ = ndi.label(mask)
-    small = np.bincount(comps.ravel()) < min_px
-    small[0] = False
-    mask &= ~small[comps]
-    labels = split_touching(mask, mpp, params)
-    return filter_sizes(labels, mpp, params)
+    return segment_watershed(rgb, mpp, params, white=white, threshold=threshold)
 
 
 def measure_tile(rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, device: str) -> pd.DataFrame:

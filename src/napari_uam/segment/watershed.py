@@ -183,6 +183,9 @@ def segment_watershed(
     mpp: float,
     params: WatershedParams | None = None,
     progress: Callable[[float, str], None] | None = None,
+    *,
+    white: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Segment nuclei in an RGB uint8 H&E image without learned weights.
 
@@ -191,6 +194,10 @@ def segment_watershed(
         mpp: microns per pixel (> 0).
         params: :class:`WatershedParams`; defaults when None.
         progress: optional callback ``progress(fraction, message)``.
+        white: (3,) white level per channel instead of the one estimated from ``image``.
+        threshold: hematoxylin threshold (optical density, after ``threshold_scale``) instead
+            of the one estimated from ``image``. A tile of a large image passes the whole
+            image's two levels so that every tile segments alike.
 
     Returns:
         (H, W) int32 instance labels, 0 background, ids 1..N.
@@ -198,9 +205,11 @@ def segment_watershed(
     params = params or WatershedParams()
     report = progress or (lambda f, m: None)
     report(0.0, "colour deconvolution")
-    h = hematoxylin(image)
+    h = hematoxylin(image, None if white is None else np.asarray(white, np.float32))
     report(0.2, "thresholding hematoxylin")
-    mask = foreground(h, mpp, params)
+    # threshold_scale 0 with min_od = threshold makes foreground() use exactly ``threshold``.
+    fixed = params if threshold is None else replace(params, threshold_scale=0.0, min_od=float(threshold))
+    mask = foreground(h, mpp, fixed)
     # Fragments below the smallest nucleus would only create spurious seeds.
     min_px = params.min_area_um2 / (mpp * mpp)
     comps, _ = ndi.label(mask)
