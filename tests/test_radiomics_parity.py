@@ -110,8 +110,19 @@ def _gpu_device():
     return GPU_DEVICE
 
 
-def _check(img, lab, ids, ref, device):
-    [(ids2, fast)] = extract_batch([img], [lab], DEFAULT_SCHEMA, device)
+def _cuda_engine(engine):
+    """``cuda_kernels`` argument of extract_batch for a GPU test's engine parameter."""
+    if engine == "torch":
+        return False
+    from napari_uam.radiomics import _cuda
+
+    if GPU_DEVICE.startswith("cuda") and not _cuda.available():
+        pytest.skip("numba-cuda not installed (or disabled): the per-cell CUDA kernels cannot run")
+    return True if GPU_DEVICE.startswith("cuda") else None
+
+
+def _check(img, lab, ids, ref, device, **kw):
+    [(ids2, fast)] = extract_batch([img], [lab], DEFAULT_SCHEMA, device, **kw)
     assert np.array_equal(ids, ids2)
     bad = _mismatch(fast, ref)
     assert not bad.any(), _report(bad, ids)
@@ -130,28 +141,37 @@ def test_consep_parity(consep_reference, device):
 
 
 @pytest.mark.gpu
-def test_consep_parity_cuda(consep_reference):
+@pytest.mark.parametrize("engine", ["kernels", "torch"])
+def test_consep_parity_cuda(consep_reference, engine):
+    """Both CUDA engines (per-cell kernels, pure torch) match pyradiomics, one patch and batched."""
     device = _gpu_device()
+    kw = {"cuda_kernels": _cuda_engine(engine)}
     img, lab, ids, ref = consep_reference
     assert len(ids) >= 200
-    fast = _check(img, lab, ids, ref, device)
+    fast = _check(img, lab, ids, ref, device, **kw)
     # The batched path (many patches at once) gives the same rows as one patch at a time.
     sub_img, sub_lab = img[:120, :200], lab[:120, :200]
-    res = extract_batch([img, sub_img, img], [lab, sub_lab, lab], DEFAULT_SCHEMA, device)
+    res = extract_batch([img, sub_img, img], [lab, sub_lab, lab], DEFAULT_SCHEMA, device, **kw)
     for k in (0, 2):
         assert np.array_equal(res[k][0], ids)
         bad = _mismatch(res[k][1], ref)
         assert not bad.any(), _report(bad, ids)
-    [(sub_ids, sub_one)] = extract_batch([sub_img], [sub_lab], DEFAULT_SCHEMA, device)
+    [(sub_ids, sub_one)] = extract_batch([sub_img], [sub_lab], DEFAULT_SCHEMA, device, **kw)
     assert np.array_equal(res[1][0], sub_ids)
     assert np.allclose(res[1][1], sub_one, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert np.isfinite(fast[:, :9]).all()
+    # Inputs already on the device (torch tensors) give the same table as host arrays.
+    torch = pytest.importorskip("torch")
+    [(ids_t, on_dev)] = extract_batch([torch.from_numpy(img).to(device)], [torch.from_numpy(lab).to(device)],
+                                      DEFAULT_SCHEMA, device, **kw)
+    assert np.array_equal(ids_t, ids) and np.allclose(on_dev, fast, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 @pytest.mark.gpu
-def test_edge_cells_parity_cuda(edge_reference):
+@pytest.mark.parametrize("engine", ["kernels", "torch"])
+def test_edge_cells_parity_cuda(edge_reference, engine):
     device = _gpu_device()
-    _check_edges(*edge_reference, device)
+    _check_edges(*edge_reference, device, cuda_kernels=_cuda_engine(engine))
 
 
 def _edge_cases():
@@ -179,10 +199,10 @@ def test_edge_cells_match_pyradiomics(edge_reference, device):
     _check_edges(*edge_reference, device)
 
 
-def _check_edges(img, lab, ids, ref, device):
+def _check_edges(img, lab, ids, ref, device, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        [(ids2, fast)] = extract_batch([img], [lab], DEFAULT_SCHEMA, device)
+        [(ids2, fast)] = extract_batch([img], [lab], DEFAULT_SCHEMA, device, **kw)
     assert np.array_equal(ids, ids2)
     names = np.array(DEFAULT_SCHEMA.feature_names)
     bad = _mismatch(fast, ref)
@@ -302,8 +322,10 @@ def test_numba_mcc_deflated_hard_spectra():
         padded = np.zeros((n + 1, n + 1))
         padded[1:, 1:] = c  # level 0 is never present
         r = padded.sum(axis=1)
-        got = _numba._mcc(padded, np.arange(1, n + 1), r, n, r.sum(), np.empty((n, n)), np.empty(n),
-                          np.empty(n), np.empty(n))
+        got = _numba._mcc_iterative(padded, np.arange(1, n + 1), r, n, r.sum(), np.empty((n, n)), np.empty(n),
+                                    np.empty(n), np.empty(n))
+        if got < 0:  # the iterative solvers did not settle: the CPU path asks LAPACK
+            got = _numba._mcc_lapack(padded, np.arange(1, n + 1), r, n, np.empty((n, n)))
         assert abs(got - expected) <= 1e-12, (n, got, expected)
         seen_one += abs(expected - 1) < 1e-12
     assert seen_one >= 20  # the repeated-1 and bipartite cases were exercised

@@ -274,32 +274,39 @@ def pad_patch(img, lb, top, rgb, lab, off, width, base):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _mcc(P, idx, r, kx, total, M, vv, d, e):
-    """MCC of one angle: second largest |eigenvalue| of M = D^-1/2 P D^-1/2 over the kx >= 2
-    present levels ``idx[:kx]`` (row counts ``r``, ``total`` pairs). Deflated Laguerre first;
-    QL on all eigenvalues if Laguerre did not settle (a repeated extreme eigenvalue, e.g.
-    MCC = 1 from two unconnected groups of levels), LAPACK if QL did not converge either."""
+def _mcc_fill(P, idx, r, kx, M):
+    """M = D^-1/2 P D^-1/2 over the kx present levels ``idx[:kx]`` (row counts ``r``)."""
+    for a in range(kx):
+        ia = idx[a]
+        for b in range(kx):
+            c = P[ia, idx[b]]
+            M[a, b] = c / math.sqrt(r[ia] * r[idx[b]]) if c != 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _mcc_iterative(P, idx, r, kx, total, M, vv, d, e):
+    """MCC of one angle without LAPACK (also compiled for CUDA): second largest |eigenvalue|
+    of M = D^-1/2 P D^-1/2 over the kx >= 2 present levels ``idx[:kx]`` (row counts ``r``,
+    ``total`` pairs). Deflated Laguerre first; QL on all eigenvalues if Laguerre did not
+    settle (a repeated extreme eigenvalue, e.g. MCC = 1 from two unconnected groups of
+    levels). Returns -1.0 when QL did not converge either (the caller then asks LAPACK)."""
     for a in range(kx):
         vv[a] = math.sqrt(r[idx[a]] / total)
-    mcc = -1.0
-    for rep in range(3):
-        for a in range(kx):
-            ia = idx[a]
-            for b in range(kx):
-                c = P[ia, idx[b]]
-                M[a, b] = c / math.sqrt(r[ia] * r[idx[b]]) if c != 0.0 else 0.0
-        if rep == 0:
-            mcc = _mcc_deflated(M, kx, vv, d, e)
-            if mcc == mcc:  # not NaN
-                break
-        elif rep == 1:
-            mcc = _second_abs_eig(M, kx, d, e)
-            if mcc >= 0.0:
-                break
-        else:
-            ev = np.sort(np.abs(np.linalg.eigvalsh(M[:kx, :kx].copy())))
-            mcc = ev[kx - 2]
-    return mcc
+    _mcc_fill(P, idx, r, kx, M)
+    mcc = _mcc_deflated(M, kx, vv, d, e)
+    if mcc == mcc:  # not NaN
+        return mcc
+    _mcc_fill(P, idx, r, kx, M)
+    mcc = _second_abs_eig(M, kx, d, e)
+    return mcc if mcc >= 0.0 else -1.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _mcc_lapack(P, idx, r, kx, M):
+    """The last resort of :func:`_mcc_iterative`: all eigenvalues from LAPACK."""
+    _mcc_fill(P, idx, r, kx, M)
+    ev = np.sort(np.abs(np.linalg.eigvalsh(M[:kx, :kx].copy())))
+    return ev[kx - 2]
 
 
 @njit(cache=True, nogil=True)
@@ -394,7 +401,8 @@ def _glcm_angle_feats(P, ng, lg, r, psum, pdiff, idx, M, vv, d, e, out):
     and column marginals are the same array ``r`` (and ux = uy, sigx = sigy, HX = HY).
     ``r``, ``psum``, ``pdiff``, ``idx``, ``M``, ``vv``, ``d``, ``e`` are work arrays.
 
-    Returns False when P is empty (angle without pairs)."""
+    Returns 0 when P is empty (angle without pairs), 1 when done, 2 when done except MCC
+    (``out[15]`` < 0: the iterative eigensolver did not settle, LAPACK must)."""
     for i in range(ng + 1):
         r[i] = 0.0
         pdiff[i] = 0.0
@@ -422,7 +430,7 @@ def _glcm_angle_feats(P, ng, lg, r, psum, pdiff, idx, M, vv, d, e, out):
             if c > cmax:
                 cmax = c
     if total == 0.0:
-        return False
+        return 0
     lt = lg[int(total)]
     ux = sx / total  # exact for one grey level (then sumsq = 0, Correlation = 1)
     prom = 0.0
@@ -517,7 +525,7 @@ def _glcm_angle_feats(P, ng, lg, r, psum, pdiff, idx, M, vv, d, e, out):
             if r[i] > 0.0:
                 idx[m] = i
                 m += 1
-        mcc = _mcc(P, idx, r, kx, total, M, vv, d, e)
+        mcc = _mcc_iterative(P, idx, r, kx, total, M, vv, d, e)
     out[0] = auto / total
     out[1] = ux
     out[2] = prom
@@ -542,7 +550,86 @@ def _glcm_angle_feats(P, ng, lg, r, psum, pdiff, idx, M, vv, d, e, out):
     out[21] = savg
     out[22] = sent
     out[23] = sumsq
-    return True
+    return 2 if mcc < 0.0 else 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def glcm_angle(own, s0, s1, g, off, pix, level, levimg, lab, lg, Pa, r, psum, pdiff, idx, M, vv, d, e, out):
+    """The symmetrical count matrix of one angle (flat offset ``off``) of one cell into
+    ``Pa`` (>= (g + 1, g + 1)) and its 24 features into ``out``; returns the status of
+    :func:`_glcm_angle_feats`. Shared by the CPU loop and the CUDA kernel (one thread per
+    cell and angle there)."""
+    for i in range(g + 1):
+        for j in range(g + 1):
+            Pa[i, j] = 0.0
+    for k in range(s0, s1):
+        q = pix[k] + off
+        if lab[q] == own:
+            li = level[k]
+            lj = levimg[q]
+            Pa[li, lj] += 1.0
+            Pa[lj, li] += 1.0
+    return _glcm_angle_feats(Pa, g, lg, r, psum, pdiff, idx, M, vv, d, e, out)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def glcm_cell(c, own, s0, s1, g, n_present, pix, level, levimg, lab, offs, lg, P, r, psum, pdiff, idx, M, vv, d,
+              e, acc, tmp, feats, valid):
+    """GLCM features of one cell (pixels ``pix[s0:s1]``, levels 1..g) into ``feats[c]`` and
+    its valid angles into ``valid[c]``: the mean of :func:`glcm_angle` over the non-empty
+    angles (pyradiomics deletes empty ones).
+
+    ``lab[q] == own`` tests membership; ``offs`` the 4 angles' flat offsets (as
+    ``_texture.ANGLES``). P (4, >= g + 1, >= g + 1) and the rest are work arrays.
+
+    Returns False when an angle's MCC needs LAPACK (``feats[c, 15]`` is then NaN).
+    """
+    for f in range(24):
+        acc[f] = 0.0
+    nv = 0
+    settled = True
+    for a in range(4):
+        st = glcm_angle(own, s0, s1, g, offs[a], pix, level, levimg, lab, lg, P[a], r, psum, pdiff, idx, M, vv, d, e,
+                        tmp)
+        valid[c, a] = st > 0
+        if st > 0:
+            nv += 1
+            if st == 2:
+                settled = False
+            for f in range(24):
+                acc[f] += tmp[f]
+    for f in range(24):
+        feats[c, f] = acc[f] / nv if nv > 0 else np.nan
+    if n_present < 2:
+        feats[c, 15] = 1.0
+    elif not settled:
+        feats[c, 15] = np.nan
+    return settled or n_present < 2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _glcm_mcc_lapack(g, P, r, idx, M):
+    """MCC averaged over the non-empty angles of P (4, g + 1, g + 1), all by LAPACK."""
+    acc = 0.0
+    nv = 0
+    for a in range(4):
+        total = 0.0
+        for i in range(1, g + 1):
+            r[i] = 0.0
+            for j in range(1, g + 1):
+                r[i] += P[a, i, j]
+            total += r[i]
+        if total == 0.0:
+            continue
+        nv += 1
+        kx = 0
+        for i in range(1, g + 1):
+            if r[i] > 0.0:
+                idx[kx] = i
+                kx += 1
+        if kx >= 2:
+            acc += _mcc_lapack(P[a], idx, r, kx, M)
+    return acc / nv
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -573,31 +660,136 @@ def glcm_cells(starts, pix, level, levimg, lab, own0, width, ng, n_present, feat
     e = np.empty(gmax)
     for c in range(n_cells):
         g = ng[c]
-        own = own0 + c
-        Pc = P[:, : g + 1, : g + 1]
-        Pc[:] = 0.0
-        for k in range(starts[c], starts[c + 1]):
-            p = pix[k]
-            li = level[k]
-            for a in range(4):
-                q = p + offs[a]
-                if lab[q] == own:
-                    lj = levimg[q]
-                    P[a, li, lj] += 1.0
-                    P[a, lj, li] += 1.0
-        acc[:] = 0.0
-        nv = 0
-        for a in range(4):
-            ok = _glcm_angle_feats(P[a], g, lg, r, psum, pdiff, idx, M, vv, d, e, tmp)
-            valid[c, a] = ok
-            if ok:
-                nv += 1
-                for f in range(24):
-                    acc[f] += tmp[f]
-        for f in range(24):
-            feats[c, f] = acc[f] / nv if nv > 0 else np.nan
-        if n_present[c] < 2:
-            feats[c, 15] = 1.0
+        if not glcm_cell(c, own0 + c, starts[c], starts[c + 1], g, n_present[c], pix, level, levimg, lab, offs, lg,
+                         P, r, psum, pdiff, idx, M, vv, d, e, acc, tmp, feats, valid):
+            feats[c, 15] = _glcm_mcc_lapack(g, P, r, idx, M)
+
+
+@njit(cache=True, nogil=True)
+def cell_extent(s0, s1, pix, width):
+    """Largest side of the cell's bounding box + 2: the run-length bound of :func:`glrlm_cell`."""
+    ymin = pix[s0] // width
+    ymax = ymin
+    xmin = pix[s0] % width
+    xmax = xmin
+    for k in range(s0, s1):
+        y = pix[k] // width
+        x = pix[k] % width
+        ymin = min(ymin, y)
+        ymax = max(ymax, y)
+        xmin = min(xmin, x)
+        xmax = max(xmax, x)
+    return max(ymax - ymin, xmax - xmin) + 2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def glrlm_angle(own, s0, s1, g, rmax, off, pix, level, levimg, lab, lg, J, pr, pg, out):
+    """The 16 GLRLM features of one angle (flat offset ``off``) of one cell into ``out``.
+
+    ``rmax`` from :func:`cell_extent`; work arrays J (>= (g + 1) * rmax, read as (g + 1, rmax)),
+    pr (>= rmax), pg (>= g + 1). Shared by the CPU loop and the CUDA kernel (one thread per
+    cell and angle there).
+    """
+    for k in range((g + 1) * rmax):
+        J[k] = 0.0
+    for i in range(g + 1):
+        pg[i] = 0.0
+    for j in range(rmax):
+        pr[j] = 0.0
+    nr = 0.0
+    npx = 0.0
+    sre = 0.0
+    lre = 0.0
+    lgre = 0.0
+    hgre = 0.0
+    srlge = 0.0
+    srhge = 0.0
+    lrlge = 0.0
+    lrhge = 0.0
+    for k in range(s0, s1):
+        p = pix[k]
+        li = level[k]
+        b = p - off
+        if lab[b] == own and levimg[b] == li:
+            continue  # not the start of a run
+        n = 1
+        q = p + off
+        while lab[q] == own and levimg[q] == li:
+            n += 1
+            q += off
+        J[li * rmax + n] += 1.0
+        pg[li] += 1.0
+        pr[n] += 1.0
+        nr += 1.0
+        npx += n
+        i2 = float(li) * li
+        j2 = float(n) * n
+        sre += 1.0 / j2
+        lre += j2
+        lgre += 1.0 / i2
+        hgre += i2
+        srlge += (1.0 / i2) * (1.0 / j2)
+        srhge += i2 * (1.0 / j2)
+        lrlge += j2 * (1.0 / i2)
+        lrhge += i2 * j2
+    pg2 = 0.0
+    ui = 0.0
+    for i in range(g + 1):
+        pg2 += pg[i] * pg[i]
+        ui += pg[i] / nr * i
+    pr2 = 0.0
+    uj = 0.0
+    for j in range(rmax):
+        pr2 += pr[j] * pr[j]
+        uj += pr[j] / nr * j
+    glv = 0.0
+    for i in range(g + 1):
+        glv += pg[i] / nr * (i - ui) ** 2
+    rv = 0.0
+    for j in range(rmax):
+        rv += pr[j] / nr * (j - uj) ** 2
+    ent = 0.0  # -sum q log2(q + eps), q = count / nr: log2 q from the table (see GLCM)
+    ln = lg[int(nr)]
+    for i in range(1, g + 1):
+        for j in range(1, rmax):
+            x = J[i * rmax + j]
+            if x > 0.0:
+                q = x / nr
+                ent -= q * (lg[int(x)] - ln) + EPS / LN2
+    out[0] = sre / nr
+    out[1] = lre / nr
+    out[2] = pg2 / nr
+    out[3] = pg2 / nr**2
+    out[4] = pr2 / nr
+    out[5] = pr2 / nr**2
+    out[6] = nr / npx
+    out[7] = glv
+    out[8] = rv
+    out[9] = ent
+    out[10] = lgre / nr
+    out[11] = hgre / nr
+    out[12] = srlge / nr
+    out[13] = srhge / nr
+    out[14] = lrlge / nr
+    out[15] = lrhge / nr
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def glrlm_cell(c, own, s0, s1, g, rmax, pix, level, levimg, lab, offs, valid, lg, J, pr, pg, acc, tmp, feats):
+    """GLRLM features of one cell into ``feats[c]``: the mean of :func:`glrlm_angle` over the
+    cell's valid angles."""
+    for f in range(16):
+        acc[f] = 0.0
+    nv = 0
+    for a in range(4):
+        if not valid[c, a]:
+            continue
+        nv += 1
+        glrlm_angle(own, s0, s1, g, rmax, offs[a], pix, level, levimg, lab, lg, J, pr, pg, tmp)
+        for f in range(16):
+            acc[f] += tmp[f]
+    for f in range(16):
+        feats[c, f] = acc[f] / nv if nv > 0 else np.nan
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -606,125 +798,26 @@ def glrlm_cells(starts, pix, level, levimg, lab, own0, width, ng, valid, feats):
     offs = np.array([width + 1, width, width - 1, 1], np.int64)
     n_cells = starts.shape[0] - 1
     acc = np.empty(16)
+    tmp = np.empty(16)
     nmax = 1
-    for c in range(n_cells):
-        nmax = max(nmax, starts[c + 1] - starts[c])
-    lg = _log2_table(nmax + 1)  # run counts and totals are <= the cell's pixels
     gmax = 1
     for c in range(n_cells):
+        nmax = max(nmax, starts[c + 1] - starts[c])
         gmax = max(gmax, ng[c])
+    lg = _log2_table(nmax + 1)  # run counts and totals are <= the cell's pixels
     jbuf = np.zeros(64 * (gmax + 1))  # work arrays, grown when a cell needs more
     prbuf = np.zeros(64)
     pg = np.zeros(gmax + 1)
     for c in range(n_cells):
         g = ng[c]
-        own = own0 + c
         s0, s1 = starts[c], starts[c + 1]
-        ymin = pix[s0] // width
-        ymax = ymin
-        xmin = pix[s0] % width
-        xmax = xmin
-        for k in range(s0, s1):
-            y = pix[k] // width
-            x = pix[k] % width
-            ymin = min(ymin, y)
-            ymax = max(ymax, y)
-            xmin = min(xmin, x)
-            xmax = max(xmax, x)
-        rmax = max(ymax - ymin, xmax - xmin) + 2
+        rmax = cell_extent(s0, s1, pix, width)
         if (g + 1) * rmax > jbuf.shape[0]:
             jbuf = np.zeros(2 * (g + 1) * rmax)
         if rmax > prbuf.shape[0]:
             prbuf = np.zeros(2 * rmax)
-        J = jbuf[: (g + 1) * rmax].reshape((g + 1, rmax))
-        pr = prbuf[:rmax]
-        acc[:] = 0.0
-        nv = 0
-        for a in range(4):
-            if not valid[c, a]:
-                continue
-            nv += 1
-            off = offs[a]
-            J[:, :] = 0.0
-            pg[: g + 1] = 0.0
-            pr[:] = 0.0
-            nr = 0.0
-            npx = 0.0
-            sre = 0.0
-            lre = 0.0
-            lgre = 0.0
-            hgre = 0.0
-            srlge = 0.0
-            srhge = 0.0
-            lrlge = 0.0
-            lrhge = 0.0
-            for k in range(s0, s1):
-                p = pix[k]
-                li = level[k]
-                b = p - off
-                if lab[b] == own and levimg[b] == li:
-                    continue  # not the start of a run
-                n = 1
-                q = p + off
-                while lab[q] == own and levimg[q] == li:
-                    n += 1
-                    q += off
-                J[li, n] += 1.0
-                pg[li] += 1.0
-                pr[n] += 1.0
-                nr += 1.0
-                npx += n
-                i2 = float(li) * li
-                j2 = float(n) * n
-                sre += 1.0 / j2
-                lre += j2
-                lgre += 1.0 / i2
-                hgre += i2
-                srlge += (1.0 / i2) * (1.0 / j2)
-                srhge += i2 * (1.0 / j2)
-                lrlge += j2 * (1.0 / i2)
-                lrhge += i2 * j2
-            pg2 = 0.0
-            ui = 0.0
-            for i in range(g + 1):
-                pg2 += pg[i] * pg[i]
-                ui += pg[i] / nr * i
-            pr2 = 0.0
-            uj = 0.0
-            for j in range(rmax):
-                pr2 += pr[j] * pr[j]
-                uj += pr[j] / nr * j
-            glv = 0.0
-            for i in range(g + 1):
-                glv += pg[i] / nr * (i - ui) ** 2
-            rv = 0.0
-            for j in range(rmax):
-                rv += pr[j] / nr * (j - uj) ** 2
-            ent = 0.0  # -sum q log2(q + eps), q = count / nr: log2 q from the table (see GLCM)
-            ln = lg[int(nr)]
-            for i in range(1, g + 1):
-                for j in range(1, rmax):
-                    if J[i, j] > 0.0:
-                        q = J[i, j] / nr
-                        ent -= q * (lg[int(J[i, j])] - ln) + EPS / LN2
-            acc[0] += sre / nr
-            acc[1] += lre / nr
-            acc[2] += pg2 / nr
-            acc[3] += pg2 / nr**2
-            acc[4] += pr2 / nr
-            acc[5] += pr2 / nr**2
-            acc[6] += nr / npx
-            acc[7] += glv
-            acc[8] += rv
-            acc[9] += ent
-            acc[10] += lgre / nr
-            acc[11] += hgre / nr
-            acc[12] += srlge / nr
-            acc[13] += srhge / nr
-            acc[14] += lrlge / nr
-            acc[15] += lrhge / nr
-        for f in range(16):
-            feats[c, f] = acc[f] / nv if nv > 0 else np.nan
+        glrlm_cell(c, own0 + c, s0, s1, g, rmax, pix, level, levimg, lab, offs, valid, lg, jbuf, prbuf, pg, acc, tmp,
+                   feats)
 
 
 GLSZM_NAMES = (
@@ -737,14 +830,148 @@ GLSZM_NAMES = (
 )  # fmt: skip
 
 
+@njit(cache=True, nogil=True)
+def _heapsort(a, n):
+    """Sort ``a[:n]`` in place (no allocation, so it also compiles for CUDA)."""
+    for start in range(n // 2 - 1, -1, -1):
+        _sift(a, start, n)
+    for end in range(n - 1, 0, -1):
+        t = a[0]
+        a[0] = a[end]
+        a[end] = t
+        _sift(a, 0, end)
+
+
+@njit(cache=True, nogil=True)
+def _sift(a, root, n):
+    while True:
+        child = 2 * root + 1
+        if child >= n:
+            return
+        if child + 1 < n and a[child + 1] > a[child]:
+            child += 1
+        if a[root] >= a[child]:
+            return
+        t = a[root]
+        a[root] = a[child]
+        a[child] = t
+        root = child
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def glszm_cell(c, own, s0, s1, g, pix, level, levimg, lab, offs, seen, lg, stack, zs, zl, hist, pg, feats):
+    """GLSZM features of one cell into ``feats[c]``, as :func:`._texture.glszm`.
+
+    Zones (8-connected same-level pixels of the cell) come from a depth-first fill from each
+    not yet visited pixel of the cell's pixel list; ``seen`` marks visited pixels of the
+    padded image (a pixel belongs to one cell, so cells never share an entry). Work arrays:
+    stack, zs, zl (int, >= the cell's pixels), hist (>= pixels + 1, zero on entry and exit),
+    pg (>= g + 1). Shared by the CPU loop and the CUDA kernel.
+    """
+    nz = 0
+    for t in range(s0, s1):
+        p0 = pix[t]
+        if seen[p0]:
+            continue
+        li = level[t]
+        seen[p0] = True
+        stack[0] = p0
+        top = 1
+        size = 0
+        while top > 0:
+            top -= 1
+            u = stack[top]
+            size += 1
+            for o in range(8):
+                q = u + offs[o]
+                if not seen[q] and lab[q] == own and levimg[q] == li:
+                    seen[q] = True
+                    stack[top] = q
+                    top += 1
+        zs[nz] = size
+        zl[nz] = li
+        nz += 1
+    n = float(nz)
+    npx = float(s1 - s0)
+    span = s1 - s0 + 1
+    for i in range(g + 1):
+        pg[i] = 0.0
+    sae = 0.0
+    lae = 0.0
+    si = 0.0
+    lgze = 0.0
+    hgze = 0.0
+    salge = 0.0
+    sahge = 0.0
+    lalge = 0.0
+    lahge = 0.0
+    for z in range(nz):
+        sz = float(zs[z])
+        i = float(zl[z])
+        s2 = sz * sz
+        i2 = i * i
+        pg[zl[z]] += 1.0
+        hist[zs[z]] += 1.0
+        sae += 1.0 / s2
+        lae += s2
+        si += i
+        lgze += 1.0 / i2
+        hgze += i2
+        salge += 1.0 / (i2 * s2)
+        sahge += i2 / s2
+        lalge += s2 / i2
+        lahge += i2 * s2
+    ps2 = 0.0
+    for z in range(nz):
+        h = hist[zs[z]]
+        if h > 0.0:
+            ps2 += h * h
+            hist[zs[z]] = 0.0
+    u_i = si / n
+    u_s = npx / n
+    gln = 0.0
+    glv = 0.0
+    for i in range(g + 1):
+        gln += pg[i] * pg[i]
+        glv += (pg[i] / n) * (i - u_i) ** 2
+    zv = 0.0
+    for z in range(nz):
+        zv += (zs[z] - u_s) ** 2
+    # Zones per (level, size): sort the zones' keys (stack is free now), count equal runs.
+    for z in range(nz):
+        stack[z] = zl[z] * span + zs[z]
+    _heapsort(stack, nz)
+    ent = 0.0  # -sum q log2(q + eps), q = count / nz: log2 q from the table (see GLCM)
+    ln = lg[nz]
+    z = 0
+    while z < nz:
+        z1 = z + 1
+        while z1 < nz and stack[z1] == stack[z]:
+            z1 += 1
+        h = float(z1 - z)
+        ent -= (h / n) * (lg[z1 - z] - ln) + EPS / LN2
+        z = z1
+    feats[c, 0] = sae / n
+    feats[c, 1] = lae / n
+    feats[c, 2] = gln / n
+    feats[c, 3] = gln / n**2
+    feats[c, 4] = ps2 / n
+    feats[c, 5] = ps2 / n**2
+    feats[c, 6] = n / npx
+    feats[c, 7] = glv
+    feats[c, 8] = zv / n
+    feats[c, 9] = ent
+    feats[c, 10] = lgze / n
+    feats[c, 11] = hgze / n
+    feats[c, 12] = salge / n
+    feats[c, 13] = sahge / n
+    feats[c, 14] = lalge / n
+    feats[c, 15] = lahge / n
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def glszm_cells(starts, pix, level, levimg, lab, own0, width, ng, feats):
-    """GLSZM features (C, 16), as :func:`._texture.glszm`.
-
-    Zones (8-connected same-level pixels of one cell) are found by a depth-first fill from
-    each not yet visited pixel of the cell's pixel list; ``seen`` marks visited pixels of the
-    padded image, so no per-cell reset is needed (a pixel belongs to one cell).
-    """
+    """GLSZM features (C, 16) of cells ``starts[c]..starts[c+1]`` (see :func:`glszm_cell`)."""
     n_cells = starts.shape[0] - 1
     offs = np.array([-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1], np.int64)
     gmax = 1
@@ -757,106 +984,11 @@ def glszm_cells(starts, pix, level, levimg, lab, own0, width, ng, feats):
     zs = np.empty(nmax, np.int64)  # zone sizes of the cell
     zl = np.empty(nmax, np.int64)  # zone levels
     hist = np.zeros(nmax + 1)  # zones per size (reset after each cell)
-    joint = np.zeros((gmax + 1) * (nmax + 1))  # zones per (level, size) (reset after each cell)
     lg = _log2_table(nmax + 1)
     pg = np.zeros(gmax + 1)  # zones per level
     for c in range(n_cells):
-        own = own0 + c
-        s0, s1 = starts[c], starts[c + 1]
-        nz = 0
-        for t in range(s0, s1):
-            p0 = pix[t]
-            if seen[p0]:
-                continue
-            li = level[t]
-            seen[p0] = True
-            stack[0] = p0
-            top = 1
-            size = 0
-            while top > 0:
-                top -= 1
-                u = stack[top]
-                size += 1
-                for o in range(8):
-                    q = u + offs[o]
-                    if not seen[q] and lab[q] == own and levimg[q] == li:
-                        seen[q] = True
-                        stack[top] = q
-                        top += 1
-            zs[nz] = size
-            zl[nz] = li
-            nz += 1
-        n = float(nz)
-        npx = float(s1 - s0)
-        g = ng[c]
-        for i in range(g + 1):
-            pg[i] = 0.0
-        sae = 0.0
-        lae = 0.0
-        si = 0.0
-        lgze = 0.0
-        hgze = 0.0
-        salge = 0.0
-        sahge = 0.0
-        lalge = 0.0
-        lahge = 0.0
-        for z in range(nz):
-            sz = float(zs[z])
-            i = float(zl[z])
-            s2 = sz * sz
-            i2 = i * i
-            pg[zl[z]] += 1.0
-            hist[zs[z]] += 1.0
-            joint[zl[z] * (nmax + 1) + zs[z]] += 1.0
-            sae += 1.0 / s2
-            lae += s2
-            si += i
-            lgze += 1.0 / i2
-            hgze += i2
-            salge += 1.0 / (i2 * s2)
-            sahge += i2 / s2
-            lalge += s2 / i2
-            lahge += i2 * s2
-        ps2 = 0.0
-        for z in range(nz):
-            h = hist[zs[z]]
-            if h > 0.0:
-                ps2 += h * h
-                hist[zs[z]] = 0.0
-        u_i = si / n
-        u_s = npx / n
-        gln = 0.0
-        glv = 0.0
-        for i in range(g + 1):
-            gln += pg[i] * pg[i]
-            glv += (pg[i] / n) * (i - u_i) ** 2
-        zv = 0.0
-        for z in range(nz):
-            zv += (zs[z] - u_s) ** 2
-        ent = 0.0  # -sum q log2(q + eps), q = count / nz: log2 q from the table (see GLCM)
-        ln = lg[nz]
-        for z in range(nz):
-            kz = zl[z] * (nmax + 1) + zs[z]
-            h = joint[kz]
-            if h > 0.0:
-                ent -= (h / n) * (lg[int(h)] - ln) + EPS / LN2
-                joint[kz] = 0.0
-        feats[c, 0] = sae / n
-        feats[c, 1] = lae / n
-        feats[c, 2] = gln / n
-        feats[c, 3] = gln / n**2
-        feats[c, 4] = ps2 / n
-        feats[c, 5] = ps2 / n**2
-        feats[c, 6] = n / npx
-        feats[c, 7] = glv
-        feats[c, 8] = zv / n
-        feats[c, 9] = ent
-        feats[c, 10] = lgze / n
-        feats[c, 11] = hgze / n
-        feats[c, 12] = salge / n
-        feats[c, 13] = sahge / n
-        feats[c, 14] = lalge / n
-        feats[c, 15] = lahge / n
+        glszm_cell(c, own0 + c, starts[c], starts[c + 1], ng[c], pix, level, levimg, lab, offs, seen, lg, stack, zs,
+                   zl, hist, pg, feats)
 
 
 SHAPE_NAMES = (
@@ -879,375 +1011,420 @@ GLDM_NAMES = (
 NGTDM_NAMES = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
 
 
+@njit(cache=True, nogil=True)
+def shape_scratch(s0, s1, pix, width):
+    """Integer work entries :func:`shape_cell` needs for one cell: 6 (hy + hx), with hy, hx
+    the half-pixel grid's rows and columns over the cell's bounding box."""
+    ymin = pix[s0] // width
+    ymax = ymin
+    xmin = pix[s0] % width
+    xmax = xmin
+    for k in range(s0, s1):
+        y = pix[k] // width
+        x = pix[k] % width
+        ymin = min(ymin, y)
+        ymax = max(ymax, y)
+        xmin = min(xmin, x)
+        xmax = max(xmax, x)
+    return 6 * ((2 * (ymax - ymin) + 3) + (2 * (xmax - xmin) + 3))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def shape_cell(c, own, s0, s1, pix, lab, width, sy, sx, area_lut, perim_lut, corners, dys, dxs, work, feats):
+    """shape2D features of one cell into ``feats[c]``, as :func:`._shape.shape_features`.
+
+    ``work``: int64 work array of at least :func:`shape_scratch` entries. Shared by the CPU
+    loop and the CUDA kernel.
+    """
+    n = s1 - s0
+    area = 0.0
+    perim = 0.0
+    for t in range(s0, s1):
+        p = pix[t]
+        for k in range(4):
+            tl = p - corners[k]
+            case = 0
+            keep = True
+            for j in range(4):
+                if lab[tl + corners[j]] == own:
+                    case |= 1 << j
+                    if j < k:
+                        keep = False
+            if keep:
+                area += area_lut[case]
+                perim += perim_lut[case]
+    area = area * (sy * sx)
+    # moments (two pass)
+    my = 0.0
+    mx = 0.0
+    ymin = pix[s0] // width
+    ymax = ymin
+    xmin = pix[s0] % width
+    xmax = xmin
+    for t in range(s0, s1):
+        yy = pix[t] // width
+        xx = pix[t] % width
+        my += yy * sy
+        mx += xx * sx
+        ymin = min(ymin, yy)
+        ymax = max(ymax, yy)
+        xmin = min(xmin, xx)
+        xmax = max(xmax, xx)
+    my /= n
+    mx /= n
+    cyy = 0.0
+    cxx = 0.0
+    cxy = 0.0
+    for t in range(s0, s1):
+        dy = (pix[t] // width) * sy - my
+        dx = (pix[t] % width) * sx - mx
+        cyy += dy * dy
+        cxx += dx * dx
+        cxy += dy * dx
+    cyy /= n
+    cxx /= n
+    cxy /= n
+    half_tr = (cyy + cxx) / 2
+    disc = math.sqrt(((cyy - cxx) / 2) ** 2 + cxy * cxy)
+    major = half_tr + disc
+    det = cyy * cxx - cxy * cxy
+    minor = det / major if major > 0 else half_tr - disc
+    if minor < 0 and minor > -1e-10:
+        minor = 0.0
+    # maximum diameter: boundary-edge midpoints (half-pixel units) extreme in their row and in
+    # their column (the only possible hull vertices), then all pairs. First pass: the extremes;
+    # second pass: the midpoints that are extreme both ways (at most 2 per row and column).
+    hy = 2 * (ymax - ymin) + 3
+    hx = 2 * (xmax - xmin) + 3
+    rlo = work[:hy]
+    rhi = work[hy : 2 * hy]
+    clo = work[2 * hy : 2 * hy + hx]
+    chi = work[2 * hy + hx : 2 * (hy + hx)]
+    vy = work[2 * (hy + hx) : 4 * (hy + hx)]
+    vx = work[4 * (hy + hx) : 6 * (hy + hx)]
+    for a in range(hy):
+        rlo[a] = 1 << 40
+        rhi[a] = -1
+    for b in range(hx):
+        clo[b] = 1 << 40
+        chi[b] = -1
+    for t in range(s0, s1):
+        p = pix[t]
+        yy = 2 * (p // width - ymin) + 1
+        xx = 2 * (p % width - xmin) + 1
+        for d in range(4):
+            if lab[p + dys[d] * width + dxs[d]] != own:
+                a = yy + dys[d]
+                b = xx + dxs[d]
+                rlo[a] = min(rlo[a], b)
+                rhi[a] = max(rhi[a], b)
+                clo[b] = min(clo[b], a)
+                chi[b] = max(chi[b], a)
+    m = 0
+    for t in range(s0, s1):
+        p = pix[t]
+        yy = 2 * (p // width - ymin) + 1
+        xx = 2 * (p % width - xmin) + 1
+        for d in range(4):
+            if lab[p + dys[d] * width + dxs[d]] != own:
+                a = yy + dys[d]
+                b = xx + dxs[d]
+                if (b == rlo[a] or b == rhi[a]) and (a == clo[b] or a == chi[b]):
+                    vy[m] = a
+                    vx[m] = b
+                    m += 1
+    d2 = 0.0
+    for u in range(m):
+        gy = vy[u] * (sy / 2)
+        gx = vx[u] * (sx / 2)
+        for v in range(u + 1, m):
+            ey = gy - vy[v] * (sy / 2)
+            ex = gx - vx[v] * (sx / 2)
+            dd = ey * ey + ex * ex
+            if dd > d2:
+                d2 = dd
+    feats[c, 0] = area
+    feats[c, 1] = n * (sy * sx)
+    feats[c, 2] = perim
+    feats[c, 3] = perim / area
+    feats[c, 4] = 2 * math.sqrt(math.pi * area) / perim
+    feats[c, 5] = math.sqrt(d2)
+    feats[c, 6] = math.sqrt(major) * 4
+    feats[c, 7] = math.sqrt(minor) * 4
+    feats[c, 8] = math.sqrt(minor / major)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def shape_cells(starts, pix, lab, own0, width, sy, sx, area_lut, perim_lut, feats):
-    """shape2D features (C, 9), as :func:`._shape.shape_features`."""
+    """shape2D features (C, 9), as :func:`._shape.shape_features` (see :func:`shape_cell`)."""
     n_cells = starts.shape[0] - 1
     corners = np.array([0, 1, width, width + 1], np.int64)
     dys = np.array([-1, 1, 0, 0], np.int64)
     dxs = np.array([0, 0, -1, 1], np.int64)
-    rowb = np.empty(64, np.int64)  # work arrays, grown when a cell needs more
-    colb = np.empty(64, np.int64)
-    vyb = np.empty(64, np.int64)
-    vxb = np.empty(64, np.int64)
+    work = np.empty(64, np.int64)  # grown when a cell needs more
     for c in range(n_cells):
-        own = own0 + c
         s0, s1 = starts[c], starts[c + 1]
-        n = s1 - s0
-        area = 0.0
-        perim = 0.0
-        for t in range(s0, s1):
-            p = pix[t]
-            for k in range(4):
-                tl = p - corners[k]
-                case = 0
-                keep = True
-                for j in range(4):
-                    if lab[tl + corners[j]] == own:
-                        case |= 1 << j
-                        if j < k:
-                            keep = False
-                if keep:
-                    area += area_lut[case]
-                    perim += perim_lut[case]
-        area = area * (sy * sx)
-        # moments (two pass)
-        my = 0.0
-        mx = 0.0
-        ymin = pix[s0] // width
-        ymax = ymin
-        xmin = pix[s0] % width
-        xmax = xmin
-        for t in range(s0, s1):
-            yy = pix[t] // width
-            xx = pix[t] % width
-            my += yy * sy
-            mx += xx * sx
-            ymin = min(ymin, yy)
-            ymax = max(ymax, yy)
-            xmin = min(xmin, xx)
-            xmax = max(xmax, xx)
-        my /= n
-        mx /= n
-        cyy = 0.0
-        cxx = 0.0
-        cxy = 0.0
-        for t in range(s0, s1):
-            dy = (pix[t] // width) * sy - my
-            dx = (pix[t] % width) * sx - mx
-            cyy += dy * dy
-            cxx += dx * dx
-            cxy += dy * dx
-        cyy /= n
-        cxx /= n
-        cxy /= n
-        half_tr = (cyy + cxx) / 2
-        disc = np.sqrt(((cyy - cxx) / 2) ** 2 + cxy * cxy)
-        major = half_tr + disc
-        det = cyy * cxx - cxy * cxy
-        minor = det / major if major > 0 else half_tr - disc
-        if minor < 0 and minor > -1e-10:
-            minor = 0.0
-        # maximum diameter: boundary-edge midpoints (half-pixel units) extreme in their row
-        # and in their column (the only possible hull vertices), then all pairs.
-        hy = 2 * (ymax - ymin) + 3
-        hx = 2 * (xmax - xmin) + 3
-        if 2 * hy > rowb.shape[0]:
-            rowb = np.empty(4 * hy, np.int64)
-        if 2 * hx > colb.shape[0]:
-            colb = np.empty(4 * hx, np.int64)
-        if 4 * n > vyb.shape[0]:
-            vyb = np.empty(8 * n, np.int64)
-            vxb = np.empty(8 * n, np.int64)
-        rlo = rowb[:hy]
-        rhi = rowb[hy : 2 * hy]
-        clo = colb[:hx]
-        chi = colb[hx : 2 * hx]
-        rlo[:] = 1 << 40
-        rhi[:] = -1
-        clo[:] = 1 << 40
-        chi[:] = -1
-        vy = vyb
-        vx = vxb
-        nv = 0
-        for t in range(s0, s1):
-            p = pix[t]
-            yy = 2 * (p // width - ymin) + 1
-            xx = 2 * (p % width - xmin) + 1
-            for d in range(4):
-                if lab[p + dys[d] * width + dxs[d]] != own:
-                    a = yy + dys[d]
-                    b = xx + dxs[d]
-                    vy[nv] = a
-                    vx[nv] = b
-                    nv += 1
-                    rlo[a] = min(rlo[a], b)
-                    rhi[a] = max(rhi[a], b)
-                    clo[b] = min(clo[b], a)
-                    chi[b] = max(chi[b], a)
-        m = 0
-        for v in range(nv):
-            a = vy[v]
-            b = vx[v]
-            if (b == rlo[a] or b == rhi[a]) and (a == clo[b] or a == chi[b]):
-                vy[m] = a
-                vx[m] = b
-                m += 1
-        d2 = 0.0
-        for u in range(m):
-            gy = vy[u] * (sy / 2)
-            gx = vx[u] * (sx / 2)
-            for v in range(u + 1, m):
-                ey = gy - vy[v] * (sy / 2)
-                ex = gx - vx[v] * (sx / 2)
-                dd = ey * ey + ex * ex
-                if dd > d2:
-                    d2 = dd
-        feats[c, 0] = area
-        feats[c, 1] = n * (sy * sx)
-        feats[c, 2] = perim
-        feats[c, 3] = perim / area
-        feats[c, 4] = 2 * np.sqrt(math.pi * area) / perim
-        feats[c, 5] = np.sqrt(d2)
-        feats[c, 6] = np.sqrt(major) * 4
-        feats[c, 7] = np.sqrt(minor) * 4
-        feats[c, 8] = np.sqrt(minor / major)
+        need = shape_scratch(s0, s1, pix, width)
+        if need > work.shape[0]:
+            work = np.empty(2 * need, np.int64)
+        shape_cell(c, own0 + c, s0, s1, pix, lab, width, sy, sx, area_lut, perim_lut, corners, dys, dxs, work, feats)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def first_order_cell(c, s0, s1, values, level, n_levels, voxel_area, hist, lh, sv, pct, feats):
+    """firstorder features of one cell into ``feats[c]``, as :func:`._texture.first_order`.
+
+    Work arrays: hist (256 ints), lh (>= n_levels), sv (>= the cell's pixels), pct (5).
+    Shared by the CPU loop and the CUDA kernel.
+    """
+    n_i = s1 - s0
+    n = float(n_i)
+    for v in range(256):
+        hist[v] = 0
+    for lv in range(n_levels):
+        lh[lv] = 0.0
+    sm = 0.0
+    energy = 0.0
+    for t in range(s0, s1):
+        v = values[t]
+        hist[v] += 1
+        lh[level[t]] += 1.0
+        fv = float(v)
+        sm += fv
+        energy += fv * fv
+    k = 0
+    for v in range(256):
+        for _ in range(hist[v]):
+            sv[k] = v
+            k += 1
+    mean = sm / n
+    m2 = 0.0
+    m3 = 0.0
+    m4 = 0.0
+    mad = 0.0
+    for t in range(s0, s1):
+        dv = values[t] - mean
+        d2 = dv * dv
+        m2 += d2
+        m3 += d2 * dv
+        m4 += d2 * d2
+        mad += abs(dv)
+    m2 /= n
+    m3 /= n
+    m4 /= n
+    m2s = 1.0 if m2 == 0 else m2
+    qs = (0.10, 0.90, 0.5, 0.75, 0.25)
+    for qi in range(5):
+        pos = qs[qi] * (n - 1)
+        lo = math.floor(pos)
+        tt = pos - lo
+        hi = min(lo + 1, n - 1)
+        a = sv[int(lo)]
+        b = sv[int(hi)]
+        d = b - a
+        pct[qi] = b - d * (1 - tt) if tt >= 0.5 else a + d * tt
+    p10 = pct[0]
+    p90 = pct[1]
+    n_in = 0.0
+    s_in = 0.0
+    for t in range(s0, s1):
+        fv = float(values[t])
+        if fv >= p10 and fv <= p90:
+            n_in += 1.0
+            s_in += fv
+    mean_in = s_in / n_in
+    rmad = 0.0
+    for t in range(s0, s1):
+        fv = float(values[t])
+        if fv >= p10 and fv <= p90:
+            rmad += abs(fv - mean_in)
+    ent = 0.0
+    uni = 0.0
+    for lv in range(n_levels):
+        p = lh[lv] / n
+        ent -= p * math.log2(p + EPS)
+        uni += p * p
+    vmin = sv[0]
+    vmax = sv[n_i - 1]
+    feats[c, 0] = energy
+    feats[c, 1] = energy * voxel_area
+    feats[c, 2] = ent
+    feats[c, 3] = vmin
+    feats[c, 4] = p10
+    feats[c, 5] = p90
+    feats[c, 6] = vmax
+    feats[c, 7] = mean
+    feats[c, 8] = pct[2]
+    feats[c, 9] = pct[3] - pct[4]
+    feats[c, 10] = vmax - vmin
+    feats[c, 11] = mad / n
+    feats[c, 12] = rmad / n_in
+    feats[c, 13] = math.sqrt(energy / n)
+    feats[c, 14] = m3 / m2s**1.5
+    feats[c, 15] = m4 / m2s**2.0
+    feats[c, 16] = m2
+    feats[c, 17] = uni
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def first_order_cells(starts, values, level, n_levels, voxel_area, feats):
-    """firstorder features (C, 18), as :func:`._texture.first_order`."""
+    """firstorder features (C, 18), as :func:`._texture.first_order` (see :func:`first_order_cell`)."""
     n_cells = starts.shape[0] - 1
     hist = np.zeros(256, np.int64)
     lh = np.zeros(n_levels)
     nmax = 1
     for c in range(n_cells):
         nmax = max(nmax, starts[c + 1] - starts[c])
-    svb = np.empty(nmax)  # work arrays
+    svb = np.empty(nmax)
     pct = np.empty(5)
     for c in range(n_cells):
-        s0, s1 = starts[c], starts[c + 1]
-        n_i = s1 - s0
-        n = float(n_i)
-        hist[:] = 0
-        lh[:] = 0.0
-        sm = 0.0
-        energy = 0.0
-        for t in range(s0, s1):
-            v = values[t]
-            hist[v] += 1
-            lh[level[t]] += 1.0
-            fv = float(v)
-            sm += fv
-            energy += fv * fv
-        sv = svb[:n_i]
-        k = 0
-        for v in range(256):
-            for _ in range(hist[v]):
-                sv[k] = v
-                k += 1
-        mean = sm / n
-        m2 = 0.0
-        m3 = 0.0
-        m4 = 0.0
-        mad = 0.0
-        for t in range(s0, s1):
-            dv = values[t] - mean
-            d2 = dv * dv
-            m2 += d2
-            m3 += d2 * dv
-            m4 += d2 * d2
-            mad += abs(dv)
-        m2 /= n
-        m3 /= n
-        m4 /= n
-        m2s = 1.0 if m2 == 0 else m2
-        qs = (0.10, 0.90, 0.5, 0.75, 0.25)
-        for qi in range(5):
-            pos = qs[qi] * (n - 1)
-            lo = math.floor(pos)
-            tt = pos - lo
-            hi = min(lo + 1, n - 1)
-            a = sv[int(lo)]
-            b = sv[int(hi)]
-            d = b - a
-            pct[qi] = b - d * (1 - tt) if tt >= 0.5 else a + d * tt
-        p10 = pct[0]
-        p90 = pct[1]
-        n_in = 0.0
-        s_in = 0.0
-        for t in range(s0, s1):
-            fv = float(values[t])
-            if fv >= p10 and fv <= p90:
-                n_in += 1.0
-                s_in += fv
-        mean_in = s_in / n_in
-        rmad = 0.0
-        for t in range(s0, s1):
-            fv = float(values[t])
-            if fv >= p10 and fv <= p90:
-                rmad += abs(fv - mean_in)
-        ent = 0.0
-        uni = 0.0
-        for l in range(n_levels):
-            p = lh[l] / n
-            ent -= p * math.log2(p + EPS)
-            uni += p * p
-        vmin = sv[0]
-        vmax = sv[n_i - 1]
-        feats[c, 0] = energy
-        feats[c, 1] = energy * voxel_area
-        feats[c, 2] = ent
-        feats[c, 3] = vmin
-        feats[c, 4] = p10
-        feats[c, 5] = p90
-        feats[c, 6] = vmax
-        feats[c, 7] = mean
-        feats[c, 8] = pct[2]
-        feats[c, 9] = pct[3] - pct[4]
-        feats[c, 10] = vmax - vmin
-        feats[c, 11] = mad / n
-        feats[c, 12] = rmad / n_in
-        feats[c, 13] = np.sqrt(energy / n)
-        feats[c, 14] = m3 / m2s**1.5
-        feats[c, 15] = m4 / m2s**2.0
-        feats[c, 16] = m2
-        feats[c, 17] = uni
+        first_order_cell(c, starts[c], starts[c + 1], values, level, n_levels, voxel_area, hist, lh, svb, pct, feats)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gldm_ngtdm_cell(c, own, s0, s1, g, pix, level, levimg, lab, offs, P, n_i, s_i, pd, pg, gldm, ngtdm):
+    """gldm and ngtdm features of one cell into ``gldm[c]``, ``ngtdm[c]``, as :mod:`._texture`'s.
+
+    Work arrays: P (>= (g + 1) * 9, read as (g + 1, 9)), n_i, s_i, pg (>= g + 1), pd (9).
+    Shared by the CPU loop and the CUDA kernel.
+    """
+    nz = float(s1 - s0)
+    for i in range(g + 1):
+        for d in range(9):
+            P[i * 9 + d] = 0.0
+        n_i[i] = 0.0
+        s_i[i] = 0.0
+    for t in range(s0, s1):
+        p = pix[t]
+        li = level[t]
+        same = 0
+        cnt = 0
+        tot = 0
+        for o in range(8):
+            q = p + offs[o]
+            if lab[q] == own:
+                nl = levimg[q]
+                cnt += 1
+                tot += nl
+                if nl == li:
+                    same += 1
+        P[li * 9 + same] += 1.0
+        n_i[li] += 1.0
+        if cnt > 0:
+            s_i[li] += abs(li - tot / cnt)
+    # GLDM
+    for d in range(9):
+        pd[d] = 0.0
+    for i in range(g + 1):
+        pg[i] = 0.0
+    for i in range(g + 1):
+        for d in range(9):
+            pd[d] += P[i * 9 + d]
+            pg[i] += P[i * 9 + d]
+    ui = 0.0
+    for i in range(g + 1):
+        ui += pg[i] / nz * i
+    uj = 0.0
+    for d in range(9):
+        uj += pd[d] / nz * (d + 1)
+    sde = 0.0
+    lde = 0.0
+    dn = 0.0
+    dv = 0.0
+    for d in range(9):
+        dd = (d + 1.0) ** 2
+        sde += pd[d] / dd
+        lde += pd[d] * dd
+        dn += pd[d] ** 2
+        dv += pd[d] / nz * (d + 1 - uj) ** 2
+    gln = 0.0
+    glv = 0.0
+    lgle = 0.0
+    hgle = 0.0
+    for i in range(g + 1):
+        gln += pg[i] ** 2
+        glv += pg[i] / nz * (i - ui) ** 2
+        i2 = float(i) ** 2 if i > 0 else 1.0
+        lgle += pg[i] / i2
+        hgle += pg[i] * float(i) ** 2
+    de = 0.0
+    sdl = 0.0
+    sdh = 0.0
+    ldl = 0.0
+    ldh = 0.0
+    for i in range(g + 1):
+        w = float(i) ** 2
+        iw = 1.0 / (w if i > 0 else 1.0)
+        for d in range(9):
+            x = P[i * 9 + d]
+            pn = x / nz
+            de -= pn * math.log2(pn + EPS)
+            dd = (d + 1.0) ** 2
+            sdl += x * iw / dd
+            sdh += x * w / dd
+            ldl += x * iw * dd
+            ldh += x * w * dd
+    gldm[c, 0] = sde / nz
+    gldm[c, 1] = lde / nz
+    gldm[c, 2] = gln / nz
+    gldm[c, 3] = dn / nz
+    gldm[c, 4] = dn / nz**2
+    gldm[c, 5] = glv
+    gldm[c, 6] = dv
+    gldm[c, 7] = de
+    gldm[c, 8] = lgle / nz
+    gldm[c, 9] = hgle / nz
+    gldm[c, 10] = sdl / nz
+    gldm[c, 11] = sdh / nz
+    gldm[c, 12] = ldl / nz
+    gldm[c, 13] = ldh / nz
+    # NGTDM
+    ngp = 0
+    ps = 0.0
+    sum_s = 0.0
+    for i in range(g + 1):
+        if n_i[i] > 0:
+            ngp += 1
+        ps += n_i[i] / nz * s_i[i]
+        sum_s += s_i[i]
+    contrast = 0.0
+    absdiff = 0.0
+    strength = 0.0
+    cplx = 0.0
+    for i in range(1, g + 1):
+        if n_i[i] == 0:
+            continue
+        pi = n_i[i] / nz
+        for j in range(1, g + 1):
+            if n_i[j] == 0:
+                continue
+            pj = n_i[j] / nz
+            d2 = float(i - j) ** 2
+            contrast += pi * pj * d2
+            absdiff += abs(i * pi - j * pj)
+            strength += (pi + pj) * d2
+            cplx += abs(i - j) * (pi * s_i[i] + pj * s_i[j]) / (pi + pj)
+    div = ngp * (ngp - 1.0)
+    ngtdm[c, 0] = 1.0 / ps if ps != 0 else 1e6
+    ngtdm[c, 1] = contrast * sum_s / nz / div if div != 0 else 0.0
+    ngtdm[c, 2] = ps / absdiff if absdiff != 0 else 0.0
+    ngtdm[c, 3] = cplx / nz
+    ngtdm[c, 4] = strength / sum_s if sum_s != 0 else 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def gldm_ngtdm_cells(starts, pix, level, levimg, lab, own0, width, ng, gldm, ngtdm):
-    """gldm (C, 14) and ngtdm (C, 5) features, as :mod:`._texture`'s."""
+    """gldm (C, 14) and ngtdm (C, 5) features (see :func:`gldm_ngtdm_cell`)."""
     n_cells = starts.shape[0] - 1
     offs = np.array([-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1], np.int64)
     gmax = 1
     for c in range(n_cells):
         gmax = max(gmax, ng[c])
-    Pb = np.zeros((gmax + 1, 9))  # work arrays, zeroed per cell
+    P = np.zeros((gmax + 1) * 9)  # work arrays, zeroed per cell
     n_i = np.zeros(gmax + 1)
     s_i = np.zeros(gmax + 1)
     pd = np.zeros(9)
     pg = np.zeros(gmax + 1)
     for c in range(n_cells):
-        g = ng[c]
-        own = own0 + c
-        s0, s1 = starts[c], starts[c + 1]
-        nz = float(s1 - s0)
-        P = Pb[: g + 1]
-        P[:, :] = 0.0
-        n_i[: g + 1] = 0.0
-        s_i[: g + 1] = 0.0
-        for t in range(s0, s1):
-            p = pix[t]
-            li = level[t]
-            same = 0
-            cnt = 0
-            tot = 0
-            for o in range(8):
-                q = p + offs[o]
-                if lab[q] == own:
-                    nl = levimg[q]
-                    cnt += 1
-                    tot += nl
-                    if nl == li:
-                        same += 1
-            P[li, same] += 1.0
-            n_i[li] += 1.0
-            if cnt > 0:
-                s_i[li] += abs(li - tot / cnt)
-        # GLDM
-        pd[:] = 0.0
-        pg[: g + 1] = 0.0
-        for i in range(g + 1):
-            for d in range(9):
-                pd[d] += P[i, d]
-                pg[i] += P[i, d]
-        ui = 0.0
-        for i in range(g + 1):
-            ui += pg[i] / nz * i
-        uj = 0.0
-        for d in range(9):
-            uj += pd[d] / nz * (d + 1)
-        sde = 0.0
-        lde = 0.0
-        dn = 0.0
-        dv = 0.0
-        for d in range(9):
-            dd = (d + 1.0) ** 2
-            sde += pd[d] / dd
-            lde += pd[d] * dd
-            dn += pd[d] ** 2
-            dv += pd[d] / nz * (d + 1 - uj) ** 2
-        gln = 0.0
-        glv = 0.0
-        lgle = 0.0
-        hgle = 0.0
-        for i in range(g + 1):
-            gln += pg[i] ** 2
-            glv += pg[i] / nz * (i - ui) ** 2
-            i2 = float(i) ** 2 if i > 0 else 1.0
-            lgle += pg[i] / i2
-            hgle += pg[i] * float(i) ** 2
-        de = 0.0
-        sdl = 0.0
-        sdh = 0.0
-        ldl = 0.0
-        ldh = 0.0
-        for i in range(g + 1):
-            w = float(i) ** 2
-            iw = 1.0 / (w if i > 0 else 1.0)
-            for d in range(9):
-                x = P[i, d]
-                pn = x / nz
-                de -= pn * math.log2(pn + EPS)
-                dd = (d + 1.0) ** 2
-                sdl += x * iw / dd
-                sdh += x * w / dd
-                ldl += x * iw * dd
-                ldh += x * w * dd
-        gldm[c, 0] = sde / nz
-        gldm[c, 1] = lde / nz
-        gldm[c, 2] = gln / nz
-        gldm[c, 3] = dn / nz
-        gldm[c, 4] = dn / nz**2
-        gldm[c, 5] = glv
-        gldm[c, 6] = dv
-        gldm[c, 7] = de
-        gldm[c, 8] = lgle / nz
-        gldm[c, 9] = hgle / nz
-        gldm[c, 10] = sdl / nz
-        gldm[c, 11] = sdh / nz
-        gldm[c, 12] = ldl / nz
-        gldm[c, 13] = ldh / nz
-        # NGTDM
-        ngp = 0
-        ps = 0.0
-        sum_s = 0.0
-        for i in range(g + 1):
-            if n_i[i] > 0:
-                ngp += 1
-            ps += n_i[i] / nz * s_i[i]
-            sum_s += s_i[i]
-        contrast = 0.0
-        absdiff = 0.0
-        strength = 0.0
-        cplx = 0.0
-        for i in range(1, g + 1):
-            if n_i[i] == 0:
-                continue
-            pi = n_i[i] / nz
-            for j in range(1, g + 1):
-                if n_i[j] == 0:
-                    continue
-                pj = n_i[j] / nz
-                d2 = float(i - j) ** 2
-                contrast += pi * pj * d2
-                absdiff += abs(i * pi - j * pj)
-                strength += (pi + pj) * d2
-                cplx += abs(i - j) * (pi * s_i[i] + pj * s_i[j]) / (pi + pj)
-        div = ngp * (ngp - 1.0)
-        ngtdm[c, 0] = 1.0 / ps if ps != 0 else 1e6
-        ngtdm[c, 1] = contrast * sum_s / nz / div if div != 0 else 0.0
-        ngtdm[c, 2] = ps / absdiff if absdiff != 0 else 0.0
-        ngtdm[c, 3] = cplx / nz
-        ngtdm[c, 4] = strength / sum_s if sum_s != 0 else 0.0
+        gldm_ngtdm_cell(c, own0 + c, starts[c], starts[c + 1], ng[c], pix, level, levimg, lab, offs, P, n_i, s_i, pd,
+                        pg, gldm, ngtdm)

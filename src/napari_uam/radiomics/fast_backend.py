@@ -22,13 +22,18 @@ When numba imports, the NumPy path runs the per-cell families as compiled, GIL-f
 the cells (:mod:`._numba`, see :func:`_numba_chunk`; GLSZM zones there come from a per-cell
 flood fill instead of scikit-image); ``device="numpy-pure"`` keeps the pure
 NumPy code, the fallback, which is parity tested as well.
+
+On CUDA with numba-cuda installed, the same per-cell functions run as CUDA kernels, one GPU
+thread per cell (:mod:`._cuda`, :func:`_extract_cuda`); the pure torch path above is the
+fallback (``cuda_kernels=False`` or ``NAPARI_UAM_NO_NUMBA_CUDA=1``). Inputs may be torch tensors
+already on the device (no upload).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _numba, _shape, _texture
+from . import _cuda, _numba, _shape, _texture
 from ._ops import NumpyOps, TorchOps
 from .schema import FeatureSchema, channel_lut
 
@@ -56,22 +61,45 @@ def _lut(xp, channel):
     return _LUT_CACHE[key]
 
 
-def _stack(xp, images, labels):
+def _stack(xp, images, labels, pack: bool = True):
     """Pad patches to a common (H, W) + 1-pixel border and relabel cells 1..C across the batch.
 
     Only a copy into the padded host arrays happens in NumPy; packing the colours and the
-    relabelling run on the engine's device (one upload of uint8 RGB + int32 labels).
+    relabelling run on the engine's device (one upload of uint8 RGB + int32 labels; torch
+    tensor inputs are padded on their device instead).
 
     Returns:
-        rgb (B * Hp * Wp,) int64 packed colours, lab (B * Hp * Wp,) int64 compact ids,
+        rgb (B * Hp * Wp,) int64 packed colours (``pack=False``, torch only: the
+        (B * Hp * Wp, 3) uint8 colours, left to the caller to pack where it needs them),
+        lab (B * Hp * Wp,) int64 compact ids,
         ids list of (n_b,) int64 host arrays (original label of each compact id, in order),
         (B, Hp, Wp).
     """
     h = max(im.shape[0] for im in images) + 2
     w = max(im.shape[1] for im in images) + 2
     nb = len(images)
-    top = max(int(lb.max()) if lb.size else 0 for lb in labels) + 1
-    if xp.name == "numpy":
+    on_device = xp.name == "torch" and _is_tensor(images[0])
+    staged = xp.name == "torch" and not on_device and all(_fits_int32(lb) for lb in labels)
+    if staged:  # the threaded copies below also take each patch's largest label
+        top = None
+    elif on_device:  # one read-back for all patches
+        import torch as _torch
+
+        top = int(_torch.stack([lb.max().to(xp.device) if _numel(lb) else _torch.zeros((), dtype=lb.dtype,
+                                device=xp.device) for lb in labels]).max().item()) + 1
+    else:
+        top = max(int(lb.max()) if _numel(lb) else 0 for lb in labels) + 1
+    if on_device:  # torch tensors (e.g. already on the GPU): pad on the engine's device
+        torch = xp.torch
+        rgb_d = torch.zeros((nb, h, w, 3), dtype=torch.uint8, device=xp.device)
+        lab_d = torch.zeros((nb, h, w), dtype=torch.int64, device=xp.device)
+        for b, (im, lb) in enumerate(zip(images, labels)):
+            rgb_d[b, 1 : 1 + im.shape[0], 1 : 1 + im.shape[1]] = im.to(xp.device)
+            lab_d[b, 1 : 1 + lb.shape[0], 1 : 1 + lb.shape[1]] = lb.to(xp.device)
+        packed = _pack_rgb(rgb_d.reshape(-1, 3)) if pack else rgb_d.reshape(-1, 3)
+        del rgb_d
+        t_lab = lab_d.reshape(-1)
+    elif xp.name == "numpy":
         rgb = np.zeros((nb, h, w, 3), dtype=np.uint8)
         lab = np.zeros((nb, h, w), dtype=np.int32 if top < 2**31 else np.int64)
         for b, (im, lb) in enumerate(zip(images, labels)):
@@ -81,28 +109,38 @@ def _stack(xp, images, labels):
         packed = (rgb[:, 0].astype(np.int32) << 16) | (rgb[:, 1].astype(np.int32) << 8) | rgb[:, 2]
         del rgb
         t_lab = lab.reshape(-1)
-    else:  # pad on the host, then one upload per array (uint8 RGB, labels in their smallest dtype)
+    else:  # pad on the host (threaded), then one upload per array (uint8 RGB, labels as given)
         torch = xp.torch
-        ldt = np.uint16 if top <= 65536 else np.int32 if top < 2**31 else np.int64
+        if not staged:  # labels wider than 32 bits: see the int64 path
+            ldt = np.int32 if top < 2**31 else np.int64
+        else:
+            ldt = np.int32
         rgb_h = _staging(xp, "rgb", (nb, h, w, 3), np.uint8)
         lab_h = _staging(xp, "lab", (nb, h, w), ldt)
-        for b, (im, lb) in enumerate(zip(images, labels)):
-            for buf, a in ((rgb_h, im), (lab_h, lb)):
+
+        def pad(b):
+            for buf, a in ((rgb_h, images[b]), (lab_h, labels[b])):
                 hb, wb = a.shape[0], a.shape[1]
                 buf[b, 1 : 1 + hb, 1 : 1 + wb] = a
                 buf[b, 0] = 0  # the padding (the buffer is reused between calls)
                 buf[b, 1 + hb :] = 0
                 buf[b, 1 : 1 + hb, 0] = 0
                 buf[b, 1 : 1 + hb, 1 + wb :] = 0
+            lb = labels[b]
+            return int(lb.max()) if lb.size else 0
+
+        # NumPy copies release the GIL: a batch of patches is copied by a few threads (the
+        # single-threaded copy was most of the host time of a 64-patch call). One upload per
+        # array afterwards: per-patch uploads cost more in per-call overhead than they overlap.
+        tops = list(_copy_pool().map(pad, range(nb))) if nb >= 4 else [pad(b) for b in range(nb)]
+        if top is None:
+            top = max(tops) + 1
         t_rgb = _upload(xp, rgb_h.reshape(-1, 3))
-        t_lab = _upload(xp, lab_h.reshape(-1).view(np.int16) if ldt == np.uint16 else lab_h.reshape(-1))
+        t_lab = _upload(xp, lab_h.reshape(-1))
         _staging_done(xp)
         t_lab = t_lab.to(torch.int64)
-        if ldt == np.uint16:  # torch has no uint16 arithmetic everywhere: reinterpret int16
-            t_lab = t_lab & 0xFFFF
         del rgb_h, lab_h
-        t_rgb = xp.i(t_rgb)
-        packed = t_rgb[:, 0] * 65536 + t_rgb[:, 1] * 256 + t_rgb[:, 2]
+        packed = _pack_rgb(t_rgb) if pack else t_rgb
         del t_rgb
     # (patch, label) keys: which are present, and each one's rank among them = compact id.
     key = t_lab if nb == 1 else (xp.arange(nb * h * w) // (h * w)) * top + t_lab
@@ -130,6 +168,41 @@ def _stack(xp, images, labels):
     patch_of = keys // top
     ids = [keys[patch_of == b] % top for b in range(nb)]
     return packed, compact, ids, (nb, h, w)
+
+
+_POOL = []
+
+
+def _pack_rgb(rgb):
+    """(N, 3) uint8 torch colours -> (N,) int64 ``r << 16 | g << 8 | b`` (the lookup index)."""
+    import torch
+
+    t = rgb.to(torch.int32)
+    return (t[:, 0] * 65536 + t[:, 1] * 256 + t[:, 2]).to(torch.int64)
+
+
+def _copy_pool():
+    """A small shared thread pool for the host-side batch copies (created on first use)."""
+    if not _POOL:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) // 2))))
+    return _POOL[0]
+
+
+def _fits_int32(a) -> bool:
+    """Whether every value of the label array's dtype fits in int32 (no scan needed)."""
+    dt = np.asarray(a).dtype
+    return (dt.kind == "i" and dt.itemsize <= 4) or (dt.kind in "ub" and dt.itemsize <= 2)
+
+
+def _is_tensor(a) -> bool:
+    return hasattr(a, "device") and hasattr(a, "numel")
+
+
+def _numel(a) -> int:
+    return a.numel() if _is_tensor(a) else a.size
 
 
 #: Reused host buffers of the CUDA upload, per (name, dtype): page-locked, so that the upload
@@ -362,25 +435,59 @@ def _extract_numba(images, labels, schema: FeatureSchema, progress=None, chunk_p
     return results
 
 
-def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None):
+def _extract_cuda(xp, images, labels, schema: FeatureSchema, progress=None):
+    """:func:`_extract_batch` with the per-cell CUDA kernels of :mod:`._cuda`."""
+    rgb, lab, ids, stack_shape = _stack(xp, images, labels, pack=False)
+    n_cells = sum(len(i) for i in ids)
+    col_of, fams, n_feat = _column_layout(schema)
+    if n_cells == 0:
+        return [(i, np.empty((0, n_feat))) for i in ids]
+    out, unsettled = _cuda.extract_cuda(xp, rgb, lab, ids, stack_shape, schema, col_of, fams, n_feat)
+    del rgb, lab
+    values = _download(xp, out)
+    flags = xp.to_numpy(unsettled).astype(bool)
+    results, k = [], 0
+    for b, i in enumerate(ids):
+        v = values[k : k + len(i)]
+        if flags[k : k + len(i)].any():  # MCC the iterative eigensolver left: LAPACK on the CPU
+            img, lb = (a.detach().cpu().numpy() if _is_tensor(a) else a for a in (images[b], labels[b]))
+            [(_, ref)] = _extract_numba([img], [lb], schema)
+            rows = flags[k : k + len(i)]
+            for ch in schema.channels:
+                if (ch, "glcm") in col_of:
+                    col = col_of[(ch, "glcm")] + _numba.GLCM_NAMES.index("MCC")
+                    v[rows, col] = ref[rows, col]
+        results.append((i, v))
+        k += len(i)
+    if progress is not None:
+        progress(0.9)
+    return results
+
+
+def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None,
+                  cuda_kernels: bool | None = None):
     """Features of every cell of every patch (see :func:`_extract_batch`)."""
     # Degenerate cells divide 0 by 0 on purpose (pyradiomics' NaNs); keep NumPy quiet about it.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _extract_batch(images, labels, schema, device, progress, chunk_pixels)
+        return _extract_batch(images, labels, schema, device, progress, chunk_pixels, cuda_kernels)
 
 
-def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None):
+def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None,
+                   cuda_kernels: bool | None = None):
     """Features of every cell of every patch.
 
     Args:
-        images: list of (H_b, W_b, 3) uint8 RGB patches at ``schema.mpp``.
+        images: list of (H_b, W_b, 3) uint8 RGB patches at ``schema.mpp`` (NumPy arrays, or
+            torch tensors for the torch engines, e.g. already on the GPU).
         labels: list of (H_b, W_b) int instance maps (0 = background).
         schema: the feature schema.
         device: ``"numpy"`` (NumPy CPU, numba kernels when available), ``"numpy-pure"``
-            (NumPy only), ``"cpu"`` (torch CPU) or ``"cuda[:n]"`` (torch GPU).
+            (NumPy only), ``"cpu"`` (torch CPU) or ``"cuda[:n]"`` (GPU).
         progress: optional callable(fraction).
         chunk_pixels: most cell pixels per chunk of the per-cell families; None = the
             device's default (:data:`_CHUNK_PIXELS`). Smaller chunks need less memory.
+        cuda_kernels: on CUDA, run the per-cell CUDA kernels of :mod:`._cuda` (True) or the
+            pure torch engine (False); None = the kernels when numba-cuda is available.
 
     Returns:
         list over patches of (ids, values): (n_b,) int64 sorted label ids, (n_b, F) float64.
@@ -388,6 +495,8 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
     xp = make_ops(device)
     if getattr(xp, "numba", False):
         return _extract_numba(images, labels, schema, progress, chunk_pixels)
+    if xp.name == "torch" and xp.device.type == "cuda" and (cuda_kernels or (cuda_kernels is None and _cuda.available())):
+        return _extract_cuda(xp, images, labels, schema, progress)
     rgb, lab, ids, stack_shape = _stack(xp, images, labels)
     n_cells = sum(len(i) for i in ids)
     n_feat = schema.n_features
