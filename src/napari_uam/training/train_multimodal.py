@@ -36,6 +36,7 @@ class WorkImage:
     pos: torch.Tensor  # (n, 2) y, x in working pixels
     vec: torch.Tensor  # (n, F_c)
     target: torch.Tensor  # (n,) 0/1
+    weight: torch.Tensor | None = None  # (h, w) pixel weights of the mask loss (None: all 1)
 
 
 def to_work(img: RegionImage, work_mpp: float = WORK_MPP, scale: float = 1.0) -> WorkImage:
@@ -59,6 +60,37 @@ def build_work_set(images: list[RegionImage], work_mpp: float = WORK_MPP, scales
     return [to_work(i, work_mpp, s) for i in images for s in scales]
 
 
+def to_aux_work(img, work_mpp: float = WORK_MPP, scale: float = 1.0, cells: bool = False) -> WorkImage:
+    """A cell-labelled image (:class:`~napari_uam.training.cell_sets.CellSetImage`) at
+    ``work_mpp / scale`` um/px with its weak region targets (discs around the labelled cells,
+    see :mod:`napari_uam.training.cell_sets`) as mask and weights.
+
+    ``cells``: also give its cells (UAM vectors, classes) to the multimodal model's cell
+    tokens and cell loss. Off by default: the shipped UAM was trained on these very cells, so
+    their vectors are far cleaner than on new images (see docs/results.md)."""
+    from .cell_sets import WEAK_RADIUS_UM, weak_targets
+
+    h, w = img.image.shape[:2]
+    f = img.mpp / work_mpp * scale
+    hw, ww = max(int(round(h * f)), 1), max(int(round(w * f)), 1)
+    x = torch.from_numpy(np.array(img.image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(hw, ww), mode="area")[0].round().clamp(0, 255).to(torch.uint8)
+    cols = [c for c in img.cells.columns if c.startswith("uam_")]
+    vec = torch.from_numpy(np.array(img.cells[cols], dtype=np.float32))
+    pos = torch.from_numpy(np.array(img.cells[["y", "x"]], dtype=np.float32))
+    pos = (pos + 0.5) * torch.tensor([hw / h, ww / w]) - 0.5
+    tgt = torch.from_numpy(np.array(img.cells["target"], dtype=np.int64))
+    mask, weight = weak_targets(pos.numpy(), tgt.numpy(), (hw, ww), WEAK_RADIUS_UM * scale / work_mpp)
+    if not cells:
+        pos, vec, tgt = pos[:0], vec[:0], tgt[:0]
+    return WorkImage(x, torch.from_numpy(mask), pos, vec, tgt, torch.from_numpy(weight))
+
+
+def build_aux_set(images, work_mpp: float = WORK_MPP, scales=SCALES, cells: bool = False) -> list[WorkImage]:
+    """Every cell-labelled image at every scale (:func:`to_aux_work`)."""
+    return [to_aux_work(i, work_mpp, s, cells) for i in images for s in scales]
+
+
 def sample_batch(work: list[WorkImage], batch: int, crop: int, gen: np.random.Generator, jitter: bool = True):
     """A random batch: images (B, 3, crop, crop) uint8->float standardised, masks (B, 1, c, c),
     padding weights, cell positions / vectors / targets / validity (B, N, ...)."""
@@ -73,7 +105,7 @@ def sample_batch(work: list[WorkImage], batch: int, crop: int, gen: np.random.Ge
         im = wi.image[:, y0 : y0 + crop, x0 : x0 + crop].float()
         mk = wi.mask[y0 : y0 + crop, x0 : x0 + crop]
         ch, cw = mk.shape
-        wt = torch.ones(ch, cw)
+        wt = torch.ones(ch, cw) if wi.weight is None else wi.weight[y0 : y0 + crop, x0 : x0 + crop].clone()
         if (ch, cw) != (crop, crop):  # small image: zero-pad, weight 0 outside
             im = F.pad(im, (0, crop - cw, 0, crop - ch), value=255.0)
             mk, wt = F.pad(mk, (0, crop - cw, 0, crop - ch)), F.pad(wt, (0, crop - cw, 0, crop - ch))
@@ -151,24 +183,37 @@ def pretrain_mamim(encoder, work: list[WorkImage], steps: int, batch: int = 16, 
 
 
 def finetune(model, work: list[WorkImage], steps: int, batch: int = 16, crop: int = 128, lr: float = 2e-3,
-             seed: int = 0, device: str = "cpu", cell_weight: float = 0.5, log=print) -> dict:
+             seed: int = 0, device: str = "cpu", cell_weight: float = 0.5, log=print,
+             aux: list[WorkImage] | None = None, aux_weight: float = 0.5) -> dict:
     """Train a :class:`TumorRegionNet` with the joint loss (BCE + Dice, plus the cell BCE for
-    multimodal models) for ``steps`` steps; the data order depends only on ``seed``."""
+    multimodal models) for ``steps`` steps; the data order depends only on ``seed``.
+
+    ``aux``: cell-labelled images (:func:`build_aux_set`): every step then adds
+    ``aux_weight`` x the joint loss of a batch of half the size from them (weak disc targets
+    for the mask, the labelled cells for the cell head), drawn from a generator of its own.
+    """
     from ..models.multimodal import joint_loss
 
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed + 1000)
+    aux_gen = np.random.default_rng(seed + 2000)
+
+    def batch_loss(data, n):
+        x, m, wt, P, V, T, M = (t.to(device) for t in sample_batch(data, n, crop, gen if data is work else aux_gen))
+        if model.use_cells:
+            logits, cl = model(x, P, V, M)
+        else:
+            logits, cl = model(x)
+        return joint_loss(logits, m, cl, T, M, wt, cell_weight)
+
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, max(steps // 20, 1)))
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
-        x, m, wt, P, V, T, M = (t.to(device) for t in sample_batch(work, batch, crop, gen))
-        if model.use_cells:
-            logits, cl = model(x, P, V, M)
-        else:
-            logits, cl = model(x)
-        loss = joint_loss(logits, m, cl, T, M, wt, cell_weight)
+        loss = batch_loss(work, batch)
+        if aux:
+            loss = loss + aux_weight * batch_loss(aux, max(batch // 2, 2))  # >= 2: batch norm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
