@@ -197,7 +197,7 @@ def extract_cuda(xp, rgb, lab, ids, stack_shape, schema: FeatureSchema, col_of, 
 
     # Every work buffer's per-cell sizes; their prefix sums and totals in one read-back.
     G = {ch: v[2] + 1 for ch, v in level_of.items()}
-    sizes = {"shape_i": 6 * ((2 * dy + 3) + (2 * dx + 3))}
+    sizes = {"shape_i": 6 * ((2 * dy + 3) + (2 * dx + 3))}  # _numba.shape_scratch, for all cells
     for ch, g1 in G.items():
         g = g1 - 1
         sizes[ch, "glcm_f"] = 4 * (g1 * g1 + g * g + 7 * g1)

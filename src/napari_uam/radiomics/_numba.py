@@ -666,8 +666,8 @@ def glcm_cells(starts, pix, level, levimg, lab, own0, width, ng, n_present, feat
 
 
 @njit(cache=True, nogil=True)
-def cell_extent(s0, s1, pix, width):
-    """Largest side of the cell's bounding box + 2: the run-length bound of :func:`glrlm_cell`."""
+def cell_box(s0, s1, pix, width):
+    """(height - 1, width - 1) of the bounding box of the cell's pixels ``pix[s0:s1]``."""
     ymin = pix[s0] // width
     ymax = ymin
     xmin = pix[s0] % width
@@ -679,7 +679,14 @@ def cell_extent(s0, s1, pix, width):
         ymax = max(ymax, y)
         xmin = min(xmin, x)
         xmax = max(xmax, x)
-    return max(ymax - ymin, xmax - xmin) + 2
+    return ymax - ymin, xmax - xmin
+
+
+@njit(cache=True, nogil=True)
+def cell_extent(s0, s1, pix, width):
+    """Largest side of the cell's bounding box + 2: the run-length bound of :func:`glrlm_angle`."""
+    dy, dx = cell_box(s0, s1, pix, width)
+    return max(dy, dx) + 2
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1015,18 +1022,8 @@ NGTDM_NAMES = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
 def shape_scratch(s0, s1, pix, width):
     """Integer work entries :func:`shape_cell` needs for one cell: 6 (hy + hx), with hy, hx
     the half-pixel grid's rows and columns over the cell's bounding box."""
-    ymin = pix[s0] // width
-    ymax = ymin
-    xmin = pix[s0] % width
-    xmax = xmin
-    for k in range(s0, s1):
-        y = pix[k] // width
-        x = pix[k] % width
-        ymin = min(ymin, y)
-        ymax = max(ymax, y)
-        xmin = min(xmin, x)
-        xmax = max(xmax, x)
-    return 6 * ((2 * (ymax - ymin) + 3) + (2 * (xmax - xmin) + 3))
+    dy, dx = cell_box(s0, s1, pix, width)
+    return 6 * ((2 * dy + 3) + (2 * dx + 3))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
