@@ -165,6 +165,10 @@ def test_consep_parity_cuda(consep_reference, engine):
     [(ids_t, on_dev)] = extract_batch([torch.from_numpy(img).to(device)], [torch.from_numpy(lab).to(device)],
                                       DEFAULT_SCHEMA, device, **kw)
     assert np.array_equal(ids_t, ids) and np.allclose(on_dev, fast, rtol=1e-12, atol=1e-12, equal_nan=True)
+    if kw["cuda_kernels"]:  # the public entry point (the pipeline's) takes the kernels on CUDA
+        public = extract(img, lab, device=device)
+        assert np.array_equal(public.index.to_numpy(), ids)
+        assert np.array_equal(public.to_numpy(), fast, equal_nan=True)
 
 
 @pytest.mark.gpu

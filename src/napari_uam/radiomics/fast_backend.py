@@ -487,7 +487,8 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         chunk_pixels: most cell pixels per chunk of the per-cell families; None = the
             device's default (:data:`_CHUNK_PIXELS`). Smaller chunks need less memory.
         cuda_kernels: on CUDA, run the per-cell CUDA kernels of :mod:`._cuda` (True) or the
-            pure torch engine (False); None = the kernels when numba-cuda is available.
+            pure torch engine (False); None = the kernels when numba-cuda is available and
+            ``chunk_pixels`` is not below the CUDA default.
 
     Returns:
         list over patches of (ids, values): (n_b,) int64 sorted label ids, (n_b, F) float64.
@@ -495,7 +496,11 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
     xp = make_ops(device)
     if getattr(xp, "numba", False):
         return _extract_numba(images, labels, schema, progress, chunk_pixels)
-    if xp.name == "torch" and xp.device.type == "cuda" and (cuda_kernels or (cuda_kernels is None and _cuda.available())):
+    # The per-cell CUDA kernels take the batch whole; a caller asking for chunks smaller than
+    # the default (the retry after a GPU out-of-memory error) gets the chunked torch engine.
+    whole = chunk_pixels is None or chunk_pixels >= _CHUNK_PIXELS["cuda"]
+    auto_kernels = cuda_kernels is None and whole and _cuda.available()
+    if xp.name == "torch" and xp.device.type == "cuda" and (cuda_kernels or auto_kernels):
         return _extract_cuda(xp, images, labels, schema, progress)
     rgb, lab, ids, stack_shape = _stack(xp, images, labels)
     n_cells = sum(len(i) for i in ids)
