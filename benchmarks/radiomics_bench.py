@@ -225,6 +225,71 @@ def profile_torch(patches, batch: int, device: str) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def stack_phases(patches, batch: int = 64, device: str = "cuda", repeat: int = 5) -> None:
+    """Host time of the batch preparation (``_stack``: padding, upload, relabelling) with host
+    and with device inputs, and its host-input phases timed one by one with syncs (same steps
+    as ``_stack``'s host branch: threaded copies into the page-locked buffers, the two
+    uploads, the relabelling)."""
+    import torch
+
+    from napari_uam.radiomics import fast_backend as fb
+
+    imgs = [patches[k % len(patches)][0] for k in range(batch)]
+    labs = [patches[k % len(patches)][1] for k in range(batch)]
+    xp = fb.make_ops(device)
+    nb, h, w = batch, max(i.shape[0] for i in imgs) + 2, max(i.shape[1] for i in imgs) + 2
+
+    def timed(f):
+        out = []
+        for _ in range(repeat + 2):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            f()
+            torch.cuda.synchronize()
+            out.append(time.perf_counter() - t)
+        return np.median(out[2:]) * 1e3
+
+    def phases():
+        ms = {}
+        t = time.perf_counter()
+        rgb_h = fb._staging(xp, "rgb", (nb, h, w, 3), np.uint8)
+        lab_h = fb._staging(xp, "lab", (nb, h, w), np.int32)
+
+        def pad(b):
+            for buf, a in ((rgb_h, imgs[b]), (lab_h, labs[b])):
+                buf[b, 1 : 1 + a.shape[0], 1 : 1 + a.shape[1]] = a
+
+        list(fb._copy_pool().map(pad, range(nb)))
+        ms["threaded copies"] = time.perf_counter() - t
+        t = time.perf_counter()
+        t_rgb, t_lab = fb._upload(xp, rgb_h.reshape(-1, 3)), fb._upload(xp, lab_h.reshape(-1))
+        fb._staging_done(xp)
+        torch.cuda.synchronize()
+        ms["uploads"] = time.perf_counter() - t
+        t = time.perf_counter()
+        top = int(t_lab.max().item()) + 1
+        lab = t_lab.to(torch.int64)
+        key = (torch.arange(lab.shape[0], device=lab.device) // (h * w)) * top + lab
+        present = torch.zeros(nb * top, dtype=torch.bool, device=lab.device)
+        present[key[lab > 0]] = True
+        rank = torch.cumsum(present.to(torch.int64), 0)
+        _ = rank[key], torch.nonzero(present).cpu(), t_rgb
+        torch.cuda.synchronize()
+        ms["relabelling"] = time.perf_counter() - t
+        return ms
+
+    for _ in range(2):
+        phases()
+    rows = [phases() for _ in range(repeat)]
+    for k in rows[0]:
+        print(f"  {k:28s} {np.median([r[k] for r in rows]) * 1e3:7.2f} ms", flush=True)
+    dev_imgs = [torch.from_numpy(a).to(device) for a in imgs]
+    dev_labs = [torch.from_numpy(a).to(device) for a in labs]
+    print(f"  _stack, host inputs           {timed(lambda: fb._stack(xp, imgs, labs, pack=False)):7.2f} ms", flush=True)
+    print(f"  _stack, inputs on the device  {timed(lambda: fb._stack(xp, dev_imgs, dev_labs, pack=False)):7.2f} ms",
+          flush=True)
+
+
 _RSS_CHILD = r"""
 import resource, sys, time, numpy as np
 sys.path.insert(0, {src!r})
@@ -321,10 +386,14 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="'cuda' adds the CUDA rows ('torch-cpu': same rows on torch CPU)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
+    ap.add_argument("--stack-phases", action="store_true",
+                    help="only time the batch preparation of 64 patches on --device (host vs device inputs)")
     ap.add_argument("--profile", type=int, default=0, metavar="BATCH",
                     help="only profile the torch engine (--device) on BATCH patches and print the top ops")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.stack_phases:
+        return stack_phases(load_patches(args.data, 4), 64, args.device)
     if args.profile:
         return profile_torch(load_patches(args.data, 4), args.profile, "cpu" if args.device == "torch-cpu" else args.device)
 
