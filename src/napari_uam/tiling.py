@@ -68,7 +68,7 @@ def probe(path) -> tuple[int, int, Optional[float]]:
     Raises:
         InvalidImageError: the file cannot be opened as an image.
     """
-    from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, _mpp_from_tiff
+    from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, _mpp_from_tiff, is_channels_first, largest_level
 
     path = Path(path)
     name = path.name.lower()
@@ -77,12 +77,10 @@ def probe(path) -> tuple[int, int, Optional[float]]:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                level = series.levels[0] if getattr(series, "levels", None) else series
-                shape = level.shape
+                shape = largest_level(tif).shape
                 mpp = _mpp_from_tiff(tif)
             dims = list(shape)
-            if len(dims) == 3 and dims[0] in (3, 4) and dims[-1] not in (3, 4):
+            if is_channels_first(dims):
                 dims = dims[1:]
             return int(dims[0]), int(dims[1]), mpp
         if name.endswith(PIL_SUFFIXES):
@@ -110,13 +108,11 @@ def _whole(path: str, mtime: int) -> np.ndarray:
         Image.MAX_IMAGE_PIXELS = None  # the caller chose to process this file in tiles
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im)
+    from .io.reader import channels_last, largest_level
+
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        level = series.levels[0] if getattr(series, "levels", None) else series
-        data = level.asarray()
-    if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[-1] not in (3, 4):
-        data = np.moveaxis(data, 0, -1)
-    return data
+        data = largest_level(tif).asarray()
+    return channels_last(data)
 
 
 @dataclass(frozen=True)
@@ -147,9 +143,10 @@ def _read_tiff_region(path: str, y0: int, y1: int, x0: int, x1: int) -> Optional
     """Region of the first page of a TIFF, or None when its layout needs a whole read."""
     import tifffile
 
+    from .io.reader import largest_level
+
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        level = series.levels[0] if getattr(series, "levels", None) else series
+        level = largest_level(tif)
         if len(level.pages) != 1 or level.pages[0] is None:
             return None
         page = level.pages[0]

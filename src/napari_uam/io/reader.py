@@ -58,6 +58,22 @@ def _mpp_from_tiff(tif) -> Optional[float]:
     return None
 
 
+def largest_level(tif):
+    """The first series' full-resolution level of an open ``tifffile.TiffFile``."""
+    series = tif.series[0]
+    return series.levels[0] if getattr(series, "levels", None) else series
+
+
+def is_channels_first(shape) -> bool:
+    """Whether a stored (C, H, W) shape has its 3/4 channels first (as OME/SVS may store them)."""
+    return len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
+
+
+def channels_last(data: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W, C) for a channels-first array (:func:`is_channels_first`), else as is."""
+    return np.moveaxis(data, 0, -1) if is_channels_first(data.shape) else data
+
+
 def _check_file_size(path: Path, shape) -> None:
     """Refuse an image larger than the pipeline's limit before its pixels are decoded.
 
@@ -101,15 +117,11 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                level = series.levels[0] if getattr(series, "levels", None) else series
+                level = largest_level(tif)
                 _check_file_size(path, level.shape)
                 data = level.asarray()
                 mpp = _mpp_from_tiff(tif)
-            # OME/SVS may store channels first: move a leading 3/4-channel axis last.
-            if data.ndim == 3 and data.shape[0] in (3, 4) and data.shape[-1] not in (3, 4):
-                data = np.moveaxis(data, 0, -1)
-            return data, mpp
+            return channels_last(data), mpp
         if name.endswith(PIL_SUFFIXES):
             from PIL import Image
 
