@@ -103,27 +103,10 @@ def read_tumor_checkpoint(path) -> dict:
     Raises:
         CheckpointError: missing, damaged or of another format / version.
     """
-    import torch
+    from .training.checkpoint import load_checkpoint_dict
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Tumor-mask checkpoint {path} does not exist; check the path.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"Cannot read tumor-mask checkpoint {path} ({type(err).__name__}: {str(err)[:200]}); "
-            "the file is damaged or not a napari-uam checkpoint. Retrain it "
-            "(python benchmarks/multimodal_bench.py --train)."
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a napari-uam tumor-mask checkpoint.")
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has tumor-mask format version {ckpt.get('format_version')!r}; this napari-uam "
-            f"reads version {FORMAT_VERSION}. Upgrade napari-uam or retrain the model."
-        )
-    return ckpt
+    return load_checkpoint_dict(path, what="tumor-mask checkpoint", fmt=FORMAT, version=FORMAT_VERSION,
+                                hint="Retrain it (python benchmarks/multimodal_bench.py --train).")
 
 
 class TumorMaskModel:

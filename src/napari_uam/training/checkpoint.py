@@ -175,45 +175,58 @@ def save_checkpoint(
     return file_sha256(path)
 
 
+def load_checkpoint_dict(path, *, what: str, fmt: str, version: int, hint: str) -> dict:
+    """Load a napari-uam checkpoint dict of format ``fmt`` / ``version`` with clear errors.
+
+    Shared by the cell-classifier and the tumor-mask checkpoints (``what`` names the kind in
+    the messages, ``hint`` says how to get a good file).
+
+    Raises:
+        CheckpointError: a folder, missing, unreadable, truncated, corrupted, or of another
+            format / version.
+    """
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what.capitalize()} {path} is a folder; choose the .pt file inside it.")
+    if not path.is_file():
+        raise CheckpointError(f"{what.capitalize()} {path} does not exist; check the path.")
+    try:
+        # map_location: a checkpoint saved from a GPU loads on a machine without one.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as err:
+        raise CheckpointError(
+            f"Cannot read {what} {path}: permission denied. Ask for read access or copy "
+            "the file somewhere you can read it."
+        ) from err
+    except Exception as err:  # zip/pickle/EOF errors of a damaged file, or non-plain content
+        raise CheckpointError(
+            f"Cannot read {what} {path}: the file is damaged (truncated, corrupted) or not a "
+            f"napari-uam checkpoint ({type(err).__name__}: {str(err)[:200]}). {hint}"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(
+            f"{path} is not a napari-uam {what} (format "
+            f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}); "
+            "use a file written by napari-uam."
+        )
+    if ckpt.get("format_version") != version:
+        raise CheckpointError(
+            f"{path} has {what} format version {ckpt.get('format_version')!r}; this napari-uam reads "
+            f"version {version}. Upgrade napari-uam or retrain the model."
+        )
+    return ckpt
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load and validate a checkpoint dict (no model is built).
 
     Raises:
         CheckpointError: missing, truncated, corrupted or of an unknown format / version.
     """
-    import torch
-
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"Model checkpoint {path} is a folder; choose the .pt file inside it.")
-    if not path.is_file():
-        raise CheckpointError(f"Model checkpoint {path} does not exist; check the path.")
-    try:
-        # map_location: a checkpoint saved from a GPU loads on a machine without one.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError as err:
-        raise CheckpointError(
-            f"Cannot read model checkpoint {path}: permission denied. Ask for read access or copy "
-            "the file somewhere you can read it."
-        ) from err
-    except Exception as err:  # zip/pickle/EOF errors of a damaged file, or non-plain content
-        raise CheckpointError(
-            f"Cannot read model checkpoint {path}: the file is truncated, corrupted or not a "
-            f"napari-uam checkpoint ({type(err).__name__}: {str(err)[:200]}). Download or train it "
-            "again (python -m napari_uam.training.train_default)."
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not a napari-uam cell-classifier checkpoint (format "
-            f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}); "
-            "use a file written by napari_uam.training."
-        )
-    version = ckpt.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version!r}; this napari-uam reads version "
-            f"{FORMAT_VERSION}. Upgrade napari-uam or retrain the model."
-        )
+    ckpt = load_checkpoint_dict(path, what="cell-classifier checkpoint", fmt=FORMAT, version=FORMAT_VERSION,
+                                hint="Download or train it again (python -m napari_uam.training.train_default).")
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks the entries {missing}; the file is incomplete. Retrain it.")
