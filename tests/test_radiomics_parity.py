@@ -156,6 +156,10 @@ def test_consep_parity_cuda(consep_reference, engine):
         assert np.array_equal(res[k][0], ids)
         bad = _mismatch(res[k][1], ref)
         assert not bad.any(), _report(bad, ids)
+    # The same batch again (reused staging buffers) gives the same table.
+    again = extract_batch([img, sub_img, img], [lab, sub_lab, lab], DEFAULT_SCHEMA, device, **kw)
+    for (i1, v1), (i2, v2) in zip(res, again):
+        assert np.array_equal(i1, i2) and np.allclose(v1, v2, rtol=1e-12, atol=1e-12, equal_nan=True)
     [(sub_ids, sub_one)] = extract_batch([sub_img], [sub_lab], DEFAULT_SCHEMA, device, **kw)
     assert np.array_equal(res[1][0], sub_ids)
     assert np.allclose(res[1][1], sub_one, rtol=1e-12, atol=1e-12, equal_nan=True)
