@@ -1105,31 +1105,25 @@ def shape_cell(c, own, s0, s1, pix, lab, width, sy, sx, area_lut, perim_lut, cor
     for b in range(hx):
         clo[b] = 1 << 40
         chi[b] = -1
-    for t in range(s0, s1):
-        p = pix[t]
-        yy = 2 * (p // width - ymin) + 1
-        xx = 2 * (p % width - xmin) + 1
-        for d in range(4):
-            if lab[p + dys[d] * width + dxs[d]] != own:
-                a = yy + dys[d]
-                b = xx + dxs[d]
-                rlo[a] = min(rlo[a], b)
-                rhi[a] = max(rhi[a], b)
-                clo[b] = min(clo[b], a)
-                chi[b] = max(chi[b], a)
     m = 0
-    for t in range(s0, s1):
-        p = pix[t]
-        yy = 2 * (p // width - ymin) + 1
-        xx = 2 * (p % width - xmin) + 1
-        for d in range(4):
-            if lab[p + dys[d] * width + dxs[d]] != own:
-                a = yy + dys[d]
-                b = xx + dxs[d]
-                if (b == rlo[a] or b == rhi[a]) and (a == clo[b] or a == chi[b]):
-                    vy[m] = a
-                    vx[m] = b
-                    m += 1
+    for collect in range(2):  # over the boundary-edge midpoints: 0 = extremes, 1 = keep extreme ones
+        for t in range(s0, s1):
+            p = pix[t]
+            yy = 2 * (p // width - ymin) + 1
+            xx = 2 * (p % width - xmin) + 1
+            for d in range(4):
+                if lab[p + dys[d] * width + dxs[d]] != own:
+                    a = yy + dys[d]
+                    b = xx + dxs[d]
+                    if collect == 0:
+                        rlo[a] = min(rlo[a], b)
+                        rhi[a] = max(rhi[a], b)
+                        clo[b] = min(clo[b], a)
+                        chi[b] = max(chi[b], a)
+                    elif (b == rlo[a] or b == rhi[a]) and (a == clo[b] or a == chi[b]):
+                        vy[m] = a
+                        vx[m] = b
+                        m += 1
     d2 = 0.0
     for u in range(m):
         gy = vy[u] * (sy / 2)
