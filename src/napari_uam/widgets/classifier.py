@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -42,6 +41,7 @@ from .. import pipeline
 from ..errors import CancelledError, NoNucleiError, UAMError
 from ..validation import as_rgb_uint8
 from . import _layers as L
+from ._rows import path_row
 
 logger = logging.getLogger(__name__)
 
@@ -271,13 +271,8 @@ class ClassifierWidget(QWidget):
         self.model_combo = QComboBox()
         self.model_combo.addItems([_DEFAULT_MODEL, _CHECKPOINT_MODEL])
         self.model_combo.currentTextChanged.connect(self._on_model_changed)
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("path/to/checkpoint.pt")
-        self.checkpoint_browse = QPushButton("Browse...")
-        self.checkpoint_browse.clicked.connect(self._browse_checkpoint)
-        ckpt_row = QHBoxLayout()
-        ckpt_row.addWidget(self.checkpoint_edit)
-        ckpt_row.addWidget(self.checkpoint_browse)
+        self.checkpoint_edit, self.checkpoint_browse, ckpt_row = path_row(self._browse_checkpoint,
+                                                                          "path/to/checkpoint.pt")
         form.addRow("Model", self.model_combo)
         form.addRow("", ckpt_row)
         self.region_combo = QComboBox()
@@ -324,13 +319,7 @@ class ClassifierWidget(QWidget):
             cb.setChecked(True)
             self.export_checks[fmt] = cb
             fmt_row.addWidget(cb)
-        dir_row = QHBoxLayout()
-        self.export_dir_edit = QLineEdit()
-        self.export_dir_edit.setPlaceholderText("output folder")
-        self.export_browse = QPushButton("Browse...")
-        self.export_browse.clicked.connect(self._browse_export_dir)
-        dir_row.addWidget(self.export_dir_edit)
-        dir_row.addWidget(self.export_browse)
+        self.export_dir_edit, self.export_browse, dir_row = path_row(self._browse_export_dir, "output folder")
         self.export_btn = QPushButton("Export")
         self.export_btn.setToolTip("Write the cell table, nuclei polygons and labels of the image; never overwrites without asking.")
         self.export_btn.clicked.connect(self.export)

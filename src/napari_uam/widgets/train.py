@@ -33,7 +33,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMessageBox,
@@ -46,6 +45,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import CancelledError, UAMError
 from . import _layers as L
+from ._rows import path_row
 from ._plot import TrainingPlot
 from .annotate import annotated_table, source_of
 
@@ -158,13 +158,7 @@ class TrainWidget(QWidget):
         self.start_combo = QComboBox()
         self.start_combo.addItems([START_DEFAULT, START_FILE, START_SCRATCH])
         self.start_combo.currentTextChanged.connect(self._on_start_changed)
-        self.init_edit = QLineEdit()
-        self.init_edit.setPlaceholderText("previous checkpoint .pt")
-        self.init_browse = QPushButton("Browse...")
-        self.init_browse.clicked.connect(self._browse_init)
-        init_row = QHBoxLayout()
-        init_row.addWidget(self.init_edit)
-        init_row.addWidget(self.init_browse)
+        self.init_edit, self.init_browse, init_row = path_row(self._browse_init, "previous checkpoint .pt")
         form.addRow("Start from", self.start_combo)
         form.addRow("", init_row)
         self.arch_combo = QComboBox()
@@ -205,12 +199,7 @@ class TrainWidget(QWidget):
             has_cuda = False
         self.device_combo.model().item(1).setEnabled(has_cuda)
         form.addRow("Device", self.device_combo)
-        self.out_edit = QLineEdit(str(default_output()))
-        self.out_browse = QPushButton("Browse...")
-        self.out_browse.clicked.connect(self._browse_out)
-        out_row = QHBoxLayout()
-        out_row.addWidget(self.out_edit)
-        out_row.addWidget(self.out_browse)
+        self.out_edit, self.out_browse, out_row = path_row(self._browse_out, text=str(default_output()))
         form.addRow("Save as", out_row)
         self._on_start_changed(self.start_combo.currentText())
 
