@@ -5,20 +5,20 @@ from __future__ import annotations
 from qtpy.QtWidgets import QHBoxLayout, QLineEdit, QPushButton
 
 
-def path_row(on_browse, placeholder: str = "", text: str = ""):
+def path_row(on_browse, hint: str = "", text: str = ""):
     """A path field with a "Browse..." button beside it.
 
     Args:
         on_browse: called when the button is clicked (opens the dock's file dialog).
-        placeholder: grey hint shown while the field is empty.
+        hint: grey text shown while the field is empty.
         text: initial path.
 
     Returns:
         (edit, button, row): the QLineEdit, the QPushButton and the QHBoxLayout holding both.
     """
     edit = QLineEdit(text)
-    if placeholder:
-        edit.setPlaceholderText(placeholder)
+    if hint:
+        edit.setPlaceholderText(hint)
     button = QPushButton("Browse...")
     button.clicked.connect(on_browse)
     row = QHBoxLayout()
