@@ -667,7 +667,7 @@ def glcm_cells(starts, pix, level, levimg, lab, own0, width, ng, n_present, feat
 
 @njit(cache=True, nogil=True)
 def cell_box(s0, s1, pix, width):
-    """(height - 1, width - 1) of the bounding box of the cell's pixels ``pix[s0:s1]``."""
+    """(ymin, ymax, xmin, xmax) of the bounding box of the cell's pixels ``pix[s0:s1]``."""
     ymin = pix[s0] // width
     ymax = ymin
     xmin = pix[s0] % width
@@ -679,14 +679,14 @@ def cell_box(s0, s1, pix, width):
         ymax = max(ymax, y)
         xmin = min(xmin, x)
         xmax = max(xmax, x)
-    return ymax - ymin, xmax - xmin
+    return ymin, ymax, xmin, xmax
 
 
 @njit(cache=True, nogil=True)
 def cell_extent(s0, s1, pix, width):
     """Largest side of the cell's bounding box + 2: the run-length bound of :func:`glrlm_angle`."""
-    dy, dx = cell_box(s0, s1, pix, width)
-    return max(dy, dx) + 2
+    ymin, ymax, xmin, xmax = cell_box(s0, s1, pix, width)
+    return max(ymax - ymin, xmax - xmin) + 2
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1022,8 +1022,8 @@ NGTDM_NAMES = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
 def shape_scratch(s0, s1, pix, width):
     """Integer work entries :func:`shape_cell` needs for one cell: 6 (hy + hx), with hy, hx
     the half-pixel grid's rows and columns over the cell's bounding box."""
-    dy, dx = cell_box(s0, s1, pix, width)
-    return 6 * ((2 * dy + 3) + (2 * dx + 3))
+    ymin, ymax, xmin, xmax = cell_box(s0, s1, pix, width)
+    return 6 * ((2 * (ymax - ymin) + 3) + (2 * (xmax - xmin) + 3))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1054,19 +1054,9 @@ def shape_cell(c, own, s0, s1, pix, lab, width, sy, sx, area_lut, perim_lut, cor
     # moments (two pass)
     my = 0.0
     mx = 0.0
-    ymin = pix[s0] // width
-    ymax = ymin
-    xmin = pix[s0] % width
-    xmax = xmin
     for t in range(s0, s1):
-        yy = pix[t] // width
-        xx = pix[t] % width
-        my += yy * sy
-        mx += xx * sx
-        ymin = min(ymin, yy)
-        ymax = max(ymax, yy)
-        xmin = min(xmin, xx)
-        xmax = max(xmax, xx)
+        my += (pix[t] // width) * sy
+        mx += (pix[t] % width) * sx
     my /= n
     mx /= n
     cyy = 0.0
@@ -1091,6 +1081,7 @@ def shape_cell(c, own, s0, s1, pix, lab, width, sy, sx, area_lut, perim_lut, cor
     # maximum diameter: boundary-edge midpoints (half-pixel units) extreme in their row and in
     # their column (the only possible hull vertices), then all pairs. First pass: the extremes;
     # second pass: the midpoints that are extreme both ways (at most 2 per row and column).
+    ymin, ymax, xmin, xmax = cell_box(s0, s1, pix, width)
     hy = 2 * (ymax - ymin) + 3
     hx = 2 * (xmax - xmin) + 3
     rlo = work[:hy]
