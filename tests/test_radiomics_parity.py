@@ -245,7 +245,8 @@ def test_schema_registry():
 
 @pytest.mark.parametrize("device", ["numpy", "numpy-pure", "cpu"])
 def test_batch_matches_single_patches(device):
-    """Many patches of different sizes in one call give the rows of one call per patch."""
+    """Many patches of different sizes in one call give the rows of one call per patch (five,
+    so that the torch engine's threaded host copies, from four patches on, run as well)."""
     img, lab = _edge_cases()
     rng = np.random.default_rng(5)
     img2 = rng.integers(0, 256, size=(30, 52, 3)).astype(np.uint8)
@@ -254,9 +255,11 @@ def test_batch_matches_single_patches(device):
     lab2[15:29, 30:50] = 300
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        batch = extract_batch([img, img2, img], [lab, lab2, lab], DEFAULT_SCHEMA, device)
-        singles = [extract_batch([i], [lb], DEFAULT_SCHEMA, device)[0] for i, lb in ((img, lab), (img2, lab2), (img, lab))]
-    for (ids_b, v_b), (ids_s, v_s) in zip(batch, singles):
+        batch = extract_batch([img, img2, img, img2, img], [lab, lab2, lab, lab2, lab], DEFAULT_SCHEMA, device)
+        singles = [extract_batch([i], [lb], DEFAULT_SCHEMA, device)[0] for i, lb in ((img, lab), (img2, lab2))]
+    assert len(batch) == 5
+    for k, (ids_b, v_b) in enumerate(batch):
+        ids_s, v_s = singles[k % 2]
         assert np.array_equal(ids_b, ids_s)
         assert np.allclose(v_b, v_s, rtol=1e-12, atol=1e-12, equal_nan=True)
 

@@ -129,7 +129,9 @@ def extract_cuda(xp, rgb, lab, ids, stack_shape, schema: FeatureSchema, col_of, 
 
     Args:
         xp: the engine's :class:`._ops.TorchOps` on a CUDA device.
-        rgb: (N, 3) uint8 colours of the padded batch; lab: (N,) int64 compact cell ids
+        rgb: (N, 3) uint8 colours of the padded batch (or a callable returning them: called
+            once the labels' work is queued, so that a host copy can overlap it); lab: (N,)
+            int64 compact cell ids
             1..C (0 = background), as :func:`.fast_backend._stack` (``pack=False``) returns them.
         ids, stack_shape: the other outputs of ``_stack``.
         col_of, fams, n_feat: the column layout (:func:`.fast_backend._column_layout`).
@@ -178,6 +180,8 @@ def extract_cuda(xp, rgb, lab, ids, stack_shape, schema: FeatureSchema, col_of, 
 
     level_of = {}
     lut_cache = {}
+    if callable(rgb):  # colours still being copied on the host (see fast_backend._stack)
+        rgb = rgb()
     packed = _pack_rgb(rgb[pix])  # only the cells' pixels: the lookup index of the channels
     for ch in schema.channels:
         if ch not in lut_cache:

@@ -70,7 +70,9 @@ def _stack(xp, images, labels, pack: bool = True):
 
     Returns:
         rgb (B * Hp * Wp,) int64 packed colours (``pack=False``, torch only: the
-        (B * Hp * Wp, 3) uint8 colours, left to the caller to pack where it needs them),
+        (B * Hp * Wp, 3) uint8 colours, left to the caller to pack where it needs them; from
+        host arrays, a callable returning them, whose host copy is still running in the
+        background until it is called),
         lab (B * Hp * Wp,) int64 compact ids,
         ids list of (n_b,) int64 host arrays (original label of each compact id, in order),
         (B, Hp, Wp).
@@ -112,42 +114,40 @@ def _stack(xp, images, labels, pack: bool = True):
         packed = (rgb[:, 0].astype(np.int32) << 16) | (rgb[:, 1].astype(np.int32) << 8) | rgb[:, 2]
         del rgb
         t_lab = lab.reshape(-1)
-    else:  # pad on the host (threaded), then one upload per array (uint8 RGB, labels as given)
+    else:  # pad on the host (threaded), labels first; the colours follow in the background
         torch = xp.torch
         if not staged:  # labels wider than 32 bits: see the int64 path
             ldt = np.int32 if top < 2**31 else np.int64
         else:
             ldt = np.int32
-        rgb_h = _staging(xp, "rgb", (nb, h, w, 3), np.uint8)
         lab_h = _staging(xp, "lab", (nb, h, w), ldt)
-
-        def pad(b):
-            for buf, a in ((rgb_h, images[b]), (lab_h, labels[b])):
-                hb, wb = a.shape[0], a.shape[1]
-                buf[b, 1 : 1 + hb, 1 : 1 + wb] = a
-                buf[b, 0] = 0  # the padding (the buffer is reused between calls)
-                buf[b, 1 + hb :] = 0
-                buf[b, 1 : 1 + hb, 0] = 0
-                buf[b, 1 : 1 + hb, 1 + wb :] = 0
-
+        rgb_h = _staging(xp, "rgb", (nb, h, w, 3), np.uint8)
         # NumPy copies release the GIL: a batch of patches is copied by a few threads (the
-        # single-threaded copy was most of the host time of a 64-patch call). One upload per
-        # array afterwards: per-patch uploads cost more in per-call overhead than they overlap,
-        # and uploads of 4-5 groups overlapping the copies measured no better on the H100 host.
+        # single-threaded copy was most of the host time of a 64-patch call), one task per
+        # thread (a task per patch cost ~1 ms more on 64 patches). The labels' tasks go first
+        # and only they are waited for; the colours are copied while the GPU relabels and
+        # groups the pixels, and uploaded where the caller first needs them (``pack=False``).
+        # Uploads stay on this thread: per-patch uploads, or uploads queued by the copy
+        # threads block by block, cost more than they overlapped on the H100 host.
         if nb >= 4:
-            list(_copy_pool().map(pad, range(nb)))
+            pool, n_threads = _copy_pool(), _POOL[1]
+            parts = [range(k, nb, n_threads) for k in range(min(nb, n_threads))]
+            lab_jobs = [pool.submit(_pad_all, lab_h, labels, part) for part in parts]
+            copies = [pool.submit(_pad_all, rgb_h, images, part) for part in parts]
+            for j in lab_jobs:
+                j.result()
         else:
-            for b in range(nb):
-                pad(b)
-        t_rgb = _upload(xp, rgb_h.reshape(-1, 3))
+            _pad_all(lab_h, labels, range(nb))
+            _pad_all(rgb_h, images, range(nb))
+            copies = []
         t_lab = _upload(xp, lab_h.reshape(-1))
-        _staging_done(xp)
+        _staging_done(xp, "lab")
+        rgb_upload = _DeferredUpload(xp, rgb_h.reshape(-1, 3), "rgb", copies)
         if top is None:  # one read-back instead of a NumPy pass over every patch's labels
             top = int(t_lab.max().item()) + 1
         t_lab = t_lab.to(torch.int64)
-        del rgb_h, lab_h
-        packed = _pack_rgb(t_rgb) if pack else t_rgb
-        del t_rgb
+        del lab_h, rgb_h
+        packed = rgb_upload if not pack else _pack_rgb(rgb_upload())
     # (patch, label) keys: which are present, and each one's rank among them = compact id.
     key = t_lab if nb == 1 else (xp.arange(nb * h * w) // (h * w)) * top + t_lab
     if nb * top <= 8 * key.shape[0] + (1 << 20):
@@ -171,12 +171,47 @@ def _stack(xp, images, labels, pack: bool = True):
         comp_of = xp.asarray(np.where(is_bg, 0, np.arange(1, len(keys) + 1) - bg_before), dtype="i64")
         compact = _img(xp, comp_of)[inv]
         keys = keys[~is_bg]
-    patch_of = keys // top
-    ids = [keys[patch_of == b] % top for b in range(nb)]
+    # keys are sorted: each patch's ids are one slice (no per-patch pass over all keys)
+    cuts = np.searchsorted(keys, np.arange(1, nb) * top)
+    ids = np.split(keys - np.repeat(np.arange(nb) * top, np.diff(np.r_[0, cuts, len(keys)])), cuts)
     return packed, compact, ids, (nb, h, w)
 
 
 _POOL = []
+
+
+def _pad_into(buf, a, b):
+    """Copy patch ``a`` into slot ``b`` of the padded staging array ``buf``, zeroing the border
+    (the buffer is reused between calls)."""
+    hb, wb = a.shape[0], a.shape[1]
+    buf[b, 1 : 1 + hb, 1 : 1 + wb] = a
+    buf[b, 0] = 0
+    buf[b, 1 + hb :] = 0
+    buf[b, 1 : 1 + hb, 0] = 0
+    buf[b, 1 : 1 + hb, 1 + wb :] = 0
+
+
+def _pad_all(buf, arrays, which):
+    for b in which:
+        _pad_into(buf, arrays[b], b)
+
+
+class _DeferredUpload:
+    """A staging array still being filled by the copy threads: calling it waits for the copies,
+    queues the upload and returns the device tensor (once; later calls return the same)."""
+
+    def __init__(self, xp, host, name, copies):
+        self.xp, self.host, self.name, self.copies, self.tensor = xp, host, name, copies, None
+        _STAGING_COPIES[name] = copies  # the next user of the staging buffer waits for them too
+
+    def __call__(self):
+        if self.tensor is None:
+            for c in self.copies:
+                c.result()
+            self.tensor = _upload(self.xp, self.host)
+            _staging_done(self.xp, self.name)
+            self.host = None
+        return self.tensor
 
 
 def _pack_rgb(rgb):
@@ -188,12 +223,14 @@ def _pack_rgb(rgb):
 
 
 def _copy_pool():
-    """A small shared thread pool for the host-side batch copies (created on first use)."""
+    """A small shared thread pool for the host-side batch copies (created on first use; its
+    size is ``_POOL[1]``)."""
     if not _POOL:
         import os
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL.append(ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) // 2))))
+        n = max(1, min(8, (os.cpu_count() or 2) // 2))
+        _POOL.extend([ThreadPoolExecutor(max_workers=n), n])
     return _POOL[0]
 
 
@@ -214,10 +251,14 @@ def _numel(a) -> int:
 #: Reused host buffers of the CUDA upload, per (name, dtype): page-locked, so that the upload
 #: is one fast asynchronous DMA instead of a pageable copy, and no page faults per call.
 _STAGING: dict = {}
+#: Host copies (futures) still filling a staging buffer, per name.
+_STAGING_COPIES: dict = {}
 
 
 def _staging(xp, name, shape, dtype):
     """A host array of ``shape`` for the upload (pinned and cached on CUDA; contents stale)."""
+    for c in _STAGING_COPIES.pop(name, ()):  # copies of an earlier call that never uploaded
+        c.result()
     if xp.device.type != "cuda":
         return np.empty(shape, dtype=dtype)
     torch = xp.torch
@@ -236,13 +277,15 @@ def _upload(xp, arr):
     return xp.torch.from_numpy(arr).to(xp.device, non_blocking=xp.device.type == "cuda")
 
 
-def _staging_done(xp):
-    """Mark the staging buffers as in use by the uploads just queued."""
+def _staging_done(xp, name):
+    """Mark the staging buffer ``name`` as in use by the upload just queued."""
+    _STAGING_COPIES.pop(name, None)
     if xp.device.type == "cuda":
         ev = xp.torch.cuda.Event()
         ev.record()
-        for entry in _STAGING.values():
-            entry[1] = ev
+        for key, entry in _STAGING.items():
+            if key[0] == name:
+                entry[1] = ev
 
 
 def _download(xp, a):
