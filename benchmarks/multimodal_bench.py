@@ -18,6 +18,9 @@ every fine-tune. The best multimodal model is written as ``OUT/tumor_mask.pt``.
 ``--from-json OUT/multimodal_results.json`` renders the ``multimodal`` section of
 docs/results.md, the ``tumor-mask`` section of docs/performance.md and the model card
 src/napari_uam/weights/tumor_mask.md. ``--time-cpu`` adds a CPU timing on this machine.
+``--half-weights`` (with ``--from-json``) stores the shipped weights as float16 after evaluating
+the float32 and float16 weights on the held-out images on the CPU, and records both in the JSON
+(the model card then quotes the stored file's numbers).
 """
 
 from __future__ import annotations
@@ -296,7 +299,11 @@ def render(summary: dict, results_md: Path, perf_md: Path, card: Path | None) ->
         f"One seed and {len(summary['data']['val'])} held-out images: differences of a few points are "
         "within run-to-run noise. Shipped: "
         f"**{summary['shipped']}** (`src/napari_uam/weights/tumor_mask.pt`, chosen by held-out mIoU, so its numbers are "
-        "optimistic by that selection).",
+        "optimistic by that selection)." + (
+            " It is stored as float16; re-measured on the CPU from the stored file, the held-out "
+            + ", ".join(f"{k} {_fmt(summary['stored_fp16']['fp16'][k])}" for k in METRICS)
+            + " (float32 weights: " + ", ".join(_fmt(summary['stored_fp16']['fp32'][k]) for k in METRICS)
+            + "; `multimodal_bench.py --half-weights`)." if summary.get("stored_fp16") else ""),
         "",
         f"Data: CAMELYON16 tiles at an *estimated* {summary['data']['camelyon_mpp_estimate']} um/px (nucleus-size "
         "estimate, see `napari_uam.training.regions`; trained with x0.8-x1.25 scale jitter), BCSS ROI at 0.25 um/px cut "
@@ -327,6 +334,13 @@ def render(summary: dict, results_md: Path, perf_md: Path, card: Path | None) ->
     if card is not None:
         best = summary["shipped"]
         v = res[best]["val"]
+        fp16 = summary.get("stored_fp16")
+        stored = []
+        if fp16:  # the file holds float16 weights: quote what they measure
+            v = fp16["fp16"]
+            stored = [f"- Stored as float16 (loaded into the float32 model). The held-out metrics below are the stored "
+                      f"file's, re-measured on the CPU (`multimodal_bench.py --half-weights`); the float32 weights "
+                      f"it came from gave " + " / ".join(_fmt(fp16['fp32'][k]) for k in METRICS) + "."]
         card.write_text("\n".join([
             "# Model card: `tumor_mask`", "",
             f"- Architecture: TumorRegionNet ({best}): SSMamba encoder (LPR + DMS, 4 stages) fused with UAM cell tokens "
@@ -335,6 +349,7 @@ def render(summary: dict, results_md: Path, perf_md: Path, card: Path | None) ->
             f"- Works at {s['work_mpp']} um/px; output: per-pixel tumor probability at the input resolution.",
             "- Needs the measured cell table (radiomics schema of the stored UAM copy `uam_default`, frozen).",
             f"- Trained on {dev}, {summary['total_s']:.0f} s in all; SHA-256 `{summary.get('shipped_sha256', '')}`.",
+            *stored,
             "", "## Held-out metrics (threshold 0.5, %)", "",
             "| " + " | ".join(METRICS) + " |", "|" + "---|" * len(METRICS),
             "| " + " | ".join(_fmt(v[k]) for k in METRICS) + " |", "",
@@ -367,6 +382,40 @@ def cpu_timing(args) -> None:
     summary["timing"].setdefault(summary["shipped"], {})[key] = time_inference(tmodel, images, "cpu", WORK_MPP, 3)
     summary["timing"].setdefault("image-only", {})[key] = time_inference(TumorRegionNet(use_cells=False), images, "cpu", WORK_MPP, 3)
     path.write_text(json.dumps(summary, indent=1))
+
+
+def half_weights(args) -> None:
+    """Store the shipped (or ``--weights``) tumor-mask checkpoint as float16, its held-out
+    metrics re-measured on the CPU from the float16 weights next to the float32 ones."""
+    import torch
+
+    from napari_uam.training import train_multimodal as tm
+    from napari_uam.training.checkpoint import file_sha256
+    from napari_uam.training.regions import load_prepared
+    from napari_uam.tumor import TumorMaskModel, default_tumor_weights_path, read_tumor_checkpoint, save_tumor_checkpoint
+
+    path = Path(args.weights) if args.weights else default_tumor_weights_path()
+    ckpt = read_tumor_checkpoint(path)
+    if ckpt.get("stored_dtype") == "float16":
+        raise SystemExit(f"{path} is stored as float16 already.")
+    val = [i for i in load_prepared(args.data) if i.split == "val"]
+    half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    out = {"device": "cpu", "fp32_sha256": file_sha256(path), "n_images": len(val)}
+    for name, sd in (("fp32", ckpt["state_dict"]), ("fp16", half)):
+        model = TumorMaskModel({**ckpt, "state_dict": sd}, device="cpu").model
+        r = tm.evaluate(model, val, ckpt["work_mpp"], "cpu")
+        out[name] = {k: r[k] for k in (*METRICS, "recall", "cells_rule_accuracy", "cells_head_accuracy") if k in r}
+        _log(f"{name}: " + " ".join(f"{k}={out[name][k]:.3f}" for k in METRICS))
+    training = {**ckpt["training"], "stored_as_float16": {"from_sha256": out["fp32_sha256"], "held_out_fp32": out["fp32"]}}
+    save_tumor_checkpoint(path, model, work_mpp=ckpt["work_mpp"], cell_encoder=ckpt["cell_encoder"],
+                          training=training, metrics={**ckpt["metrics"], **out["fp16"]},
+                          model_id=ckpt.get("model_id"), half=True)
+    out["fp16_sha256"] = file_sha256(path)
+    _log(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    summary = json.loads(Path(args.from_json).read_text())
+    summary["stored_fp16"] = out
+    summary["shipped_sha256"] = out["fp16_sha256"]
+    Path(args.from_json).write_text(json.dumps(summary, indent=1))
 
 
 def _cell_sets_table(res: dict) -> list[str]:
@@ -460,6 +509,7 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", default=None)
     p.add_argument("--weights", default=None, help="tumor-mask checkpoint for --time-cpu (default: shipped)")
     p.add_argument("--time-cpu", action="store_true")
+    p.add_argument("--half-weights", action="store_true", help="store the shipped weights as float16 (with --from-json)")
     p.add_argument("--cell-sets-report", nargs="+", default=None,
                    help="JSON of --cell-sets runs (current variant first): render their section of docs/results.md")
     p.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"))
@@ -472,6 +522,8 @@ def main(argv=None) -> int:
             print(f"{name:22s} " + " ".join(f"{k}={r['val'][k]:.1f}" for k in METRICS)
                   + f" cells_rule={r['val']['cells_rule_accuracy']:.1f} uam={r['val']['cells_uam_accuracy']:.1f}")
     if a.from_json:
+        if a.half_weights:
+            half_weights(a)
         if a.time_cpu:
             cpu_timing(a)
         render(json.loads(Path(a.from_json).read_text()), Path(a.results_md), Path(a.perf_md),

@@ -140,6 +140,35 @@ def test_checkpoint_reloads_identically_and_is_self_contained(tmp_path, monkeypa
     assert tm.card["metrics"] == {"mIoU": 1.0} and tm.uses_cells
 
 
+def test_float16_checkpoint_is_smaller_and_loads_into_the_float32_model(tmp_path):
+    """``half=True`` stores float16 weights (half the weight bytes) that load back into a float32
+    model equal to the float16-rounded original, which predicts close to the original."""
+    import torch
+
+    model = _small(False, seed=4)
+    full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+    save_tumor_checkpoint(full, model, work_mpp=2.0, cell_encoder=None)
+    save_tumor_checkpoint(half, model, work_mpp=2.0, cell_encoder=None, half=True)
+    ckpt = read_tumor_checkpoint(half)
+
+    def weight_bytes(c):
+        return sum(v.numel() * v.element_size() for v in c["state_dict"].values() if v.is_floating_point())
+
+    assert weight_bytes(ckpt) * 2 == weight_bytes(read_tumor_checkpoint(full))
+    assert half.stat().st_size < full.stat().st_size
+    assert ckpt["stored_dtype"] == "float16" and read_tumor_checkpoint(full)["stored_dtype"] == "float32"
+    loaded = TumorMaskModel(ckpt, device="cpu", backend="torch").model
+    for k, v in model.state_dict().items():
+        got = loaded.state_dict()[k]
+        assert got.dtype == v.dtype
+        want = v.to(torch.float16).to(v.dtype) if v.is_floating_point() else v
+        assert torch.equal(got, want), k
+    rgb = np.random.default_rng(0).integers(0, 256, (96, 96, 3)).astype(np.uint8)
+    ref = predict_probability(model.eval(), rgb, 2.0, 2.0, None, None)
+    got = predict_probability(loaded, rgb, 2.0, 2.0, None, None)
+    assert np.abs(got - ref).max() < 1e-2
+
+
 def test_multimodal_model_needs_the_cell_table(tmp_path):
     from napari_uam.errors import InvalidLabelsError
 

@@ -14,7 +14,8 @@ feature names, schema id), so a later change of the default cell classifier cann
 
 Checkpoint keys: ``format`` (``"napari-uam/tumor-mask"``), ``format_version``, ``config``
 (:class:`~napari_uam.models.multimodal.TumorRegionNet` arguments), ``state_dict``,
-``work_mpp``, ``cell_encoder`` (a cell-classifier checkpoint dict, or None for image-only
+``stored_dtype`` (``"float32"`` or ``"float16"``: the weights load into a float32 model either
+way; absent in older files = float32), ``work_mpp``, ``cell_encoder`` (a cell-classifier checkpoint dict, or None for image-only
 models), ``training``, ``metrics``, ``model_id``, ``created``, ``versions``, ``n_parameters``.
 """
 
@@ -51,7 +52,7 @@ def tumor_weights_available(path=None) -> bool:
 
 def save_tumor_checkpoint(path, model, *, work_mpp: float, cell_encoder: dict | None,
                           training: dict | None = None, metrics: dict | None = None,
-                          model_id: str | None = None) -> str:
+                          model_id: str | None = None, half: bool = False) -> str:
     """Write a tumor-mask checkpoint atomically; returns its SHA-256.
 
     Args:
@@ -60,6 +61,9 @@ def save_tumor_checkpoint(path, model, *, work_mpp: float, cell_encoder: dict | 
         work_mpp: pixel size the model works at.
         cell_encoder: the UAM cell-classifier checkpoint dict (required when the model uses cells).
         training, metrics: model-card dicts.
+        half: store the floating-point weights as float16 (half the file; they load back
+            into the float32 model). Re-measure held-out metrics on the stored file when
+            using it (``benchmarks/multimodal_bench.py --half-weights`` does).
     """
     import torch
 
@@ -73,7 +77,8 @@ def save_tumor_checkpoint(path, model, *, work_mpp: float, cell_encoder: dict | 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": cfg,
-        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: _stored(v, half) for k, v in model.state_dict().items()},
+        "stored_dtype": "float16" if half else "float32",
         "work_mpp": float(work_mpp),
         "cell_encoder": cell_encoder if model.use_cells else None,
         "training": _plain(training or {}),
@@ -95,6 +100,13 @@ def save_tumor_checkpoint(path, model, *, work_mpp: float, cell_encoder: dict | 
         Path(tmp).unlink(missing_ok=True)
         raise
     return file_sha256(path)
+
+
+def _stored(t, half: bool):
+    import torch
+
+    t = t.detach().to("cpu")
+    return t.to(torch.float16) if half and t.is_floating_point() else t.clone()
 
 
 def read_tumor_checkpoint(path) -> dict:
