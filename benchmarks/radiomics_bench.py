@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/radiomics_bench.py [--data DIR] [--quick] [--device cuda] [--json OUT]
     python benchmarks/radiomics_bench.py --device cuda --profile 64   # torch profiler table
+    python benchmarks/radiomics_bench.py --device cuda --cold-start   # first call in new processes
 
 Rows whose tool is missing are skipped with a note (pyradiomics / SimpleITK on the GPU
 machine). CPU rows are medians of 5 repeats (1 thread, 2 threads, 2 processes); the CUDA rows
@@ -225,6 +226,40 @@ def profile_torch(patches, batch: int, device: str) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+_COLD = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {src!r}); sys.path.insert(0, {bench!r})
+from radiomics_bench import load_patches
+from napari_uam.radiomics.fast_backend import extract_batch
+from napari_uam.radiomics.schema import DEFAULT_SCHEMA
+from pathlib import Path
+[(img, lab)] = load_patches(Path({data!r}), 1)
+t1 = time.perf_counter()
+extract_batch([img], [lab], DEFAULT_SCHEMA, {device!r})
+t2 = time.perf_counter()
+extract_batch([img], [lab], DEFAULT_SCHEMA, {device!r})
+t3 = time.perf_counter()
+print(f"{{t1 - t0:.2f}} {{t2 - t1:.2f}} {{t3 - t2:.3f}}")
+"""
+
+
+def cold_start(data: Path, device: str, runs: int = 3) -> None:
+    """Seconds of the first and second call on one patch in fresh processes sharing an empty
+    numba cache directory: the first process compiles the kernels, the later ones load them."""
+    import tempfile
+
+    here = Path(__file__).resolve().parent
+    code = _COLD.format(src=str(REPO / "src"), bench=str(here), data=str(data), device=device)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        print(f"| process | imports + data (s) | first call (s) | second call (s) |\n|---|---:|---:|---:|")
+        for k in range(runs):
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            a, b, c = out.stdout.split()[-3:]
+            print(f"| {f'{k + 1}' + (' (empty cache)' if k == 0 else ' (cache filled)')} | {a} | {b} | {c} |", flush=True)
+
+
 def _resolved(stacked):
     """``_stack``'s output with its deferred colour upload (host inputs) queued."""
     if callable(stacked[0]):
@@ -395,6 +430,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="'cuda' adds the CUDA rows ('torch-cpu': same rows on torch CPU)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="first-call seconds in new processes (empty, then filled numba cache); no docs written")
     ap.add_argument("--stack-phases", action="store_true",
                     help="only time the batch preparation of 64 patches on --device (host vs device inputs)")
     ap.add_argument("--profile", type=int, default=0, metavar="BATCH",
@@ -403,6 +440,8 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     if args.stack_phases:
         return stack_phases(load_patches(args.data, 4), 64, args.device)
+    if args.cold_start:
+        return cold_start(args.data, args.device)
     if args.profile:
         return profile_torch(load_patches(args.data, 4), args.profile, "cpu" if args.device == "torch-cpu" else args.device)
 

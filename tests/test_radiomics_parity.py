@@ -182,6 +182,57 @@ def test_edge_cells_parity_cuda(edge_reference, engine):
     _check_edges(*edge_reference, device, cuda_kernels=_cuda_engine(engine))
 
 
+_CACHE_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {src!r})
+from napari_uam.radiomics import _cuda, _numba
+from napari_uam.radiomics import _cuda_kernels as kmod
+from napari_uam.radiomics.fast_backend import extract_batch
+from napari_uam.radiomics.schema import DEFAULT_SCHEMA
+rng = np.random.default_rng(0)
+img = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+lab = np.zeros((64, 64), np.int32)
+for k in range(1, 12):
+    y, x = rng.integers(0, 56, 2)
+    lab[y : y + rng.integers(2, 8), x : x + rng.integers(2, 8)] = k
+[(ids, v)] = extract_batch([img], [lab], DEFAULT_SCHEMA, {device!r}, cuda_kernels=True)
+ks = _cuda.kernels()
+want = hashlib.sha256(Path(_numba.__file__).read_bytes() + Path(kmod.__file__).read_bytes()).hexdigest()
+print(json.dumps({{"hits": {{n: sum(k.stats.cache_hits.values()) for n, k in ks.items()}},
+                   "stamps": [k._cache._cache_file._source_stamp == want for k in ks.values()],
+                   "values": np.nan_to_num(v, nan=-1.0).tolist()}}))
+"""
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
+    """The first process compiles the kernels and caches them (keyed on ``_numba.py`` as well
+    as the kernels' file); a second process loads every kernel from that cache and gives the
+    same table."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    device = _gpu_device()
+    _cuda_engine("kernels")
+    script = tmp_path / "cached.py"
+    script.write_text(_CACHE_SCRIPT.format(src=str(Path(__file__).resolve().parents[1] / "src"), device=device))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")}
+    runs = []
+    for _ in range(2):
+        res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert all(h == 0 for h in runs[0]["hits"].values()), runs[0]["hits"]
+    assert all(h >= 1 for h in runs[1]["hits"].values()), runs[1]["hits"]
+    assert all(runs[0]["stamps"]) and all(runs[1]["stamps"])
+    assert np.array_equal(np.array(runs[0]["values"]), np.array(runs[1]["values"]))
+
+
 def _edge_cases():
     rng = np.random.default_rng(3)
     img = rng.integers(40, 230, size=(40, 48, 3)).astype(np.uint8)

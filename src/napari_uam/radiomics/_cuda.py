@@ -53,8 +53,8 @@ def available() -> bool:
 
 @lru_cache(maxsize=1)
 def kernels():
-    """The CUDA kernels, compiled on their first launch in a process (numba-cuda cannot cache
-    the GLCM kernel on disk: it links extra device code)."""
+    """The CUDA kernels: compiled on their first launch on a machine (~10-20 s), loaded from
+    numba's disk cache in later processes (see ``_cuda_kernels._enable_disk_cache``)."""
     _numpy_compat()
     from ._cuda_kernels import KERNELS
 

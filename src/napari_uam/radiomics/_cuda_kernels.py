@@ -3,11 +3,60 @@
 One thread per cell (``order[i]``, largest cells first); each kernel slices its cell's work
 arrays out of the shared scratch buffers and calls the per-cell function of :mod:`._numba`
 that the CPU loop calls, compiled here as a CUDA device function.
+
+The compiled kernels are cached on disk (numba's cache directory), so only the first process
+on a machine pays the compile (~10-20 s); see :func:`_enable_disk_cache`.
 """
 
-from numba import cuda
+import hashlib
+from pathlib import Path
 
-from . import _numba
+from ._cuda import _numpy_compat
+
+_numpy_compat()  # before numba-cuda's array registries load (np.row_stack, see there)
+
+from numba import cuda  # noqa: E402
+
+from . import _numba  # noqa: E402
+
+
+def _view2d_sim(a, rows, cols):
+    return a[: rows * cols].reshape((rows, cols))
+
+
+if cuda.config.ENABLE_CUDASIM:  # numba's CUDA simulator runs the kernels as Python
+    view2d = _view2d_sim
+else:
+    from numba.cuda import types
+    from numba.cuda.core.imputils import impl_ret_borrowed
+    from numba.cuda.extending import intrinsic
+    from numba.cuda.np.arrayobj import make_array, populate_array
+
+    @intrinsic
+    def view2d(typingctx, a, rows, cols):
+        """(rows, cols) C-contiguous view of the start of 1-D contiguous ``a``.
+
+        ``ndarray.reshape`` would do, but on CUDA it links numba-cuda's C reshape helper,
+        and a kernel that links extra files cannot be cached on disk (it would compile in
+        every new process, ~10 s for GLCM).
+        """
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
+            return None
+        ret = types.Array(a.dtype, 2, "C")
+
+        def codegen(context, builder, sig, args):
+            src = make_array(sig.args[0])(context, builder, args[0])
+            out = make_array(ret)(context, builder)
+            intp = types.intp
+            r = context.cast(builder, args[1], sig.args[1], intp)
+            c = context.cast(builder, args[2], sig.args[2], intp)
+            item = context.get_constant(intp, context.get_abi_sizeof(context.get_data_type(a.dtype)))
+            populate_array(out, data=src.data, shape=[r, c], strides=[builder.mul(c, item), item], itemsize=item,
+                           meminfo=src.meminfo, parent=src.parent)
+            return impl_ret_borrowed(context, builder, ret, out._getvalue())
+
+        return ret(a, rows, cols), codegen
+
 
 @cuda.jit
 def shape_k(order, starts, pix, lab, width, sy, sx, area_lut, perim_lut, corners, dys, dxs, ioff, iwork, feats):
@@ -39,9 +88,9 @@ def glcm_k(order, starts, pix, level, levimg, lab, ng, offs, lg, ioff, iwork, fo
         G = g + 1
         f0 = foff[c] + a * (foff[c + 1] - foff[c]) // 4
         f = fwork[f0 : f0 + (foff[c + 1] - foff[c]) // 4]
-        Pa = f[: G * G].reshape((G, G))
+        Pa = view2d(f, G, G)
         o = G * G
-        M = f[o : o + g * g].reshape((g, g))
+        M = view2d(f[o:], g, g)
         o += g * g
         i0 = ioff[c] + a * G
         status[c, a] = _numba.glcm_angle(c + 1, starts[c], starts[c + 1], g, offs[a], pix, level, levimg, lab, lg, Pa,
@@ -92,5 +141,34 @@ def gldm_ngtdm_k(order, starts, pix, level, levimg, lab, ng, offs, foff, fwork, 
                            ngtdm)
 
 
+def _enable_disk_cache(kernels) -> bool:
+    """Cache the kernels on disk, keyed on this file *and* :mod:`._numba`.
+
+    numba keys a cached kernel on the timestamp of the file that defines it only; these
+    kernels also compile the per-cell functions of ``_numba.py``, so a change there must not
+    reuse a stale kernel: the cache's source stamp is replaced by a hash of both files.
+    Returns False (kernels compile once per process) where numba-cuda's cache internals
+    differ from the ones this relies on, or under the simulator.
+    """
+    if cuda.config.ENABLE_CUDASIM:
+        return False
+    stamp = hashlib.sha256(Path(_numba.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
+    try:
+        for k in kernels.values():
+            k.enable_caching()
+            cache_file = k._cache._cache_file
+            if not hasattr(cache_file, "_source_stamp"):
+                raise AttributeError("_source_stamp")
+            cache_file._source_stamp = stamp
+    except Exception:  # noqa: BLE001 - any mismatch: no disk cache rather than a stale one
+        from numba.cuda.core.caching import NullCache
+
+        for k in kernels.values():
+            k._cache = NullCache()
+        return False
+    return True
+
+
 KERNELS = {"shape": shape_k, "firstorder": first_order_k, "glcm": glcm_k, "glrlm": glrlm_k, "glszm": glszm_k,
         "gldm_ngtdm": gldm_ngtdm_k}
+DISK_CACHE = _enable_disk_cache(KERNELS)
