@@ -315,6 +315,35 @@ def test_batch_matches_single_patches(device):
         assert np.allclose(v_b, v_s, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
+def _concurrent_batches(device, **kw):
+    """Two threads, each extracting its own 5-patch batch twice, get the single-call tables."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    img, lab = _edge_cases()
+    rng = np.random.default_rng(9)
+    img2 = rng.integers(0, 256, size=img.shape).astype(np.uint8)
+    batches = [([img] * 5, [lab] * 5), ([img2] * 5, [lab] * 5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = [extract_batch(i, lb, DEFAULT_SCHEMA, device, **kw) for i, lb in batches]
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda k: [extract_batch(*batches[k % 2], DEFAULT_SCHEMA, device, **kw)
+                                           for _ in range(2)], range(4)))
+    assert not np.allclose(want[0][0][1], want[1][0][1], equal_nan=True)  # the batches differ
+    for k, runs in enumerate(got):
+        for res in runs:
+            for (ids_g, v_g), (ids_w, v_w) in zip(res, want[k % 2]):
+                assert np.array_equal(ids_g, ids_w)
+                assert np.allclose(v_g, v_w, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.gpu
+def test_concurrent_cuda_calls_keep_their_own_batches():
+    """Threads of one process (a Dask worker with several threads) share the CUDA engine's
+    page-locked staging buffers: each call still gets the table of its own batch."""
+    _concurrent_batches(_gpu_device(), cuda_kernels=_cuda_engine("kernels"))
+
+
 def test_numba_mcc_eigensolver():
     """The compiled MCC eigensolver (tridiagonal QL) matches LAPACK on random symmetric matrices."""
     from napari_uam.radiomics import _numba

@@ -253,6 +253,9 @@ def _numel(a) -> int:
 _STAGING: dict = {}
 #: Host copies (futures) still filling a staging buffer, per name.
 _STAGING_COPIES: dict = {}
+#: Held by every torch-engine call (threads of one process, e.g. a Dask worker with several
+#: threads, would otherwise share the staging buffers above).
+_TORCH_LOCK = __import__("threading").RLock()
 
 
 def _staging(xp, name, shape, dtype):
@@ -545,6 +548,14 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
     xp = make_ops(device)
     if getattr(xp, "numba", False):
         return _extract_numba(images, labels, schema, progress, chunk_pixels)
+    if xp.name == "torch":  # the page-locked staging buffers are shared: one torch call at a time
+        with _TORCH_LOCK:
+            return _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels)
+    return _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels)
+
+
+def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels):
+    """The array engines of :func:`_extract_batch` (NumPy, torch CPU / CUDA, CUDA kernels)."""
     # The per-cell CUDA kernels take the batch whole; a caller asking for chunks smaller than
     # the default (the retry after a GPU out-of-memory error) gets the chunked torch engine.
     whole = chunk_pixels is None or chunk_pixels >= _CHUNK_PIXELS["cuda"]
