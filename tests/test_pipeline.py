@@ -103,3 +103,22 @@ def test_cancel_stops_before_work():
 
     with pytest.raises(CancelledError):
         pipeline.run(sample_image(), SAMPLE_MPP, cancel=lambda: True)
+
+
+def test_halving_fast_path_is_bit_identical(consep_dir):
+    """40x -> 0.5 um/px takes an integer fast path; it must give the general path's pixels
+    exactly (the shipped classifiers were trained on features of the general path)."""
+    from PIL import Image
+
+    from napari_uam.scale import _halve_uint8, _rescale_filtered, rescale_image
+
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(consep_dir.glob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    images += [rng.integers(0, 256, s).astype(np.uint8) for s in ((2, 2, 3), (6, 8, 3), (10, 4), (100, 202, 3))]
+    for img in images:
+        want = _rescale_filtered(img, 0.5)
+        np.testing.assert_array_equal(_halve_uint8(img), want)
+        np.testing.assert_array_equal(rescale_image(img, 0.5), want)
+    odd = rng.integers(0, 256, (11, 8, 3)).astype(np.uint8)  # odd size: the general path
+    np.testing.assert_array_equal(rescale_image(odd, 0.5), _rescale_filtered(odd, 0.5))
+

@@ -29,6 +29,14 @@ def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
     if factor == 1.0:
         return image
     h, w = image.shape[:2]
+    if factor == 0.5 and h % 2 == 0 and w % 2 == 0 and image.dtype == np.uint8:
+        return _halve_uint8(image)  # 40x -> the 0.5 um/px working scale, the common case
+    return _rescale_filtered(image, factor)
+
+
+def _rescale_filtered(image: np.ndarray, factor: float) -> np.ndarray:
+    """:func:`rescale_image` by box filter + linear zoom (any factor, dtype and size)."""
+    h, w = image.shape[:2]
     out_h, out_w = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
     src = image.astype(np.float32)
     if factor < 1.0:
@@ -42,6 +50,23 @@ def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
         info = np.iinfo(image.dtype)
         out = np.clip(np.round(out), info.min, info.max)
     return out.astype(image.dtype)
+
+
+def _halve_uint8(image: np.ndarray) -> np.ndarray:
+    """:func:`rescale_image` by 0.5 of an even-sized uint8 image, bit for bit, ~3x faster.
+
+    There the box filter (size 2, window [i-1, i], edge repeated) followed by linear sampling
+    at input coordinates 2o + 0.5 is the filter [1, 2, 1] / 4 at even pixels along each axis;
+    every intermediate is a multiple of 1/16, so integer sums reproduce it exactly (the
+    trained classifiers' features stay identical; tests/test_pipeline.py checks it).
+    """
+
+    def along_columns(a):  # a[:, 2o-1] + 2 a[:, 2o] + a[:, 2o+1], a[:, -1] := a[:, 0]
+        even, odd = a[:, 0::2], a[:, 1::2]
+        return np.concatenate([a[:, :1], odd[:, :-1]], axis=1) + 2 * even + odd
+
+    s = along_columns(along_columns(image.astype(np.int32)).swapaxes(0, 1)).swapaxes(0, 1)
+    return np.round(s / 16.0).astype(np.uint8)
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
