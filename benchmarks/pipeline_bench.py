@@ -1,8 +1,10 @@
 """Time the end-to-end pipeline per stage on a 1000x1000 CoNSeP image (40x, 0.25 um/px).
 
     python benchmarks/pipeline_bench.py [--data ../shared/data] [--repeats 3] [--threads 2]
+    python benchmarks/pipeline_bench.py --device cuda --first-run   # one-time costs, new processes
 
-Prints a table and writes the ``pipeline`` section of docs/performance.md.
+Prints a table and writes the ``pipeline`` section of docs/performance.md (``--first-run``:
+prints only).
 """
 
 from __future__ import annotations
@@ -18,6 +20,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, today, write_section  # noqa: E402
 
 
+_FIRST = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {src!r})
+import torch
+torch.set_num_threads({threads})
+from napari_uam import pipeline
+from napari_uam.io import read_image
+image, _ = read_image({path!r})
+t1 = time.perf_counter()
+warm = pipeline.warm_up({device!r})["seconds"] if {warm} else 0.0
+t2 = time.perf_counter()
+pipeline.run(image, {mpp}, device={device!r})
+t3 = time.perf_counter()
+pipeline.run(image, {mpp}, device={device!r})
+t4 = time.perf_counter()
+print(f"{{t1 - t0:.2f}} {{warm:.2f}} {{t3 - t2:.2f}} {{t4 - t3:.2f}}")
+"""
+
+
+def first_run(args) -> int:
+    """One fresh process per row: imports, then pipeline.run twice, without and after warm_up."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    print(f"| process | imports + read (s) | warm_up (s) | first run (s) | second run (s) |\n|---|---:|---:|---:|---:|")
+    for warm in (False, True):
+        code = _FIRST.format(src=str(repo / "src"), threads=args.threads, path=str(Path(args.data) / args.image),
+                             device=args.device, mpp=args.mpp, warm=warm)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        a, b, c, d = out.stdout.split()[-4:]
+        print(f"| {'after pipeline.warm_up' if warm else 'cold'} | {a} | {b if warm else '-'} | {c} | {d} |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     repo = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__)
@@ -31,7 +68,11 @@ def main(argv=None) -> int:
     ap.add_argument("--import-md", default=None,
                     help="put the table printed by a run on another machine (e.g. the GPU one) into "
                          "the 'pipeline-gpu' section of docs/performance.md, without measuring here")
+    ap.add_argument("--first-run", action="store_true",
+                    help="seconds of the first run in a new process, without and after pipeline.warm_up")
     args = ap.parse_args(argv)
+    if args.first_run:
+        return first_run(args)
     if args.import_md:
         write_section("pipeline-gpu", Path(args.import_md).read_text().replace(
             f"## End-to-end pipeline, per stage ({'GPU' if args.device.startswith('cuda') else 'CPU'})", "## End-to-end pipeline, per stage (GPU)"))

@@ -122,3 +122,19 @@ def test_halving_fast_path_is_bit_identical(consep_dir):
     odd = rng.integers(0, 256, (11, 8, 3)).astype(np.uint8)  # odd size: the general path
     np.testing.assert_array_equal(rescale_image(odd, 0.5), _rescale_filtered(odd, 0.5))
 
+
+def test_warm_up_runs_the_whole_pipeline_and_keeps_the_models():
+    """warm_up classifies the cells of a crop of the shipped sample, leaving the classifier
+    and the tumor-mask model in their caches for the user's first run."""
+    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.tumor import _cached_model, tumor_weights_available
+
+    if not default_weights_path().is_file():
+        pytest.skip("default UAM weights not installed")
+    pipeline._cached_classifier.cache_clear()
+    _cached_model.cache_clear()
+    info = pipeline.warm_up("cpu")
+    assert info["device"] == "cpu" and info["cells"] >= 50, info
+    assert pipeline._cached_classifier.cache_info().currsize == 1
+    assert _cached_model.cache_info().currsize == (1 if tumor_weights_available() else 0)
+

@@ -286,6 +286,26 @@ def test_classify_sample_end_to_end(make_napari_viewer, qtbot, tmp_path, monkeyp
 
 
 @pytest.mark.gui
+def test_dock_prepares_the_gpu_in_the_background(make_napari_viewer, qtbot, monkeypatch):
+    """On a GPU machine the dock starts pipeline.warm_up('cuda') in a worker when it opens
+    and says when the GPU is ready; on a CPU-only machine it starts nothing."""
+    import napari_uam.device as device
+    from napari_uam import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "warm_up", lambda dev: calls.append(dev) or {"device": dev, "seconds": 3.2, "cells": 1})
+    monkeypatch.setattr(device, "resolve_device", lambda d="auto": "cpu")
+    cpu_dock = _dock(make_napari_viewer())
+    assert cpu_dock._warm_worker is None and calls == []
+    monkeypatch.setattr(device, "resolve_device", lambda d="auto": "cuda")
+    widget = _dock(make_napari_viewer())
+    assert "Preparing the GPU" in widget.status.text()
+    qtbot.waitUntil(lambda: widget._warm_worker is None, timeout=RUN_TIMEOUT_MS)
+    assert calls == ["cuda"]
+    assert widget.status.text() == "GPU ready (3 s to prepare)."
+
+
+@pytest.mark.gui
 def test_classify_without_default_weights_says_so(viewer_widget, qtbot, monkeypatch, sample_rgb, tmp_path):
     """No weights installed: a clear message, no invented predictions, no layers."""
     import napari_uam.training.checkpoint as ckpt

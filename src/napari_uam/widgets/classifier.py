@@ -232,9 +232,11 @@ class ClassifierWidget(QWidget):
         self._mpp_edits: dict[str, float] = {}
         self._relay = _ProgressRelay(self)
         self._relay.progressed.connect(self._on_stage_progress)
+        self._warm_worker = None
         self._build()
         self._connect_viewer()
         self._refresh_images()
+        self._warm_up_gpu()
 
     # ------------------------------------------------------------------ UI construction
     def _build(self) -> None:
@@ -442,6 +444,26 @@ class ClassifierWidget(QWidget):
             self.export_dir_edit.setText(path)
 
     # ---------------------------------------------------------------------- messages
+    def _warm_up_gpu(self) -> None:
+        """On a GPU machine, pay the pipeline's one-time costs (CUDA start-up, kernels,
+        mamba_ssm, weights: tens of seconds) in the background while the user opens an image
+        (:func:`napari_uam.pipeline.warm_up`); best effort, its errors are ignored (the real
+        run reports them)."""
+        from ..device import resolve_device
+
+        if resolve_device("auto") != "cuda":
+            return
+        worker = create_worker(pipeline.warm_up, "cuda", _ignore_errors=True)
+        worker.returned.connect(self._on_warmed)
+        self._warm_worker = worker
+        self._say("Preparing the GPU in the background (first use in this session)...")
+        worker.start()
+
+    def _on_warmed(self, info: dict) -> None:
+        self._warm_worker = None
+        if self._job is None:  # do not overwrite a running job's status
+            self._say(f"GPU ready ({info['seconds']:.0f} s to prepare).")
+
     def _say(self, text: str) -> None:
         self.status.setText(text)
 
