@@ -20,17 +20,19 @@ from numba import cuda  # noqa: E402
 from . import _numba  # noqa: E402
 
 
-def _view2d_sim(a, rows, cols):
+def _view2d_reshape(a, rows, cols):
     return a[: rows * cols].reshape((rows, cols))
 
 
-if cuda.config.ENABLE_CUDASIM:  # numba's CUDA simulator runs the kernels as Python
-    view2d = _view2d_sim
-else:
-    from numba.cuda import types
-    from numba.cuda.core.imputils import impl_ret_borrowed
-    from numba.cuda.extending import intrinsic
-    from numba.cuda.np.arrayobj import make_array, populate_array
+def _view2d_intrinsic():
+    """The :func:`view2d` intrinsic, or None where numba-cuda's internals it builds on moved."""
+    try:
+        from numba.cuda import types
+        from numba.cuda.core.imputils import impl_ret_borrowed
+        from numba.cuda.extending import intrinsic
+        from numba.cuda.np.arrayobj import make_array, populate_array
+    except ImportError:
+        return None
 
     @intrinsic
     def view2d(typingctx, a, rows, cols):
@@ -56,6 +58,13 @@ else:
             return impl_ret_borrowed(context, builder, ret, out._getvalue())
 
         return ret(a, rows, cols), codegen
+
+    return view2d
+
+
+# The simulator runs the kernels as Python; a numba-cuda without the intrinsic's internals
+# gets reshape (same results; the GLCM kernel then compiles in every process).
+view2d = (None if cuda.config.ENABLE_CUDASIM else _view2d_intrinsic()) or _view2d_reshape
 
 
 @cuda.jit
