@@ -23,7 +23,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from . import __version__
 from .errors import CancelledError, InvalidImageError, InvalidLabelsError, NoNucleiError
@@ -147,14 +146,21 @@ def segment_nuclei(
 
 def cell_geometry(labels: np.ndarray, mpp: float) -> pd.DataFrame:
     """Label id, centroid (pixels) and area (um^2) of every nucleus, sorted by label."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
+    lab = np.asarray(labels)
+    flat = lab.ravel()
+    n = int(flat.max()) + 1 if flat.size else 1
+    # Per-label pixel counts and coordinate sums by bincount (raster order, as
+    # ndimage.sum_labels adds them): no unique() sort and no (H, W) coordinate images.
+    pixels = np.bincount(flat, minlength=n)
+    ids = np.flatnonzero(pixels[1:]) + 1
     if ids.size == 0:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c == "label" else "float64") for c in BASE_COLUMNS})
-    counts = ndi.sum_labels(np.ones(labels.shape, dtype=np.float64), labels, ids)
-    yy, xx = np.indices(labels.shape, dtype=np.float64)
-    cy = ndi.sum_labels(yy, labels, ids) / counts
-    cx = ndi.sum_labels(xx, labels, ids) / counts
+    h, w = lab.shape
+    sum_y = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n)
+    sum_x = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n)
+    counts = pixels[ids].astype(np.float64)
+    cy = sum_y[ids] / counts
+    cx = sum_x[ids] / counts
     return pd.DataFrame(
         {"label": ids.astype(np.int64), "y": cy, "x": cx, "area_um2": counts * mpp * mpp}
     )

@@ -118,6 +118,11 @@ _DARK_MEDIAN = 50
 _BRIGHT_OBJECTS = 100
 
 
+def _brightest_channel(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) max over the 3 channels (``rgb.max(axis=-1)`` reduces a 3-long axis ~25x slower)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
 def check_brightfield(rgb: np.ndarray) -> None:
     """Raise :class:`InvalidImageError` if ``rgb`` looks like a fluorescence / dark-field image.
 
@@ -132,9 +137,9 @@ def check_brightfield(rgb: np.ndarray) -> None:
     """
     # A strided sample is enough for a median and keeps the check cheap on large images.
     step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1_000_000)))
-    peak = rgb[::step, ::step].max(axis=-1)
-    median = float(np.median(peak))
-    if median < _DARK_MEDIAN and float(np.percentile(peak, 99.9)) >= _BRIGHT_OBJECTS:
+    peak = _brightest_channel(rgb[::step, ::step])
+    median, top = (float(v) for v in np.percentile(peak, [50, 99.9]))
+    if median < _DARK_MEDIAN and top >= _BRIGHT_OBJECTS:
         raise InvalidImageError(
             f"Image is mostly dark (median brightness {median:.0f}/255) with bright objects: it "
             "looks like a fluorescence or dark-field image. napari-uam needs a brightfield H&E "
@@ -170,7 +175,7 @@ def check_he_stain(rgb: np.ndarray) -> bool:
     sample = rgb[::step, ::step]
     hed = rgb2hed(sample)
     # Near-black pixels have a high optical density in every stain: they are not tissue colour.
-    tissue = (hed.sum(axis=-1) > 0.05) & (sample.max(axis=-1) >= 40)
+    tissue = (hed.sum(axis=-1) > 0.05) & (_brightest_channel(sample) >= 40)
     if tissue.sum() < 100:
         return False
     share = float((hed[..., 2][tissue] > _DAB_OD).mean())
