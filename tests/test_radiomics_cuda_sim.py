@@ -24,21 +24,14 @@ SCRIPT = textwrap.dedent(
     import os, sys, warnings
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     sys.path.insert(0, {src!r})
+    sys.path.insert(0, {tests!r})
     import numpy as np
+    from _random_cells import random_patches
     warnings.simplefilter("ignore")
     from napari_uam.radiomics import _cuda, _numba, fast_backend as fb
     from napari_uam.radiomics.schema import DEFAULT_SCHEMA as S
 
-    rng = np.random.default_rng(5)
-    images, labels = [], []
-    for h, w in ((30, 40), (25, 33), (36, 36)):
-        img = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
-        lab = np.zeros((h, w), np.int32)
-        for k in range(1, 6):
-            y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
-            lab[y : y + rng.integers(1, 10), x : x + rng.integers(1, 10)] = 7 * k + 3
-        images.append(img)
-        labels.append(lab)
+    images, labels = random_patches(5, ((30, 40), (25, 33), (36, 36)), 5, 1, 10, id_step=7, id_offset=3)
     ref = np.concatenate([v for _, v in fb.extract_batch(images, labels, S, "numpy")])
 
     # Simulated device arrays wrap NumPy arrays; the compiled CPU functions need the arrays.
@@ -65,7 +58,7 @@ SCRIPT = textwrap.dedent(
                     reason="numba-cuda not installed (the 'gpu' extra): no CUDA simulator to run the kernels on")
 def test_cuda_kernels_under_the_simulator_match_the_cpu_engine(tmp_path):
     script = tmp_path / "sim.py"
-    script.write_text(SCRIPT.format(src=str(SRC)))
+    script.write_text(SCRIPT.format(src=str(SRC), tests=str(Path(__file__).resolve().parent)))
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _random_cells import random_patches
 from napari_uam.radiomics import DEFAULT_SCHEMA, extract, get_schema
 from napari_uam.radiomics.fast_backend import extract_batch
 from napari_uam.radiomics.pyradiomics_backend import extract_pyradiomics
@@ -187,17 +188,13 @@ import hashlib, json, sys
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, {src!r})
+sys.path.insert(0, {tests!r})
+from _random_cells import random_patches
 from napari_uam.radiomics import _cuda, _numba
 from napari_uam.radiomics import _cuda_kernels as kmod
 from napari_uam.radiomics.fast_backend import extract_batch
 from napari_uam.radiomics.schema import DEFAULT_SCHEMA
-rng = np.random.default_rng(0)
-img = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
-lab = np.zeros((64, 64), np.int32)
-for k in range(1, 12):
-    y, x = rng.integers(0, 56, 2)
-    lab[y : y + rng.integers(2, 8), x : x + rng.integers(2, 8)] = k
-[(ids, v)] = extract_batch([img], [lab], DEFAULT_SCHEMA, {device!r}, cuda_kernels=True)
+[(ids, v)] = extract_batch(*random_patches(0, [(64, 64)], 11, 2, 8), DEFAULT_SCHEMA, {device!r}, cuda_kernels=True)
 ks = _cuda.kernels()
 want = hashlib.sha256(Path(_numba.__file__).read_bytes() + Path(kmod.__file__).read_bytes()).hexdigest()
 print(json.dumps({{"hits": {{n: sum(k.stats.cache_hits.values()) for n, k in ks.items()}},
@@ -220,7 +217,8 @@ def test_cuda_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     device = _gpu_device()
     _cuda_engine("kernels")
     script = tmp_path / "cached.py"
-    script.write_text(_CACHE_SCRIPT.format(src=str(Path(__file__).resolve().parents[1] / "src"), device=device))
+    here = Path(__file__).resolve().parent
+    script.write_text(_CACHE_SCRIPT.format(src=str(here.parent / "src"), tests=str(here), device=device))
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")}
     runs = []
     for _ in range(2):
@@ -431,16 +429,7 @@ def test_numba_matches_pure_numpy_on_random_patches():
 
     if not _numba.AVAILABLE:
         pytest.skip("numba not installed")
-    rng = np.random.default_rng(11)
-    images, labels = [], []
-    for h, w in ((40, 60), (57, 33), (64, 64)):
-        img = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
-        lab = np.zeros((h, w), np.int32)
-        for k in range(1, 12):
-            y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
-            lab[y : y + rng.integers(2, 14), x : x + rng.integers(2, 14)] = 10 * k + 5  # sparse ids
-        images.append(img)
-        labels.append(lab)
+    images, labels = random_patches(11, ((40, 60), (57, 33), (64, 64)), 11, 2, 14, id_step=10, id_offset=5)  # sparse ids
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = extract_batch(images, labels, DEFAULT_SCHEMA, "numpy")
