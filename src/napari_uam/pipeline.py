@@ -18,6 +18,7 @@ import functools
 import hashlib
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -26,8 +27,9 @@ import pandas as pd
 
 from . import __version__
 from .errors import CancelledError, InvalidImageError, InvalidLabelsError, NoNucleiError
+from .pixel_size import PixelSizeWarning, estimate_mpp
 from .scale import rescale_image, resize_labels, scale_factor
-from .validation import as_labels, as_rgb_uint8, check_brightfield, check_he_stain
+from .validation import as_labels, as_rgb_uint8, check_brightfield, check_he_stain, check_he_tissue
 
 Progress = Optional[Callable[[str, float], None]]
 Cancel = Optional[Callable[[], bool]]
@@ -125,6 +127,8 @@ def segment_nuclei(
     mpp = _check_mpp(mpp)
     # The H&E segmenters would take a fluorescence image's black background for stain.
     check_brightfield(rgb)
+    # Blank, noise, underexposed or grey input gets a clear refusal, never a confident table.
+    check_he_tissue(rgb)
     check_he_stain(rgb)
     _check_cancel(cancel)
     _tick(progress, "segment", 0.0)
@@ -140,6 +144,9 @@ def segment_nuclei(
             f"No nuclei found in this {rgb.shape[0]}x{rgb.shape[1]} image at {mpp:g} um/px. "
             "Check that it is an H&E image with tissue and that the pixel size is right."
         )
+    estimate = estimate_mpp(labels, mpp)
+    if estimate is not None and estimate.disagrees:
+        warnings.warn(estimate.message(), PixelSizeWarning, stacklevel=2)
     _tick(progress, "segment", 1.0)
     return (labels, used) if return_backend else labels
 
@@ -406,6 +413,9 @@ def run(
         "n_cells": int(len(table)),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    estimate = estimate_mpp(labels, mpp)
+    if estimate is not None:
+        prov["mpp_estimate"] = round(estimate.estimate, 4)
     if classify:
         t2 = time.perf_counter()
         clf = get_classifier(model, device)

@@ -490,7 +490,7 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
         only for the watershed).
     """
     from .segment.stain import white_level
-    from .validation import check_brightfield, check_he_stain
+    from .validation import check_brightfield, check_he_stain, check_he_tissue
 
     step = overview_step(height, width, tile)
     pieces = dict(executor.map(tile_statistics, [(job, t, step) for t in tiles]))
@@ -500,6 +500,7 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
         rows.append(np.concatenate([pieces[iy * gx + ix] for ix in range(gx)], axis=1))
     overview = np.concatenate(rows, axis=0)
     check_brightfield(overview)
+    check_he_tissue(overview)
     check_he_stain(overview)
     out = {"overview_step": step}
     if job.backend == "watershed":

@@ -82,6 +82,15 @@ def as_rgb_uint8(image) -> np.ndarray:
             f"Float image has values up to {hi:g}; expected [0, 1] or [0, 255]. Rescale it first."
         )
     if arr.dtype == np.uint16:
+        top = int(arr.max())
+        if 0 < top < _FULL_16BIT_MIN:
+            # 10/12/14-bit sensor data in a 16-bit container: divided by 257 it would be a
+            # near-black image on which every result is noise.
+            raise InvalidImageError(
+                f"16-bit image with values only up to {top}: this looks like 10-, 12- or 14-bit "
+                "camera data stored in 16 bits. Scale it to the full 16-bit (or 8-bit) range "
+                "first, e.g. multiply a 12-bit image by 16."
+            )
         return (arr.astype(np.uint32) // 257).astype(np.uint8)
     if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 8:
         lo, hi = int(arr.min()), int(arr.max())
@@ -111,6 +120,9 @@ def check_size(shape) -> None:
             "command line (napari-uam classify IMAGE --out DIR), which processes large images in tiles."
         )
 
+
+#: A 16-bit image whose largest value is below this holds 12-bit (or fewer) data.
+_FULL_16BIT_MIN = 4096
 
 #: Brightness (0-255, brightest channel) below which most of a brightfield image never is.
 _DARK_MEDIAN = 50
@@ -189,6 +201,86 @@ def check_he_stain(rgb: np.ndarray) -> bool:
         )
         return True
     return False
+
+
+class NotTissueError(InvalidImageError):
+    """The image is not brightfield H&E tissue (blank, noise, underexposed, grey)."""
+
+
+#: Thresholds of :func:`check_he_tissue`, each set with a wide margin from every image of
+#: every source in ../shared/data (tests/test_input_check.py runs them all): the smallest
+#: tissue share there is 0.07 (a CoNSeP field), the darkest median brightness 111, the least
+#: chroma 10, the lowest neighbour correlation 0.48 (a 100x oral tile); random RGB noise
+#: has a correlation of ~0, a blank slide no tissue, a grey image saved as RGB no chroma.
+_MIN_TISSUE = 0.02
+_MIN_BRIGHTNESS = 60
+_MIN_CHROMA = 6.0
+_MIN_CORRELATION = 0.3
+
+
+def he_tissue_stats(rgb: np.ndarray) -> dict:
+    """The measurements :func:`check_he_tissue` judges an image by.
+
+    Returns:
+        dict: ``tissue`` (share of pixels with optical density > 0.3), ``brightness`` (median of
+        the brightest channel, 0-255), ``chroma`` (median max-min channel spread over tissue)
+        and ``correlation`` (grey-level correlation of neighbouring pixels, in a 512 px crop).
+    """
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    s = rgb[::step, ::step].astype(np.float32)
+    od_sum = -np.log(np.maximum(s, 1.0) / 255.0).sum(axis=-1)
+    tissue = od_sum > 0.3
+    spread = s.max(axis=-1) - s.min(axis=-1)
+    # Texture at full resolution: nuclei and fibres make neighbouring pixels alike; sensor or
+    # synthetic noise does not.
+    crop = rgb[:512, :512].astype(np.float32).mean(axis=-1)
+    a = crop - crop.mean()
+    var = float((a * a).mean())
+    corr = 0.0
+    if var > 1e-6 and min(a.shape) > 1:
+        corr = 0.5 * float((a[:, 1:] * a[:, :-1]).mean() + (a[1:] * a[:-1]).mean()) / var
+    return {
+        "tissue": float(tissue.mean()),
+        "brightness": float(np.median(_brightest_channel(rgb[::step, ::step]))),
+        "chroma": float(np.median(spread[tissue])) if tissue.any() else 0.0,
+        "correlation": corr,
+    }
+
+
+def check_he_tissue(rgb: np.ndarray) -> dict:
+    """Raise :class:`NotTissueError` unless ``rgb`` looks like brightfield H&E tissue.
+
+    Refused, each with a one-line reason: a blank field (almost no stained pixel), an
+    underexposed image, a grey image saved as RGB (H&E is never colourless), and noise (no
+    spatial texture). Fluorescence is refused by :func:`check_brightfield`, IHC warned about
+    by :func:`check_he_stain`.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB.
+
+    Returns:
+        dict: the measurements of :func:`he_tissue_stats` (recorded in the provenance).
+    """
+    st = he_tissue_stats(rgb)
+    if st["tissue"] < _MIN_TISSUE:
+        raise NotTissueError(
+            f"Image looks blank: only {st['tissue']:.1%} of it is stained. Open a field with tissue."
+        )
+    if st["brightness"] < _MIN_BRIGHTNESS:
+        raise NotTissueError(
+            f"Image is underexposed (median brightness {st['brightness']:.0f}/255); brightfield H&E "
+            "has a bright background. Check the exposure, or the bit depth of the file."
+        )
+    if st["chroma"] < _MIN_CHROMA:
+        raise NotTissueError(
+            "Image has no colour (a grey image saved as RGB?); napari-uam needs a colour H&E image."
+        )
+    if st["correlation"] < _MIN_CORRELATION:
+        raise NotTissueError(
+            f"Image has no tissue texture (neighbouring pixels correlate {st['correlation']:.2f}): it "
+            "looks like noise, not an H&E image."
+        )
+    return st
 
 
 def as_labels(labels, shape: tuple[int, int] | None = None) -> np.ndarray:

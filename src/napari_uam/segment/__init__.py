@@ -215,11 +215,11 @@ def segment(
         **params: backend parameters in physical units, e.g. ``min_area_um2=10`` for
             "watershed" (see :class:`napari_uam.segment.watershed.WatershedParams`).
 
-    With ``backend="auto"``, when a network finds almost no nuclei (fewer than
-    ``FALLBACK_MIN_PER_MM2`` per mm^2) where the classical watershed finds several times more,
-    the image is out of the network's domain (e.g. CAMELYON lymph-node tiles stained far
-    redder than its training data): the watershed labels are returned instead, with a
-    :class:`SegmentationFallbackWarning`.
+    With ``backend="auto"`` the learned network runs whenever its weights load; when they do
+    not, the classical watershed runs instead and a :class:`SegmentationFallbackWarning` says
+    so. (Earlier versions also swapped in the watershed when the network found few nuclei:
+    that ran exactly on inputs where finding nothing was right, e.g. noise. Inputs that are
+    not H&E tissue are now refused up front: :func:`napari_uam.validation.check_he_tissue`.)
 
     Returns:
         np.ndarray: (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N
@@ -237,9 +237,17 @@ def segment(
     run = _BACKENDS[name].run
     if device is not None and _accepts_device(run):
         params = {**params, "device": device}
+    if backend == "auto" and name == "watershed" and "learned" in _BACKENDS:
+        import warnings
+
+        why = backend_unavailable_reason("learned") or "not validated at this pixel size"
+        warnings.warn(
+            f"The learned nuclei segmenter is not available ({why}); the classical watershed "
+            "runs instead, which is less accurate.",
+            SegmentationFallbackWarning,
+            stacklevel=2,
+        )
     labels = np.asarray(run(rgb, mpp, progress=progress, **params))
-    if backend == "auto" and name != "watershed":
-        labels, name = _fallback_if_empty(rgb, mpp, labels, name)
     if labels.shape != rgb.shape[:2]:
         raise UAMError(
             f"Backend {name!r} returned labels of shape {labels.shape} for an image of "
@@ -257,36 +265,7 @@ def segment(
 
 
 class SegmentationFallbackWarning(UserWarning):
-    """``auto`` replaced a network's near-empty result by the classical watershed's."""
-
-
-# Any H&E tissue with cells has thousands of nuclei per mm^2 (CoNSeP ~11,000, BRCA-M2C
-# ~4,000); fewer than this from the network triggers the (cheap) watershed cross-check.
-FALLBACK_MIN_PER_MM2 = 1000.0
-# ... and the watershed result is used when it finds this many times more nuclei.
-FALLBACK_RATIO = 4.0
-
-
-def _fallback_if_empty(rgb: np.ndarray, mpp: float, labels: np.ndarray, name: str):
-    area_mm2 = labels.size * (mpp * 1e-3) ** 2
-    n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-    if n >= FALLBACK_MIN_PER_MM2 * area_mm2:
-        return labels, name
-    classical = np.asarray(segment_watershed(rgb, mpp))
-    n_classical = int(len(np.unique(classical)) - (1 if (classical == 0).any() else 0))
-    if n_classical >= 20 and n_classical > FALLBACK_RATIO * n:
-        import warnings
-
-        warnings.warn(
-            f"The {name} segmenter found only {n} nuclei in this {rgb.shape[0]}x{rgb.shape[1]} image "
-            f"at {mpp:g} um/px where the classical watershed finds {n_classical}: the image looks "
-            "outside the network's training domain (stain or pixel size), so the watershed result "
-            "is used. Choose a backend explicitly to override.",
-            SegmentationFallbackWarning,
-            stacklevel=3,
-        )
-        return classical, "watershed"
-    return labels, name
+    """``auto`` ran the classical watershed because the learned backend cannot run here."""
 
 
 __all__ = [

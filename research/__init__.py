@@ -1,0 +1,1 @@
+"""Recipes that made the shipped weights (not installed): datasets, LOSO experiments."""

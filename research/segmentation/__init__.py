@@ -1,0 +1,1 @@
+"""Nucleus-segmentation recipes: the nucleus-set dataset layer and the LOSO training run."""
