@@ -73,3 +73,16 @@ def test_classify_refuses_nan_checkpoint(tmp_path):
     assert proc.returncode != 0, proc.stdout
     assert "NaN or infinite class probabilities" in proc.stderr
     assert not list(out.glob("*_cells.csv"))
+
+
+# ---------------------------------------------------------------- 5. boolean pixel size
+def test_run_refuses_boolean_mpp(tmp_path):
+    from napari_uam import pipeline
+    from napari_uam.errors import InvalidImageError
+    from napari_uam.io.reader import read_image
+
+    path = tmp_path / "patch.png"
+    Image.fromarray(np.full((64, 64, 3), 220, np.uint8)).save(path)
+    image, _ = read_image(path)
+    with pytest.raises(InvalidImageError, match="boolean"):
+        pipeline.run(image, True)
