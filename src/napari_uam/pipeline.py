@@ -67,6 +67,9 @@ class PipelineResult:
 
 
 def _check_mpp(mpp) -> float:
+    # float(True) is 1.0: a flag passed by mistake (mpp=True) must not become a pixel size.
+    if isinstance(mpp, (bool, np.bool_)):
+        raise InvalidImageError(f"Pixel size {mpp!r} is a boolean, not a number; give microns per pixel, e.g. 0.5 at 20x.")
     try:
         mpp = float(mpp)
     except (TypeError, ValueError):

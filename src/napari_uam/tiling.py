@@ -33,6 +33,7 @@ or on Dask workers).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -86,7 +87,9 @@ def probe(path) -> tuple[int, int, Optional[float]]:
         if name.endswith(PIL_SUFFIXES):
             from PIL import Image
 
-            with Image.open(path) as im:
+            # Only the header is read; a file too large for Pillow's default limit is what the
+            # tiled path is for, so the limit is lifted for this open alone.
+            with _pil_pixel_limit_off(), Image.open(path) as im:
                 dpi = im.info.get("dpi")
                 # As read_image: only microscope-scale dpi is a pixel size.
                 mpp = 25400.0 / float(dpi[0]) if dpi and dpi[0] and dpi[0] > 1000 else None
@@ -98,6 +101,24 @@ def probe(path) -> tuple[int, int, Optional[float]]:
     )
 
 
+@contextlib.contextmanager
+def _pil_pixel_limit_off():
+    """Lift Pillow's decompression-bomb limit for the ``with`` block only, then restore it.
+
+    The caller chose to process this file in tiles, so its size is intended; but the limit is
+    a process-wide setting, and leaving it off would let any later image opened in this
+    process (napari, another plugin, a batch's next file) decode unchecked.
+    """
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
 @functools.lru_cache(maxsize=1)
 def _whole(path: str, mtime: int) -> np.ndarray:
     # PNG/JPEG and TIFF layouts without random access are decoded once per process.
@@ -105,8 +126,7 @@ def _whole(path: str, mtime: int) -> np.ndarray:
     from PIL import Image
 
     if path.lower().endswith((".png", ".jpg", ".jpeg")):
-        Image.MAX_IMAGE_PIXELS = None  # the caller chose to process this file in tiles
-        with Image.open(path) as im:
+        with _pil_pixel_limit_off(), Image.open(path) as im:
             return np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im)
     from .io.reader import channels_last, largest_level
 
@@ -719,6 +739,8 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .io.writers import csv_safe
+
     writer = None
     csv = open(targets["csv"], "w") if "csv" in formats else None
     n_tumor = None
@@ -734,7 +756,8 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
                 tumor = attrs.get("tumor_class", "tumor")
                 n_tumor = (n_tumor or 0) + int((df["class"] == tumor).sum())
             if csv is not None:
-                df.to_csv(csv, header=csv.tell() == 0, index=False, float_format="%.9g")
+                # As write_cells_csv: class names from the checkpoint never run as formulas.
+                csv_safe(df).to_csv(csv, header=csv.tell() == 0, index=False, float_format="%.9g")
             if "parquet" in formats:
                 tab = pa.Table.from_pandas(df, preserve_index=False)
                 if writer is None:

@@ -22,10 +22,37 @@ from .atomic import atomic_path
 CLASS_COLOURS = {"tumor": (0, 200, 0), "non-tumor": (70, 110, 255)}
 
 
+#: First characters that make a spreadsheet (Excel, LibreOffice, Sheets) read a cell as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with text cells that a spreadsheet would run as a formula prefixed by ``'``.
+
+    Class names come from the checkpoint, i.e. from whoever trained it: a name such as
+    ``=HYPERLINK(...)`` would otherwise be evaluated when a pathologist opens the CSV in a
+    spreadsheet (CSV injection). The leading quote makes it display as plain text. Numbers
+    are untouched (a negative number is not text), and so is parquet, which has types.
+    Returns ``table`` itself when no cell needs it.
+    """
+    out = table
+    for col in table.columns:
+        values = table[col]
+        if values.dtype.kind not in "OSU" and not isinstance(values.dtype, (pd.CategoricalDtype, pd.StringDtype)):
+            continue
+        text = values.astype(object)
+        risky = text.map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
+        if risky.any():
+            if out is table:
+                out = table.copy()
+            out[col] = text.where(~risky, "'" + text[risky].astype(str))
+    return out
+
+
 def write_cells_csv(table: pd.DataFrame, path, overwrite: bool = False) -> Path:
-    """Write a cell table to CSV (one row per nucleus), atomically."""
+    """Write a cell table to CSV (one row per nucleus), atomically; formulas are neutralised."""
     with atomic_path(path, overwrite) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.9g")
+        csv_safe(table).to_csv(tmp, index=False, float_format="%.9g")
     return Path(path)
 
 

@@ -364,7 +364,16 @@ class CellClassifier:
             self.device = "cpu"
             return retry_smaller_on_oom(lambda b: self._forward(x, b), size, MIN_OOM_BATCH, retry_message, on_cpu)
 
-        return retry_smaller_on_oom(lambda b: self._forward(x, b), batch_size, MIN_OOM_BATCH, retry_message, on_cpu)
+        proba = retry_smaller_on_oom(lambda b: self._forward(x, b), batch_size, MIN_OOM_BATCH, retry_message, on_cpu)
+        # NaN inputs are imputed, so non-finite outputs come from the model itself (NaN/inf
+        # weights or statistics): argmax would then silently name every cell the first class.
+        if not np.all(np.isfinite(proba)):
+            raise CheckpointError(
+                f"Model {self.model_id!r} ({self.path or 'in memory'}) gives NaN or infinite class "
+                "probabilities: its weights or normalisation statistics are not finite (a diverged "
+                "or damaged training run). Retrain the model or use another checkpoint."
+            )
+        return proba
 
     def _forward(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Softmax outputs of the model on normalised features ``x``, ``batch_size`` rows at a time."""
