@@ -31,11 +31,11 @@ def test_classify_adds_tumor_region_layer(make_napari_viewer, qtbot, regions_dir
 
     if not (tumor_weights_available() and default_weights_path().is_file()):
         pytest.skip("shipped UAM / tumor-mask weights not installed")
-    rgb = np.asarray(Image.open(regions_dir / "camelyon" / "10679.jpg").convert("RGB"))[:301, :257]
+    rgb = np.asarray(Image.open(sorted((regions_dir / "bcss").glob("*.jpg"))[0]).convert("RGB"))[:301, :257]
     viewer = make_napari_viewer()
     image = viewer.add_image(rgb, name="tile", rgb=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-uam", "UAM cell classifier")
-    widget.mpp_spin.setValue(0.75)
+    widget.mpp_spin.setValue(0.25)
     assert widget.region_combo.currentText() == "Probability image"  # on by default
 
     _run(qtbot, widget, widget.classify_btn)

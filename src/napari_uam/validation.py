@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidImageError, InvalidLabelsError
+from .errors import InvalidImageError, InvalidLabelsError, NoNucleiError
 
 #: Smallest side (pixels) of an image the pipeline accepts: below this no nucleus fits.
 MIN_SIDE = 8
@@ -203,7 +203,7 @@ def check_he_stain(rgb: np.ndarray) -> bool:
     return False
 
 
-class NotTissueError(InvalidImageError):
+class NotTissueError(InvalidImageError, NoNucleiError):
     """The image is not brightfield H&E tissue (blank, noise, underexposed, grey)."""
 
 
@@ -264,11 +264,11 @@ def check_he_tissue(rgb: np.ndarray) -> dict:
     st = he_tissue_stats(rgb)
     if st["tissue"] < _MIN_TISSUE:
         raise NotTissueError(
-            f"Image looks blank: only {st['tissue']:.1%} of it is stained. Open a field with tissue."
+            f"No nuclei found: the image looks blank, only {st['tissue']:.1%} of it is stained. Open a field with tissue."
         )
     if st["brightness"] < _MIN_BRIGHTNESS:
         raise NotTissueError(
-            f"Image is underexposed (median brightness {st['brightness']:.0f}/255); brightfield H&E "
+            f"No nuclei found: the image is underexposed (median brightness {st['brightness']:.0f}/255); brightfield H&E "
             "has a bright background. Check the exposure, or the bit depth of the file."
         )
     if st["chroma"] < _MIN_CHROMA:
