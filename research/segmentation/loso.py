@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +165,7 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
     """Train one network on every source of ``files`` except ``holdout``; write its checkpoint."""
     import torch
 
-    from napari_uam.segment.train_learned import loss_fn
+    from napari_uam.segment.train_learned import lr_factor, optimise_step
     from napari_uam.segment.unet import NucleiUNet, UNetConfig, n_parameters
 
     out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
         frac = (time.perf_counter() - t0) / budget
         if frac >= 1.0:
             break
-        lr_f = frac / warm if frac < warm else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+        lr_f = lr_factor(frac, warm)
         for g in opt.param_groups:
             g["lr"] = lr * lr_f
         with torch.no_grad():
@@ -232,17 +232,8 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
                 xw, yw = _sample(*groups["weak"], n_weak, crop, (0.8, 1.25), gen)
                 x, y = torch.cat([x, xw]), torch.cat([y, yw])
             x = colour_jitter_v3(x, gen).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-            raw = model(x)
-        loss, _ = loss_fn(raw, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
         step += 1
-        d = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_f, model_f, 1 - d)
+        loss, _ = optimise_step(model, opt, x, y, ema_f, model_f, step, 0.999, dev.type)
         if step % 500 == 0 or step == 50:
             log.append((step, round(time.perf_counter() - t0, 1), float(loss)))
             print(f"[{holdout}] step {step} {time.perf_counter() - t0:.0f}s loss {float(loss):.4f}", flush=True)

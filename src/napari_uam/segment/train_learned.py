@@ -517,6 +517,41 @@ def should_ship(auto, val: dict, init: dict | None) -> bool:
 # --- training --------------------------------------------------------------------------------
 
 
+def lr_factor(frac: float, warm: float = 0.03) -> float:
+    """Share of the peak learning rate at ``frac`` of the time budget: linear warm-up, then
+    cosine to 1 % of the peak (both in elapsed time, so any throughput completes it)."""
+    if frac < warm:
+        return frac / warm
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+
+
+def optimise_step(model, opt, x, y, ema_f, model_f, step: int, ema: float, device_type: str):
+    """One optimiser step on a batch, then the EMA update; returns the loss parts.
+
+    Args:
+        model, opt: the network in training mode and its optimiser.
+        x, y: a batch of :func:`sample_batch` (after colour jitter).
+        ema_f, model_f: the floating-point tensors of the EMA copy and of ``model``.
+        step: the number of the step being taken (1 for the first).
+        ema: the EMA decay, reached after a warm-up so a short run is not dominated by the
+            random initialisation.
+        device_type: "cuda" (bf16 autocast) or "cpu".
+    """
+    import torch
+
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        raw = model(x)
+    loss, parts = loss_fn(raw, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    d = min(ema, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_f, model_f, 1 - d)
+    return loss.detach(), parts
+
+
 def _sha256(path: Path) -> str:
     import hashlib
 
@@ -658,8 +693,7 @@ def main(argv=None) -> int:
         frac = (time.perf_counter() - t0) / budget
         if frac >= 1.0 or 0 < args.max_steps <= step:
             break
-        # Linear warm-up, then cosine to 1% of the peak, both in elapsed time.
-        lr_f = frac / warm if frac < warm else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+        lr_f = lr_factor(frac, warm)
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_f
         with torch.no_grad():
@@ -668,18 +702,8 @@ def main(argv=None) -> int:
                 xw, yw = sample_batch(w_images, w_targets, n_weak, args.crop, args.scale, gen)
                 x, y = torch.cat([x, xw]), torch.cat([y, yw])
             x = colour_jitter(x, gen, strong=not args.v1_aug).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-            raw = model(x)
-        loss, parts = loss_fn(raw, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
         step += 1
-        # EMA with a warm-up so a short run is not dominated by the random initialisation.
-        d = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_f, model_f, 1 - d)
+        _, parts = optimise_step(model, opt, x, y, ema_f, model_f, step, args.ema, dev.type)
         losses = (losses + [torch.stack(list(parts.values()))])[-50:]
         now = time.perf_counter() - t0
         if now - last_log > max(5.0, budget / 30) or step == 1:
