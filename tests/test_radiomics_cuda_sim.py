@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     from _random_cells import random_patches
     warnings.simplefilter("ignore")
     from napari_uam.radiomics import _cuda, _numba, fast_backend as fb
-    from napari_uam.radiomics.schema import DEFAULT_SCHEMA as S
+    from napari_uam.radiomics.schema import SCHEMA_V1 as S
 
     images, labels = random_patches(5, ((30, 40), (25, 33), (36, 36)), 5, 1, 10, id_step=7, id_offset=3)
     ref = np.concatenate([v for _, v in fb.extract_batch(images, labels, S, "numpy")])

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from _random_cells import random_patches
-from napari_uam.radiomics import DEFAULT_SCHEMA, extract, get_schema
+from napari_uam.radiomics import extract, get_schema
+from napari_uam.radiomics.schema import SCHEMA_V1
 from napari_uam.radiomics.fast_backend import extract_batch
 from napari_uam.radiomics.pyradiomics_backend import extract_pyradiomics
 from napari_uam.errors import SchemaMismatchError
@@ -45,7 +46,7 @@ def _mismatch(fast, ref):
 
 
 def _report(bad, ids):
-    names = DEFAULT_SCHEMA.feature_names
+    names = SCHEMA_V1.feature_names
     return "; ".join(f"{names[f]} ({int(bad[:, f].sum())} cells, e.g. label {ids[np.argmax(bad[:, f])]})"
                      for f in np.nonzero(bad.any(axis=0))[0][:10])
 
@@ -57,7 +58,7 @@ def _load_consep(consep_dir, name="train_1", crop=260):
 
     img = np.asarray(Image.open(consep_dir / f"{name}.jpg").convert("RGB"))
     lab = np.asarray(Image.open(consep_dir / f"{name}_inst.png")).astype(np.int32)
-    small = rescale_image(img, 0.25 / DEFAULT_SCHEMA.mpp)
+    small = rescale_image(img, 0.25 / SCHEMA_V1.mpp)
     lab = resize_labels(lab, small.shape[:2])
     # A corner crop: cells cut by the crop edge touch the image border.
     return small[:crop, :crop].copy(), np.ascontiguousarray(lab[:crop, :crop])
@@ -66,7 +67,7 @@ def _load_consep(consep_dir, name="train_1", crop=260):
 def _live(img, lab, workers=1):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ids, ref = extract_pyradiomics(img, lab, DEFAULT_SCHEMA, workers=workers)
+        ids, ref = extract_pyradiomics(img, lab, SCHEMA_V1, workers=workers)
     return img, lab, ids, ref
 
 
@@ -78,11 +79,11 @@ def _stored(case):
     import pandas as pd
 
     arrays = np.load(STORED.with_suffix(".npz"))
-    assert str(arrays["schema_id"]) == DEFAULT_SCHEMA.schema_id, "stored reference has another schema"
+    assert str(arrays["schema_id"]) == SCHEMA_V1.schema_id, "stored reference has another schema"
     table = pd.read_parquet(STORED)
     rows = table[table["case"] == case]
-    assert list(rows.columns[2:]) == list(DEFAULT_SCHEMA.feature_names)
-    ref = rows[list(DEFAULT_SCHEMA.feature_names)].to_numpy(dtype=np.float64)
+    assert list(rows.columns[2:]) == list(SCHEMA_V1.feature_names)
+    ref = rows[list(SCHEMA_V1.feature_names)].to_numpy(dtype=np.float64)
     return arrays[f"{case}_img"], arrays[f"{case}_lab"], rows["label"].to_numpy(np.int64), ref
 
 
@@ -123,7 +124,7 @@ def _cuda_engine(engine):
 
 
 def _check(img, lab, ids, ref, device, **kw):
-    [(ids2, fast)] = extract_batch([img], [lab], DEFAULT_SCHEMA, device, **kw)
+    [(ids2, fast)] = extract_batch([img], [lab], SCHEMA_V1, device, **kw)
     assert np.array_equal(ids, ids2)
     bad = _mismatch(fast, ref)
     assert not bad.any(), _report(bad, ids)
@@ -152,26 +153,26 @@ def test_consep_parity_cuda(consep_reference, engine):
     fast = _check(img, lab, ids, ref, device, **kw)
     # The batched path (many patches at once) gives the same rows as one patch at a time.
     sub_img, sub_lab = img[:120, :200], lab[:120, :200]
-    res = extract_batch([img, sub_img, img], [lab, sub_lab, lab], DEFAULT_SCHEMA, device, **kw)
+    res = extract_batch([img, sub_img, img], [lab, sub_lab, lab], SCHEMA_V1, device, **kw)
     for k in (0, 2):
         assert np.array_equal(res[k][0], ids)
         bad = _mismatch(res[k][1], ref)
         assert not bad.any(), _report(bad, ids)
     # The same batch again (reused staging buffers) gives the same table.
-    again = extract_batch([img, sub_img, img], [lab, sub_lab, lab], DEFAULT_SCHEMA, device, **kw)
+    again = extract_batch([img, sub_img, img], [lab, sub_lab, lab], SCHEMA_V1, device, **kw)
     for (i1, v1), (i2, v2) in zip(res, again):
         assert np.array_equal(i1, i2) and np.allclose(v1, v2, rtol=1e-12, atol=1e-12, equal_nan=True)
-    [(sub_ids, sub_one)] = extract_batch([sub_img], [sub_lab], DEFAULT_SCHEMA, device, **kw)
+    [(sub_ids, sub_one)] = extract_batch([sub_img], [sub_lab], SCHEMA_V1, device, **kw)
     assert np.array_equal(res[1][0], sub_ids)
     assert np.allclose(res[1][1], sub_one, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert np.isfinite(fast[:, :9]).all()
     # Inputs already on the device (torch tensors) give the same table as host arrays.
     torch = pytest.importorskip("torch")
     [(ids_t, on_dev)] = extract_batch([torch.from_numpy(img).to(device)], [torch.from_numpy(lab).to(device)],
-                                      DEFAULT_SCHEMA, device, **kw)
+                                      SCHEMA_V1, device, **kw)
     assert np.array_equal(ids_t, ids) and np.allclose(on_dev, fast, rtol=1e-12, atol=1e-12, equal_nan=True)
     if kw["cuda_kernels"]:  # the public entry point (the pipeline's) takes the kernels on CUDA
-        public = extract(img, lab, device=device)
+        public = extract(img, lab, schema=SCHEMA_V1, device=device)
         assert np.array_equal(public.index.to_numpy(), ids)
         assert np.array_equal(public.to_numpy(), fast, equal_nan=True)
 
@@ -193,8 +194,8 @@ from _random_cells import random_patches
 from napari_uam.radiomics import _cuda, _numba
 from napari_uam.radiomics import _cuda_kernels as kmod
 from napari_uam.radiomics.fast_backend import extract_batch
-from napari_uam.radiomics.schema import DEFAULT_SCHEMA
-[(ids, v)] = extract_batch(*random_patches(0, [(64, 64)], 11, 2, 8), DEFAULT_SCHEMA, {device!r}, cuda_kernels=True)
+from napari_uam.radiomics.schema import SCHEMA_V1
+[(ids, v)] = extract_batch(*random_patches(0, [(64, 64)], 11, 2, 8), SCHEMA_V1, {device!r}, cuda_kernels=True)
 ks = _cuda.kernels()
 want = hashlib.sha256(Path(_numba.__file__).read_bytes() + Path(kmod.__file__).read_bytes()).hexdigest()
 print(json.dumps({{"hits": {{n: sum(k.stats.cache_hits.values()) for n, k in ks.items()}},
@@ -259,9 +260,9 @@ def test_edge_cells_match_pyradiomics(edge_reference, device):
 def _check_edges(img, lab, ids, ref, device, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        [(ids2, fast)] = extract_batch([img], [lab], DEFAULT_SCHEMA, device, **kw)
+        [(ids2, fast)] = extract_batch([img], [lab], SCHEMA_V1, device, **kw)
     assert np.array_equal(ids, ids2)
-    names = np.array(DEFAULT_SCHEMA.feature_names)
+    names = np.array(SCHEMA_V1.feature_names)
     bad = _mismatch(fast, ref)
     # The documented GLRLM difference: cells only 1 pixel wide in some direction.
     sliver = np.isin(ids, [2, 3])
@@ -276,18 +277,18 @@ def _check_edges(img, lab, ids, ref, device, **kw):
 def test_extract_frame_and_empty():
     img, lab = _edge_cases()
     calls = []
-    df = extract(img, lab, device="cpu", progress=calls.append)
-    assert list(df.columns) == list(DEFAULT_SCHEMA.feature_names)
+    df = extract(img, lab, schema=SCHEMA_V1, device="cpu", progress=calls.append)
+    assert list(df.columns) == list(SCHEMA_V1.feature_names)
     assert df.index.name == "label" and list(df.index) == sorted(set(lab.ravel()) - {0})
     assert (df.dtypes == np.float64).all() and calls[-1] == 1.0
-    empty = extract(img, np.zeros_like(lab))
-    assert empty.shape == (0, DEFAULT_SCHEMA.n_features)
-    assert list(empty.columns) == list(DEFAULT_SCHEMA.feature_names)
+    empty = extract(img, np.zeros_like(lab), schema=SCHEMA_V1)
+    assert empty.shape == (0, SCHEMA_V1.n_features)
+    assert list(empty.columns) == list(SCHEMA_V1.feature_names)
 
 
 def test_schema_registry():
-    assert get_schema("uam-radiomics-v1") is DEFAULT_SCHEMA
-    assert DEFAULT_SCHEMA.mpp == 0.5 and DEFAULT_SCHEMA.feature_names[0] == "shape2D_MeshSurface"
+    assert get_schema("uam-radiomics-v1") is SCHEMA_V1
+    assert SCHEMA_V1.mpp == 0.5 and SCHEMA_V1.feature_names[0] == "shape2D_MeshSurface"
     with pytest.raises(SchemaMismatchError, match="Unknown feature schema"):
         get_schema("uam-radiomics-v0")
 
@@ -304,8 +305,8 @@ def test_batch_matches_single_patches(device):
     lab2[15:29, 30:50] = 300
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        batch = extract_batch([img, img2, img, img2, img], [lab, lab2, lab, lab2, lab], DEFAULT_SCHEMA, device)
-        singles = [extract_batch([i], [lb], DEFAULT_SCHEMA, device)[0] for i, lb in ((img, lab), (img2, lab2))]
+        batch = extract_batch([img, img2, img, img2, img], [lab, lab2, lab, lab2, lab], SCHEMA_V1, device)
+        singles = [extract_batch([i], [lb], SCHEMA_V1, device)[0] for i, lb in ((img, lab), (img2, lab2))]
     assert len(batch) == 5
     for k, (ids_b, v_b) in enumerate(batch):
         ids_s, v_s = singles[k % 2]
@@ -323,9 +324,9 @@ def _concurrent_batches(device, **kw):
     batches = [([img] * 5, [lab] * 5), ([img2] * 5, [lab] * 5)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        want = [extract_batch(i, lb, DEFAULT_SCHEMA, device, **kw) for i, lb in batches]
+        want = [extract_batch(i, lb, SCHEMA_V1, device, **kw) for i, lb in batches]
         with ThreadPoolExecutor(2) as pool:
-            got = list(pool.map(lambda k: [extract_batch(*batches[k % 2], DEFAULT_SCHEMA, device, **kw)
+            got = list(pool.map(lambda k: [extract_batch(*batches[k % 2], SCHEMA_V1, device, **kw)
                                            for _ in range(2)], range(4)))
     assert not np.allclose(want[0][0][1], want[1][0][1], equal_nan=True)  # the batches differ
     for k, runs in enumerate(got):
@@ -432,9 +433,9 @@ def test_numba_matches_pure_numpy_on_random_patches():
     images, labels = random_patches(11, ((40, 60), (57, 33), (64, 64)), 11, 2, 14, id_step=10, id_offset=5)  # sparse ids
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fast = extract_batch(images, labels, DEFAULT_SCHEMA, "numpy")
-        pure = extract_batch(images, labels, DEFAULT_SCHEMA, "numpy-pure")
-        chunked = extract_batch(images, labels, DEFAULT_SCHEMA, "numpy", chunk_pixels=60)  # many chunks
+        fast = extract_batch(images, labels, SCHEMA_V1, "numpy")
+        pure = extract_batch(images, labels, SCHEMA_V1, "numpy-pure")
+        chunked = extract_batch(images, labels, SCHEMA_V1, "numpy", chunk_pixels=60)  # many chunks
     for (ids_f, v_f), (ids_p, v_p), (ids_c, v_c) in zip(fast, pure, chunked):
         assert np.array_equal(ids_f, ids_p) and np.array_equal(ids_f, ids_c) and len(ids_f) >= 5
         assert np.allclose(v_f, v_p, rtol=1e-9, atol=1e-12, equal_nan=True)
@@ -497,9 +498,9 @@ def test_torch_chunks_match_one_pass():
         labels.append(lab)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        whole = extract_batch(images, labels, DEFAULT_SCHEMA, "cpu")
-        chunked = extract_batch(images, labels, DEFAULT_SCHEMA, "cpu", chunk_pixels=50)
-        pure = extract_batch(images, labels, DEFAULT_SCHEMA, "numpy-pure")
+        whole = extract_batch(images, labels, SCHEMA_V1, "cpu")
+        chunked = extract_batch(images, labels, SCHEMA_V1, "cpu", chunk_pixels=50)
+        pure = extract_batch(images, labels, SCHEMA_V1, "numpy-pure")
     for (ids_w, v_w), (ids_c, v_c), (ids_p, v_p) in zip(whole, chunked, pure):
         assert np.array_equal(ids_w, ids_c) and np.array_equal(ids_w, ids_p) and len(ids_w) >= 4
         assert np.allclose(v_w, v_c, rtol=1e-12, atol=1e-12, equal_nan=True)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_uam.radiomics import DEFAULT_SCHEMA
+from napari_uam.radiomics.schema import SCHEMA_V1
 from napari_uam.radiomics.fast_backend import extract_batch
 from napari_uam.radiomics.pyradiomics_backend import extract_pyradiomics
 
@@ -48,11 +48,11 @@ def test_random_cells_match_pyradiomics(case):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ids, ref = extract_pyradiomics(img, lab, DEFAULT_SCHEMA)
-        [(ids2, fast)] = extract_batch([img], [lab], DEFAULT_SCHEMA, "numpy")
+        ids, ref = extract_pyradiomics(img, lab, SCHEMA_V1)
+        [(ids2, fast)] = extract_batch([img], [lab], SCHEMA_V1, "numpy")
     assert np.array_equal(ids, ids2)
     with np.errstate(invalid="ignore"):
         close = np.abs(fast - ref) <= np.maximum(1e-6 * np.abs(ref), 1e-9)
     ok = close | (np.isnan(fast) & np.isnan(ref))
-    names = np.array(DEFAULT_SCHEMA.feature_names)
+    names = np.array(SCHEMA_V1.feature_names)
     assert ok.all(), names[~ok.all(axis=0)][:10]

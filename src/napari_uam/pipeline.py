@@ -232,6 +232,8 @@ def measure_cells(
     feats = feats.reindex(geom["label"].to_numpy())
     table = pd.concat([geom.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
     table.attrs["schema_id"] = schema.schema_id
+    if feats.attrs.get("stain") is not None:  # the image's stain estimate: the trust signal needs it
+        table.attrs["stain"] = feats.attrs["stain"]
     _tick(progress, "measure", 1.0)
     return table
 
@@ -305,6 +307,30 @@ def classify_cells(
     out.attrs["tumor_class"] = clf.class_names[clf.tumor_class]
     _tick(progress, "classify", 1.0)
     return out
+
+
+def check_domain(clf, table: pd.DataFrame, prov: dict):
+    """Record how far the image lies from the classifier's training data; warn when outside.
+
+    Adds ``stain`` (the image's stain estimate) and ``domain`` (distance, threshold,
+    in_domain) to ``prov``; issues an :class:`~napari_uam.domain.OutOfDomainWarning` (the CLI
+    prints it, the dock shows it) when the image is out of the training domain.
+    Returns the :class:`~napari_uam.domain.DomainCheck` (None: the model has no statistics).
+    """
+    from .domain import OutOfDomainWarning
+
+    stain = table.attrs.get("stain")
+    if stain is not None:
+        prov["stain"] = stain
+    if len(table) == 0:
+        return None
+    check = clf.check_domain(table[feature_columns(table)], stain)
+    if check is None:
+        return None
+    prov["domain"] = check.as_dict()
+    if not check.in_domain:
+        warnings.warn(check.message(), OutOfDomainWarning, stacklevel=3)
+    return check
 
 
 def tumor_cell_labels(labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:
@@ -430,7 +456,9 @@ def run(
             model_sha256=clf.sha256,
             model_schema_id=clf.schema_id,
             model_device=str(clf.device),
+            calibration_temperature=clf.temperature,
         )
+        check_domain(clf, table, prov)
     prob = None
     if classify and (tumor_mask is True or (tumor_mask == "auto" and _tumor_model_available(tumor_model))):
         from .tumor import load_tumor_model, predict_tumor_mask

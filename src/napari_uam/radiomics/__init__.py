@@ -87,6 +87,72 @@ def _run_engine(images, labels, schema: FeatureSchema, engine: str, progress=Non
     )
 
 
+def _base_values(img, lab, schema: FeatureSchema, backend: str, device: str, progress=None):
+    """(ids, values) of one plain radiomics schema (no views) on one image."""
+    if not np.any(lab > 0):
+        return np.empty(0, np.int64), np.empty((0, schema.n_features))
+    if backend == "pyradiomics":
+        from .pyradiomics_backend import extract_pyradiomics
+
+        return extract_pyradiomics(img, lab, schema, progress=progress)
+    [(ids, values)] = _run_engine([img], [lab], schema, _engine_device(device), progress)
+    return ids, values
+
+
+def ring_labels(labels: np.ndarray, ring_px: int) -> np.ndarray:
+    """The ring of ``ring_px`` pixels around each nucleus, labelled with the nucleus' id.
+
+    Background pixels within ``ring_px`` of a nucleus go to the nearest one (so rings of
+    touching nuclei do not overlap); the nucleus' own pixels are not part of its ring.
+    """
+    from skimage.segmentation import expand_labels
+
+    grown = expand_labels(np.asarray(labels), distance=max(1, int(ring_px)))
+    grown[np.asarray(labels) > 0] = 0
+    return grown.astype(np.int32, copy=False)
+
+
+def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progress=None):
+    """Every column of ``schema`` for one image: base radiomics, then the views it names."""
+    import pandas as pd
+
+    base = schema.base
+    ids, values = _base_values(img, lab, base, backend, device, progress)
+    df = _frame(ids, values, base)
+    if base is schema:
+        return df
+    parts = [df]
+    source = img
+    if schema.normalised_view is not None:
+        from .stain_norm import estimate_stains, normalise_stain
+
+        estimate = estimate_stains(img)
+        source = normalise_stain(img, estimate)
+        view = schema.normalised_view
+        _, vals = _base_values(source, lab, view, backend, device)
+        nf = _frame(ids, vals, view)
+        nf = nf[[c for c in nf.columns if not c.startswith("shape2D_")]]
+        parts.append(nf.add_prefix("norm_"))
+        df.attrs["stain"] = estimate.as_dict()
+    if schema.ring_view is not None:
+        view = schema.ring_view
+        ring = ring_labels(lab, round(schema.ring_um / schema.mpp))
+        rids, vals = _base_values(source, ring, view, backend, device)
+        rf = _frame(rids, vals, view)
+        rf = rf[[c for c in rf.columns if not c.startswith("shape2D_")]].reindex(df.index)
+        parts.append(rf.add_prefix("ring_"))
+    out = pd.concat(parts, axis=1)
+    if schema.context:
+        from .context import centroids, context_features
+
+        cents = centroids(lab, out.index.to_numpy()) * schema.mpp
+        out = pd.concat([out, context_features(cents, out, schema)], axis=1)
+    out = out[list(schema.feature_names)]
+    out.attrs.update(df.attrs)
+    out.attrs["schema_id"] = schema.schema_id
+    return out
+
+
 def extract(image, labels, schema=None, backend: str = "auto", device: str = "auto", progress=None):
     """Per-cell features of every nucleus in ``labels``.
 
@@ -102,7 +168,10 @@ def extract(image, labels, schema=None, backend: str = "auto", device: str = "au
 
     Returns:
         pandas.DataFrame (n_cells, n_features) float64, index ``label`` (int, sorted), one row
-        per label > 0 present, columns ``schema.feature_names``; ``df.attrs["schema_id"]``.
+        per label > 0 present, columns ``schema.feature_names``; ``df.attrs["schema_id"]``;
+        ``df.attrs["stain"]`` the image's stain estimate when the schema normalises stains.
+        Both backends compute the radiomics of every view (nucleus, normalised image, ring);
+        the context columns are computed from them in NumPy.
 
     Raises:
         InvalidImageError, InvalidLabelsError: unusable inputs.
@@ -118,16 +187,7 @@ def extract(image, labels, schema=None, backend: str = "auto", device: str = "au
         raise UAMError(f"Unknown radiomics backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if progress is not None:
         progress(0.0)
-    if not np.any(lab > 0):
-        df = _frame(np.empty(0, np.int64), np.empty((0, schema.n_features)), schema)
-    elif backend == "pyradiomics":
-        from .pyradiomics_backend import extract_pyradiomics
-
-        ids, values = extract_pyradiomics(img, lab, schema, progress=progress)
-        df = _frame(ids, values, schema)
-    else:
-        [(ids, values)] = _run_engine([img], [lab], schema, _engine_device(device), progress)
-        df = _frame(ids, values, schema)
+    df = _measure(img, lab, schema, backend, device, progress)
     if progress is not None:
         progress(1.0)
     return df
@@ -146,5 +206,7 @@ def extract_many(images, labels, schema=None, device: str = "auto", progress=Non
     schema = get_schema(schema)
     imgs = [as_rgb_uint8(im) for im in images]
     labs = [as_labels(lb, im.shape) for lb, im in zip(labels, imgs)]
+    if schema.base is not schema:  # views are per image (its own stain estimate, rings)
+        return [_measure(im, lb, schema, "fast", device) for im, lb in zip(imgs, labs)]
     res = _run_engine(imgs, labs, schema, _engine_device(device), progress)
     return [_frame(ids, values, schema) for ids, values in res]

@@ -519,6 +519,9 @@ def _extract_cuda(xp, images, labels, schema: FeatureSchema, progress=None):
 def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None,
                   cuda_kernels: bool | None = None):
     """Features of every cell of every patch (see :func:`_extract_batch`)."""
+    # The engine computes a schema's plain radiomics (shape + its channels); the views of a v2
+    # schema (stain-normalised image, ring, context) are assembled by radiomics.extract.
+    schema = schema.base
     # Degenerate cells divide 0 by 0 on purpose (pyradiomics' NaNs); keep NumPy quiet about it.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return _extract_batch(images, labels, schema, device, progress, chunk_pixels, cuda_kernels)

@@ -133,6 +133,7 @@ def extract_pyradiomics(
         (ids, values): (n,) int64 sorted label ids and (n, F) float64 features.
     """
     _import_pyradiomics()
+    schema = schema.base  # plain radiomics; radiomics.extract assembles a v2 schema's views
     ids = np.unique(labels)
     ids = ids[ids > 0].astype(np.int64)
     if ids.size == 0:

@@ -160,6 +160,16 @@ class FeatureSchema:
         glcm_distance: GLCM / GLDM / NGTDM neighbour distance in pixels (pyradiomics
             ``distances=[1]``); the 4 in-plane angles 0, 45, 90, 135 degrees are used.
         mpp: pixel size in microns the image must be resampled to; shape features are in um.
+        normalised_channels: channels measured again (every family but shape) after per-image
+            stain normalisation (:mod:`.stain_norm`), columns ``norm_<channel>_<family>_<F>``.
+        ring_channels: channels whose first-order statistics are measured in a ring of
+            ``ring_um`` around each nucleus (its cytoplasm / immediate surround), on the
+            stain-normalised image when ``normalised_channels`` is set; columns
+            ``ring_<channel>_firstorder_<F>``.
+        ring_um: width of that ring in microns.
+        context: add the neighbourhood columns of :mod:`.context` (``ctx_*``: density,
+            nearest-neighbour distance, the k nearest cells' mean of a few features and the
+            cell's difference from it).
     """
 
     schema_id: str
@@ -169,9 +179,13 @@ class FeatureSchema:
     bin_width: int = 8
     glcm_distance: int = 1
     mpp: float = 0.5
+    normalised_channels: tuple[str, ...] = ()
+    ring_channels: tuple[str, ...] = ()
+    ring_um: float = 2.0
+    context: bool = False
 
     def __post_init__(self):
-        for ch in self.channels:
+        for ch in self.channels + self.normalised_channels + self.ring_channels:
             if ch not in CHANNELS:
                 raise UAMError(f"Schema {self.schema_id!r} names unknown channel {ch!r}.")
         for fam in self.families:
@@ -191,13 +205,53 @@ class FeatureSchema:
         return out
 
     @property
+    def base(self) -> "FeatureSchema":
+        """The plain radiomics part (shape + ``channels``) that the backends compute."""
+        if not (self.normalised_channels or self.ring_channels or self.context):
+            return self
+        return FeatureSchema(
+            schema_id=f"{self.schema_id}#base", channels=self.channels, families=self.families,
+            excluded=self.excluded, bin_width=self.bin_width, glcm_distance=self.glcm_distance, mpp=self.mpp,
+        )  # fmt: skip
+
+    @property
+    def normalised_view(self) -> "FeatureSchema | None":
+        """The radiomics the backends compute on the stain-normalised image (None: none)."""
+        if not self.normalised_channels:
+            return None
+        return FeatureSchema(
+            schema_id=f"{self.schema_id}#norm", channels=self.normalised_channels, families=self.families,
+            excluded=self.excluded, bin_width=self.bin_width, glcm_distance=self.glcm_distance, mpp=self.mpp,
+        )  # fmt: skip
+
+    @property
+    def ring_view(self) -> "FeatureSchema | None":
+        """The first-order radiomics the backends compute on the ring label map (None: none)."""
+        if not self.ring_channels:
+            return None
+        return FeatureSchema(
+            schema_id=f"{self.schema_id}#ring", channels=self.ring_channels, families=("firstorder",),
+            excluded=self.excluded, bin_width=self.bin_width, glcm_distance=self.glcm_distance, mpp=self.mpp,
+        )  # fmt: skip
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
-        """Column names in their fixed order: ``shape2D_<F>`` then ``<channel>_<family>_<F>``."""
+        """Column names in their fixed order: ``shape2D_<F>``, ``<channel>_<family>_<F>``, then
+        ``norm_*``, ``ring_*`` and ``ctx_*`` columns when the schema has them."""
         fams = self.family_features
         names = [f"shape2D_{f}" for f in fams["shape2D"]]
         for ch in self.channels:
             for fam in self.families:
                 names += [f"{ch}_{fam}_{f}" for f in fams[fam]]
+        for ch in self.normalised_channels:
+            for fam in self.families:
+                names += [f"norm_{ch}_{fam}_{f}" for f in fams[fam]]
+        for ch in self.ring_channels:
+            names += [f"ring_{ch}_firstorder_{f}" for f in fams.get("firstorder", FAMILY_FEATURES["firstorder"])]
+        if self.context:
+            from .context import context_names
+
+            names += list(context_names(self))
         return tuple(names)
 
     @property
@@ -219,10 +273,41 @@ class FeatureSchema:
         }
 
 
-#: The schema every model of this release is trained on.
-DEFAULT_SCHEMA = FeatureSchema(schema_id="uam-radiomics-v1")
+#: Release 0.1's schema: shape and hematoxylin radiomics of the nucleus.
+SCHEMA_V1 = FeatureSchema(schema_id="uam-radiomics-v1")
 
-_SCHEMAS = {s.schema_id: s for s in (DEFAULT_SCHEMA,)}
+#: Schema v2: v1's columns (so models trained on v1, such as the tumor model's cell encoder,
+#: still find theirs), eosin, the same radiomics after per-image stain normalisation, the
+#: cytoplasm ring and the neighbourhood context. A model uses the subset of these columns that
+#: leave-one-source-out validation paid for (its checkpoint lists them).
+SCHEMA_V2 = FeatureSchema(
+    schema_id="uam-radiomics-v2",
+    channels=("hematoxylin", "eosin"),
+    normalised_channels=("hematoxylin", "eosin"),
+    ring_channels=("hematoxylin", "eosin"),
+    context=True,
+)
+
+#: The schema every model of this release is trained on.
+DEFAULT_SCHEMA = SCHEMA_V2
+
+_SCHEMAS = {s.schema_id: s for s in (SCHEMA_V1, SCHEMA_V2)}
+
+#: Schemas a cell classifier of this release may be trained on (v1 models are refused: their
+#: nucleus-only, stain-dependent features did not carry to new hospitals, see docs/results.md).
+CLASSIFIER_SCHEMAS = (SCHEMA_V2.schema_id,)
+
+
+def schema_serves(table_schema: str, model_schema: str) -> bool:
+    """Whether a feature table of ``table_schema`` holds, with the same values, every column
+    of ``model_schema`` (the same schema, or v2 for v1: v2 measures v1's columns unchanged)."""
+    if table_schema == model_schema:
+        return True
+    t, m = _SCHEMAS.get(table_schema), _SCHEMAS.get(model_schema)
+    if t is None or m is None:
+        return False
+    same_measure = (t.bin_width, t.glcm_distance, t.mpp, t.families) == (m.bin_width, m.glcm_distance, m.mpp, m.families)
+    return same_measure and set(m.feature_names) <= set(t.feature_names)
 
 
 def get_schema(schema_id: str | FeatureSchema | None = None) -> FeatureSchema:

@@ -19,6 +19,9 @@ normalization      per-feature statistics (see :class:`~.normalize.Normalizer`)
 training           data summary: datasets, images, cells per class, epochs, seed, ...
 metrics            validation / test metrics
 model_id           short name of this checkpoint
+calibration        optional ``{"temperature": T}``: softmax(logits / T) (fitted on
+                   leave-one-source-out predictions; absent = 1)
+domain             optional trust-signal statistics (:class:`napari_uam.domain.DomainModel`)
 created, versions  ISO date; napari-uam / torch / python versions
 n_parameters       trainable weights
 =================  ==============================================================
@@ -113,6 +116,8 @@ def save_checkpoint(
     training: dict | None = None,
     metrics: dict | None = None,
     model_id: str | None = None,
+    calibration: dict | None = None,
+    domain: dict | None = None,
 ) -> str:
     """Write a checkpoint atomically (temp file in the same folder, then ``os.replace``).
 
@@ -128,6 +133,8 @@ def save_checkpoint(
         training: data / run summary for the model card.
         metrics: evaluation results for the model card.
         model_id: short name; defaults to the file stem.
+        calibration: ``{"temperature": T}`` applied to the logits at inference.
+        domain: :meth:`napari_uam.domain.DomainModel.to_dict` of the training images.
 
     Returns:
         The SHA-256 of the written file.
@@ -160,6 +167,10 @@ def save_checkpoint(
         "versions": _versions(),
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
     }
+    if calibration:
+        ckpt["calibration"] = _plain(calibration)
+    if domain:
+        ckpt["domain"] = _plain(domain)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -287,6 +298,21 @@ class CellClassifier:
         self.card = {k: v for k, v in ckpt.items() if k != "state_dict"}
         self.path = None if path is None else str(path)
         self.sha256 = sha256
+        temperature = float((ckpt.get("calibration") or {}).get("temperature", 1.0))
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise CheckpointError(f"Checkpoint {self.model_id!r} has an invalid calibration temperature {temperature!r}.")
+        self.temperature = temperature
+        from ..domain import DomainModel
+
+        self.domain = DomainModel.from_dict(ckpt["domain"]) if ckpt.get("domain") else None
+
+    def check_domain(self, features, stain: dict | None):
+        """How far an image lies from the training data (None when the checkpoint has no
+        domain statistics): a :class:`napari_uam.domain.DomainCheck`."""
+        if self.domain is None:
+            return None
+        x = self.normalizer.transform(self.check_features(features))
+        return self.domain.score(stain, x)
 
     def __repr__(self) -> str:
         return (
@@ -301,11 +327,16 @@ class CellClassifier:
             SchemaMismatchError: missing or extra feature columns, or a table tagged with
                 another schema id (``features.attrs["schema_id"]``).
         """
+        from ..radiomics.schema import schema_serves
+
         cols = [str(c) for c in features.columns]
         table_schema = getattr(features, "attrs", {}).get("schema_id")
         missing = [f for f in self.feature_names if f not in set(cols)]
-        extra = [c for c in cols if c not in set(self.feature_names)]
-        if missing or extra or (table_schema is not None and table_schema != self.schema_id):
+        # A table of a schema that holds the model's columns (v2 holds v1's) serves it: the
+        # model reads its own columns by name. An untagged table must match exactly.
+        compatible = table_schema is not None and schema_serves(table_schema, self.schema_id)
+        extra = [] if compatible else [c for c in cols if c not in set(self.feature_names)]
+        if missing or extra or (table_schema is not None and not compatible):
 
             def _list(names):
                 shown = ", ".join(names[:8])
@@ -383,7 +414,8 @@ class CellClassifier:
         with torch.no_grad():
             for lo in range(0, len(x), batch_size):
                 xb = torch.from_numpy(x[lo : lo + batch_size]).to(self.device)
-                out[lo : lo + batch_size] = torch.softmax(self.model(xb).float(), -1).cpu().numpy()
+                logits = self.model(xb).float() / self.temperature
+                out[lo : lo + batch_size] = torch.softmax(logits, -1).cpu().numpy()
         return out
 
     def predict(self, features, batch_size: int | None = None) -> np.ndarray:
@@ -412,4 +444,13 @@ def load_classifier(path: str | os.PathLike | None = None, device: str = "auto",
                 "or choose a checkpoint file."
             )
     ckpt = read_checkpoint(path)
+    from ..radiomics.schema import CLASSIFIER_SCHEMAS
+
+    if ckpt["schema_id"] not in CLASSIFIER_SCHEMAS:
+        raise SchemaMismatchError(
+            f"{path} was trained on feature schema {ckpt['schema_id']!r}, which this napari-uam no "
+            f"longer classifies with (it measures {', '.join(CLASSIFIER_SCHEMAS)}: stain-normalised "
+            "nucleus, cytoplasm-ring and neighbourhood features). Fine-tune or retrain the model on "
+            "cells measured by this version (Train dock or `napari-uam train`)."
+        )
     return CellClassifier(ckpt, device=device, path=path, sha256=file_sha256(path), backend=backend)

@@ -228,6 +228,13 @@ def _start(config: FinetuneConfig, n_features: int):
     from .checkpoint import build_from_checkpoint
 
     ckpt = read_checkpoint(path)
+    from ..radiomics.schema import CLASSIFIER_SCHEMAS
+
+    if ckpt["schema_id"] not in CLASSIFIER_SCHEMAS:
+        raise SchemaMismatchError(
+            f"{path} was trained on feature schema {ckpt['schema_id']!r}, which this napari-uam no longer "
+            f"classifies with ({', '.join(CLASSIFIER_SCHEMAS)}); start from the shipped weights or from scratch."
+        )
     model = build_from_checkpoint(ckpt)
     desc = {"kind": init if init == INIT_DEFAULT else "checkpoint", "path": str(path),
             "model_id": ckpt.get("model_id"), "sha256": file_sha256(path), "arch": ckpt["arch"]}  # fmt: skip
