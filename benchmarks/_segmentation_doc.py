@@ -488,7 +488,7 @@ def card_section(inp: Inputs) -> str:
         i = cpu["sources"][s]
         mpp = "/".join(f"{m:g}" for m in i["mpp"])
         lines.append(f"| {i['name'].split(' (')[0].split(' - ')[0]} (`{s}`) | {_organ(s)} | {mpp} um/px | {i['n_images']} | "
-                     f"{'instance masks' if i['kind'] == 'instances' else 'one point per cell (train split only)'} | "
+                     f"{'instance masks' if i['kind'] == 'instances' else 'one point per cell (80 train images; the 10 val never train)'} | "
                      f"{i['licence']} |")
     lines += [
         "",
