@@ -1,40 +1,48 @@
-"""Nuclei segmentation quality and speed of every available backend, written to docs/segmentation.md.
+"""Nuclei segmentation quality and speed, shipped network against the previous one: docs/segmentation.md.
 
-CPU mode (default), for each backend of :func:`napari_uam.segment.available_backends`:
+One command (CPU, this machine) measures and rewrites the page, the model card's generated
+section and the segmentation sections of docs/results.md and docs/performance.md::
 
-* CoNSeP held-out images 21-27 (colorectal, 40x): AJI, PQ (DQ, SQ), pixel Dice and detection
-  F1 at IoU 0.5, mean over images; once at the native 0.25 um/px and once after resampling
-  the image to 0.5 um/px (the pipeline's working pixel size; labels resized back to compare
-  with the full-resolution ground truth). Neither the network nor any threshold saw them.
-* BRCA-M2C val (breast, 20x, 0.5 um/px): precision / recall / F1 of nucleus centroids against
-  the annotated cell points, one to one within 3 um, pooled over the images.
-* Seconds of :func:`~napari_uam.segment.segment` per 1000x1000 patch at 0.25 and 0.5 um/px on
-  the CPU with 2 torch threads (best of repeats), and for the learned backend the network
-  alone in three numeric set-ups (as trained, shipped, bf16).
-
-GPU mode (``--device cuda --json OUT``): only times the learned backend's inference on the
-GPU, using nothing but the CoNSeP images under ``--data``, and writes a JSON file that
-``--merge-json`` later inserts into the doc's GPU section.
-
-Usage::
-
-    # CPU quality + speed (about 5 minutes on 2 cores), rewrites docs/segmentation.md
     python benchmarks/segmentation_bench.py --data ../shared/data
-    # GPU timing (on the GPU machine; needs only consep/train_21..27.jpg)
-    PYTHONPATH=src python benchmarks/segmentation_bench.py --device cuda \\
-        --data .gpu_data/consep --json "$OUT/seg_gpu.json"
-    # insert the GPU row into docs/segmentation.md
+
+It measures, for the shipped U-Net (v3), the previous one (v2, extracted from git commit
+:data:`PREVIOUS_COMMIT` into ``runs/`` unless ``--previous`` names a copy) and the classical
+watershed, all through ``napari_uam.segment.segment`` (the product's code path):
+
+* every image of every source of ``research/segmentation/nuclei_sets.py``: AJI, PQ, Dice
+  (mean over images) and detection F1 of centroids within 3 um (pooled), scored by
+  ``research.segmentation.loso.score_labels`` exactly like the LOSO folds;
+* CoNSeP images 21-27 at 0.25 and 0.5 um/px and BRCA-M2C val (the rows the README quotes);
+* the pixel-size estimate of ``napari_uam.pixel_size`` on every image (shipped network);
+* seconds of ``segment()`` per 1000x1000 patch at 0.25 and 0.5 um/px with 2 torch threads,
+  every model in the same run.
+
+Results go to ``docs/segmentation_bench_cpu.json``. The page itself is rendered
+(``_segmentation_doc.py``) from that file, ``docs/segmentation_loso.json`` (the LOSO table:
+GPU run of ``research/segmentation/loso.py``), ``docs/segmentation_shipped.json`` and
+``docs/segmentation_gpu.json`` when present. GPU timing, on the GPU machine (needs CoNSeP
+images 21-24 and the previous weights)::
+
+    PYTHONPATH=src:. python benchmarks/segmentation_bench.py --device cuda --data .gpu_data/seg_bench \\
+        --previous .gpu_data/seg_bench/nuclei_unet_v2.pt --json "$OUT/seg_gpu.json"
+    # here: store it as docs/segmentation_gpu.json and re-render
     python benchmarks/segmentation_bench.py --merge-json seg_gpu.json
+
+``--render`` re-renders from the JSON files without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import hashlib
 import json
-import re
+import os
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,71 +51,221 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
 
 from napari_uam.scale import rescale_image, resize_labels  # noqa: E402
-from napari_uam.segment import available_backends, segment  # noqa: E402
-from napari_uam.segment import metrics as M  # noqa: E402
 
+DOCS = REPO / "docs"
+CPU_JSON = DOCS / "segmentation_bench_cpu.json"
+GPU_JSON = DOCS / "segmentation_gpu.json"
+CPU_SCHEMA = "uam-seg-cpu-v2"
+GPU_SCHEMA = "uam-seg-gpu-v2"
+#: The last commit that shipped the v2 network (CoNSeP 1-20 + BRCA-M2C train points).
+PREVIOUS_COMMIT = "28e00f3"
+PREVIOUS_DEFAULT = REPO / "runs" / "nuclei_unet_v2.pt"
 CONSEP_MPP = 0.25
-BRCA_MPP = 0.5
 MPPS = (0.25, 0.5)
 HELD_OUT = range(21, 28)
-POINT_RADIUS_UM = 3.0
-KEYS = ("aji", "pq", "dq", "sq", "dice", "f1")
 CPU_THREADS = 2
-GPU_SCHEMA = "uam-seg-gpu-v1"
-DOC = REPO / "docs" / "segmentation.md"
-#: HoVer-Net on the official CoNSeP test split (Graham et al. 2019, Table 3).
-HOVERNET = {"dice": 0.853, "aji": 0.571, "pq": 0.547, "dq": 0.702, "sq": 0.778}
 
 
-def _rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+@dataclass(frozen=True)
+class Model:
+    """One segmenter under test: a learned checkpoint, or the watershed (``path`` None)."""
+
+    key: str
+    label: str
+    path: Path | None = None
+
+    @property
+    def backend(self) -> str:
+        return "watershed" if self.path is None else "learned"
 
 
-def consep_dir(data: Path) -> Path:
-    """``data`` itself when it holds the CoNSeP images, else ``data/consep``."""
-    return data if (data / "train_21.jpg").exists() else data / "consep"
+def models(previous: Path) -> list[Model]:
+    from napari_uam.segment.learned import WEIGHTS_PATH
+
+    return [Model("v3", "v3 (shipped)", WEIGHTS_PATH), Model("v2", "v2 (previous)", previous),
+            Model("watershed", "watershed (no weights)")]
 
 
-def _patch(root: Path, i: int, mpp: float) -> np.ndarray:
-    """CoNSeP image ``i`` as a scanner at ``mpp`` would give it."""
-    rgb = _rgb(root / f"train_{i}.jpg")
-    return rgb if mpp == CONSEP_MPP else rescale_image(rgb, CONSEP_MPP / mpp)
+def previous_weights(path: Path) -> Path:
+    """The previous network's weights: ``path``, extracted from git when it is missing."""
+    if path.is_file():
+        return path
+    if path != PREVIOUS_DEFAULT:
+        raise SystemExit(f"{path} not found")
+    blob = subprocess.run(["git", "-C", str(REPO), "show", f"{PREVIOUS_COMMIT}:src/napari_uam/weights/nuclei_unet.pt"],
+                          capture_output=True, check=False)
+    if blob.returncode != 0:
+        raise SystemExit(f"cannot extract the v2 weights from git ({blob.stderr.decode().strip()}); pass --previous")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(blob.stdout)
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def using(model: Model):
+    """Make ``segment(..., backend="learned")`` run ``model``'s weights (the product reads
+    ``$NAPARI_UAM_SEG_WEIGHTS``), so every model goes through the same code path."""
+    old = os.environ.get("NAPARI_UAM_SEG_WEIGHTS")
+    if model.path is not None:
+        os.environ["NAPARI_UAM_SEG_WEIGHTS"] = str(model.path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("NAPARI_UAM_SEG_WEIGHTS", None)
+        else:
+            os.environ["NAPARI_UAM_SEG_WEIGHTS"] = old
+
+
+def run(model: Model, rgb: np.ndarray, mpp: float, device: str | None = None) -> np.ndarray:
+    from napari_uam.segment import segment
+
+    with using(model):
+        return segment(rgb, mpp, backend=model.backend, device=device)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_info(model: Model) -> dict:
+    """What the docs say about a model: weights, training sources, post-processing."""
+    if model.path is None:
+        return {"label": model.label, "trained_on": []}
+    import torch
+
+    ck = torch.load(model.path, map_location="cpu", weights_only=True)
+    meta = ck.get("meta", {})
+    if meta.get("train_sources"):
+        trained = list(meta["train_sources"])
+    else:  # v1 / v2: CoNSeP 1-20, plus BRCA-M2C train points when weakly supervised
+        trained = ["consep"] + (["brca_m2c"] if meta.get("weak_supervision") else [])
+    return {"label": model.label, "weights": str(Path(model.path).resolve().relative_to(REPO))
+            if Path(model.path).resolve().is_relative_to(REPO) else str(model.path),
+            "sha256": sha256(model.path), "bytes": Path(model.path).stat().st_size,
+            "trained_on": trained, "consep_train_images": meta.get("train_images"),
+            "postprocess": dict(ck.get("postprocess", {})), "meta": _plain(meta)}
+
+
+def _plain(x):
+    """JSON-safe copy (tuples to lists)."""
+    return json.loads(json.dumps(x))
 
 
 # --- quality ---------------------------------------------------------------------------------
 
 
-def consep_scores(root: Path, backend: str, mpp: float) -> dict:
-    """Mean held-out scores when segmenting at pixel size ``mpp``, plus per-image rows."""
-    rows = []
+def source_info(data: Path) -> dict:
+    """Per source: its folders, annotation kind and what its meta.json states."""
+    from research.segmentation import nuclei_sets as N
+
+    out = {}
+    for name, src in N.SOURCES.items():
+        ims = N.images(name, data)
+        if not ims:
+            continue
+        d = data / src.folders[0]
+        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+        organ = meta.get("organ") or ", ".join(meta.get("organs", [])) or src.organ
+        source = meta.get("source", "")
+        out[name] = {"name": meta.get("name", name), "kind": src.kind, "folders": list(src.folders),
+                     "organ": organ, "magnification": meta.get("magnification", ""),
+                     "mpp": sorted({im.mpp for im in ims}), "licence": meta.get("licence", src.licence),
+                     "source": source if isinstance(source, str) else "; ".join(f"{k}: {v}" for k, v in source.items()),
+                     "n_images": len(ims), "splits": sorted({im.split for im in ims})}
+    return out
+
+
+def every_source(data: Path, model: Model, progress=print, limit: int = 0) -> dict:
+    """Per-image scores of ``model`` on every image of every source, at its recorded pixel size."""
+    from napari_uam.pixel_size import estimate_mpp
+    from research.segmentation import nuclei_sets as N
+    from research.segmentation.loso import score_labels
+
+    rows = {}
+    for name in N.SOURCES:
+        t = time.perf_counter()
+        out = []
+        ims = N.images(name, data)
+        # A smoke test keeps the first images and BRCA-M2C val (the table needs it).
+        for im in ims[:limit] + [i for i in ims[limit:] if i.split == "val"][:limit] if limit else ims:
+            lab = run(model, im.rgb(), im.mpp)
+            row = {"image": im.image_id, "split": im.split, "mpp": im.mpp, **score_labels(lab, im)}
+            est = estimate_mpp(lab, im.mpp)
+            if est is not None:
+                row.update(mpp_estimate=est.estimate, p75_area_um2=est.p75_area_um2)
+            out.append(row)
+        if out:
+            rows[name] = out
+            progress(f"{model.key:9s} {name:10s} {len(out):3d} images {time.perf_counter() - t:5.0f}s")
+    return rows
+
+
+def summaries(rows: dict) -> dict:
+    """{source: summary} (loso.summarise: mean AJI / PQ / Dice, pooled centroid P / R / F1)."""
+    from research.segmentation import nuclei_sets as N
+    from research.segmentation.loso import summarise
+
+    return {s: summarise(r, N.SOURCES[s].kind) for s, r in rows.items()}
+
+
+def consep_rows(rows: list[dict]) -> dict:
+    """Mean instance scores over CoNSeP 21-27 from per-image rows."""
+    sel = [r for r in rows if r["image"] in {f"train_{i}" for i in HELD_OUT}]
+    if not sel:  # a smoke test's first images
+        return {"n_images": 0}
+    out = {k: float(np.mean([r[k] for r in sel])) for k in ("aji", "pq", "dq", "sq", "dice", "f1_iou")}
+    out["n_pred/n_true"] = sum(r["n_pred"] for r in sel) / sum(r["n_true"] for r in sel)
+    out["n_images"] = len(sel)
+    return out
+
+
+def consep_at_20x(data: Path, model: Model) -> dict:
+    """CoNSeP 21-27 downsampled to 0.5 um/px as a 20x scan gives it; labels resized back."""
+    from napari_uam.segment import metrics as M
+
+    sel = []
     for i in HELD_OUT:
+        root = data / "consep"
+        rgb = np.asarray(Image.open(root / f"train_{i}.jpg").convert("RGB"))
         gt = np.asarray(Image.open(root / f"train_{i}_inst.png")).astype(np.int32)
-        lab = resize_labels(segment(_patch(root, i, mpp), mpp, backend=backend), gt.shape)
-        rows.append({"image": i, **M.instance_scores(gt, lab)})
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in KEYS}
-    mean["n_pred/n_true"] = sum(r["n_pred"] for r in rows) / sum(r["n_true"] for r in rows)
-    return {"backend": backend, "mpp": mpp, **mean, "per_image": rows}
+        lab = resize_labels(run(model, rescale_image(rgb, CONSEP_MPP / 0.5), 0.5), gt.shape)
+        s = M.instance_scores(gt, lab)
+        sel.append({**s, "f1_iou": s["f1"]})
+    out = {k: float(np.mean([r[k] for r in sel])) for k in ("aji", "pq", "dq", "sq", "dice", "f1_iou")}
+    out["n_pred/n_true"] = sum(r["n_pred"] for r in sel) / sum(r["n_true"] for r in sel)
+    out["n_images"] = len(sel)
+    return out
 
 
-def brca_scores(root: Path, backend: str) -> dict:
-    """Pooled centroid-vs-point detection scores on BRCA-M2C val."""
-    tp = fp = fn = 0
-    paths = sorted((root / "val").glob("*.jpg"))
-    for path in paths:
-        pts = np.loadtxt(path.with_name(path.stem + "_points.csv"), delimiter=",", skiprows=1, usecols=(0, 1))
-        lab = segment(_rgb(path), BRCA_MPP, backend=backend)
-        s = M.point_detection_scores(M.centroids(lab), pts.reshape(-1, 2), POINT_RADIUS_UM / BRCA_MPP)
-        tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
-    return {
-        "backend": backend,
-        "precision": tp / max(tp + fp, 1),
-        "recall": tp / max(tp + fn, 1),
-        "f1": 2 * tp / max(2 * tp + fp + fn, 1),
-        "n_images": len(paths),
-        "n_points": tp + fn,
-    }
+def brca_val(rows: list[dict]) -> dict:
+    """Pooled point P / R / F1 on the BRCA-M2C val split (never trained on by any model)."""
+    sel = [r for r in rows if r["split"] == "val"]
+    tp, fp, fn = (sum(r[k] for r in sel) for k in ("tp", "fp", "fn"))
+    return {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+            "n_images": len(sel), "n_points": tp + fn}
+
+
+def pixel_size_check(rows: dict) -> dict:
+    """Per source: how far the nuclei-based pixel-size estimate lands from the recorded one."""
+    out = {}
+    for s, rs in rows.items():
+        ratios = [r["mpp_estimate"] / r["mpp"] for r in rs if "mpp_estimate" in r]
+        p75 = [r["p75_area_um2"] for r in rs if "p75_area_um2" in r]
+        if not ratios:
+            continue
+        ratios = np.asarray(ratios)
+        out[s] = {"n_images": len(rs), "n_estimated": int(ratios.size), "ratio_median": float(np.median(ratios)),
+                  "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
+                  "within_25pct": float(np.mean(np.abs(ratios - 1) <= 0.25)),
+                  "warned": int(np.sum(np.maximum(ratios, 1 / ratios) > 1.6)),
+                  "p75_min": float(min(p75)), "p75_max": float(max(p75))}
+    return out
 
 
 # --- speed -----------------------------------------------------------------------------------
@@ -126,514 +284,204 @@ def _best_of(fn, repeats: int, sync=lambda: None) -> float:
     return best
 
 
-def _speed_patch(root: Path, mpp: float) -> np.ndarray:
-    """A 1000x1000 patch at ``mpp`` cut from held-out CoNSeP (tiled 2x2 for 0.5 um/px)."""
-    img = _patch(root, 23, mpp)
+def _consep(root: Path, i: int, mpp: float) -> np.ndarray:
+    rgb = np.asarray(Image.open(root / f"train_{i}.jpg").convert("RGB"))
+    return rgb if mpp == CONSEP_MPP else rescale_image(rgb, CONSEP_MPP / mpp)
+
+
+def speed_patch(root: Path, mpp: float) -> np.ndarray:
+    """A 1000x1000 patch at ``mpp`` cut from CoNSeP 23 (2x2 images 21-24 at 0.5 um/px)."""
+    img = _consep(root, 23, mpp)
     if img.shape[0] < 1000:
-        img = np.concatenate([np.concatenate([_patch(root, i, mpp) for i in ids], 1) for ids in ((23, 24), (22, 21))], 0)
+        img = np.concatenate([np.concatenate([_consep(root, i, mpp) for i in ids], 1) for ids in ((23, 24), (22, 21))], 0)
     return np.ascontiguousarray(img[:1000, :1000])
 
 
-def cpu_seconds(root: Path, backend: str, repeats: int) -> list[dict]:
-    """Seconds of ``segment`` per 1000x1000 patch at each working pixel size."""
-    return [
-        {"backend": backend, "mpp": mpp,
-         "seconds": _best_of(lambda p=_speed_patch(root, mpp): segment(p, mpp, backend=backend), repeats)}
-        for mpp in MPPS
-    ]
+def cpu_seconds(root: Path, model: Model, repeats: int) -> list[dict]:
+    out = []
+    for mpp in MPPS:
+        patch = speed_patch(root, mpp)
+        s = _best_of(lambda: run(model, patch, mpp, "cpu"), repeats)
+        out.append({"model": model.key, "mpp": mpp, "seconds": s, "n_nuclei": int(run(model, patch, mpp, "cpu").max())})
+    return out
 
 
-def network_variants(root: Path, repeats: int) -> list[dict]:
+def network_variants(root: Path, model: Model, repeats: int) -> list[dict]:
     """Network-only seconds for a 1000x1000 patch at 0.25 um/px in three numeric set-ups."""
     import torch
 
     from napari_uam.segment import learned
 
-    ckpt = learned.load_checkpoint()
-    img = _speed_patch(root, CONSEP_MPP)
+    ckpt = learned.load_checkpoint(model.path)
+    img = speed_patch(root, CONSEP_MPP)
     rows = []
-    setups = (
-        ("fp32, BatchNorm, NCHW (as trained)", False, False),
-        ("fp32, BatchNorm folded, channels-last (shipped)", True, False),
-        ("bf16 autocast, folded, channels-last", True, True),
-    )
-    for name, fold, bf16 in setups:
-        model = learned.build_model(ckpt, "cpu", for_inference=fold)
+    for name, fold, bf16 in (("fp32, BatchNorm, NCHW (as trained)", False, False),
+                             ("fp32, BatchNorm folded, channels-last (shipped)", True, False),
+                             ("bf16 autocast, folded, channels-last", True, True)):
+        net = learned.build_model(ckpt, "cpu", for_inference=fold)
 
-        def run(model=model, bf16=bf16):
+        def go(net=net, bf16=bf16):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                learned.predict_maps(model, img)
+                learned.predict_maps(net, img)
 
-        rows.append({"setup": name, "seconds": _best_of(run, repeats)})
+        rows.append({"setup": name, "seconds": _best_of(go, repeats)})
     return rows
 
 
-def gpu_timing(root: Path, device: str, repeats: int) -> dict:
-    """Learned-backend inference times on a GPU, for ``--json``.
-
-    Per 1000x1000 patch at 0.25 and 0.5 um/px: the network alone (bf16 autocast, tiles as the
-    backend cuts them, maps copied back to the host) and the whole ``segment`` call (network +
-    CPU marker watershed + resizing).
-    """
+def gpu_timing(root: Path, previous: Path, device: str, repeats: int) -> dict:
+    """Per model and pixel size on a GPU: the network alone (bf16 autocast, tiles as the
+    backend cuts them, maps back on the host) and the whole ``segment()`` call."""
     import torch
 
-    from napari_uam.segment import learned, resolve_backend
+    from _report import machine
     from napari_uam.scale import scale_factor
+    from napari_uam.segment import learned
 
-    if resolve_backend("auto") != "learned":
-        raise SystemExit("the learned backend is not available (weights missing or unreadable)")
+    cuda = str(device).startswith("cuda")
     torch.backends.cudnn.benchmark = True
-    model, ckpt = learned._model(device)
-    net_mpp = float(ckpt["net_mpp"])
 
     def sync():
-        torch.cuda.synchronize(device)
+        if cuda:
+            torch.cuda.synchronize(device)
 
     rows = []
-    for mpp in MPPS:
-        patch = _speed_patch(root, mpp)
-        net_in = rescale_image(patch, scale_factor(mpp, net_mpp))
-        net_s = _best_of(lambda: learned.predict_maps(model, net_in, device), repeats, sync)
-        total_s = _best_of(lambda: segment(patch, mpp, backend="learned", device=device), repeats, sync)
-        n = int(segment(patch, mpp, backend="learned", device=device).max())
-        rows.append({"mpp": mpp, "network_s": net_s, "segment_s": total_s, "n_nuclei": n,
-                     "net_pixels": int(net_in.shape[0] * net_in.shape[1])})
-        print(f"cuda {mpp:g} um/px: network {net_s * 1e3:.1f} ms, segment {total_s * 1e3:.1f} ms, {n} nuclei", flush=True)
-    return {
-        "schema": GPU_SCHEMA,
-        "date": dt.date.today().isoformat(),
-        "gpu": torch.cuda.get_device_name(device),
-        "torch": str(torch.__version__),
-        "host_cpu": _machine(),
-        "command": "python benchmarks/segmentation_bench.py " + " ".join(sys.argv[1:]),
-        "rows": rows,
-    }
+    for model in models(previous)[:2]:
+        with using(model):
+            net, ckpt = learned._model(device)
+        for mpp in MPPS:
+            patch = speed_patch(root, mpp)
+            net_in = rescale_image(patch, scale_factor(mpp, float(ckpt["net_mpp"])))
+            net_s = _best_of(lambda: learned.predict_maps(net, net_in, device), repeats, sync)
+            seg_s = _best_of(lambda: run(model, patch, mpp, device), repeats, sync)
+            n = int(run(model, patch, mpp, device).max())
+            rows.append({"model": model.key, "mpp": mpp, "network_s": net_s, "segment_s": seg_s, "n_nuclei": n,
+                         "net_pixels": int(net_in.shape[0] * net_in.shape[1])})
+            print(f"{model.key} cuda {mpp:g} um/px: network {net_s * 1e3:.1f} ms, segment {seg_s * 1e3:.1f} ms, {n} nuclei",
+                  flush=True)
+    return {"schema": GPU_SCHEMA, "date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "torch": str(torch.__version__), "host_cpu": machine(),
+            "command": "python benchmarks/segmentation_bench.py " + " ".join(sys.argv[1:]),
+            "weights_sha256": {m.key: sha256(m.path) for m in models(previous)[:2]}, "rows": rows}
 
 
-# --- report ----------------------------------------------------------------------------------
+# --- driver ----------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    from _report import machine
-
-    return machine()
-
-
-def gpu_section(js: dict | None) -> str:
-    """Markdown of the GPU timing section (from a ``--json`` result, or how to obtain it)."""
-    head = ["## Speed on the GPU", ""]
-    if js is None:
-        return "\n".join(head + [
-            "Not measured yet on this copy: run the GPU command of the Reproduce section on the",
-            "H100 machine, then `python benchmarks/segmentation_bench.py --merge-json seg_gpu.json`",
-            "writes the measured rows here.",
-        ])
-    if js.get("schema") != GPU_SCHEMA:
-        raise SystemExit(f"not a {GPU_SCHEMA} file (schema {js.get('schema')!r})")
-    lines = head + [
-        f"Measured {js['date']} on {js['gpu']} (torch {js['torch']}; host {js['host_cpu']}) with",
-        f"`{js['command']}`. Learned backend, bf16 autocast, best of repeats, per 1000x1000",
-        "patch. Network: tiles through the U-Net and maps back to the host; segment: the whole",
-        "call, whose marker watershed and resizing run on the host CPU.",
-        "",
-        "| device | um/px | network px | network ms | segment ms | nuclei |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in js["rows"]:
-        lines.append(
-            f"| {js['gpu']} | {r['mpp']:.2f} | {r['net_pixels']:,} | {r['network_s'] * 1e3:.1f} | "
-            f"{r['segment_s'] * 1e3:.0f} | {r['n_nuclei']} |"
-        )
-    return "\n".join(lines)
-
-
-def merge_gpu_json(path: Path, doc: Path = DOC) -> Path:
-    """Insert the GPU rows of a ``--json`` file into ``doc`` (between the gpu markers)."""
-    from _report import write_section
-
-    js = json.loads(Path(path).read_text())
-    section = gpu_section(js)
-    # The same rows, under their own heading, in the shared performance page.
-    write_section("segmentation-gpu", section.replace("## Speed on the GPU", "## Nuclei segmentation speed (GPU)"),
-                  doc.parent / "performance.md")
-    return write_section("gpu", section, doc, title="# Nuclei segmentation")
-
-
-def _tuning_summary() -> dict:
-    from napari_uam.segment import learned
-
-    try:
-        return dict(learned.load_checkpoint().get("meta", {}).get("postprocess_tuning", {}))
-    except Exception:  # noqa: BLE001 - the doc still renders without the learned backend
-        return {}
-
-
-def _weights_sha256() -> str | None:
-    """SHA-256 of the installed learned weights (None without them)."""
-    import hashlib
-
-    from napari_uam.segment import learned
-
-    path = learned.weights_path()
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def _checkpoint() -> dict:
-    """The shipped checkpoint's meta and recorded "auto" range ({} without weights)."""
-    from napari_uam.segment import learned
-
-    try:
-        ckpt = learned.load_checkpoint()
-    except Exception:  # noqa: BLE001 - the doc still renders without the learned backend
-        return {}
-    return {"meta": dict(ckpt.get("meta", {})), "auto": learned.auto_mpp_range()}
-
-
-def auto_sentence() -> str:
-    """What "auto" picks, from the range recorded with the shipped weights."""
-    ck = _checkpoint()
-    if not ck:
-        return "`auto` runs `watershed`: the learned weights are not installed."
-    rng = ck["auto"]
-    if rng is None:
-        return ("`auto` picks `learned` at every pixel size whenever its weights load (they met the 40x "
-                "targets on CoNSeP 21-27 and found the BRCA-M2C val cells at 20x at least as well as the "
-                "watershed when trained; tables below), and `watershed` otherwise.")
-    if rng == "never":
-        return ("`auto` never picks `learned` (its weights missed the 40x targets when trained); it runs "
-                "`watershed`. `learned` can still be asked for by name.")
-    return (f"`auto` picks `learned` for images of {rng[0]:g}-{rng[1]:g} um/px (40x-like, where it met the "
-            "targets) when its weights load, and `watershed` otherwise: at 20x its BRCA-M2C val point F1 "
-            "was below the watershed's (table below).")
-
-
-def training_lines() -> list[str]:
-    """How the shipped network was trained, from its checkpoint's meta (markdown lines)."""
-    meta = _checkpoint().get("meta", {})
-    if not meta:
-        return []
-    out = [
-        f"Shipped network: trained {meta.get('date', '?')[:10]} on {meta.get('device', '?')} "
-        f"(torch {meta.get('torch', '?')}), {meta.get('steps', '?')} steps in {meta.get('train_seconds', '?')} s, "
-        f"batch {meta.get('batch', '?')} crops of {meta.get('crop', '?')} px, peak lr {meta.get('lr', '?')}; "
-        f"CoNSeP images {meta['train_images'][0]}-{meta['train_images'][-1]} with full masks."
-        if meta.get("train_images") else "",
-    ]
-    if meta.get("init"):
-        out.append(f"Fine-tuned from {meta['init']}.")
-    if meta.get("weak_supervision"):
-        out.append(f"Weak supervision: {meta['weak_supervision']}.")
-    if meta.get("augmentation"):
-        out.append(f"Augmentation: {meta['augmentation']}.")
-    bv = meta.get("brca_m2c", {}).get("brca_val")
-    if bv:
-        out.append(f"At training time (GPU, bf16) BRCA-M2C val point F1 was {bv['learned']['f1']:.3f} "
-                   f"(watershed {bv['watershed']['f1']:.3f}), which set the `auto` range stored with the weights.")
-    return [line for line in out if line]
-
-
-def card_section(quality: list[dict], brca: list[dict], speed: list[dict], now: str) -> str:
-    """The generated part of the model card (weights/nuclei_unet.md): training and numbers."""
-    import hashlib
-
-    from napari_uam.segment import learned
-
-    meta = _checkpoint().get("meta", {})
-    path = learned.WEIGHTS_PATH
-    lines = [
-        "## Training and numbers (generated)",
-        "",
-        f"Written by `python benchmarks/segmentation_bench.py --data ../shared/data` on {now} from the",
-        f"weights file (`{path.name}`, {path.stat().st_size / 1e6:.2f} MB, SHA-256",
-        f"`{hashlib.sha256(path.read_bytes()).hexdigest()}`) and the CPU measurements below.",
-        "",
-        "Training command: `" + meta.get("command", "?").replace("/work/main/src/napari_uam/segment/train_learned.py",
-                                                                 "python -m napari_uam.segment.train_learned") + "`",
-        "",
-        *training_lines(),
-        "",
-        auto_sentence(),
-        "",
-        "Held-out CoNSeP 21-27 (CPU fp32; at 0.5 um/px the image is first downsampled like a 20x scan):",
-        "",
-        "| um/px | AJI | PQ | DQ | SQ | Dice | F1@0.5 | pred/true |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [f"| {r['mpp']:.2f} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS) + f" | {r['n_pred/n_true']:.2f} |"
-              for r in quality if r["backend"] == "learned"]
-    lines += ["", f"BRCA-M2C val (breast, 20x, never used for training or tuning), centroids vs points within "
-              f"{POINT_RADIUS_UM:g} um:", "", "| backend | precision | recall | F1 |", "|---|---|---|---|"]
-    lines += [f"| {b['backend']} | {b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |" for b in brca]
-    lines += ["", f"CPU seconds of `segment()` per 1000x1000 patch ({CPU_THREADS} torch threads): "
-              + ", ".join(f"{r['mpp']:g} um/px {r['seconds']:.2f} s" for r in speed if r["backend"] == "learned")
-              + ". GPU: `docs/segmentation.md`."]
-    return "\n".join(lines)
-
-
-def write_card(quality, brca, speed, now) -> None:
-    """Insert :func:`card_section` into the model card between its ``card`` markers."""
-    from napari_uam._sections import markers, replace_section
-    from napari_uam.segment import learned
-
-    if "learned" not in {r["backend"] for r in quality}:
-        return
-    start, end = markers("card")
-    replace_section(learned.WEIGHTS_PATH.with_suffix(".md"),
-                    f"{start}\n{card_section(quality, brca, speed, now)}\n{end}", (start, end))
-
-
-def markdown(quality: list[dict], brca: list[dict], speed: list[dict], variants: list[dict],
-             gpu_block: str, now: str) -> str:
-    """The whole docs/segmentation.md text (``now``: when the numbers were measured)."""
+def measure_speed(data: Path, previous: Path, repeats: int, skip_variants: bool) -> dict:
+    """CPU seconds of every model in one run, with the load the shared machine had meanwhile."""
     import torch
 
-    lines = [
-        "# Nuclei segmentation",
-        "",
-        f"Generated by `python benchmarks/segmentation_bench.py --data ../shared/data` on {now}.  ",
-        f"Machine: {_machine()}, torch {torch.__version__}, {CPU_THREADS} torch threads; the",
-        "machine was shared with other jobs, so times are the best of repeats.",
-        "",
-        "Backends: `learned` (the shipped U-Net + marker watershed, model card",
-        "`src/napari_uam/weights/nuclei_unet.md`) and `watershed` (classical colour",
-        "deconvolution + distance watershed, no weights). " + auto_sentence(),
-        "",
-        *training_lines(),
-        "",
-        "## CoNSeP held-out images 21-27 (colorectal, 40x)",
-        "",
-        "Mean over the 7 images of AJI, PQ (= DQ x SQ), pixel Dice and detection F1 (a nucleus",
-        "is detected when its IoU with a true nucleus exceeds 0.5). The network was trained on",
-        "images 1-20, its post-processing defaults were set before training, and the watershed's",
-        "defaults were tuned on 1-20; 21-27 were used",
-        "for nothing but this table. At 0.5 um/px the image is first downsampled as a 20x",
-        "scan would give it, and the labels are resized back to the 1000x1000 ground truth.",
-        "",
-        "| backend | um/px | AJI | PQ | DQ | SQ | Dice | F1@0.5 | pred/true |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in quality:
-        lines.append(f"| {r['backend']} | {r['mpp']:.2f} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS)
-                     + f" | {r['n_pred/n_true']:.2f} |")
-    h = HOVERNET
-    lines += [
-        f"| HoVer-Net (paper, CoNSeP test split) | 0.25 | {h['aji']:.3f} | {h['pq']:.3f} | "
-        f"{h['dq']:.3f} | {h['sq']:.3f} | {h['dice']:.3f} | | |",
-        "",
-        "HoVer-Net's row (Graham et al., 2019, Table 3) is for context only: it was trained on all",
-        "27 training images and evaluated on the 14 official test images, which this copy of",
-        "CoNSeP does not include; ours is trained on 20 and evaluated on the other 7.",
-        "",
-    ]
-    tun = _tuning_summary()
-    if tun:
-        d, t = tun["default_scores"], tun["tuned_scores"]
-        lines += [
-            "### Post-processing tuning (images 1-20 only)",
-            "",
-            f"`{tun['command']}` ({tun['date']}): coordinate descent over the marker-watershed",
-            f"thresholds, {tun['candidates']} candidates, objective {tun['objective']}, on the",
-            "cached network maps of CoNSeP images 1-20. BRCA-M2C *train* centroid F1 (3 um,",
-            f"{tun['brca_train_images']} images) checks that the choice carries over to 20x breast tissue.",
-            "",
-            "| post-processing | AJI 0.25 | PQ 0.25 | AJI 0.5 | PQ 0.5 | BRCA train F1 |",
-            "|---|---|---|---|---|---|",
-        ]
-        applied = tun.get("applied", True)
-        for name, s in (("defaults" + ("" if applied else " (shipped)"), d),
-                        ("tuned on 1-20" + (" (shipped)" if applied else " (not shipped)"), t)):
-            lines.append(f"| {name} | {s['0.25']['aji']:.3f} | {s['0.25']['pq']:.3f} | {s['0.5']['aji']:.3f} | "
-                         f"{s['0.5']['pq']:.3f} | {s['brca_train']['f1']:.3f} |")
-        lines += ["", "Search result: " + ", ".join(f"`{k}={v:g}`" for k, v in tun["params"].items()) + "."]
-        if not applied:
-            lines += ["", "Not shipped: " + tun.get("why_not_applied", "") + " Tuning on images",
-                      "the network was trained on rewards its over-confident maps there; a fair",
-                      "tuning needs maps of images it has not seen (e.g. out-of-fold training)."]
-        lines += [""]
-    lines += [
-        "## BRCA-M2C val (breast, 20x, 0.5 um/px)",
-        "",
-        f"Nucleus centroids matched one to one to the annotated cell points within {POINT_RADIUS_UM:g} um",
-        "(`napari_uam.segment.metrics.match_points`), counts pooled over the images. The",
-        "annotations mark the cells the annotators labelled, so unlabelled true nuclei count as",
-        "false positives. Never used for training or tuning (the network's weak supervision, if",
-        "any, used the separate BRCA-M2C *train* split only).",
-        "",
-        "| backend | images | points | precision | recall | F1 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for b in brca:
-        lines.append(f"| {b['backend']} | {b['n_images']} | {b['n_points']} | {b['precision']:.3f} | "
-                     f"{b['recall']:.3f} | {b['f1']:.3f} |")
-    lines += [
-        "",
-        "## Speed on the CPU",
-        "",
-        f"Seconds of `segment()` per 1000x1000 RGB patch ({CPU_THREADS} torch threads, best of",
-        "repeats). A patch at 0.5 um/px covers 4x the tissue of one at 0.25 um/px, and the",
-        "learned backend upsamples it to the network's 0.25 um/px (2000x2000 network pixels).",
-        "",
-        "| backend | um/px | seconds |",
-        "|---|---|---:|",
-    ]
-    lines += [f"| {r['backend']} | {r['mpp']:.2f} | {r['seconds']:.2f} |" for r in speed]
-    if variants:
-        lines += [
-            "",
-            "Network alone on a 1000x1000 patch at 0.25 um/px (one 1264x1264 tile with its",
-            "context margin), by numeric set-up. Folding BatchNorm into the convolutions and the",
-            "channels-last layout are exact to float rounding; this CPU has no native bf16, so",
-            "bf16 only adds conversions. `torch.inference_mode` is on in all three.",
-            "",
-            "| set-up | seconds |",
-            "|---|---:|",
-        ]
-        lines += [f"| {r['setup']} | {r['seconds']:.2f} |" for r in variants]
-    lines += [
-        "",
-        "Tiles: a 1000x1000 patch at 0.25 um/px runs in one pass; larger images are cut into",
-        "balanced tiles of at most 1280 px whose 128 px margins only give context, so memory",
-        "stays flat and the labels equal a one-pass run's (`tests/test_segment_learned.py`).",
-        "",
-        "<!-- gpu:start -->",
-        gpu_block.strip(),
-        "<!-- gpu:end -->",
-        "",
-        "## Reproduce",
-        "",
-        "```",
-        "# CPU quality and speed (this page; the GPU section is kept)",
-        "python benchmarks/segmentation_bench.py --data ../shared/data",
-        "# GPU timing, on the H100 machine (needs only the CoNSeP images 21-27)",
-        "export PYTHONPATH=$PWD/src && python benchmarks/segmentation_bench.py --device cuda \\",
-        "    --data .gpu_data/consep --json \"$OUT/seg_gpu.json\"",
-        "# then, here: insert the measured GPU rows above",
-        "python benchmarks/segmentation_bench.py --merge-json seg_gpu.json",
-        "# training (GPU, about 5 minutes; see the model card for the exact command)",
-        "export PYTHONPATH=$PWD/src && python -m napari_uam.segment.train_learned --data .gpu_data/consep \\",
-        "    --out \"$OUT\" --device cuda --init src/napari_uam/weights/nuclei_unet.pt --lr 1e-3 --minutes 4 \\",
-        "    --brca-train .gpu_data/brca_m2c/train --brca-val .gpu_data/brca_m2c/val --brca-frac 0.375",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    torch.set_num_threads(CPU_THREADS)
+    ms = models(previous)
+    consep = data / "consep"
+    load0 = os.getloadavg()[0]
+    speed = [r for m in ms for r in cpu_seconds(consep, m, repeats)]
+    for r in speed:
+        print(f"{r['model']:9s} CPU {r['mpp']:g} um/px: {r['seconds']:.2f} s ({r['n_nuclei']} nuclei)", flush=True)
+    variants = [] if skip_variants else network_variants(consep, ms[0], repeats)
+    return {"cpu_speed": speed, "network_variants": variants,
+            "speed_date_time": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            # Other jobs share these cores: the 1-minute load average before and after says how much.
+            "speed_load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
-def summary_sections(quality: list[dict], brca: list[dict], speed: list[dict], now: str) -> None:
-    """Short segmentation sections of docs/results.md and docs/performance.md (same numbers)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _report import DOCS, write_section
+def measure_cpu(data: Path, previous: Path, repeats: int, skip_variants: bool, limit: int = 0) -> dict:
+    import torch
 
-    head = f"Generated by `python benchmarks/segmentation_bench.py --data ../shared/data` on {now}; details in `docs/segmentation.md`."
-    q = ["## Nuclei segmentation", "", head, "",
-         "CoNSeP held-out images 21-27 (never used for training or tuning):", "",
-         "| backend | um/px | AJI | PQ | Dice | F1@0.5 |", "|---|---|---|---|---|---|"]
-    q += [f"| {r['backend']} | {r['mpp']:.2f} | {r['aji']:.3f} | {r['pq']:.3f} | {r['dice']:.3f} | {r['f1']:.3f} |" for r in quality]
-    q += ["", "BRCA-M2C val, centroids vs annotated points within 3 um:", "",
-          "| backend | precision | recall | F1 |", "|---|---|---|---|"]
-    q += [f"| {b['backend']} | {b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |" for b in brca]
-    write_section("segmentation", "\n".join(q), DOCS / "results.md", title="# Results")
-    t = ["## Nuclei segmentation speed (CPU)", "", head, "",
-         f"Seconds per 1000x1000 image, {CPU_THREADS} torch threads, best of repeats:", "",
-         "| backend | um/px | seconds |", "|---|---|---|"]
-    t += [f"| {r['backend']} | {r['mpp']:g} | {r['seconds']:.2f} |" for r in speed]
-    write_section("segmentation", "\n".join(t), DOCS / "performance.md")
+    from _report import machine
+
+    torch.set_num_threads(CPU_THREADS)
+    ms = models(previous)
+    t0 = time.perf_counter()
+    # Speed first, while the measuring has the machine to itself.
+    speed = measure_speed(data, previous, repeats, skip_variants)
+    result = {"schema": CPU_SCHEMA, "date_time": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+              "machine": machine(), "torch": str(torch.__version__), "threads": CPU_THREADS,
+              "command": "python benchmarks/segmentation_bench.py --data ../shared/data",
+              "models": {m.key: model_info(m) for m in ms}, "sources": source_info(data),
+              "previous_commit": PREVIOUS_COMMIT if previous == PREVIOUS_DEFAULT else None,
+              **speed, "every_source": {}, "consep_heldout": [], "brca_val": {}}
+    per_image = {}
+    for m in ms:
+        rows = every_source(data, m, progress=lambda s: print(s, flush=True), limit=limit)
+        per_image[m.key] = rows
+        result["every_source"][m.key] = summaries(rows)
+        result["consep_heldout"].append({"model": m.key, "mpp": 0.25, **consep_rows(rows["consep"])})
+        result["consep_heldout"].append({"model": m.key, "mpp": 0.5, **consep_at_20x(data, m)})
+        result["brca_val"][m.key] = brca_val(rows["brca_m2c"])
+        if m.key == "v3":
+            result["pixel_size"] = pixel_size_check(rows)
+    result["seconds"] = round(time.perf_counter() - t0)
+    # Per-image rows stay out of the repository (runs/ is ignored), for whoever digs further.
+    raw = REPO / "runs" / "segmentation_bench_per_image.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(per_image, indent=1))
+    return result
 
 
-def _current_gpu_block(doc: Path) -> str:
-    """The GPU section already in ``doc`` (a CPU re-run keeps a measured GPU row)."""
-    if doc.exists():
-        m = re.search(r"<!-- gpu:start -->\n(.*?)\n<!-- gpu:end -->", doc.read_text(), re.S)
-        if m:
-            return m.group(1)
-    return gpu_section(None)
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
-                    help="data root with consep/ and brca_m2c/ (GPU mode: the CoNSeP folder itself is enough)")
-    ap.add_argument("--out", type=Path, default=DOC, help="markdown to write (CPU mode)")
+                    help="the shared data root (every nucleus source); GPU mode: a folder with consep/train_21-24.jpg")
+    ap.add_argument("--previous", type=Path, default=PREVIOUS_DEFAULT,
+                    help=f"the previous network's weights (default: extracted from git {PREVIOUS_COMMIT})")
     ap.add_argument("--device", default="cpu", help="cpu: quality + CPU speed; cuda[:N]: GPU timing only")
     ap.add_argument("--json", type=Path, help="GPU mode: write the timing here")
-    ap.add_argument("--merge-json", type=Path, help="insert a GPU --json result into --out and exit")
+    ap.add_argument("--merge-json", type=Path, help="store a GPU --json result as docs/segmentation_gpu.json, re-render")
+    ap.add_argument("--render", action="store_true", help="re-render the docs from the JSON files, no measuring")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (best kept)")
-    ap.add_argument("--render", action="store_true",
-                    help="rewrite --out from the last run's runs/segmentation_bench.json, no measuring")
     ap.add_argument("--skip-variants", action="store_true", help="CPU mode: skip the network set-up table")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="re-measure only the CPU speed rows of docs/segmentation_bench_cpu.json (all models), re-render")
+    ap.add_argument("--limit", type=int, default=0,
+                    help="smoke test: N images per source, JSON to runs/, docs untouched")
     args = ap.parse_args(argv)
 
-    import torch
+    import _segmentation_doc as doc
 
     if args.merge_json:
-        print(f"wrote {merge_gpu_json(args.merge_json, args.out)}")
-        return 0
-    raw = REPO / "runs" / "segmentation_bench.json"
+        js = json.loads(args.merge_json.read_text())
+        if js.get("schema") != GPU_SCHEMA:
+            raise SystemExit(f"{args.merge_json} is not a {GPU_SCHEMA} file (schema {js.get('schema')!r})")
+        write_json(GPU_JSON, js)
+        print(f"wrote {GPU_JSON}")
+        return doc.render_all()
     if args.render:
-        r = json.loads(raw.read_text())
-        # Numbers measured with other weights must not be printed next to these weights' card.
-        if r.get("weights_sha256") not in (None, _weights_sha256()):
-            print(f"{raw} was measured with other weights than the installed ones; re-run the "
-                  "measurement: python benchmarks/segmentation_bench.py --data ../shared/data", file=sys.stderr)
-            return 2
-        args.out.write_text(markdown(r["quality"], r["brca"], r["cpu_speed"], r["network_variants"],
-                                     _current_gpu_block(args.out), r.get("date_time") or r["date"]))
-        summary_sections(r["quality"], r["brca"], r["cpu_speed"], r.get("date_time") or r["date"])
-        write_card(r["quality"], r["brca"], r["cpu_speed"], r.get("date_time") or r["date"])
-        print(f"wrote {args.out}")
-        return 0
-    consep = consep_dir(args.data)
-    if not (consep / "train_21.jpg").exists():
-        print(f"CoNSeP images not found under {args.data}; pass --data DIR", file=sys.stderr)
+        return doc.render_all()
+    if not (args.data / "consep" / "train_21.jpg").exists():
+        print(f"CoNSeP images not found under {args.data}/consep; pass --data DIR", file=sys.stderr)
         return 2
+    previous = previous_weights(args.previous)
     if args.device.startswith("cuda"):
         if not args.json:
             ap.error("--device cuda needs --json OUT")
-        js = gpu_timing(consep, args.device, max(args.repeats, 5))
+        js = gpu_timing(args.data / "consep", previous, args.device, max(args.repeats, 5))
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(js, indent=1))
+        write_json(args.json, js)
         print(f"wrote {args.json}")
         return 0
-
-    torch.set_num_threads(CPU_THREADS)
-    brca_root = args.data / "brca_m2c"
-    if not brca_root.is_dir():
-        print(f"BRCA-M2C not found under {args.data}", file=sys.stderr)
-        return 2
-    quality, brca, speed = [], [], []
-    for backend in available_backends():
-        for mpp in MPPS:
-            r = consep_scores(consep, backend, mpp)
-            quality.append(r)
-            print(f"{backend:10s} {mpp:.2f} um/px held-out " + " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
-                  + f" pred/true={r['n_pred/n_true']:.2f}", flush=True)
-        b = brca_scores(brca_root, backend)
-        brca.append(b)
-        print(f"{backend:10s} BRCA-M2C val P={b['precision']:.3f} R={b['recall']:.3f} F1={b['f1']:.3f}", flush=True)
-        speed += cpu_seconds(consep, backend, args.repeats)
-        print(f"{backend:10s} CPU s/1000x1000: " + ", ".join(f"{r['mpp']:g} um/px {r['seconds']:.2f}" for r in speed[-2:]), flush=True)
-    ck = _checkpoint()
-    f1 = {b["backend"]: b["f1"] for b in brca}
-    if ck and ck["auto"] is None and f1.get("learned", 1.0) < f1.get("watershed", 0.0):
-        # The range was set from the GPU (bf16) numbers at training time; this CPU run disagrees.
-        print(f"WARNING: the weights let auto pick learned at 20x, but here its BRCA-M2C val F1 "
-              f"{f1['learned']:.3f} < watershed {f1['watershed']:.3f}", file=sys.stderr)
-    variants = [] if args.skip_variants or "learned" not in available_backends() else network_variants(consep, args.repeats)
-    for v in variants:
-        print(f"network {v['setup']}: {v['seconds']:.2f}s", flush=True)
-    gpu_block = _current_gpu_block(args.out)
-    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(quality, brca, speed, variants, gpu_block, now))
-    summary_sections(quality, brca, speed, now)
-    write_card(quality, brca, speed, now)
-    # The per-image numbers go to runs/ (not versioned) for whoever wants to dig further.
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(
-        {"date_time": now, "machine": _machine(), "quality": quality, "brca": brca,
-         "cpu_speed": speed, "network_variants": variants, "weights_sha256": _weights_sha256()}, indent=1))
-    print(f"wrote {args.out} and {raw}")
-    return 0
+    if args.speed_only:
+        result = json.loads(CPU_JSON.read_text())
+        if result["models"]["v3"]["sha256"] != sha256(models(previous)[0].path):
+            raise SystemExit(f"{CPU_JSON} was measured with other weights: run the whole bench")
+        result.update(measure_speed(args.data, previous, args.repeats, args.skip_variants))
+        write_json(CPU_JSON, result)
+        print(f"updated the speed rows of {CPU_JSON}")
+        return doc.render_all()
+    result = measure_cpu(args.data, previous, args.repeats, args.skip_variants, args.limit)
+    if args.limit:
+        write_json(REPO / "runs" / "segmentation_bench_smoke.json", result)
+        print(f"smoke test: wrote runs/segmentation_bench_smoke.json ({result['seconds']} s)")
+        return 0
+    write_json(CPU_JSON, result)
+    print(f"wrote {CPU_JSON} ({result['seconds']} s)")
+    return doc.render_all()
 
 
 if __name__ == "__main__":

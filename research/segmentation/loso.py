@@ -267,27 +267,34 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
 # --- evaluation ------------------------------------------------------------------------------
 
 
+def score_labels(lab: np.ndarray, im: N.NucleusImage) -> dict:
+    """Scores of one image's labels (at the image's own size) against its annotation.
+
+    Instance sources: AJI, PQ (DQ, SQ), pixel Dice, detection F1 at IoU 0.5 (``f1_iou``) and the
+    centroid counts ``tp`` / ``fp`` / ``fn`` within :data:`POINT_UM` of a true centroid (one to
+    one). Point sources: those counts against the annotated points. Shared by the LOSO folds and
+    ``benchmarks/segmentation_bench.py`` so both tables are scored alike.
+    """
+    cen = M.centroids(lab)
+    radius = POINT_UM / im.mpp
+    if im.kind == "points":
+        s = M.point_detection_scores(cen, im.points(), radius)
+        return {k: s[k] for k in ("tp", "fp", "fn")}
+    gt = im.instances()
+    s = M.instance_scores(gt, lab)
+    p = M.point_detection_scores(cen, M.centroids(gt), radius)
+    return {"aji": s["aji"], "pq": s["pq"], "dq": s["dq"], "sq": s["sq"], "dice": s["dice"], "f1_iou": s["f1"],
+            "tp": p["tp"], "fp": p["fp"], "fn": p["fn"], "n_true": s["n_true"], "n_pred": s["n_pred"]}
+
+
 def _score_one(args) -> list[dict]:
     """Scores of one held-out image for every post-processing setting of the grid."""
     maps, im_dict, grid = args
     im = N.NucleusImage(**im_dict)
-    rgb = im.rgb()
-    rows = []
-    for k, params in enumerate(grid):
-        lab = resize_labels(instances(maps, NET_MPP, PostParams.from_kwargs(**params)), rgb.shape[:2])
-        cen = M.centroids(lab)
-        radius = POINT_UM / im.mpp
-        if im.kind == "points":
-            s = M.point_detection_scores(cen, im.points(), radius)
-            row = {k2: s[k2] for k2 in ("tp", "fp", "fn")}
-        else:
-            gt = im.instances()
-            s = M.instance_scores(gt, lab)
-            p = M.point_detection_scores(cen, M.centroids(gt), radius)
-            row = {"aji": s["aji"], "pq": s["pq"], "dice": s["dice"], "tp": p["tp"], "fp": p["fp"], "fn": p["fn"],
-                   "n_true": s["n_true"], "n_pred": s["n_pred"]}
-        rows.append({"grid": k, "image": im.image_id, **row})
-    return rows
+    shape = im.rgb().shape[:2]
+    return [{"grid": k, "image": im.image_id,
+             **score_labels(resize_labels(instances(maps, NET_MPP, PostParams.from_kwargs(**params)), shape), im)}
+            for k, params in enumerate(grid)]
 
 
 def evaluate(ckpt_path: Path, ims: list[N.NucleusImage], device: str, workers: int, grid=POST_GRID) -> list[dict]:

@@ -1,8 +1,9 @@
 """Copy the nucleus sets into one folder small enough to travel to the GPU machine.
 
 The device tool carries at most 64 MiB, and the shared data's nucleus sets are ~90 MB of
-JPEG q95 4:4:4. Images are re-encoded at JPEG ``--quality`` (the training augments JPEG-like
-degradations anyway); masks and points are copied as they are; ``meta.json`` files too.
+JPEG q95 4:4:4. Images are re-encoded at JPEG ``--quality`` (a little extra JPEG loss; note that
+the v3 recipe has no JPEG augmentation of its own); masks and points are copied as they are;
+``meta.json`` files too.
 
 Usage::
 

@@ -39,8 +39,10 @@ from qtpy.QtWidgets import (
 
 from .. import pipeline
 from ..errors import CancelledError, NoNucleiError, UAMError
+from ..pixel_size import estimate_mpp
 from ..validation import as_rgb_uint8
 from . import _layers as L
+from ._mpp_estimate import MppEstimateRow
 from ._rows import path_row
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class _Outcome:
     seconds: float = 0.0
     cancelled: bool = False
     error: Optional[BaseException] = None
+    mpp_estimate: Optional[object] = None  # PixelSizeEstimate of the nuclei at job.mpp
 
 
 def _compute(job: _Job, cancelled, report):
@@ -146,6 +149,8 @@ def _compute(job: _Job, cancelled, report):
                     f"that the pixel size ({job.mpp:g} um/px) is right (0.25 at 40x, 0.5 at 20x)."
                 )
             raise NoNucleiError(f"The nuclei layer of '{job.source}' has no nuclei left; click Segment nuclei.")
+        # What the nuclei say about the pixel size (the dock offers it when they disagree).
+        out.mpp_estimate = estimate_mpp(labels, job.mpp)
         if table is None:
             if job.action == "segment":
                 table = pipeline.cell_geometry(labels, job.mpp)
@@ -260,6 +265,8 @@ class ClassifierWidget(QWidget):
         mpp_row.addWidget(self.mpp_spin)
         mpp_row.addWidget(self.mpp_hint)
         form.addRow("Pixel size", mpp_row)
+        self.mpp_estimate = MppEstimateRow(self._use_estimated_mpp)
+        form.addRow("", self.mpp_estimate)
 
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cuda", "cpu"])
@@ -402,6 +409,7 @@ class ClassifierWidget(QWidget):
             self.image_combo.setCurrentText(layer.name)
 
     def _on_image_changed(self, name: str) -> None:
+        self.mpp_estimate.forget(unless=name)
         if not name or name not in self.viewer.layers:
             self.mpp_hint.setText("")
             return
@@ -421,6 +429,15 @@ class ClassifierWidget(QWidget):
         if name:
             self._mpp_edits[name] = float(value)
             self.mpp_hint.setText("(set here)")
+
+    def _use_estimated_mpp(self, source: str, mpp: float) -> None:
+        """The "Use estimated pixel size" button: set the field for ``source`` (no re-run)."""
+        if self.image_combo.findText(source) < 0:
+            self._say(f"'{source}' is no longer open.")
+            return
+        self.image_combo.setCurrentText(source)
+        self.mpp_spin.setValue(mpp)  # recorded as the user's edit for this image
+        self._say(f"Pixel size of '{source}' set to {mpp:g} um/px from its nuclei; run again to use it.")
 
     def _on_model_changed(self, text: str) -> None:
         use_file = text == _CHECKPOINT_MODEL
@@ -705,6 +722,7 @@ class ClassifierWidget(QWidget):
                     self.viewer.layers.remove(layer)
         if out.region is not None:
             notes.append(self._write_region(image_layer, out.region, {**params, "region": job.region}))
+        self.mpp_estimate.show_estimate(image_layer.name, out.mpp_estimate)
         # Keep the image as the active target so the next click works on it again.
         self.viewer.layers.selection.active = image_layer
         self._say(
