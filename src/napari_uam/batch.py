@@ -389,6 +389,18 @@ def run_batch(
 
     if tile_size is not None and int(tile_size) < 256:
         raise BatchArgumentError(f"--tile-size {tile_size} is too small; use 256 pixels or more (default 2048).")
+    if mpp is not None:
+        # An --mpp that makes any image's resampled copy absurd or too large is an argument
+        # error: refused before anything is loaded or written (only file headers are read).
+        for p, _ in jobs:
+            try:
+                shape = _probe_shape(p)
+            except Exception:  # an unreadable file fails alone later, with its own reason
+                continue
+            try:
+                _check_scale(p, shape, mpp, command, segmenter, tile_size, warn=False)
+            except UAMError as err:
+                raise BatchArgumentError(f"--mpp {mpp:g}: {p.name}: {err}") from None
     clf = pipeline.get_classifier(model, device) if command == "classify" else None
     from .distributed import make_executor
 
@@ -579,6 +591,9 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
     height, width, file_mpp = tiling.probe(path)
     tile = ctx["tile_size"]
     tiled = (height > tile or width > tile) if tile else height * width > tiling.TILE_ABOVE_PIXELS
+    scale_mpp = ctx["mpp"] or file_mpp or default_mpp
+    if scale_mpp is not None:  # a file's own pixel size is checked here, before decoding it
+        _check_scale(path, (height, width), pipeline._check_mpp(scale_mpp), command, ctx["segmenter"], tile)
     plan = {"tiled": tiled, "shape": (height, width), "labels": None, "write_formats": formats,
             "labels_source": "segmented"}
     if ctx["labels_from_out"] and command != "segment" and paths["tif"].is_file():
@@ -598,6 +613,54 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
             )
         plan["mpp"] = mpp
     return plan
+
+
+def _probe_shape(path: Path) -> tuple[int, int]:
+    from . import tiling
+
+    h, w, _ = tiling.probe(path)
+    return h, w
+
+
+def _working_mpps(command: str, segmenter: str, mpp: float) -> list[tuple[float, str]]:
+    """The pixel sizes an image at ``mpp`` is resampled to, with the stage that does it."""
+    out = []
+    try:
+        from .segment import resolve_backend
+
+        if resolve_backend(segmenter, mpp) == "learned":
+            from .segment.learned import load_checkpoint
+
+            out.append((float(load_checkpoint()["net_mpp"]), "the nuclei segmenter"))
+    except UAMError:  # an unusable backend is reported by the image's own run
+        pass
+    if command != "segment":
+        out.append((pipeline.working_mpp(), "the measurement"))
+    return out
+
+
+def _check_scale(path: Path, shape, mpp: float, command: str, segmenter: str, tile_size,
+                 warn: bool = True) -> None:
+    """Refuse (or warn about) the resampling an image at ``mpp`` needs, from its header alone.
+
+    A tiled image is resampled tile by tile, so there the limit applies to one tile.
+    """
+    import warnings
+
+    from . import tiling
+    from .scale import ResampleWarning, check_resample
+
+    h, w = int(shape[0]), int(shape[1])
+    tile = tile_size or tiling.DEFAULT_TILE
+    tiled = (h > tile or w > tile) if tile_size else h * w > tiling.TILE_ABOVE_PIXELS
+    if tiled:
+        h, w = min(h, tile), min(w, tile)
+    for target, what in _working_mpps(command, segmenter, mpp):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResampleWarning)
+            check_resample((h, w), mpp, target, what)
+        for c in caught if warn else ():
+            warnings.warn(f"{path.name}: {c.message}", ResampleWarning, stacklevel=3)
 
 
 def _read_labels_tiff(path):

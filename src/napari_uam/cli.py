@@ -111,7 +111,23 @@ def _run(args, argv) -> int:
     return result.exit_code
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # Warnings meant for the user (pixel size, stain, resampling) as one line, not a source dump.
+    return f"napari-uam: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:

@@ -67,18 +67,10 @@ class PipelineResult:
 
 
 def _check_mpp(mpp) -> float:
-    # float(True) is 1.0: a flag passed by mistake (mpp=True) must not become a pixel size.
-    if isinstance(mpp, (bool, np.bool_)):
-        raise InvalidImageError(f"Pixel size {mpp!r} is a boolean, not a number; give microns per pixel, e.g. 0.5 at 20x.")
-    try:
-        mpp = float(mpp)
-    except (TypeError, ValueError):
-        raise InvalidImageError(f"Pixel size {mpp!r} is not a number; give microns per pixel, e.g. 0.5 at 20x.")
-    if not np.isfinite(mpp) or not (0.05 <= mpp <= 20.0):
-        raise InvalidImageError(
-            f"Pixel size {mpp:g} um/px is implausible; give microns per pixel (0.25 at 40x, 0.5 at 20x)."
-        )
-    return mpp
+    # One rule for every entry point: napari_uam.validation.check_mpp.
+    from .validation import check_mpp
+
+    return check_mpp(mpp)
 
 
 def _tick(progress: Progress, stage: str, fraction: float) -> None:

@@ -1,0 +1,110 @@
+"""Issue 18, command line and files: each defect met the way an operator meets it.
+
+Real files, real ``napari-uam`` subprocesses (``python -m napari_uam.cli`` with this
+checkout on the path) and real signals where the issue describes processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_uam.sample_data import SAMPLE_PATH
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
+    """Run ``napari-uam ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "napari_uam.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=_env(), **kw)
+
+
+def _err_lines(proc) -> list[str]:
+    return [ln for ln in proc.stderr.splitlines() if ln.strip()]
+
+
+@pytest.fixture
+def patch(tmp_path) -> Path:
+    """A small real H&E patch (the shipped sample, 465x465) as a PNG without a pixel size."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = folder / "patch.png"
+    Image.open(SAMPLE_PATH).convert("RGB").save(path)
+    return path
+
+
+# ------------------------------------------------------------ 1. pixel size vs resampled size
+@pytest.mark.parametrize("mpp", ["20", "5"])
+def test_mpp_that_explodes_the_resampled_image_is_refused_up_front(patch, tmp_path, mpp):
+    out = tmp_path / "out"
+    t = time.perf_counter()
+    proc = cli("classify", patch, "--mpp", mpp, "--out", out, "--device", "cpu", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = _err_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("napari-uam: error: --mpp"), proc.stderr
+    assert "patch.png" in lines[0] and "enlargement" in lines[0]
+    assert not out.exists()  # nothing written, nothing decoded
+    assert time.perf_counter() - t < 60
+
+
+def test_file_pixel_size_that_explodes_the_image_fails_that_image(tmp_path):
+    # The pixel size comes from the file (TIFF resolution tags saying 20 um/px).
+    import tifffile
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = np.asarray(Image.open(SAMPLE_PATH).convert("RGB"))
+    tifffile.imwrite(folder / "coarse.tif", rgb, resolution=(1e4 / 20.0, 1e4 / 20.0), resolutionunit="CENTIMETER")
+    out = tmp_path / "out"
+    proc = cli("segment", folder, "--out", out, "--device", "cpu", timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "coarse.tif: failed: At 20 um/px" in proc.stderr
+    assert not list(out.glob("*_nuclei.tif"))
+
+
+def test_resampling_limits_are_checked_on_the_shape_alone():
+    from napari_uam.errors import InvalidImageError
+    from napari_uam.scale import ResampleWarning, check_resample, rescale_image
+
+    # 491x491 at 20 um/px to the segmenter's 0.25: 39280x39280, once 17 GiB of floats.
+    with pytest.raises(InvalidImageError, match="enlargement"):
+        check_resample((491, 491), 20.0, 0.25)
+    # The last guard inside the resampler itself, before any allocation.
+    with pytest.raises(InvalidImageError, match="over the 100 Mpx limit"):
+        rescale_image(np.zeros((491, 491, 3), np.uint8), 80.0)
+    # Below the enlargement limit but over the pixel limit.
+    with pytest.raises(InvalidImageError, match="over the 100 Mpx limit"):
+        check_resample((4000, 4000), 1.0, 0.25)
+    with pytest.warns(ResampleWarning, match="slower"):
+        assert check_resample((491, 491), 2.0, 0.25) == 8.0
+    assert check_resample((491, 491), 0.5, 0.25) == 2.0  # 20x to 40x: nothing said
+
+
+def test_one_pixel_size_rule_for_pipeline_and_segmenter():
+    from napari_uam import pipeline, validation
+    from napari_uam.errors import InvalidImageError
+    from napari_uam.segment import segment
+
+    rgb = np.full((32, 32, 3), 255, np.uint8)
+    for bad in (0.02, 25.0, True):  # 0.02 passed the segmenter's old 0.01-20 check
+        with pytest.raises(InvalidImageError, match="Pixel size"):
+            segment(rgb, bad, backend="watershed")
+        with pytest.raises(InvalidImageError, match="Pixel size"):
+            pipeline.segment_nuclei(rgb, bad)
+    assert validation.check_mpp(0.05) == 0.05 and validation.check_mpp("20") == 20.0
