@@ -108,3 +108,49 @@ def test_one_pixel_size_rule_for_pipeline_and_segmenter():
         with pytest.raises(InvalidImageError, match="Pixel size"):
             pipeline.segment_nuclei(rgb, bad)
     assert validation.check_mpp(0.05) == 0.05 and validation.check_mpp("20") == 20.0
+
+
+# ------------------------------------------------------------ 2. one run per output folder
+def _wait_for(cond, timeout=120.0, proc=None):
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        if cond():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return cond()
+        time.sleep(0.05)
+    return False
+
+
+def _manifest_state(out: Path):
+    try:
+        return json.loads((out / "napari_uam_run.json").read_text())["state"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_second_run_into_the_same_folder_is_refused(patch, tmp_path):
+    for k in range(3):  # several images, so that run A is still working when B starts
+        shutil.copy(patch, patch.parent / f"copy{k}.png")
+    out = tmp_path / "out"
+    a = subprocess.Popen([sys.executable, "-m", "napari_uam.cli", "segment", patch.parent, "--mpp", "0.5",
+                          "--out", str(out), "--device", "cpu", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert _wait_for(lambda: _manifest_state(out) == "running", proc=a), a.communicate()
+        b = cli("segment", patch.parent, "--mpp", "0.5", "--out", out, "--device", "cpu", timeout=300)
+        a_running = a.poll() is None
+        a_out, a_err = a.communicate(timeout=600)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert a_running, "run A finished before B started: the test proves nothing"
+    assert b.returncode == 2, b.stderr
+    lines = _err_lines(b)
+    assert len(lines) == 1 and f"Another napari-uam run (process {a.pid}" in lines[0], b.stderr
+    assert a.returncode == 0, a_err
+    m = json.loads((out / "napari_uam_run.json").read_text())
+    assert m["state"] == "finished" and m["totals"]["done"] == 4 and m["argv"][1] == "segment"
+    # The lock is gone with run A: the next run proceeds (and skips the finished images).
+    c = cli("segment", patch.parent, "--mpp", "0.5", "--out", out, "--device", "cpu", timeout=300)
+    assert c.returncode == 0 and c.stdout.count("skipped (done") == 4, c.stderr

@@ -38,6 +38,7 @@ from . import pipeline
 from .distributed import SerialExecutor
 from .errors import UAMError
 from .io.atomic import atomic_path
+from .io.lock import FolderLock
 from .io.export import FORMATS, export_cells, output_paths
 from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
 from .validation import as_rgb_uint8
@@ -357,7 +358,6 @@ def run_batch(
         BatchArgumentError: unusable arguments (nothing is written then).
         UAMError: the model cannot be loaded or ``mpp`` is implausible.
     """
-    from .radiomics.schema import DEFAULT_SCHEMA
 
     if command not in COMMANDS:
         raise BatchArgumentError(f"Unknown command {command!r}; choose from {', '.join(COMMANDS)}.")
@@ -405,7 +405,31 @@ def run_batch(
     from .distributed import make_executor
 
     executor = make_executor(dask, workers)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # One run per output folder: a second run into it is refused (FolderLockedError)
+        # instead of interleaving its outputs, markers and manifest with the first one's.
+        lock = FolderLock(out, what=" ".join(argv) if argv else f"napari-uam {command}").acquire()
+    except BaseException:
+        executor.close()
+        raise
+    try:
+        return _run_locked(
+            command, out, jobs, mpp=mpp, formats=formats, clf=clf, model=model, device=device,
+            segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
+            labels_from_out=labels_from_out, tile_size=tile_size, dask=dask, workers=workers,
+            progress=progress, argv=argv, executor=executor,
+        )
+    finally:
+        lock.release()
+
+
+def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, segmenter,
+                radiomics_backend, overwrite, labels_from_out, tile_size, dask, workers,
+                progress, argv, executor) -> BatchResult:
+    """The body of :func:`run_batch`, run while the output folder's lock is held."""
+    from .radiomics.schema import DEFAULT_SCHEMA
+
     parameters = {
         "mpp": mpp,
         "formats": list(formats),
