@@ -189,3 +189,125 @@ def test_retrained_checkpoint_at_the_same_path_is_used(tmp_path):
     after = pipeline.classify_cells(table, model=path, device="cpu")
     assert pipeline.get_classifier(path, "cpu").sha256 != clf.sha256
     np.testing.assert_allclose(after["tumor_probability"], 1 - before["tumor_probability"], atol=1e-5)
+
+
+# ------------------------------------------------------------ 4. files replaced or lost
+@pytest.fixture(scope="module")
+def measured_master(tmp_path_factory):
+    """``napari-uam measure`` run once on two real patches: (input folder, output folder)."""
+    root = tmp_path_factory.mktemp("measured")
+    folder = root / "in"
+    folder.mkdir()
+    rgb = Image.open(SAMPLE_PATH).convert("RGB")
+    rgb.save(folder / "a.png")
+    rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "b.png")
+    out = root / "out"
+    proc = cli("measure", folder, "--mpp", "0.5", "--out", out, "--device", "cpu", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return folder, out
+
+
+@pytest.fixture
+def measured(measured_master, tmp_path):
+    folder, out = (shutil.copytree(p, tmp_path / p.name) for p in measured_master)
+    return Path(folder), Path(out)
+
+
+def _cohort_rows(out: Path) -> dict:
+    import pandas as pd
+
+    return pd.read_parquet(out / "cohort_cells.parquet")["image"].value_counts().to_dict()
+
+
+@pytest.mark.parametrize("name", ["napari_uam_run.json", "cohort_cells.parquet"])
+def test_foreign_run_files_are_not_replaced(patch, tmp_path, name):
+    import pandas as pd
+
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = out / name
+    if name.endswith(".json"):
+        foreign.write_text('{"my": "notes"}\n')
+    else:
+        pd.DataFrame({"patient": [1, 2]}).to_parquet(foreign)
+    before = foreign.read_bytes()
+    proc = cli("measure", patch, "--mpp", "0.5", "--out", out, "--device", "cpu", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = _err_lines(proc)
+    assert len(lines) == 1 and "was not written by napari-uam; it is not replaced" in lines[0], proc.stderr
+    assert foreign.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == [name]  # nothing else written
+
+
+def test_overwriting_one_image_keeps_every_finished_image_in_the_cohort(measured):
+    folder, out = measured
+    full = _cohort_rows(out)
+    assert set(full) == {"a", "b"}
+    proc = cli("measure", folder / "a.png", "--mpp", "0.5", "--out", out, "--device", "cpu", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert _cohort_rows(out) == full  # before the fix: only image a (69 of 2,407 rows in the issue)
+
+
+def test_input_named_like_an_output_is_never_destroyed(tmp_path):
+    import tifffile
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    rgb = np.asarray(Image.open(SAMPLE_PATH).convert("RGB"))
+    Image.fromarray(rgb).save(folder / "a.png")
+    tifffile.imwrite(folder / "a_nuclei.tif", rgb[::-1])  # an H&E image whose name ends in _nuclei
+    before = (folder / "a_nuclei.tif").read_bytes()
+    # Output folder = input folder, --overwrite: the worst case of the issue.
+    proc = cli("segment", folder, "--mpp", "0.5", "--out", folder, "--device", "cpu", "--overwrite")
+    assert (folder / "a_nuclei.tif").read_bytes() == before
+    assert proc.returncode == 1, proc.stderr
+    assert "a.png: failed: a_nuclei.tif in" in proc.stderr and "is never replaced" in proc.stderr
+    # Not silently skipped: it is an image, and it was segmented as one.
+    assert "a_nuclei.tif: " in proc.stdout and (folder / "a_nuclei_nuclei.tif").is_file(), proc.stdout
+
+
+_KILL_AT_MARKER = """
+import os, signal, sys
+from napari_uam import batch, cli
+
+def die(*args, **kwargs):  # the outputs are renamed into place; the marker is next
+    os.kill(os.getpid(), signal.SIGKILL)
+
+batch._write_marker = die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_run_killed_in_the_rename_window_is_resumed_without_overwrite(patch, tmp_path):
+    out = tmp_path / "out"
+    args = ["measure", str(patch), "--mpp", "0.5", "--out", str(out), "--device", "cpu"]
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_MARKER, *args], capture_output=True, text=True,
+                            timeout=600, env=_env())
+    assert killed.returncode == -9, killed.stderr
+    assert (out / "patch_cells.parquet").is_file() and not (out / "patch.done.json").exists()
+    assert json.loads((out / "napari_uam_run.json").read_text())["images"][0]["status"] == "writing"
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr  # before: "Not overwriting existing output(s)", exit 1
+    assert json.loads((out / "patch.done.json").read_text())["outputs"]["parquet"] == "patch_cells.parquet"
+    assert json.loads((out / "napari_uam_run.json").read_text())["totals"]["done"] == 1
+
+
+def _limit_file_size():
+    import resource
+    import signal
+
+    # Writes past the limit fail with EFBIG (errno 27) instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_failing_cohort_write_does_not_leave_the_manifest_running(measured):
+    folder, out = measured
+    (out / "cohort_cells.parquet").unlink()
+    proc = cli("measure", folder, "--mpp", "0.5", "--out", out, "--device", "cpu", preexec_fn=_limit_file_size)
+    assert proc.returncode == 2, proc.stderr
+    last = _err_lines(proc)[-1]
+    assert last.startswith("napari-uam: error:") and "File too large" in last, proc.stderr
+    m = json.loads((out / "napari_uam_run.json").read_text())
+    assert m["state"] == "failed" and "File too large" in m["cohort_error"], m
+    assert not (out / "cohort_cells.parquet").exists() and not list(out.glob(".cohort_cells*"))

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from . import pipeline
@@ -80,7 +81,8 @@ def _own_output(path: Path, out_dir: Optional[Path]) -> bool:
     """True for a label TIFF this tool wrote into ``out_dir`` (never an input image)."""
     if out_dir is None or path.parent.resolve() != out_dir.resolve():
         return False
-    return path.name.endswith(("_nuclei.tif", "_tumor_mask.tif"))
+    # Named like an output *and* a label image: an H&E input named ``a_nuclei.tif`` is an input.
+    return path.name.endswith(("_nuclei.tif", "_tumor_mask.tif")) and _is_label_tiff(path)
 
 
 def collect_images(inputs: Iterable, out_dir=None) -> list[Path]:
@@ -186,6 +188,104 @@ def _remove_stale_staging(out_dir: Path, stem: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _is_own_manifest(path: Path) -> Optional[dict]:
+    """The manifest at ``path`` if napari-uam wrote it, else None."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("schema") == MANIFEST_SCHEMA else None
+
+
+def _is_own_cohort(path: Path) -> bool:
+    """Whether the parquet file at ``path`` is a cohort table napari-uam wrote."""
+    import pyarrow.parquet as pq
+
+    try:
+        return b"napari_uam_cohort" in (pq.read_schema(path).metadata or {})
+    except Exception:  # not a parquet file at all
+        return False
+
+
+def _refuse_foreign_run_files(out: Path) -> None:
+    """Refuse to replace a manifest or cohort table in ``out`` that napari-uam did not write."""
+    for name, own in ((MANIFEST_NAME, _is_own_manifest), (COHORT_NAME, _is_own_cohort)):
+        path = out / name
+        if path.exists() and not own(path):
+            raise BatchArgumentError(
+                f"{path} exists and was not written by napari-uam; it is not replaced. Move it, "
+                "choose another --out folder, or pass --overwrite to replace it."
+            )
+
+
+def _is_label_tiff(path: Path) -> bool:
+    """Whether ``path`` is a label / mask TIFF as napari-uam writes them: one 2-D unsigned plane.
+
+    An H&E image has colour channels, so an input that happens to be named like an output
+    (``a_nuclei.tif``) is told apart by its content, not its name.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return len(series.shape) == 2 and np.dtype(series.dtype).kind == "u"
+    except Exception:  # unreadable: not ours to judge, and never replaced
+        return False
+
+
+def _protected_targets(out: Path, stem: str, kinds, inputs: set) -> list[Path]:
+    """Output paths of ``stem`` that exist and must never be replaced: inputs of this run,
+    and TIFFs that are not napari-uam label images (an H&E file named ``a_nuclei.tif``)."""
+    paths = output_paths(out, stem)
+    bad = []
+    for kind in kinds:
+        p = paths[kind]
+        if not p.exists():
+            continue
+        if p.resolve() in inputs or (p.suffix.lower() in (".tif", ".tiff") and not _is_label_tiff(p)):
+            bad.append(p)
+    return bad
+
+
+def _clear_killed_writes(out: Path, previous: Optional[dict], command: str) -> None:
+    """Remove the outputs a killed run was renaming into place when it died.
+
+    Before renaming an image's outputs, the manifest records the image as ``writing`` with
+    their names; the done marker follows the renames. A run killed in between (SIGKILL)
+    leaves outputs without a marker, which a plain rerun would refuse to overwrite. They are
+    this tool's own files (the manifest says so), so the rerun removes them and redoes the
+    image. Files the killed run did not list, and images with a marker, are left alone.
+    """
+    if previous is None:
+        return
+    for img in previous.get("images") or []:
+        if not isinstance(img, dict) or img.get("status") != "writing":
+            continue
+        stem = str(img.get("stem") or "")
+        if not stem or done_path(out, stem).exists() and read_done(
+                out, stem, command, [k for k in (img.get("outputs") or {}) if k in FORMATS]) is not None:
+            continue
+        own = output_paths(out, stem)
+        for kind, name in (img.get("outputs") or {}).items():
+            if kind in own and own[kind].name == name:
+                own[kind].unlink(missing_ok=True)
+        done_path(out, stem).unlink(missing_ok=True)
+
+
+def _finished_elsewhere(out: Path, command: str, stems: set) -> list[tuple[str, Path]]:
+    """``(stem, parquet)`` of every image in ``out`` finished by an earlier ``command`` run and
+    not part of this run, so that the cohort table always covers the whole folder."""
+    parts = []
+    for marker in sorted(out.glob(f"*{DONE_SUFFIX}")):
+        stem = marker.name[: -len(DONE_SUFFIX)]
+        if stem in stems or marker.name.startswith("."):
+            continue
+        if read_done(out, stem, command, ["parquet"]) is not None:
+            parts.append((stem, output_paths(out, stem)["parquet"]))
+    return parts
+
+
 def _utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -197,8 +297,9 @@ class ImageStatus:
     Attributes:
         image: the input path.
         stem: its output stem.
-        status: ``pending``, ``done``, ``skipped`` (done by an earlier run), ``failed`` or
-            ``interrupted``.
+        status: ``pending``, ``writing`` (outputs being renamed into place: a manifest left
+            saying so belongs to a killed run), ``done``, ``skipped`` (done by an earlier run),
+            ``failed`` or ``interrupted``.
         reason: one line saying why, for ``failed``.
         n_cells: nuclei found (also for skipped images, from their marker).
         n_tumor: nuclei classified as tumor (``classify`` only).
@@ -387,6 +488,8 @@ def run_batch(
             )
         stems[s] = p
 
+    if not overwrite:
+        _refuse_foreign_run_files(out)
     if tile_size is not None and int(tile_size) < 256:
         raise BatchArgumentError(f"--tile-size {tile_size} is too small; use 256 pixels or more (default 2048).")
     if mpp is not None:
@@ -486,8 +589,10 @@ def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, s
         command=command, out=out, formats=formats, mpp=mpp, clf=clf, model=model, device=device,
         segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
         labels_from_out=labels_from_out, parameters=parameters, tile_size=tile_size,
-        executor=executor,
+        executor=executor, save=save, inputs={p.resolve() for p, _ in jobs},
     )
+    # Read before this run's manifest replaces it: what a killed run was writing.
+    _clear_killed_writes(out, _is_own_manifest(manifest_path), command)
     save("running")
     n = len(jobs)
     finished = [0]
@@ -572,7 +677,17 @@ def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, s
             (s.stem, output_paths(out, s.stem)["parquet"])
             for s in statuses if s.status in ("done", "skipped")
         ]
-        cohort = write_cohort_table(out, parts)
+        parts += _finished_elsewhere(out, command, {s.stem for s in statuses})
+        try:
+            cohort = write_cohort_table(out, parts)
+        except BaseException as err:
+            # A full disk here must not leave the manifest saying "running" forever.
+            manifest["cohort_error"] = _one_line(err)
+            try:
+                save("failed")
+            except OSError:  # the disk may be too full for the manifest too; the error is raised
+                pass
+            raise
         manifest["cohort_table"] = cohort.name if cohort is not None else None
     save("finished")
     return BatchResult(images=statuses, manifest_path=manifest_path, cohort_path=cohort)
@@ -612,6 +727,12 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
             st.outputs = info.get("outputs", {})
             return None
     _remove_stale_staging(out, stem)
+    protected = _protected_targets(out, stem, (*formats, "tumor_mask"), ctx["inputs"])
+    if protected:
+        raise UAMError(
+            f"{', '.join(p.name for p in protected)} in {out} is not a napari-uam output (an input "
+            "image?) and is never replaced, --overwrite or not; rename it or choose another --out."
+        )
     height, width, file_mpp = tiling.probe(path)
     tile = ctx["tile_size"]
     tiled = (height > tile or width > tile) if tile else height * width > tiling.TILE_ABOVE_PIXELS
@@ -777,6 +898,7 @@ def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict)
     if ctx["overwrite"]:
         marker.unlink(missing_ok=True)
     t = time.perf_counter()
+    _record_writing(st, ctx, [*formats, *(["tumor_mask"] if res.get("tumor_mask") is not None else [])])
     export_cells(
         res["labels"], res["table"], out, stem, formats=plan["write_formats"],
         overwrite=ctx["overwrite"], provenance=res["provenance"], mpp=res["mpp"],
@@ -792,6 +914,18 @@ def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict)
         st.outputs["tumor_mask"] = paths["tumor_mask"].name
     st.status = "done"
     _write_marker(path, st, ctx, res["mpp"], res["provenance"], timings)
+
+
+def _record_writing(st: ImageStatus, ctx: dict, kinds) -> None:
+    """Say in the manifest which outputs of ``st`` are about to be renamed into place.
+
+    If the run is killed before the done marker, the next run knows from this that the
+    files are its own (see :func:`_clear_killed_writes`).
+    """
+    paths = output_paths(ctx["out"], st.stem)
+    st.status = "writing"
+    st.outputs = {k: paths[k].name for k in kinds}
+    ctx["save"]("running")
 
 
 def _write_marker(path: Path, st: ImageStatus, ctx: dict, mpp, provenance: dict, timings: dict) -> None:
@@ -861,6 +995,7 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
             provenance=prov,
         )
         written = []
+        _record_writing(st, ctx, formats)
         try:
             for kind in formats:
                 os.replace(res.outputs[kind], paths[kind])

@@ -4,8 +4,10 @@ Two batch runs into the same ``--out`` once interleaved their outputs, markers a
 (run B reported 834 nuclei while the files held run A's 738). The lock is an OS advisory
 lock (``flock``; ``msvcrt.locking`` on Windows) on a hidden file in the folder: the system
 releases it when the holding process ends, however it ends (SIGKILL included), so a killed
-run never leaves a stale lock behind. The file itself is left in place (removing a lock file
-races with a process that just opened it) and holds who took the lock, for the message.
+run never leaves a stale lock behind (at most an unlocked file, taken over by the next run).
+The file holds who took the lock, for the message, and is removed on release. Removing it
+would race with a process that opened it just before: so a process that got the lock checks
+that the path still names the file it locked, and starts again otherwise.
 """
 
 from __future__ import annotations
@@ -46,17 +48,21 @@ class FolderLock:
         Raises:
             FolderLockedError: another process holds it; the message names it.
         """
-        fh = open(self.path, "a+", encoding="utf-8")
-        try:
-            _lock(fh)
-        except OSError:
-            fh.seek(0)
-            holder = _describe(fh.read())
-            fh.close()
-            raise FolderLockedError(
-                f"Another napari-uam run{holder} is writing into {self.folder}; wait for it to "
-                "finish, or choose another --out folder."
-            ) from None
+        while True:
+            fh = open(self.path, "a+", encoding="utf-8")
+            try:
+                _lock(fh)
+            except OSError:
+                fh.seek(0)
+                holder = _describe(fh.read())
+                fh.close()
+                raise FolderLockedError(
+                    f"Another napari-uam run{holder} is writing into {self.folder}; wait for it to "
+                    "finish, or choose another --out folder."
+                ) from None
+            if _same_file(fh, self.path):
+                break
+            fh.close()  # the holder removed the file between our open and our lock: again
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps({"pid": os.getpid(), "what": self.what, "argv": sys.argv,
@@ -69,6 +75,11 @@ class FolderLock:
         """Give the lock back (also done by the system when the process ends)."""
         if self._fh is not None:
             try:
+                # Removed while still locked, so that nobody locks this file after us.
+                try:
+                    self.path.unlink(missing_ok=True)
+                except OSError:  # Windows does not remove an open file; the next run reuses it
+                    pass
                 _unlock(self._fh)
             finally:
                 self._fh.close()
@@ -79,6 +90,13 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(fh, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except OSError:  # removed meanwhile
+        return False
 
 
 def _describe(text: str) -> str:
