@@ -505,6 +505,8 @@ def run_batch(
             except UAMError as err:
                 raise BatchArgumentError(f"--mpp {mpp:g}: {p.name}: {err}") from None
     clf = pipeline.get_classifier(model, device) if command == "classify" else None
+    if clf is not None:
+        _check_model_schema(clf)
     from .distributed import make_executor
 
     executor = make_executor(dask, workers)
@@ -758,6 +760,24 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
             )
         plan["mpp"] = mpp
     return plan
+
+
+def _check_model_schema(clf) -> None:
+    """Refuse, before any image is segmented, a model trained on other features than the
+    pipeline measures (it would otherwise fail every image after measuring it)."""
+    from .radiomics.schema import DEFAULT_SCHEMA
+
+    names = DEFAULT_SCHEMA.feature_names
+    names = names() if callable(names) else names
+    missing = [f for f in clf.feature_names if f not in set(names)]
+    if clf.schema_id != DEFAULT_SCHEMA.schema_id or missing or len(clf.feature_names) != len(names):
+        raise BatchArgumentError(
+            f"Model {clf.model_id!r} ({clf.path or 'in memory'}) was trained on feature schema "
+            f"{clf.schema_id!r} ({len(clf.feature_names)} features"
+            + (f", {len(missing)} unknown here, e.g. {missing[0]!r}" if missing else "")
+            + f"); this napari-uam measures {DEFAULT_SCHEMA.schema_id!r} ({len(names)} features). "
+            "Use a model trained with this version, or retrain it."
+        )
 
 
 def _probe_shape(path: Path) -> tuple[int, int]:

@@ -111,6 +111,30 @@ def _run(args, argv) -> int:
     return result.exit_code
 
 
+def _check_train_inputs(args) -> None:
+    """Read every project, table and the --init checkpoint before training starts, so that a
+    damaged one is one line (exit 2) instead of a traceback after minutes of feature work."""
+    from .io.project import find_projects, load_project
+
+    for inp in args.inputs:
+        if str(inp).endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            try:
+                pq.read_schema(inp)
+            except Exception as err:  # missing, truncated or not parquet
+                raise UAMError(
+                    f"Cannot read the cell table {inp} ({type(err).__name__}: {' '.join(str(err).split())[:160]})."
+                ) from None
+        else:
+            for folder in find_projects(inp):
+                load_project(folder)
+    if args.init not in ("default", "scratch"):
+        from .training.checkpoint import read_checkpoint
+
+        read_checkpoint(args.init)
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     # Warnings meant for the user (pixel size, stain, resampling) as one line, not a source dump.
     return f"napari-uam: warning: {' '.join(str(message).split())}\n"
@@ -138,6 +162,7 @@ def _main(argv=None) -> int:
         if args.command == "train":
             from .training.finetune import run_cli
 
+            _check_train_inputs(args)
             return run_cli(args)
         return _run(args, argv)
     except (UAMError, OSError) as err:  # bad arguments, model not loadable, output folder unusable

@@ -81,6 +81,7 @@ def as_rgb_uint8(image) -> np.ndarray:
             f"Image has shape {arr.shape}; expected a 2-D RGB image (H, W, 3). "
             "For stacks or pyramids, select one 2-D RGB plane or level."
         )
+    _check_layout(arr.shape)
     check_size(arr.shape)
     if arr.shape[-1] == 4:
         alpha = arr[..., 3]
@@ -133,6 +134,33 @@ def as_rgb_uint8(image) -> np.ndarray:
             )
         return arr.astype(np.uint8)
     raise InvalidImageError(f"Unsupported image dtype {arr.dtype}.")
+
+
+def _check_layout(shape) -> None:
+    """Describe 3-D arrays that are not (H, W, channels) for what they are.
+
+    Without this a 5-page grey stack (5, 491, 491) was "5x491 pixels" and a channels-first
+    (3, 1000, 1000) array "3x1000 pixels"; grey + alpha (H, W, 2) is grey like (H, W).
+    """
+    a, b, c = (int(v) for v in shape)
+    if c in (1, 2):
+        raise InvalidImageError(
+            f"Image is grayscale{' with an alpha channel' if c == 2 else ''} (shape {tuple(shape)}); "
+            "napari-uam needs an RGB H&E image (H, W, 3). Open the colour image, not a single channel."
+        )
+    if c <= 4:
+        return
+    if a in (3, 4):
+        raise InvalidImageError(
+            f"Image has shape {tuple(shape)}: {a} channels first. napari-uam needs the channels last "
+            f"(H, W, {a}); move the axis (numpy.moveaxis(image, 0, -1)) or save it as an RGB image."
+        )
+    if a < b and a < c:
+        raise InvalidImageError(
+            f"Image has shape {tuple(shape)}: a stack of {a} single-channel {b}x{c} planes (pages, "
+            "z-slices or channels), not an RGB image (H, W, 3). Open the colour H&E image, or select "
+            "one RGB plane."
+        )
 
 
 def check_size(shape) -> None:
