@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: only images above 16.8 Mpx, in tiles of 2048)")
         c.add_argument("--dask", default=None, metavar="local|ADDRESS",
                        help="run images and tiles on Dask: 'local' (a local cluster) or a "
-                            "scheduler address such as tcp://host:8786")
+                            "scheduler address such as tcp://host:8786 (a scheduler runs pickled "
+                            "code: connect only to a cluster you trust)")
         c.add_argument("--workers", type=int, default=None,
                        help="local Dask workers (more than 1 implies --dask local)")
         c.add_argument("--overwrite", action="store_true",
