@@ -39,8 +39,8 @@ from . import pipeline
 from .distributed import SerialExecutor
 from .errors import UAMError
 from .io.atomic import atomic_path
-from .io.lock import FolderLock
 from .io.export import FORMATS, export_cells, output_paths
+from .io.lock import FolderLock
 from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
 from .validation import as_rgb_uint8
 
@@ -248,7 +248,7 @@ def _protected_targets(out: Path, stem: str, kinds, inputs: set) -> list[Path]:
     return bad
 
 
-def _clear_killed_writes(out: Path, previous: Optional[dict], command: str) -> None:
+def _clear_killed_writes(out: Path, previous: Optional[dict], command: str, inputs: set) -> None:
     """Remove the outputs a killed run was renaming into place when it died.
 
     Before renaming an image's outputs, the manifest records the image as ``writing`` with
@@ -267,8 +267,11 @@ def _clear_killed_writes(out: Path, previous: Optional[dict], command: str) -> N
                 out, stem, command, [k for k in (img.get("outputs") or {}) if k in FORMATS]) is not None:
             continue
         own = output_paths(out, stem)
-        for kind, name in (img.get("outputs") or {}).items():
-            if kind in own and own[kind].name == name:
+        kinds = [k for k, name in (img.get("outputs") or {}).items() if k in own and own[k].name == name]
+        # Even here an input, or a TIFF that is not a label image, is never removed.
+        keep = set(_protected_targets(out, stem, kinds, inputs))
+        for kind in kinds:
+            if own[kind] not in keep:
                 own[kind].unlink(missing_ok=True)
         done_path(out, stem).unlink(missing_ok=True)
 
@@ -594,7 +597,7 @@ def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, s
         executor=executor, save=save, inputs={p.resolve() for p, _ in jobs},
     )
     # Read before this run's manifest replaces it: what a killed run was writing.
-    _clear_killed_writes(out, _is_own_manifest(manifest_path), command)
+    _clear_killed_writes(out, _is_own_manifest(manifest_path), command, ctx["inputs"])
     save("running")
     n = len(jobs)
     finished = [0]
