@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InvalidImageError, UAMError
+from ..errors import UAMError
 from ..validation import as_rgb_uint8
 from .watershed import WatershedParams, segment_watershed
 
