@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from . import pipeline
@@ -39,6 +40,7 @@ from .distributed import SerialExecutor
 from .errors import UAMError
 from .io.atomic import atomic_path
 from .io.export import FORMATS, export_cells, output_paths
+from .io.lock import FolderLock
 from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
 from .validation import as_rgb_uint8
 
@@ -79,7 +81,8 @@ def _own_output(path: Path, out_dir: Optional[Path]) -> bool:
     """True for a label TIFF this tool wrote into ``out_dir`` (never an input image)."""
     if out_dir is None or path.parent.resolve() != out_dir.resolve():
         return False
-    return path.name.endswith(("_nuclei.tif", "_tumor_mask.tif"))
+    # Named like an output *and* a label image: an H&E input named ``a_nuclei.tif`` is an input.
+    return path.name.endswith(("_nuclei.tif", "_tumor_mask.tif")) and _is_label_tiff(path)
 
 
 def collect_images(inputs: Iterable, out_dir=None) -> list[Path]:
@@ -185,6 +188,107 @@ def _remove_stale_staging(out_dir: Path, stem: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _is_own_manifest(path: Path) -> Optional[dict]:
+    """The manifest at ``path`` if napari-uam wrote it, else None."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("schema") == MANIFEST_SCHEMA else None
+
+
+def _is_own_cohort(path: Path) -> bool:
+    """Whether the parquet file at ``path`` is a cohort table napari-uam wrote."""
+    import pyarrow.parquet as pq
+
+    try:
+        return b"napari_uam_cohort" in (pq.read_schema(path).metadata or {})
+    except Exception:  # not a parquet file at all
+        return False
+
+
+def _refuse_foreign_run_files(out: Path) -> None:
+    """Refuse to replace a manifest or cohort table in ``out`` that napari-uam did not write."""
+    for name, own in ((MANIFEST_NAME, _is_own_manifest), (COHORT_NAME, _is_own_cohort)):
+        path = out / name
+        if path.exists() and not own(path):
+            raise BatchArgumentError(
+                f"{path} exists and was not written by napari-uam; it is not replaced. Move it, "
+                "choose another --out folder, or pass --overwrite to replace it."
+            )
+
+
+def _is_label_tiff(path: Path) -> bool:
+    """Whether ``path`` is a label / mask TIFF as napari-uam writes them: one 2-D unsigned plane.
+
+    An H&E image has colour channels, so an input that happens to be named like an output
+    (``a_nuclei.tif``) is told apart by its content, not its name.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return len(series.shape) == 2 and np.dtype(series.dtype).kind == "u"
+    except Exception:  # unreadable: not ours to judge, and never replaced
+        return False
+
+
+def _protected_targets(out: Path, stem: str, kinds, inputs: set) -> list[Path]:
+    """Output paths of ``stem`` that exist and must never be replaced: inputs of this run,
+    and TIFFs that are not napari-uam label images (an H&E file named ``a_nuclei.tif``)."""
+    paths = output_paths(out, stem)
+    bad = []
+    for kind in kinds:
+        p = paths[kind]
+        if not p.exists():
+            continue
+        if p.resolve() in inputs or (p.suffix.lower() in (".tif", ".tiff") and not _is_label_tiff(p)):
+            bad.append(p)
+    return bad
+
+
+def _clear_killed_writes(out: Path, previous: Optional[dict], command: str, inputs: set) -> None:
+    """Remove the outputs a killed run was renaming into place when it died.
+
+    Before renaming an image's outputs, the manifest records the image as ``writing`` with
+    their names; the done marker follows the renames. A run killed in between (SIGKILL)
+    leaves outputs without a marker, which a plain rerun would refuse to overwrite. They are
+    this tool's own files (the manifest says so), so the rerun removes them and redoes the
+    image. Files the killed run did not list, and images with a marker, are left alone.
+    """
+    if previous is None:
+        return
+    for img in previous.get("images") or []:
+        if not isinstance(img, dict) or img.get("status") != "writing":
+            continue
+        stem = str(img.get("stem") or "")
+        if not stem or done_path(out, stem).exists() and read_done(
+                out, stem, command, [k for k in (img.get("outputs") or {}) if k in FORMATS]) is not None:
+            continue
+        own = output_paths(out, stem)
+        kinds = [k for k, name in (img.get("outputs") or {}).items() if k in own and own[k].name == name]
+        # Even here an input, or a TIFF that is not a label image, is never removed.
+        keep = set(_protected_targets(out, stem, kinds, inputs))
+        for kind in kinds:
+            if own[kind] not in keep:
+                own[kind].unlink(missing_ok=True)
+        done_path(out, stem).unlink(missing_ok=True)
+
+
+def _finished_elsewhere(out: Path, command: str, stems: set) -> list[tuple[str, Path]]:
+    """``(stem, parquet)`` of every image in ``out`` finished by an earlier ``command`` run and
+    not part of this run, so that the cohort table always covers the whole folder."""
+    parts = []
+    for marker in sorted(out.glob(f"*{DONE_SUFFIX}")):
+        stem = marker.name[: -len(DONE_SUFFIX)]
+        if stem in stems or marker.name.startswith("."):
+            continue
+        if read_done(out, stem, command, ["parquet"]) is not None:
+            parts.append((stem, output_paths(out, stem)["parquet"]))
+    return parts
+
+
 def _utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -196,8 +300,9 @@ class ImageStatus:
     Attributes:
         image: the input path.
         stem: its output stem.
-        status: ``pending``, ``done``, ``skipped`` (done by an earlier run), ``failed`` or
-            ``interrupted``.
+        status: ``pending``, ``writing`` (outputs being renamed into place: a manifest left
+            saying so belongs to a killed run), ``done``, ``skipped`` (done by an earlier run),
+            ``failed`` or ``interrupted``.
         reason: one line saying why, for ``failed``.
         n_cells: nuclei found (also for skipped images, from their marker).
         n_tumor: nuclei classified as tumor (``classify`` only).
@@ -357,7 +462,6 @@ def run_batch(
         BatchArgumentError: unusable arguments (nothing is written then).
         UAMError: the model cannot be loaded or ``mpp`` is implausible.
     """
-    from .radiomics.schema import DEFAULT_SCHEMA
 
     if command not in COMMANDS:
         raise BatchArgumentError(f"Unknown command {command!r}; choose from {', '.join(COMMANDS)}.")
@@ -387,13 +491,53 @@ def run_batch(
             )
         stems[s] = p
 
+    if not overwrite:
+        _refuse_foreign_run_files(out)
     if tile_size is not None and int(tile_size) < 256:
         raise BatchArgumentError(f"--tile-size {tile_size} is too small; use 256 pixels or more (default 2048).")
+    if mpp is not None:
+        # An --mpp that makes any image's resampled copy absurd or too large is an argument
+        # error: refused before anything is loaded or written (only file headers are read).
+        for p, _ in jobs:
+            try:
+                shape = _probe_shape(p)
+            except Exception:  # an unreadable file fails alone later, with its own reason
+                continue
+            try:
+                _check_scale(p, shape, mpp, command, segmenter, tile_size, warn=False)
+            except UAMError as err:
+                raise BatchArgumentError(f"--mpp {mpp:g}: {p.name}: {err}") from None
     clf = pipeline.get_classifier(model, device) if command == "classify" else None
+    if clf is not None:
+        _check_model_schema(clf)
     from .distributed import make_executor
 
     executor = make_executor(dask, workers)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # One run per output folder: a second run into it is refused (FolderLockedError)
+        # instead of interleaving its outputs, markers and manifest with the first one's.
+        lock = FolderLock(out, what=" ".join(argv) if argv else f"napari-uam {command}").acquire()
+    except BaseException:
+        executor.close()
+        raise
+    try:
+        return _run_locked(
+            command, out, jobs, mpp=mpp, formats=formats, clf=clf, model=model, device=device,
+            segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
+            labels_from_out=labels_from_out, tile_size=tile_size, dask=dask, workers=workers,
+            progress=progress, argv=argv, executor=executor,
+        )
+    finally:
+        lock.release()
+
+
+def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, segmenter,
+                radiomics_backend, overwrite, labels_from_out, tile_size, dask, workers,
+                progress, argv, executor) -> BatchResult:
+    """The body of :func:`run_batch`, run while the output folder's lock is held."""
+    from .radiomics.schema import DEFAULT_SCHEMA
+
     parameters = {
         "mpp": mpp,
         "formats": list(formats),
@@ -450,8 +594,10 @@ def run_batch(
         command=command, out=out, formats=formats, mpp=mpp, clf=clf, model=model, device=device,
         segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
         labels_from_out=labels_from_out, parameters=parameters, tile_size=tile_size,
-        executor=executor,
+        executor=executor, save=save, inputs={p.resolve() for p, _ in jobs},
     )
+    # Read before this run's manifest replaces it: what a killed run was writing.
+    _clear_killed_writes(out, _is_own_manifest(manifest_path), command, ctx["inputs"])
     save("running")
     n = len(jobs)
     finished = [0]
@@ -536,7 +682,17 @@ def run_batch(
             (s.stem, output_paths(out, s.stem)["parquet"])
             for s in statuses if s.status in ("done", "skipped")
         ]
-        cohort = write_cohort_table(out, parts)
+        parts += _finished_elsewhere(out, command, {s.stem for s in statuses})
+        try:
+            cohort = write_cohort_table(out, parts)
+        except BaseException as err:
+            # A full disk here must not leave the manifest saying "running" forever.
+            manifest["cohort_error"] = _one_line(err)
+            try:
+                save("failed")
+            except OSError:  # the disk may be too full for the manifest too; the error is raised
+                pass
+            raise
         manifest["cohort_table"] = cohort.name if cohort is not None else None
     save("finished")
     return BatchResult(images=statuses, manifest_path=manifest_path, cohort_path=cohort)
@@ -576,9 +732,18 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
             st.outputs = info.get("outputs", {})
             return None
     _remove_stale_staging(out, stem)
+    protected = _protected_targets(out, stem, (*formats, "tumor_mask"), ctx["inputs"])
+    if protected:
+        raise UAMError(
+            f"{', '.join(p.name for p in protected)} in {out} is not a napari-uam output (an input "
+            "image?) and is never replaced, --overwrite or not; rename it or choose another --out."
+        )
     height, width, file_mpp = tiling.probe(path)
     tile = ctx["tile_size"]
     tiled = (height > tile or width > tile) if tile else height * width > tiling.TILE_ABOVE_PIXELS
+    scale_mpp = ctx["mpp"] or file_mpp or default_mpp
+    if scale_mpp is not None:  # a file's own pixel size is checked here, before decoding it
+        _check_scale(path, (height, width), pipeline._check_mpp(scale_mpp), command, ctx["segmenter"], tile)
     plan = {"tiled": tiled, "shape": (height, width), "labels": None, "write_formats": formats,
             "labels_source": "segmented"}
     if ctx["labels_from_out"] and command != "segment" and paths["tif"].is_file():
@@ -598,6 +763,72 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
             )
         plan["mpp"] = mpp
     return plan
+
+
+def _check_model_schema(clf) -> None:
+    """Refuse, before any image is segmented, a model trained on other features than the
+    pipeline measures (it would otherwise fail every image after measuring it)."""
+    from .radiomics.schema import DEFAULT_SCHEMA
+
+    names = DEFAULT_SCHEMA.feature_names
+    names = names() if callable(names) else names
+    missing = [f for f in clf.feature_names if f not in set(names)]
+    if clf.schema_id != DEFAULT_SCHEMA.schema_id or missing or len(clf.feature_names) != len(names):
+        raise BatchArgumentError(
+            f"Model {clf.model_id!r} ({clf.path or 'in memory'}) was trained on feature schema "
+            f"{clf.schema_id!r} ({len(clf.feature_names)} features"
+            + (f", {len(missing)} unknown here, e.g. {missing[0]!r}" if missing else "")
+            + f"); this napari-uam measures {DEFAULT_SCHEMA.schema_id!r} ({len(names)} features). "
+            "Use a model trained with this version, or retrain it."
+        )
+
+
+def _probe_shape(path: Path) -> tuple[int, int]:
+    from . import tiling
+
+    h, w, _ = tiling.probe(path)
+    return h, w
+
+
+def _working_mpps(command: str, segmenter: str, mpp: float) -> list[tuple[float, str]]:
+    """The pixel sizes an image at ``mpp`` is resampled to, with the stage that does it."""
+    out = []
+    try:
+        from .segment import resolve_backend
+
+        if resolve_backend(segmenter, mpp) == "learned":
+            from .segment.learned import load_checkpoint
+
+            out.append((float(load_checkpoint()["net_mpp"]), "the nuclei segmenter"))
+    except UAMError:  # an unusable backend is reported by the image's own run
+        pass
+    if command != "segment":
+        out.append((pipeline.working_mpp(), "the measurement"))
+    return out
+
+
+def _check_scale(path: Path, shape, mpp: float, command: str, segmenter: str, tile_size,
+                 warn: bool = True) -> None:
+    """Refuse (or warn about) the resampling an image at ``mpp`` needs, from its header alone.
+
+    A tiled image is resampled tile by tile, so there the limit applies to one tile.
+    """
+    import warnings
+
+    from . import tiling
+    from .scale import ResampleWarning, check_resample
+
+    h, w = int(shape[0]), int(shape[1])
+    tile = tile_size or tiling.DEFAULT_TILE
+    tiled = (h > tile or w > tile) if tile_size else h * w > tiling.TILE_ABOVE_PIXELS
+    if tiled:
+        h, w = min(h, tile), min(w, tile)
+    for target, what in _working_mpps(command, segmenter, mpp):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResampleWarning)
+            check_resample((h, w), mpp, target, what)
+        for c in caught if warn else ():
+            warnings.warn(f"{path.name}: {c.message}", ResampleWarning, stacklevel=3)
 
 
 def _read_labels_tiff(path):
@@ -690,6 +921,7 @@ def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict)
     if ctx["overwrite"]:
         marker.unlink(missing_ok=True)
     t = time.perf_counter()
+    _record_writing(st, ctx, [*formats, *(["tumor_mask"] if res.get("tumor_mask") is not None else [])])
     export_cells(
         res["labels"], res["table"], out, stem, formats=plan["write_formats"],
         overwrite=ctx["overwrite"], provenance=res["provenance"], mpp=res["mpp"],
@@ -705,6 +937,18 @@ def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict)
         st.outputs["tumor_mask"] = paths["tumor_mask"].name
     st.status = "done"
     _write_marker(path, st, ctx, res["mpp"], res["provenance"], timings)
+
+
+def _record_writing(st: ImageStatus, ctx: dict, kinds) -> None:
+    """Say in the manifest which outputs of ``st`` are about to be renamed into place.
+
+    If the run is killed before the done marker, the next run knows from this that the
+    files are its own (see :func:`_clear_killed_writes`).
+    """
+    paths = output_paths(ctx["out"], st.stem)
+    st.status = "writing"
+    st.outputs = {k: paths[k].name for k in kinds}
+    ctx["save"]("running")
 
 
 def _write_marker(path: Path, st: ImageStatus, ctx: dict, mpp, provenance: dict, timings: dict) -> None:
@@ -774,6 +1018,7 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
             provenance=prov,
         )
         written = []
+        _record_writing(st, ctx, formats)
         try:
             for kind in formats:
                 os.replace(res.outputs[kind], paths[kind])

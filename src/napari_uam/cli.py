@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: only images above 16.8 Mpx, in tiles of 2048)")
         c.add_argument("--dask", default=None, metavar="local|ADDRESS",
                        help="run images and tiles on Dask: 'local' (a local cluster) or a "
-                            "scheduler address such as tcp://host:8786")
+                            "scheduler address such as tcp://host:8786 (a scheduler runs pickled "
+                            "code: connect only to a cluster you trust)")
         c.add_argument("--workers", type=int, default=None,
                        help="local Dask workers (more than 1 implies --dask local)")
         c.add_argument("--overwrite", action="store_true",
@@ -111,7 +112,47 @@ def _run(args, argv) -> int:
     return result.exit_code
 
 
+def _check_train_inputs(args) -> None:
+    """Read every project, table and the --init checkpoint before training starts, so that a
+    damaged one is one line (exit 2) instead of a traceback after minutes of feature work."""
+    from .io.project import find_projects, load_project
+
+    for inp in args.inputs:
+        if str(inp).endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            try:
+                pq.read_schema(inp)
+            except Exception as err:  # missing, truncated or not parquet
+                raise UAMError(
+                    f"Cannot read the cell table {inp} ({type(err).__name__}: {' '.join(str(err).split())[:160]})."
+                ) from None
+        else:
+            for folder in find_projects(inp):
+                load_project(folder)
+    if args.init not in ("default", "scratch"):
+        from .training.checkpoint import read_checkpoint
+
+        read_checkpoint(args.init)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # Warnings meant for the user (pixel size, stain, resampling) as one line, not a source dump.
+    return f"napari-uam: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
@@ -122,6 +163,7 @@ def main(argv=None) -> int:
         if args.command == "train":
             from .training.finetune import run_cli
 
+            _check_train_inputs(args)
             return run_cli(args)
         return _run(args, argv)
     except (UAMError, OSError) as err:  # bad arguments, model not loadable, output folder unusable

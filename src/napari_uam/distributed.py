@@ -15,6 +15,10 @@ the calling process, so workers only need to read the input files.
   and the feature engine on its GPU and a CPU worker on its CPU.
 
 ``distributed`` is optional (``pip install napari-uam[cluster]``).
+
+A Dask scheduler runs the pickled code its clients send on its workers, and napari-uam
+unpickles what comes back: connect only to a cluster you trust (your own, on a network you
+trust), never to an address someone else gives you.
 """
 
 from __future__ import annotations
@@ -77,8 +81,11 @@ class DaskExecutor:
             self.client = Client(self._cluster)
             self.description = f"Dask local cluster, {n} worker(s)"
         else:
+            probe_scheduler(address)
             try:
                 self.client = Client(address, timeout=timeout)
+            except MemoryError:  # a length read from a non-Dask reply (once "3.07 EiB")
+                raise UAMError(_not_dask(address, b"")) from None
             except Exception as err:  # unreachable scheduler, wrong protocol, version mismatch
                 raise UAMError(f"Cannot reach the Dask scheduler at {address}: {err}") from None
             self.description = f"Dask scheduler {address}"
@@ -105,6 +112,66 @@ class DaskExecutor:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+#: Largest first message a Dask scheduler sends (its handshake: a few hundred bytes).
+_MAX_HANDSHAKE = 1 << 24
+
+
+def _not_dask(address: str, head: bytes) -> str:
+    shown = f" (it answered {head[:24]!r})" if head else ""
+    return (
+        f"{address} is not a Dask scheduler{shown}: another service listens there. Check the "
+        "address and port (a scheduler listens on tcp://HOST:8786 by default; the dashboard's "
+        "port 8787 is not the scheduler)."
+    )
+
+
+def probe_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Check that a ``tcp://`` address speaks Dask's protocol before a client connects.
+
+    A Dask scheduler sends its handshake as soon as a connection is accepted, framed by an
+    8-byte message length. Another service (a web server, SSH) sends text instead, which
+    Dask's client reads as a length of exabytes and fails with "Unable to allocate 3.07 EiB".
+    Only clear cases are refused: a service that says nothing within ``timeout`` is left to
+    the client's own timeout, and other schemes (tls://, ucx://) are not probed.
+
+    Raises:
+        UAMError: nothing listens there, or something that is not a Dask scheduler does.
+    """
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    if "://" in address and not address.startswith("tcp://"):
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError as err:  # a port that is not a number
+        raise UAMError(f"--dask {address}: {err}; give tcp://HOST:PORT.") from None
+    if not host:
+        raise UAMError(f"--dask {address}: no host; give tcp://HOST:PORT or 'local'.")
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as err:
+        raise UAMError(f"Cannot reach the Dask scheduler at {address}: {err}") from None
+    head = b""
+    try:
+        sock.settimeout(timeout)
+        while len(head) < 8:
+            chunk = sock.recv(8 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:  # silent: left to the client's timeout
+        return
+    finally:
+        sock.close()
+    if len(head) < 8 or not 0 < struct.unpack("<Q", head)[0] <= _MAX_HANDSHAKE:
+        if not head:
+            return  # closed without a word: the client says what it makes of it
+        raise UAMError(_not_dask(address, head))
 
 
 def make_executor(dask: Optional[str] = None, workers: Optional[int] = None, timeout: str = "30s"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import time
 import warnings
@@ -67,18 +68,10 @@ class PipelineResult:
 
 
 def _check_mpp(mpp) -> float:
-    # float(True) is 1.0: a flag passed by mistake (mpp=True) must not become a pixel size.
-    if isinstance(mpp, (bool, np.bool_)):
-        raise InvalidImageError(f"Pixel size {mpp!r} is a boolean, not a number; give microns per pixel, e.g. 0.5 at 20x.")
-    try:
-        mpp = float(mpp)
-    except (TypeError, ValueError):
-        raise InvalidImageError(f"Pixel size {mpp!r} is not a number; give microns per pixel, e.g. 0.5 at 20x.")
-    if not np.isfinite(mpp) or not (0.05 <= mpp <= 20.0):
-        raise InvalidImageError(
-            f"Pixel size {mpp:g} um/px is implausible; give microns per pixel (0.25 at 40x, 0.5 at 20x)."
-        )
-    return mpp
+    # One rule for every entry point: napari_uam.validation.check_mpp.
+    from .validation import check_mpp
+
+    return check_mpp(mpp)
 
 
 def _tick(progress: Progress, stage: str, fraction: float) -> None:
@@ -245,10 +238,26 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_classifier(path: Optional[str], device: str):
+def _cached_classifier(path: Optional[str], device: str, identity=None):
+    # ``identity`` (size, mtime, SHA-256 of the file) is part of the key: retraining into the
+    # same checkpoint path must load the new weights, not the ones cached for that path.
     from .training.checkpoint import load_classifier
 
     return load_classifier(path, device=device)
+
+
+def _file_identity(path: Optional[str]):
+    """(size, mtime_ns, sha256) of a checkpoint file, or None when it cannot be read."""
+    from .training.checkpoint import default_weights_path, file_sha256
+
+    p = default_weights_path() if path is None else path
+    try:
+        st = os.stat(p)
+        # The hash too: a copy with the source's size and modification time (cp -p) is
+        # still another file. Checkpoints are small (the default is 68 kB: < 1 ms).
+        return (st.st_size, st.st_mtime_ns, file_sha256(p))
+    except OSError:  # missing or unreadable: load_classifier says so, and nothing is cached
+        return None
 
 
 def get_classifier(model=None, device: str = "auto"):
@@ -263,7 +272,8 @@ def get_classifier(model=None, device: str = "auto"):
         return model
     from .device import resolve_device
 
-    return _cached_classifier(None if model is None else str(model), resolve_device(device))
+    path = None if model is None else str(model)
+    return _cached_classifier(path, resolve_device(device), _file_identity(path))
 
 
 def classify_cells(

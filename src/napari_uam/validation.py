@@ -19,6 +19,38 @@ MIN_SIDE = 8
 MAX_PIXELS = 100_000_000
 
 
+#: Pixel sizes (um/px) napari-uam accepts at all: from 200x (0.05) to a 20 um/px overview.
+#: Whether a pixel size is usable for a given image also depends on how far the pipeline must
+#: resample it (:func:`napari_uam.scale.check_resample`).
+MIN_MPP = 0.05
+MAX_MPP = 20.0
+
+
+def check_mpp(mpp) -> float:
+    """Return ``mpp`` as a float, or raise :class:`InvalidImageError` when it is no pixel size.
+
+    The one rule for every entry point (pipeline, segmenters, command line): a finite number
+    of microns per pixel within :data:`MIN_MPP`-:data:`MAX_MPP`; booleans are refused
+    (``float(True)`` is 1.0, a flag passed by mistake must not become a pixel size).
+    """
+    if isinstance(mpp, (bool, np.bool_)):
+        raise InvalidImageError(
+            f"Pixel size mpp={mpp!r} is a boolean, not a number; give microns per pixel, e.g. 0.5 at 20x."
+        )
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        raise InvalidImageError(
+            f"Pixel size mpp={mpp!r} is not a number; give microns per pixel (0.25 at 40x, 0.5 at 20x)."
+        ) from None
+    if not np.isfinite(value) or not (MIN_MPP <= value <= MAX_MPP):
+        raise InvalidImageError(
+            f"Pixel size mpp={value:g} um/px is implausible (accepted: {MIN_MPP:g}-{MAX_MPP:g}); give "
+            "microns per pixel (0.25 at 40x, 0.5 at 20x), not pixels per micron."
+        )
+    return value
+
+
 def as_rgb_uint8(image) -> np.ndarray:
     """Return ``image`` as an (H, W, 3) uint8 RGB array, or raise :class:`InvalidImageError`.
 
@@ -49,6 +81,7 @@ def as_rgb_uint8(image) -> np.ndarray:
             f"Image has shape {arr.shape}; expected a 2-D RGB image (H, W, 3). "
             "For stacks or pyramids, select one 2-D RGB plane or level."
         )
+    _check_layout(arr.shape)
     check_size(arr.shape)
     if arr.shape[-1] == 4:
         alpha = arr[..., 3]
@@ -101,6 +134,33 @@ def as_rgb_uint8(image) -> np.ndarray:
             )
         return arr.astype(np.uint8)
     raise InvalidImageError(f"Unsupported image dtype {arr.dtype}.")
+
+
+def _check_layout(shape) -> None:
+    """Describe 3-D arrays that are not (H, W, channels) for what they are.
+
+    Without this a 5-page grey stack (5, 491, 491) was "5x491 pixels" and a channels-first
+    (3, 1000, 1000) array "3x1000 pixels"; grey + alpha (H, W, 2) is grey like (H, W).
+    """
+    a, b, c = (int(v) for v in shape)
+    if c in (1, 2):
+        raise InvalidImageError(
+            f"Image is grayscale{' with an alpha channel' if c == 2 else ''} (shape {tuple(shape)}); "
+            "napari-uam needs an RGB H&E image (H, W, 3). Open the colour image, not a single channel."
+        )
+    if c <= 4:
+        return
+    if a in (3, 4):
+        raise InvalidImageError(
+            f"Image has shape {tuple(shape)}: {a} channels first. napari-uam needs the channels last "
+            f"(H, W, {a}); move the axis (numpy.moveaxis(image, 0, -1)) or save it as an RGB image."
+        )
+    if a < b and a < c:
+        raise InvalidImageError(
+            f"Image has shape {tuple(shape)}: a stack of {a} single-channel {b}x{c} planes (pages, "
+            "z-slices or channels), not an RGB image (H, W, 3). Open the colour H&E image, or select "
+            "one RGB plane."
+        )
 
 
 def check_size(shape) -> None:

@@ -202,6 +202,11 @@ def load_project(folder) -> Project:
         meta = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise ProjectError(f"Cannot read {folder / MANIFEST}: {err}") from err
+    if not isinstance(meta, dict):
+        raise ProjectError(
+            f"{folder / MANIFEST} holds a {type(meta).__name__}, not a project description; the "
+            "project is damaged. Save it again from the Annotate dock."
+        )
     if meta.get("format") != FORMAT:
         raise ProjectError(f"{folder} is of format {meta.get('format')!r}, not {FORMAT!r}.")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -212,16 +217,32 @@ def load_project(folder) -> Project:
     for key in ("image", "labels", "table"):
         if not (folder / _FILES[key]).is_file():
             raise ProjectError(f"{folder} lacks {_FILES[key]}; the project is incomplete. Save it again.")
-    image = tifffile.imread(folder / _FILES["image"])
-    labels = tifffile.imread(folder / _FILES["labels"]).astype(np.int32)
-    table = pd.read_parquet(folder / _FILES["table"])
+    from ..validation import check_mpp
+
+    try:
+        mpp = check_mpp(meta.get("mpp"))
+    except UAMError as err:
+        raise ProjectError(f"{folder / MANIFEST}: {err}") from None
+
+    def read(key, fn):
+        try:
+            return fn(folder / _FILES[key])
+        except Exception as err:  # truncated or overwritten file: one line naming it
+            raise ProjectError(
+                f"Cannot read {folder / _FILES[key]} ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+                "the project is damaged. Save it again from the Annotate dock."
+            ) from None
+
+    image = read("image", tifffile.imread)
+    labels = read("labels", tifffile.imread).astype(np.int32)
+    table = read("table", pd.read_parquet)
     if meta.get("schema_id"):
         table.attrs["schema_id"] = meta["schema_id"]
     region = None
     if (folder / _FILES["region"]).is_file():
-        region = tifffile.imread(folder / _FILES["region"]) > 0
+        region = read("region", tifffile.imread) > 0
     _check(image, labels, table, region)
     return Project(
         name=str(meta.get("name") or folder.name), image=image, labels=labels, table=table,
-        mpp=float(meta["mpp"]), region=region, meta=meta, path=folder,
+        mpp=mpp, region=region, meta=meta, path=folder,
     )  # fmt: skip

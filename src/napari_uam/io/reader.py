@@ -128,7 +128,9 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
             with Image.open(path) as im:
                 _check_file_size(path, (im.size[1], im.size[0]))
                 im.load()
-                if im.mode not in ("RGB", "RGBA", "L", "I;16", "I"):
+                # Grey modes stay grey (grey + alpha "LA" included) so that they are refused
+                # as grey like "L", instead of turning into a colourless RGB image.
+                if im.mode not in ("RGB", "RGBA", "L", "LA", "La", "I;16", "I", "1"):
                     im = im.convert("RGB")
                 data = np.asarray(im)
                 mpp = None

@@ -12,13 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..errors import InvalidImageError, UAMError
+from ..errors import UAMError
 from ..validation import as_rgb_uint8
 from .watershed import WatershedParams, segment_watershed
 
@@ -174,21 +173,10 @@ def resolve_backend(name: str = "auto", mpp: float | None = None) -> str:
 
 
 def _check_mpp(mpp) -> float:
-    try:
-        value = float(mpp)
-    except (TypeError, ValueError):
-        raise InvalidImageError(f"Pixel size mpp={mpp!r} is not a number; give microns per pixel.") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidImageError(
-            f"Pixel size mpp={mpp!r} must be a positive number of microns per pixel "
-            "(0.25 at 40x, 0.5 at 20x)."
-        )
-    if not 0.01 <= value <= 20:
-        raise InvalidImageError(
-            f"Pixel size mpp={value:g} um/px is outside 0.01-20; H&E patches are about 0.25 (40x) "
-            "to 2 (5x). Check the units (microns per pixel, not pixels per micron)."
-        )
-    return value
+    # The same rule as the pipeline's: napari_uam.validation.check_mpp.
+    from ..validation import check_mpp
+
+    return check_mpp(mpp)
 
 
 def segment(

@@ -186,6 +186,83 @@ def save_checkpoint(
     return file_sha256(path)
 
 
+def _refuse_non_torch_file(path: Path, what: str) -> None:
+    """Refuse a file that is no ``torch.save`` output at all (a CSV, an image, a text note).
+
+    torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (``0x80``).
+    Anything else would reach PyTorch's unpickler, whose "Weights only load failed ..."
+    message means nothing to the person who picked the wrong file.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return  # torch.load below reports it (permission denied, ...)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or not head:
+        return
+    kind = "an empty file"
+    try:
+        text = head.decode("utf-8")
+        first = text.splitlines()[0] if text.splitlines() else ""
+        kind = ("a CSV / text table" if ("," in first or "\t" in first or ";" in first) else "a text file")
+        kind += f" (first line {first[:60]!r})"
+    except UnicodeDecodeError:
+        kind = "a binary file of another kind"
+        if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:2] in (b"II", b"MM"):
+            kind = "an image"
+    raise CheckpointError(
+        f"{path} is not a {what}: it is {kind}, not a PyTorch .pt file. Choose the .pt file "
+        "written by napari-uam (Train dock or napari-uam train)."
+    )
+
+
+def validate_checkpoint(ckpt: dict, path) -> None:
+    """Check the entries of a cell-classifier checkpoint dict, so that a bad file is refused
+    when it is loaded, not on every image after segmenting and measuring it.
+
+    Raises:
+        CheckpointError: one line naming the bad entry.
+    """
+
+    def bad(what: str):
+        return CheckpointError(
+            f"{path}: {what}; the checkpoint is damaged or was not written by napari-uam. Retrain it "
+            "or choose another file."
+        )
+
+    def is_int(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    cfg = ckpt["config"]
+    if not isinstance(cfg, dict) or not is_int(cfg.get("n_features")) or not is_int(cfg.get("n_classes")):
+        raise bad(f"'config' is {cfg!r:.60}, not a model configuration with n_features and n_classes")
+    if not isinstance(ckpt["arch"], str) or not isinstance(ckpt["schema_id"], str):
+        raise bad("'arch' and 'schema_id' must be names (text)")
+    names = ckpt["feature_names"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise bad("'feature_names' is not a list of feature names")
+    if len(names) != cfg["n_features"]:
+        raise bad(f"{len(names)} feature names for a model of {cfg['n_features']} inputs")
+    classes = ckpt["class_names"]
+    if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise bad(f"'class_names' is {classes!r:.60}, not a non-empty list of class names")
+    if len(classes) != cfg["n_classes"]:
+        raise bad(f"{len(classes)} class names for a model of {cfg['n_classes']} outputs")
+    tc = ckpt["tumor_class"]
+    if not is_int(tc) or not 0 <= int(tc) < len(classes):
+        raise bad(f"'tumor_class' {tc!r:.30} is not the index of one of the classes {list(classes)}")
+    norm = ckpt["normalization"]
+    if not isinstance(norm, dict) or norm.get("method") != "signed_log_robust":
+        method = norm.get("method") if isinstance(norm, dict) else norm
+        raise bad(f"unknown feature normalisation {method!r:.60} (this napari-uam knows 'signed_log_robust')")
+    try:
+        ok = all(len(norm[k]) == len(names) for k in ("center", "scale")) and float(norm["clip"]) > 0
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise bad("the feature normalisation statistics are incomplete or do not match the features")
+
+
 def load_checkpoint_dict(path, *, what: str, fmt: str, version: int, hint: str) -> dict:
     """Load a napari-uam checkpoint dict of format ``fmt`` / ``version`` with clear errors.
 
@@ -203,6 +280,7 @@ def load_checkpoint_dict(path, *, what: str, fmt: str, version: int, hint: str) 
         raise CheckpointError(f"{what.capitalize()} {path} is a folder; choose the .pt file inside it.")
     if not path.is_file():
         raise CheckpointError(f"{what.capitalize()} {path} does not exist; check the path.")
+    _refuse_non_torch_file(path, what)
     try:
         # map_location: a checkpoint saved from a GPU loads on a machine without one.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -241,6 +319,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks the entries {missing}; the file is incomplete. Retrain it.")
+    validate_checkpoint(ckpt, path)
     return ckpt
 
 
@@ -259,7 +338,7 @@ def build_from_checkpoint(ckpt: dict, backend: str | None = None):
     try:
         model = build_model(ckpt["arch"], n_features, n_classes, **cfg)
         model.load_state_dict(ckpt["state_dict"], strict=True)
-    except (ValueError, RuntimeError, KeyError) as err:
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
         raise CheckpointError(
             f"The checkpoint's weights do not fit architecture {ckpt['arch']!r} ({err}); "
             "it was written by an incompatible napari-uam. Retrain it."
