@@ -39,7 +39,7 @@ from . import pipeline
 from .distributed import SerialExecutor
 from .errors import UAMError
 from .io.atomic import atomic_path
-from .io.export import FORMATS, export_cells, output_paths
+from .io.export import FORMATS, TUMOR_OUTPUTS, export_cells, output_paths
 from .io.lock import FolderLock
 from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
 from .validation import as_rgb_uint8
@@ -164,7 +164,9 @@ def read_done(out_dir, stem: str, command: str, formats: Sequence[str]) -> Optio
     if not set(formats) <= set(outputs):
         return None
     paths = output_paths(out_dir, stem)
-    if not all(paths[k].is_file() for k in formats):
+    # The tumor outputs the marker lists must still be there too.
+    kinds = list(formats) + [k for k in TUMOR_OUTPUTS if k in outputs]
+    if not all(paths[k].is_file() for k in kinds):
         return None
     return info
 
@@ -308,6 +310,8 @@ class ImageStatus:
         n_tumor: nuclei classified as tumor (``classify`` only).
         seconds: time spent on the image in this run.
         outputs: output file names by kind.
+        tumor_area_fraction: share of the image's pixels in the tumor-region mask
+            (``classify`` with a tumor model; None otherwise).
     """
 
     image: str
@@ -318,6 +322,7 @@ class ImageStatus:
     n_tumor: Optional[int] = None
     seconds: float = 0.0
     outputs: dict = field(default_factory=dict)
+    tumor_area_fraction: Optional[float] = None
 
 
 @dataclass
@@ -730,6 +735,7 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
             st.status = "skipped"
             st.n_cells, st.n_tumor = info.get("n_cells"), info.get("n_tumor")
             st.outputs = info.get("outputs", {})
+            st.tumor_area_fraction = (info.get("provenance") or {}).get("tumor_area_fraction")
             return None
     _remove_stale_staging(out, stem)
     protected = _protected_targets(out, stem, (*formats, "tumor_mask"), ctx["inputs"])
@@ -934,7 +940,9 @@ def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict)
     st.n_tumor = _tumor_count(table)
     st.outputs = {k: paths[k].name for k in formats}
     if res.get("tumor_mask") is not None:
-        st.outputs["tumor_mask"] = paths["tumor_mask"].name
+        for kind in TUMOR_OUTPUTS:
+            st.outputs[kind] = paths[kind].name
+    st.tumor_area_fraction = res["provenance"].get("tumor_area_fraction")
     st.status = "done"
     _write_marker(path, st, ctx, res["mpp"], res["provenance"], timings)
 

@@ -479,6 +479,13 @@ def run(
         prob = predict_tumor_mask(rgb, mpp, table, model=tm, progress=progress)
         timings["tumor_mask_s"] = time.perf_counter() - t3
         prov.update(tumor_model_id=tm.model_id, tumor_model_path=tm.path)
+        from .io.regions import tumor_area
+
+        # Per-image tumor burden, in the provenance (parquet metadata, done marker) and the
+        # table's attrs (stored with the parquet), so a cohort can be summarised from files.
+        area = tumor_area(prob > 0.5, rgb, mpp).as_dict()
+        prov.update(area)
+        table.attrs.update({k: v for k, v in area.items() if v is not None})
     prov["timings"] = timings
     return PipelineResult(
         labels=labels, table=table, tumor_mask=None if prob is None else (prob > 0.5).astype(np.uint8),

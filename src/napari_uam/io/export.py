@@ -3,7 +3,9 @@
 Per image ``<stem>``, in ``out_dir``:
 ``<stem>_nuclei.tif`` (labels, image height and width), ``<stem>_cells.csv`` (one row per
 label: ``label,y,x,area_um2,class,tumor_probability`` then features), ``<stem>_cells.parquet``,
-``<stem>_cells.geojson`` and ``<stem>_tumor_mask.tif`` when a tumor mask exists.
+``<stem>_cells.geojson`` and, when a tumor mask exists, ``<stem>_tumor_mask.tif`` (uint8, 1 =
+tumor) and ``<stem>_tumor.geojson`` (the region as QuPath annotations of class Tumor, holes
+kept, image pixels: :mod:`napari_uam.io.regions`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from .regions import write_tumor_geojson
 from .writers import write_cells_csv, write_cells_parquet, write_geojson, write_labels_tiff
 
 FORMATS = ("tif", "csv", "parquet", "geojson")
+#: Outputs written whenever a tumor mask exists (whatever the formats).
+TUMOR_OUTPUTS = ("tumor_mask", "tumor_geojson")
 
 
 def output_stem(name: str) -> str:
@@ -56,6 +61,7 @@ def output_paths(out_dir, stem: str) -> dict[str, Path]:
         "parquet": d / f"{stem}_cells.parquet",
         "geojson": d / f"{stem}_cells.geojson",
         "tumor_mask": d / f"{stem}_tumor_mask.tif",
+        "tumor_geojson": d / f"{stem}_tumor.geojson",
     }
 
 
@@ -83,7 +89,8 @@ def export_cells(
         stem: file name stem, usually the image's.
         formats: subset of ``("tif", "csv", "parquet", "geojson")``.
         overwrite: replace existing files (each replacement is atomic).
-        tumor_mask: optional (H, W) tumor-region mask, written as ``<stem>_tumor_mask.tif``.
+        tumor_mask: optional (H, W) tumor-region mask, written as ``<stem>_tumor_mask.tif`` and
+            as QuPath annotations ``<stem>_tumor.geojson``.
         provenance: stored in the parquet metadata.
         mpp: pixel size stored in the TIFF resolution tags.
 
@@ -95,7 +102,7 @@ def export_cells(
     if unknown:
         raise ValueError(f"Unknown export format(s) {sorted(unknown)}; choose from {FORMATS}.")
     paths = output_paths(out_dir, stem)
-    wanted = list(formats) + (["tumor_mask"] if tumor_mask is not None else [])
+    wanted = list(formats) + (list(TUMOR_OUTPUTS) if tumor_mask is not None else [])
     if not overwrite:
         existing = [str(paths[k]) for k in wanted if paths[k].exists()]
         if existing:
@@ -121,6 +128,7 @@ def export_cells(
             write_geojson(labels, table, staged["geojson"])
         if tumor_mask is not None:
             write_labels_tiff((np.asarray(tumor_mask) > 0).astype(np.uint8), staged["tumor_mask"], mpp=mpp)
+            write_tumor_geojson(tumor_mask, staged["tumor_geojson"], mpp=mpp)
         written: dict[str, Path] = {}
         try:
             for kind in wanted:
