@@ -72,7 +72,7 @@ def test_every_architecture_learns_real_cells(arch, arrays):
     model = build_model(arch, x.shape[1], 2)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(25):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         (loss + 0.01 * model.aux_loss).backward()
@@ -110,7 +110,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(trained, arrays, cell_tab
     sha = _save(trained, arrays, path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # atomic: no temp file left
     raw = torch.load(path, weights_only=True)  # plain types and tensors only
-    assert raw["arch"] == "uam" and raw["schema_id"] == "uam-radiomics-v1"
+    assert raw["arch"] == "uam" and raw["schema_id"] == "uam-radiomics-v2"
     clf = load_classifier(path, device="cpu")
     assert clf.sha256 == sha and clf.tumor_class == 1 and clf.class_names == CLASS_NAMES
     assert clf.arch == "uam" and clf.model_id == "m" and "state_dict" not in clf.card
@@ -131,7 +131,7 @@ def test_features_of_another_schema_raise_a_clear_error(trained, arrays, cell_ta
     with pytest.raises(SchemaMismatchError) as err:
         clf.predict_proba(other)
     msg = str(err.value)
-    assert "uam-radiomics-v1" in msg and "3 missing" in msg and feats.columns[0] in msg
+    assert "uam-radiomics-v2" in msg and "3 missing" in msg and feats.columns[0] in msg
     assert "1 extra: grey_firstorder_Mean" in msg
     tagged = feats.copy()
     tagged.attrs["schema_id"] = "other-schema-v9"
@@ -177,7 +177,7 @@ def test_shipped_default_weights_classify_real_cells(cell_table):
         pytest.skip(f"default weights not built yet ({path})")
     assert path.stat().st_size < 1_000_000
     clf = load_classifier(device="cpu")
-    assert clf.schema_id == "uam-radiomics-v1" and clf.class_names[clf.tumor_class] == "tumor"
+    assert clf.schema_id == "uam-radiomics-v2" and clf.class_names[clf.tumor_class] == "tumor"
     proba = clf.predict_proba(cell_table[clf.feature_names])
     assert proba.shape == (len(cell_table), 2)
     m = classification_metrics(cell_table["target"], proba)

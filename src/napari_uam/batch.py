@@ -774,12 +774,13 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
 def _check_model_schema(clf) -> None:
     """Refuse, before any image is segmented, a model trained on other features than the
     pipeline measures (it would otherwise fail every image after measuring it)."""
-    from .radiomics.schema import DEFAULT_SCHEMA
+    from .radiomics.schema import DEFAULT_SCHEMA, schema_serves
 
     names = DEFAULT_SCHEMA.feature_names
     names = names() if callable(names) else names
+    # A model reads its own columns (a subset of the schema's, see CellClassifier.check_features).
     missing = [f for f in clf.feature_names if f not in set(names)]
-    if clf.schema_id != DEFAULT_SCHEMA.schema_id or missing or len(clf.feature_names) != len(names):
+    if not schema_serves(DEFAULT_SCHEMA.schema_id, clf.schema_id) or missing:
         raise BatchArgumentError(
             f"Model {clf.model_id!r} ({clf.path or 'in memory'}) was trained on feature schema "
             f"{clf.schema_id!r} ({len(clf.feature_names)} features"

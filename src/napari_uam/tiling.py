@@ -290,6 +290,7 @@ class TileJob:
     radiomics_backend: str = "auto"
     device: str = "auto"
     model: object = None
+    stain: object = None  # the whole image's StainEstimate: every tile is normalised alike
     polygons: bool = False
 
 
@@ -399,7 +400,7 @@ def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params
     return segment_watershed(rgb, mpp, params, white=white, threshold=threshold)
 
 
-def measure_tile(rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, device: str) -> pd.DataFrame:
+def measure_tile(rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, device: str, stain=None) -> pd.DataFrame:
     """:func:`napari_uam.pipeline.measure_cells` without the whole-image checks.
 
     The brightfield / stain checks describe the whole image and ran once on its overview; on
@@ -413,7 +414,7 @@ def measure_tile(rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, 
     geom = cell_geometry(labels, mpp)
     work = rescale_image(rgb, scale_factor(mpp, DEFAULT_SCHEMA.mpp))
     feats = radiomics.extract(work, resize_labels(labels, work.shape[:2]), schema=DEFAULT_SCHEMA,
-                              backend=backend, device=device)
+                              backend=backend, device=device, stain=stain)
     feats = feats.reindex(geom["label"].to_numpy())
     table = pd.concat([geom.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
     table.attrs["schema_id"] = DEFAULT_SCHEMA.schema_id
@@ -459,7 +460,7 @@ def process_tile(job: TileJob, tile: Tile) -> TileResult:
     table = None
     rings = {}
     if kept.size and job.command != "segment":
-        table = measure_tile(rgb, local.astype(np.int32), job.mpp, job.radiomics_backend, job.device)
+        table = measure_tile(rgb, local.astype(np.int32), job.mpp, job.radiomics_backend, job.device, job.stain)
         table["y"] += Y0
         table["x"] += X0
         if job.command == "classify":
@@ -522,7 +523,11 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
     check_brightfield(overview)
     check_he_tissue(overview)
     check_he_stain(overview)
-    out = {"overview_step": step}
+    from .radiomics.stain_norm import estimate_stains
+
+    # One stain estimate for the whole image, so that a tile of pure stroma and a tile of
+    # tumor are normalised alike (a per-tile estimate would depend on what the tile holds).
+    out = {"overview_step": step, "stain": estimate_stains(overview)}
     if job.backend == "watershed":
         from skimage.filters import threshold_otsu
 
@@ -599,9 +604,10 @@ def run_tiled(
         polygons="geojson" in formats,
     )
     levels = image_levels(job, tiles, executor, height, width, tile)
-    if "white" in levels:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    job = replace(job, stain=levels["stain"])
+    if "white" in levels:
         job = replace(job, white=levels["white"], threshold=levels["threshold"])
     t_levels = time.perf_counter() - t_start
 
@@ -640,6 +646,7 @@ def run_tiled(
         n_tiles=len(tiles), grid=[max(t.iy for t in tiles) + 1, max(t.ix for t in tiles) + 1],
         segment_backend=backend, n_cells=n_cells, cut_nuclei=n_cut,
         watershed_white=levels.get("white"), watershed_threshold=levels.get("threshold"),
+        stain=levels["stain"].as_dict(),
     )
     targets = output_paths(stage, stem)
     written = {}

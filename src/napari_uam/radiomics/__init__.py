@@ -112,8 +112,11 @@ def ring_labels(labels: np.ndarray, ring_px: int) -> np.ndarray:
     return grown.astype(np.int32, copy=False)
 
 
-def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progress=None):
-    """Every column of ``schema`` for one image: base radiomics, then the views it names."""
+def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progress=None, stain=None):
+    """Every column of ``schema`` for one image: base radiomics, then the views it names.
+
+    ``stain``: a :class:`~.stain_norm.StainEstimate` to normalise with (a whole slide's, for
+    one of its tiles); None estimates it from ``img``."""
     import pandas as pd
 
     base = schema.base
@@ -126,7 +129,7 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
     if schema.normalised_view is not None:
         from .stain_norm import estimate_stains, normalise_stain
 
-        estimate = estimate_stains(img)
+        estimate = stain if stain is not None else estimate_stains(img)
         source = normalise_stain(img, estimate)
         view = schema.normalised_view
         _, vals = _base_values(source, lab, view, backend, device)
@@ -153,7 +156,7 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
     return out
 
 
-def extract(image, labels, schema=None, backend: str = "auto", device: str = "auto", progress=None):
+def extract(image, labels, schema=None, backend: str = "auto", device: str = "auto", progress=None, stain=None):
     """Per-cell features of every nucleus in ``labels``.
 
     Args:
@@ -165,6 +168,8 @@ def extract(image, labels, schema=None, backend: str = "auto", device: str = "au
         device: ``"auto"`` (CUDA when torch sees one, else NumPy on the CPU), ``"cpu"``,
             ``"cuda"``; ignored by the pyradiomics backend.
         progress: optional callable(fraction in [0, 1]) called a few times.
+        stain: the :class:`~napari_uam.radiomics.stain_norm.StainEstimate` to normalise
+            with (a whole image's, when ``image`` is one of its tiles); None: estimated here.
 
     Returns:
         pandas.DataFrame (n_cells, n_features) float64, index ``label`` (int, sorted), one row
@@ -187,7 +192,7 @@ def extract(image, labels, schema=None, backend: str = "auto", device: str = "au
         raise UAMError(f"Unknown radiomics backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if progress is not None:
         progress(0.0)
-    df = _measure(img, lab, schema, backend, device, progress)
+    df = _measure(img, lab, schema, backend, device, progress, stain)
     if progress is not None:
         progress(1.0)
     return df
