@@ -89,11 +89,13 @@ def test_watershed_tiled_equals_one_piece(tmp_path, consep_dir):
     # the full-resolution pixels) and the neighbours inside the halo, so they agree closely.
     exact = [c for c in table.columns if not c.startswith(("norm_", "ring_", "ctx_"))]
     np.testing.assert_allclose(table[exact].to_numpy(float), ref[exact].to_numpy(float), rtol=1e-9, atol=1e-9)
-    near = [c for c in table.columns if c.startswith(("norm_", "ring_", "ctx_")) and c.endswith("_Mean")]
-    for c in near:
+    near = {c: 0.98 for c in table.columns if c.startswith(("norm_", "ring_")) and c.endswith("_Mean")}
+    # Every nucleus of the extended tile is measured, so rings and context see the halo.
+    near.update({c: 0.98 for c in table.columns if c.startswith("ctx_")})
+    for c, r in near.items():
         a, b = table[c].to_numpy(float), ref[c].to_numpy(float)
         ok = np.isfinite(a) & np.isfinite(b)
-        assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.9, c  # context near seams sees the halo only
+        assert np.corrcoef(a[ok], b[ok])[0, 1] > r, c
     # QuPath polygons: one per nucleus, ids the labels of the TIFF.
     gj = json.loads(res.outputs["geojson"].read_text())
     assert sorted(f["properties"]["measurements"]["label"] for f in gj["features"]) == sorted(table.index)

@@ -460,7 +460,13 @@ def process_tile(job: TileJob, tile: Tile) -> TileResult:
     table = None
     rings = {}
     if kept.size and job.command != "segment":
-        table = measure_tile(rgb, local.astype(np.int32), job.mpp, job.radiomics_backend, job.device, job.stain)
+        # Every nucleus of the extended tile is measured, so that a kept nucleus' ring and
+        # neighbourhood see its neighbours in the halo as they are in the whole image; then
+        # only the kept ones stay, renumbered as in ``local``.
+        table = measure_tile(rgb, labels.astype(np.int32), job.mpp, job.radiomics_backend, job.device, job.stain)
+        table = table[table["label"].isin(kept)].copy()
+        table["label"] = lut[table["label"].to_numpy(np.int64)]
+        table = table.sort_values("label").reset_index(drop=True)
         table["y"] += Y0
         table["x"] += X0
         if job.command == "classify":
