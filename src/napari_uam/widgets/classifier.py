@@ -41,6 +41,7 @@ from .. import pipeline
 from ..errors import CancelledError, NoNucleiError, UAMError
 from ..validation import as_rgb_uint8
 from . import _layers as L
+from ._lifecycle import RunGuard
 from ._rows import path_row
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,21 @@ class _Outcome:
     error: Optional[BaseException] = None
 
 
-def _compute(job: _Job, cancelled, report):
+def _compute(job: _Job, cancelled, report, ended=lambda: None):
     """Worker body: run the missing stages of ``job``; yields (stage, fraction) between them.
 
     Every exception is turned into an :class:`_Outcome` so that napari never shows a
-    traceback dialog for a bad image or a missing model.
+    traceback dialog for a bad image or a missing model. ``ended()`` is called last, whatever
+    happened, so that closing napari can wait for this body to be over.
     """
+    try:
+        out = yield from _stages(job, cancelled, report)
+    finally:
+        ended()
+    return out
+
+
+def _stages(job: _Job, cancelled, report):
     t0 = time.perf_counter()
     out = _Outcome(job=job)
 
@@ -211,6 +221,21 @@ class _ProgressRelay(QObject):
     progressed = Signal(str, float)
 
 
+def _reporter(emit, cancelled):
+    """``report(stage, fraction)`` for the worker: raises once cancelled, else relays.
+
+    Every stage reports progress (per network tile, per chunk of measured cells), so raising
+    here stops a cancelled run at its next report even inside code that takes no cancel flag.
+    """
+
+    def report(stage: str, fraction: float) -> None:
+        if cancelled():
+            raise CancelledError("Run cancelled.")
+        emit(stage, float(fraction))
+
+    return report
+
+
 class ClassifierWidget(QWidget):
     """Dock widget: pick an RGB H&E layer, segment / measure / classify its nuclei, export.
 
@@ -230,8 +255,12 @@ class ClassifierWidget(QWidget):
         self._cancel = threading.Event()
         self._export_target = ""
         self._mpp_edits: dict[str, float] = {}
-        self._relay = _ProgressRelay(self)
+        # No Qt parent: the worker holds the relay's emit, so the relay must outlive this dock
+        # when napari closes mid-run (a parented relay is deleted with the dock, and the next
+        # progress report from the worker thread crashed the process).
+        self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_stage_progress)
+        self._guard = RunGuard(self)
         self._warm_worker = None
         self._build()
         self._connect_viewer()
@@ -552,8 +581,10 @@ class ClassifierWidget(QWidget):
         self._cancel = threading.Event()
         self._set_busy(True, cancellable=True)
         self._say(f"{action.capitalize()}: working on '{job.source}'...")
+        ended = self._guard.begin(self._cancel)
         worker = create_worker(
-            _compute, job, self._cancel.is_set, self._relay.progressed.emit, _ignore_errors=True
+            _compute, job, self._cancel.is_set, _reporter(self._relay.progressed.emit, self._cancel.is_set), ended,
+            _ignore_errors=True,
         )
         # Bound methods only: Qt drops them if the dock is closed while the worker runs.
         worker.yielded.connect(self._on_yielded)
@@ -578,7 +609,7 @@ class ClassifierWidget(QWidget):
 
     def _on_stage_progress(self, stage: str, fraction: float) -> None:
         job = self._job
-        if job is None or stage not in job.stages:
+        if self._guard.closed or job is None or stage not in job.stages:
             return
         stages = job.stages
         total = sum(_STAGE_WEIGHT[s] for s in stages)
@@ -592,11 +623,16 @@ class ClassifierWidget(QWidget):
     def _on_finished(self) -> None:
         if self._worker is None or self.sender() is not self._worker.signals:
             return  # an export that was already handed over to its overwrite re-run
+        self._guard.finish()
+        if self._guard.closed:
+            return  # napari is closing: the dock's widgets may be gone
         self._worker = None
         self._job = None
         self._set_busy(False)
 
     def _on_returned(self, out: _Outcome) -> None:
+        if self._guard.closed:
+            return  # napari closed during the run: add nothing, write nothing
         if out.cancelled:
             self.progress.setValue(0)
             self._say("Cancelled: no layer was added or changed.")
@@ -776,6 +812,8 @@ class ClassifierWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     def _on_exported(self, result) -> None:
+        if self._guard.closed:
+            return
         out_dir = self._export_target
         written, err = result
         if isinstance(err, FileExistsError):

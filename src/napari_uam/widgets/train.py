@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import CancelledError, UAMError
 from . import _layers as L
+from ._lifecycle import RunGuard
 from ._rows import path_row
 from ._plot import TrainingPlot
 from .annotate import annotated_table, source_of
@@ -84,8 +85,18 @@ class _TrainOutcome:
     error: Optional[BaseException] = None
 
 
-def _train(job: _TrainJob, cancelled, report) -> _TrainOutcome:
-    """Worker body: measure the annotated cells, fine-tune, save; exceptions become an outcome."""
+def _train(job: _TrainJob, cancelled, report, ended=lambda: None) -> _TrainOutcome:
+    """Worker body: measure the annotated cells, fine-tune, save; exceptions become an outcome.
+
+    ``ended()`` is called last, whatever happened (closing napari waits for it).
+    """
+    try:
+        return _train_body(job, cancelled, report)
+    finally:
+        ended()
+
+
+def _train_body(job: _TrainJob, cancelled, report) -> _TrainOutcome:
     from ..training.finetune import _concat, cells_from_annotation, cells_from_projects, finetune, save_finetuned
 
     try:
@@ -133,6 +144,8 @@ class TrainWidget(QWidget):
         # dock is closed mid-run (Qt drops the connection to the deleted dock by itself).
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
+        # Closing napari cancels the run and waits for it: no checkpoint is written afterwards.
+        self._guard = RunGuard(self)
         self._build()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self.refresh_sources)
@@ -393,7 +406,8 @@ class TrainWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         n = len(job.layers) + len(job.folders)
         self.status.setText(f"Training on {n} source(s)...")
-        worker = create_worker(_train, job, self._cancel.is_set, self._relay.progressed.emit, _ignore_errors=True)
+        ended = self._guard.begin(self._cancel)
+        worker = create_worker(_train, job, self._cancel.is_set, self._relay.progressed.emit, ended, _ignore_errors=True)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -407,6 +421,8 @@ class TrainWidget(QWidget):
             self.status.setText("Cancelling...")
 
     def _on_progress(self, rec: dict) -> None:
+        if self._guard.closed:
+            return
         event = rec.get("event")
         if event == "status":
             self.status.setText(rec["text"])
@@ -427,11 +443,16 @@ class TrainWidget(QWidget):
                 self.status.setText(f"Epoch {rec['epoch']}/{self._epochs}: loss {rec['loss']:.3f}{val}")
 
     def _on_finished(self) -> None:
+        self._guard.finish()
+        if self._guard.closed:
+            return
         self._worker = None
         self.train_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
     def _on_returned(self, out: _TrainOutcome) -> None:
+        if self._guard.closed:
+            return
         if out.cancelled:
             self.progress.setValue(0)
             self.status.setText("Training cancelled: no model was saved.")
