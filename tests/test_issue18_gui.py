@@ -161,3 +161,92 @@ def test_cancel_acts_within_a_second_while_segmenting_and_measuring(make_napari_
     took = _cancel_latency(qtbot, widget, widget.measure_btn, lambda: widget.progress.value() > 52)
     assert took < CANCEL_BOUND_S, f"Cancel took {took:.1f} s while measuring"
     assert [x.name for x in viewer.layers] == ["field"]
+
+
+# -------------------------------------------------- 4. Shift+drag with real Qt mouse events
+def _segmented_patch(viewer, brca_dir, index=0, size=None):
+    """A real BRCA-M2C patch and its watershed nuclei (geometry table) in the viewer."""
+    from napari_uam import annotation as A
+    from napari_uam import pipeline
+    from napari_uam.widgets import _layers as L
+
+    path = sorted((brca_dir / "val").glob("*.jpg"))[index]
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    if size:
+        rgb = np.ascontiguousarray(rgb[:size, :size])
+    labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
+    table = A.with_annotation_columns(pipeline.cell_geometry(labels, 0.5))
+    image = viewer.add_image(rgb, name="he", rgb=True, metadata={"mpp": 0.5})
+    nuclei = viewer.add_labels(labels, name="he nuclei", features=L.to_features(table))
+    return image, nuclei
+
+
+def _canvas_xy(viewer, layer, yx):
+    """Canvas widget pixel of data point ``yx`` of ``layer`` (through vispy's own transform)."""
+    qt_viewer = viewer.window._qt_viewer
+    node = qt_viewer.canvas.layer_to_visual[layer].node
+    tr = node.get_transform("visual", "canvas")
+    x, y = tr.map([yx[1], yx[0], 0, 1])[:2]
+    return float(x), float(y)
+
+
+def _qt_drag(qtbot, viewer, layer, path_yx, modifiers):
+    """Press, move along ``path_yx`` and release the left button on napari's canvas with real
+    QMouseEvents carrying ``modifiers``, as Qt delivers a user's drag."""
+    from qtpy.QtCore import QEvent, QPointF, Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    left = Qt.MouseButton.LeftButton
+    none = Qt.MouseButton.NoButton
+    pts = [QPointF(*_canvas_xy(viewer, layer, p)) for p in path_yx]
+    steps = [(QEvent.Type.MouseButtonPress, pts[0], left, left)]
+    for a, b in zip(pts[:-1], pts[1:]):
+        for t in np.linspace(0.2, 1.0, 5):
+            steps.append((QEvent.Type.MouseMove, a + (b - a) * float(t), none, left))
+    steps.append((QEvent.Type.MouseButtonRelease, pts[-1], left, none))
+    for kind, pos, button, buttons in steps:
+        glob = QPointF(canvas.mapToGlobal(pos.toPoint()))
+        QApplication.sendEvent(canvas, QMouseEvent(kind, pos, glob, button, buttons, modifiers))
+        qtbot.wait(5)
+
+
+def _centre(layer, lab):
+    from scipy import ndimage
+
+    m = np.asarray(layer.data) == lab
+    return np.unravel_index(np.argmax(ndimage.distance_transform_edt(m)), m.shape)
+
+
+@pytest.mark.gui
+def test_shift_drag_with_real_qt_mouse_events_paints_the_class(make_napari_viewer, qtbot, brca_dir):
+    """Shift+drag across nuclei on napari's canvas (real QMouseEvents, Shift modifier): every
+    nucleus crossed gets the current class; the same drag without Shift is a pan and changes
+    nothing."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 900)
+    image, nuclei = _segmented_patch(viewer, brca_dir, size=256)
+    widget = _dock(viewer, "UAM annotate cells")
+    widget.layer_combo.setCurrentText(nuclei.name)
+    widget.set_mode(True)
+    viewer.reset_view()
+    qtbot.wait(100)
+    feats = nuclei.features
+    big = feats.sort_values("area_um2", ascending=False)["label"].tolist()[:3]
+    path = [_centre(nuclei, lab) for lab in big]
+    widget.class_buttons["non-tumor"].setChecked(True)
+
+    # Without Shift: a pan, no class changes.
+    _qt_drag(qtbot, viewer, nuclei, path, Qt.KeyboardModifier.NoModifier)
+    assert set(nuclei.features["class"]) == {"unlabelled"}
+    viewer.reset_view()
+    qtbot.wait(50)
+    # With Shift, as a real event carries it (vispy gives napari <Key 'Shift'>).
+    _qt_drag(qtbot, viewer, nuclei, path, Qt.KeyboardModifier.ShiftModifier)
+    got = nuclei.features.set_index("label")
+    assert (got.loc[big, "class"] == "non-tumor").all(), got.loc[big, ["class", "annotation"]]
+    assert (got.loc[big, "annotation"] == "user").all()
+    assert (got["class"] == "non-tumor").sum() < len(got) // 2  # only the nuclei crossed

@@ -75,6 +75,16 @@ def source_of(viewer, layer) -> tuple[Optional[object], Optional[float]]:
     return image, (None if mpp is None else float(mpp))
 
 
+def _shift_held(event) -> bool:
+    """Whether Shift is among a napari mouse event's modifiers.
+
+    A real Qt event reaches napari through vispy, whose modifiers are ``vispy.util.keys.Key``
+    objects (``<Key 'Shift'>``, which ``str()`` does not turn into ``"Shift"``); a Key
+    compares equal to its name, so ``==`` works for Keys and plain names alike.
+    """
+    return any(m == "Shift" for m in (getattr(event, "modifiers", None) or ()))
+
+
 def _region_mask(data) -> np.ndarray:
     """Tumor region of a Labels / mask layer (non-zero) or a probability image (>= 0.5)."""
     arr = np.asarray(data)
@@ -353,7 +363,7 @@ class AnnotateWidget(QWidget):
         """Click: class of the nucleus under the cursor. Shift+drag: of every nucleus crossed."""
         if layer.mode != "pan_zoom":
             return  # a Labels tool is active: let napari paint / erase / fill
-        if "Shift" not in [str(m) for m in event.modifiers]:
+        if not _shift_held(event):
             yield  # tell a click from a pan: only a release without a move assigns
             moved = False
             while event.type == "mouse_move":
