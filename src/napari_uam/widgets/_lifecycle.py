@@ -69,11 +69,15 @@ class RunGuard(QObject):
     def _watch(self) -> None:
         dock = self._dock()
         top = dock.window() if dock is not None else None
-        if top is None or top is dock or top is self._watched:
-            return  # not docked (a bare widget in a test): nothing to watch
+        if top is None or top is dock or top is self._watched_window():
+            return  # not docked (a bare widget in a test), or watched already
         top.installEventFilter(self)
         top.destroyed.connect(self._on_destroyed)
-        self._watched = top
+        # A weak reference: the guard must not keep napari's window (and its viewer) alive.
+        self._watched = weakref.ref(top)
+
+    def _watched_window(self):
+        return self._watched() if self._watched is not None else None
 
     # ------------------------------------------------------------------- shutdown
     def shutdown(self, wait_s: float = CLOSE_WAIT_S) -> bool:
@@ -89,7 +93,7 @@ class RunGuard(QObject):
     def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
         # Only a programmatic close is final here; napari may refuse a window-manager close
         # in its confirmation dialog, and that case is handled when the window is destroyed.
-        if obj is self._watched and event.type() == QEvent.Type.Close and not event.spontaneous():
+        if obj is self._watched_window() and event.type() == QEvent.Type.Close and not event.spontaneous():
             if self.running:
                 self.shutdown()
             else:
