@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QFrame, QHBoxLayout, QLineEdit, QPushButton, QScrollArea, QVBoxLayout
+from qtpy.QtWidgets import QFrame, QHBoxLayout, QLineEdit, QPushButton, QScrollArea, QStyle, QVBoxLayout
 
 
 def path_row(on_browse, hint: str = "", text: str = ""):
@@ -40,6 +40,12 @@ def scroll_wrap(outer, inner):
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(inner)
+    # Scroll up and down only: the dock stays as wide as its content needs (without this the
+    # area shrinks to napari's default dock width and cuts buttons off on the right).
+    bar = max(area.verticalScrollBar().sizeHint().width(),
+              area.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent))  # fmt: skip
+    # + 8: napari's stylesheet pads the scroll bar beyond its reported extent.
+    area.setMinimumWidth(inner.minimumSizeHint().width() + bar + 2 * area.frameWidth() + 8)
     lay = QVBoxLayout(outer)
     lay.setContentsMargins(0, 0, 0, 0)
     lay.addWidget(area)

@@ -689,6 +689,9 @@ class ClassifierWidget(QWidget):
         steps = self._staging
         if steps is None:
             return
+        if self._guard.closed:  # napari closed while the layers were being added
+            self._staging = None
+            return
         try:
             next(steps)
         except StopIteration:
