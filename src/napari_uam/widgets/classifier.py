@@ -250,8 +250,10 @@ class ClassifierWidget(QWidget):
     """Dock widget: pick an RGB H&E layer, segment / measure / classify its nuclei, export.
 
     Results go to two Labels layers named after the image, ``"<image> nuclei"`` (every
-    nucleus, ``features`` = the cell table) and ``"<image> tumor cells"`` (tumor nuclei in
-    green). Re-running replaces only those layers, and only while the user has not edited them.
+    nucleus outlined in its class colour, ``features`` = the cell table, a short hover: see
+    :mod:`._display`) and ``"<image> tumor cells"`` (tumor nuclei only, hidden at first).
+    Re-running replaces those layers while the user has not edited them, and an edited one
+    only after the user confirms. Closing napari cancels a run (:mod:`._lifecycle`).
 
     Args:
         napari_viewer: the viewer the dock belongs to (napari passes it).
