@@ -104,7 +104,11 @@ def test_train_from_the_dock_cancel_finish_and_use(make_napari_viewer, qtbot, br
     assert all(np.isfinite(r["val_accuracy"]) and np.isfinite(r["val_f1"]) for r in train.plot.history)
     assert sorted(p.name for p in out.parent.iterdir()) == ["mine.md", "mine.pt"]
     ckpt = read_checkpoint(out)
-    assert ckpt["training"]["train"]["images"] == 1 and ckpt["training"]["val"]["images"] == 1
+    # Two images: a share of each image's cells validates (issue 18), and the dock says which.
+    val_names = ckpt["training"]["val"]["image_names"]
+    assert val_names and all("(cells " in n for n in val_names), val_names
+    assert ckpt["training"]["train"]["cells"] > 0 and ckpt["training"]["val"]["cells"] > 0
+    assert train.validation_label.text().startswith("Validating on ") and "optimistic" in train.validation_label.text()
     assert ckpt["training"]["epochs_run"] == 4 and ckpt["training"]["init"]["kind"] == "default"
     assert train.out_edit.text() != str(out)  # the next run cannot overwrite this one by accident
 
@@ -135,8 +139,9 @@ def test_train_from_the_dock_cancel_finish_and_use(make_napari_viewer, qtbot, br
     assert classifier.model_combo.currentText() == "Checkpoint file..."
     assert classifier.checkpoint_edit.text() == str(out)
     classifier.image_combo.setCurrentText("patch1")
-    _click(qtbot, classifier.classify_btn)
-    qtbot.waitUntil(lambda: not classifier.busy, timeout=RUN_TIMEOUT_MS)
+    with mock.patch.object(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No):
+        _click(qtbot, classifier.classify_btn)  # "No": keep the corrected layer
+        qtbot.waitUntil(lambda: not classifier.busy, timeout=RUN_TIMEOUT_MS)
     assert "classified (mine)" in classifier.status.text(), classifier.status.text()
     # The corrected layer is never replaced: the new predictions go to a new layer.
     new = viewer.layers["patch1 nuclei [1]"].features.set_index("label")

@@ -273,10 +273,14 @@ def test_classify_sample_end_to_end(make_napari_viewer, qtbot, tmp_path, monkeyp
     assert viewer.layers[f"{image.name} nuclei"] is nuclei
     assert widget.status.text().startswith("Classified ("), widget.status.text()  # nothing else was missing
 
-    # The user corrects the nuclei: the edited layer is never overwritten.
+    # The user corrects the nuclei: the edited layer is kept unless the user agrees to replace it
+    # (test_issue18_gui checks "Yes"); "No" keeps it and the results go to a new layer.
     nuclei.paint(tuple(yx), 0, refresh=True)
     edited = np.array(nuclei.data)
+    asked.clear()
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)
     _run(qtbot, widget, widget.segment_btn)
+    assert asked and f"'{image.name} nuclei' holds your edits" in asked[0][2]
     np.testing.assert_array_equal(nuclei.data, edited)
     new = viewer.layers[f"{image.name} nuclei [1]"]
     assert L.owner_record(new)["kind"] == L.KIND_NUCLEI

@@ -131,7 +131,7 @@ def segment_nuclei(
     # Each backend works at the pixel size it was designed or trained for and returns labels
     # at the image's own resolution, so nothing is resampled here.
     labels, used = segment(
-        rgb, mpp, backend=backend, device=device, return_backend=True,
+        rgb, mpp, backend=backend, device=device, return_backend=True, cancel=cancel,
         progress=(lambda f, _msg="": _tick(progress, "segment", f)),
     )
     _check_cancel(cancel)

@@ -90,8 +90,8 @@ def register_backend(
     _BACKENDS[name] = Backend(name, run, is_available, priority, reason, mpp_range)
 
 
-def _run_watershed(image, mpp, progress=None, **params) -> np.ndarray:
-    return segment_watershed(image, mpp, WatershedParams.from_kwargs(**params), progress)
+def _run_watershed(image, mpp, progress=None, cancel=None, **params) -> np.ndarray:
+    return segment_watershed(image, mpp, WatershedParams.from_kwargs(**params), progress, cancel=cancel)
 
 
 register_backend("watershed", _run_watershed, priority=0)
@@ -114,12 +114,12 @@ register_backend(
 )
 
 
-def _accepts_device(fn) -> bool:
-    """Whether a backend function takes a ``device`` keyword (networks do, the watershed not)."""
+def _accepts_device(fn, name: str = "device") -> bool:
+    """Whether a backend function takes keyword ``name`` (``device``: networks do, the watershed not)."""
     import inspect
 
     try:
-        return "device" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -186,6 +186,7 @@ def segment(
     progress: Callable[[float, str], None] | None = None,
     device: str | None = None,
     return_backend: bool = False,
+    cancel: Callable[[], bool] | None = None,
     **params,
 ):
     """Segment nuclei in an RGB H&E image.
@@ -200,6 +201,9 @@ def segment(
             ignored by the others. None keeps the backend's own default.
         return_backend: also return the name of the backend whose labels are returned
             (with ``backend="auto"`` that can be the watershed fallback, see below).
+        cancel: optional ``cancel() -> bool``; passed to backends that take it (the learned
+            one polls it per tile and inside the network, the watershed between its steps)
+            and checked after the backend returns.
         **params: backend parameters in physical units, e.g. ``min_area_um2=10`` for
             "watershed" (see :class:`napari_uam.segment.watershed.WatershedParams`).
 
@@ -218,6 +222,7 @@ def segment(
     Raises:
         InvalidImageError: the image is not a usable RGB image or ``mpp`` is not positive.
         UAMError: unknown or unavailable backend, or unknown parameters.
+        CancelledError: ``cancel()`` returned True.
     """
     rgb = as_rgb_uint8(image)
     mpp = _check_mpp(mpp)
@@ -225,6 +230,8 @@ def segment(
     run = _BACKENDS[name].run
     if device is not None and _accepts_device(run):
         params = {**params, "device": device}
+    if cancel is not None and _accepts_device(run, "cancel"):
+        params = {**params, "cancel": cancel}
     if backend == "auto" and name == "watershed" and "learned" in _BACKENDS:
         import warnings
 
@@ -236,6 +243,10 @@ def segment(
             stacklevel=2,
         )
     labels = np.asarray(run(rgb, mpp, progress=progress, **params))
+    if cancel is not None and cancel():
+        from ..errors import CancelledError
+
+        raise CancelledError("Segmentation cancelled; no result was produced.")
     if labels.shape != rgb.shape[:2]:
         raise UAMError(
             f"Backend {name!r} returned labels of shape {labels.shape} for an image of "

@@ -93,17 +93,25 @@ def hover_energy(h: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(-dh, -dv), 0.0).astype(np.float32)
 
 
-def instances(maps: np.ndarray, mpp: float, params: PostParams | None = None) -> np.ndarray:
+def instances(maps: np.ndarray, mpp: float, params: PostParams | None = None, cancel=None) -> np.ndarray:
     """Nuclei instances from the network's maps.
 
     Args:
         maps: (4, H, W) float activated maps (foreground probability, h, v, distance).
         mpp: microns per pixel of the maps (the network's pixel size).
         params: :class:`PostParams`; defaults when None.
+        cancel: optional ``cancel() -> bool`` polled between the steps (on a large image each
+            takes a second or more); True raises :class:`~napari_uam.errors.CancelledError`.
 
     Returns:
         (H, W) int32 labels, 0 background, ids 1..N.
     """
+    from ..errors import CancelledError
+
+    def check():
+        if cancel is not None and cancel():
+            raise CancelledError("Segmentation cancelled; no result was produced.")
+
     p = params or PostParams()
     prob, h, v, dist = (np.asarray(m, np.float32) for m in maps)
     px_area = mpp * mpp
@@ -115,12 +123,15 @@ def instances(maps: np.ndarray, mpp: float, params: PostParams | None = None) ->
     small = np.bincount(comps.ravel()) * px_area < p.min_area_um2
     small[0] = False
     fg &= ~small[comps]
+    check()
 
     sigma = p.smooth_sigma_um / mpp
     if sigma > 0.3:
         dist = ndi.gaussian_filter(dist, sigma)
+        check()
         h = ndi.gaussian_filter(h, sigma)
         v = ndi.gaussian_filter(v, sigma)
+        check()
     core = fg & (dist > p.marker_threshold)
     if p.energy_threshold < 2.0:
         core &= hover_energy(h, v) < p.energy_threshold
@@ -135,7 +146,9 @@ def instances(maps: np.ndarray, mpp: float, params: PostParams | None = None) ->
     seeded[comps[markers > 0]] = True
     orphan = fg & ~seeded[comps]
     markers = np.where(orphan, comps + int(markers.max()), markers).astype(np.int32)
+    check()
     labels = watershed(-dist, markers, mask=fg)
+    check()
 
     area = np.bincount(labels.ravel()) * px_area
     keep = area >= p.min_area_um2

@@ -186,6 +186,7 @@ def segment_watershed(
     *,
     white: np.ndarray | None = None,
     threshold: float | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Segment nuclei in an RGB uint8 H&E image without learned weights.
 
@@ -198,12 +199,22 @@ def segment_watershed(
         threshold: hematoxylin threshold (optical density, after ``threshold_scale``) instead
             of the one estimated from ``image``. A tile of a large image passes the whole
             image's two levels so that every tile segments alike.
+        cancel: optional ``cancel() -> bool`` polled between the steps; True raises
+            :class:`~napari_uam.errors.CancelledError`.
 
     Returns:
         (H, W) int32 instance labels, 0 background, ids 1..N.
     """
+    from ..errors import CancelledError
+
     params = params or WatershedParams()
-    report = progress or (lambda f, m: None)
+    quiet = progress or (lambda f, m: None)
+
+    def report(fraction, message):
+        if cancel is not None and cancel():
+            raise CancelledError("Segmentation cancelled; no result was produced.")
+        quiet(fraction, message)
+
     report(0.0, "colour deconvolution")
     h = hematoxylin(image, None if white is None else np.asarray(white, np.float32))
     report(0.2, "thresholding hematoxylin")

@@ -73,21 +73,26 @@ def is_edited(layer) -> bool:
     return features_checksum(getattr(layer, "features", None)) != rec.get("features_checksum")
 
 
-def stamp(layer, source: str, kind: str, **params) -> None:
+def stamp(layer, source: str, kind: str, checksums: Optional[tuple] = None, **params) -> None:
     """Record on ``layer`` that the plugin wrote it (call after data and features are set).
 
     Args:
         layer: the napari layer just written.
         source: name of the image layer the result belongs to.
         kind: :data:`KIND_NUCLEI` or :data:`KIND_TUMOR`.
+        checksums: ``(data_checksum, features_checksum)`` of what was written, computed in
+            the worker thread (hashing a large table in the GUI thread stalls it); None
+            computes them from the layer.
         **params: run parameters kept with the layer (pixel size, backend, model id, ...).
     """
+    if checksums is None:
+        checksums = (data_checksum(layer.data), features_checksum(getattr(layer, "features", None)))
     meta = dict(layer.metadata or {})
     meta[OWNER_KEY] = {
         "source": source,
         "kind": kind,
-        "checksum": data_checksum(layer.data),
-        "features_checksum": features_checksum(getattr(layer, "features", None)),
+        "checksum": checksums[0],
+        "features_checksum": checksums[1],
         **params,
     }
     layer.metadata = meta

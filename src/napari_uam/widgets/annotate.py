@@ -48,10 +48,14 @@ from qtpy.QtWidgets import (
 )
 
 from .. import annotation as A
+from . import _display as D
 from . import _layers as L
+from ._rows import scroll_wrap
 
 logger = logging.getLogger(__name__)
 
+#: Class edits kept for undo.
+_UNDO_DEPTH = 100
 #: Key of the annotation record in ``layer.metadata`` (source image and pixel size).
 ANNOTATION_KEY = "napari_uam_annotation"
 
@@ -73,6 +77,16 @@ def source_of(viewer, layer) -> tuple[Optional[object], Optional[float]]:
     if image is not None and mpp is None:
         mpp = L.mpp_from_metadata(image.metadata)[0]
     return image, (None if mpp is None else float(mpp))
+
+
+def _shift_held(event) -> bool:
+    """Whether Shift is among a napari mouse event's modifiers.
+
+    A real Qt event reaches napari through vispy, whose modifiers are ``vispy.util.keys.Key``
+    objects (``<Key 'Shift'>``, which ``str()`` does not turn into ``"Shift"``); a Key
+    compares equal to its name, so ``==`` works for Keys and plain names alike.
+    """
+    return any(m == "Shift" for m in (getattr(event, "modifiers", None) or ()))
 
 
 def _region_mask(data) -> np.ndarray:
@@ -105,6 +119,9 @@ class AnnotateWidget(QWidget):
         self._sync_timer.setSingleShot(True)
         self._sync_timer.setInterval(250)  # one table sync per paint stroke, not per pixel
         self._sync_timer.timeout.connect(self.sync_table)
+        # Class edits, newest last: (layer, features before the edit, what was done). napari's
+        # own undo covers painted pixels only, not the class column of the features table.
+        self._undo: list[tuple[object, pd.DataFrame, str]] = []
         self._build()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
@@ -143,6 +160,11 @@ class AnnotateWidget(QWidget):
         dv.addWidget(self.source_combo, 1)
         dv.addWidget(self.derive_btn)
 
+        self.undo_btn = QPushButton("Undo class edit (Ctrl+Z)")
+        self.undo_btn.setToolTip("Undo the last class change (click, stroke, key or 'Label cells from layer').")
+        self.undo_btn.setEnabled(False)
+        self.undo_btn.clicked.connect(lambda: self.undo())
+
         self.status = QLabel("Classify cells first (UAM cell classifier), then correct the classes here.")
         self.status.setWordWrap(True)
 
@@ -155,14 +177,17 @@ class AnnotateWidget(QWidget):
         pv.addWidget(self.save_btn)
         pv.addWidget(self.open_btn)
 
-        root = QVBoxLayout(self)
+        inner = QWidget()
+        root = QVBoxLayout(inner)
         root.addLayout(form)
         root.addWidget(self.mode_check)
         root.addLayout(class_row)
+        root.addWidget(self.undo_btn)
         root.addWidget(derive)
         root.addWidget(self.status)
         root.addWidget(proj)
         root.addStretch(1)
+        self.scroll = scroll_wrap(self, inner)
 
     # ------------------------------------------------------------------------- layers
     def _labels_layers(self) -> list:
@@ -288,6 +313,7 @@ class AnnotateWidget(QWidget):
         layer.mouse_drag_callbacks.append(self._on_mouse)
         for key, cls in A.CLASS_KEYS.items():
             layer.bind_key(key.upper(), self._key_handler(cls), overwrite=True)
+        layer.bind_key("Control-Z", self._undo_key, overwrite=True)
         layer.events.paint.connect(self._schedule_sync)
         layer.events.data.connect(self._schedule_sync)
         self.viewer.layers.selection.active = layer
@@ -302,6 +328,7 @@ class AnnotateWidget(QWidget):
             layer.mouse_drag_callbacks.remove(self._on_mouse)
         for key in A.CLASS_KEYS:
             layer.bind_key(key.upper(), None)  # None unbinds
+        layer.bind_key("Control-Z", None)  # napari's own paint undo is back
         for ev in (layer.events.paint, layer.events.data):
             try:
                 ev.disconnect(self._schedule_sync)
@@ -328,10 +355,37 @@ class AnnotateWidget(QWidget):
         layer = self._layer or self.layer
         if layer is None:
             return 0
-        table, n = A.set_class(self._table(layer), ids, cls or self.current_class(), source)
+        cls = cls or self.current_class()
+        table, n = A.set_class(self._table(layer), ids, cls, source)
         if n:
+            self._remember(layer, f"{n} nucle{'us' if n == 1 else 'i'} set to {cls}")
             self._write_table(layer, table)
         return n
+
+    # --------------------------------------------------------------------------- undo
+    def _remember(self, layer, what: str) -> None:
+        self._undo.append((layer, layer.features.copy(), what))
+        del self._undo[:-_UNDO_DEPTH]
+        self.undo_btn.setEnabled(True)
+
+    def undo(self) -> bool:
+        """Undo the newest class edit (of any layer still open); False when there is none."""
+        while self._undo:
+            layer, features, what = self._undo.pop()
+            if layer in list(self.viewer.layers):
+                # Labels-tool edits made since then keep their nuclei: sync the old classes to them.
+                table, _, _ = A.sync_to_labels(L.from_features(features), np.asarray(layer.data))
+                self._write_table(layer, table)
+                self.undo_btn.setEnabled(bool(self._undo))
+                self.status.setText(f"Undone: {what}. " + self.status.text())
+                return True
+        self.undo_btn.setEnabled(False)
+        return False
+
+    def _undo_key(self, layer):
+        """Ctrl+Z on the annotated layer: the last class edit, else napari's paint undo."""
+        if not self.undo():
+            layer.undo()
 
     def assign_at(self, position, cls: Optional[str] = None) -> int:
         """Class of the nucleus at world ``position`` (what a click does)."""
@@ -353,7 +407,7 @@ class AnnotateWidget(QWidget):
         """Click: class of the nucleus under the cursor. Shift+drag: of every nucleus crossed."""
         if layer.mode != "pan_zoom":
             return  # a Labels tool is active: let napari paint / erase / fill
-        if "Shift" not in [str(m) for m in event.modifiers]:
+        if not _shift_held(event):
             yield  # tell a click from a pan: only a release without a move assigns
             moved = False
             while event.type == "mouse_move":
@@ -407,6 +461,8 @@ class AnnotateWidget(QWidget):
             self.status.setText(str(err))
             return
         table, n = A.apply_classes(self._table(layer), classes, source)
+        if n:
+            self._remember(layer, f"{n} nuclei labelled from '{name}'")
         self._write_table(layer, table)
         self.status.setText(f"{n} nuclei labelled from '{name}'. " + self.status.text())
 
@@ -473,9 +529,10 @@ class AnnotateWidget(QWidget):
             return None
         name = L.unique_name(self.viewer.layers, proj.name)
         image = self.viewer.add_image(proj.image, name=name, rgb=True, metadata={"mpp": proj.mpp, "source": str(proj.path)})
-        nuclei = self.viewer.add_labels(proj.labels, name=L.unique_name(self.viewer.layers, f"{name} nuclei"),
-                                        features=L.to_features(A.with_annotation_columns(proj.table)),
-                                        metadata={ANNOTATION_KEY: {"source": name, "mpp": proj.mpp, "project": str(proj.path)}})  # fmt: skip
+        nuclei = self.viewer.add_layer(D.CellLabels(
+            proj.labels, name=L.unique_name(self.viewer.layers, f"{name} nuclei"),
+            features=L.to_features(A.with_annotation_columns(proj.table)),
+            metadata={ANNOTATION_KEY: {"source": name, "mpp": proj.mpp, "project": str(proj.path)}}))  # fmt: skip
         if proj.region is not None:
             self.viewer.add_labels(proj.region.astype(np.uint8), name=L.unique_name(self.viewer.layers, f"{name} tumor region"),
                                    opacity=0.3, visible=False)  # fmt: skip

@@ -18,9 +18,10 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -41,9 +42,11 @@ from .. import pipeline
 from ..errors import CancelledError, NoNucleiError, UAMError
 from ..pixel_size import estimate_mpp
 from ..validation import as_rgb_uint8
+from . import _display as D
 from . import _layers as L
+from ._lifecycle import RunGuard
 from ._mpp_estimate import MppEstimateRow
-from ._rows import path_row
+from ._rows import path_row, scroll_wrap
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ _REGION_CHOICES = {"Probability image": "probability", "Mask (p > 0.5)": "mask",
 #: Export formats: check-box label -> :func:`napari_uam.io.export.export_cells` format.
 _EXPORT_FORMATS = (("CSV", "csv"), ("Parquet", "parquet"), ("GeoJSON (QuPath)", "geojson"), ("TIFF labels", "tif"))
 _DEFAULT_MODEL = "Default UAM model"
+#: Pause between the steps that add a run's layers, so timers and input get a turn in between.
+_STEP_PAUSE_MS = 15
 _CHECKPOINT_MODEL = "Checkpoint file..."
 
 
@@ -74,6 +79,7 @@ class _Job:
     table: Optional[pd.DataFrame] = None
     notes: list = field(default_factory=list)
     region: str = "off"  # tumor-region layer after classify: "probability", "mask" or "off"
+    geometry: dict = field(default_factory=dict)  # the image layer's scale, translate, ...
 
     @property
     def stages(self) -> list[str]:
@@ -106,14 +112,24 @@ class _Outcome:
     cancelled: bool = False
     error: Optional[BaseException] = None
     mpp_estimate: Optional[object] = None  # PixelSizeEstimate of the nuclei at job.mpp
+    prepared: Optional[D.Prepared] = None  # layer data built in the worker (see _display.prepare)
 
 
-def _compute(job: _Job, cancelled, report):
+def _compute(job: _Job, cancelled, report, ended=lambda: None):
     """Worker body: run the missing stages of ``job``; yields (stage, fraction) between them.
 
     Every exception is turned into an :class:`_Outcome` so that napari never shows a
-    traceback dialog for a bad image or a missing model.
+    traceback dialog for a bad image or a missing model. ``ended()`` is called last, whatever
+    happened, so that closing napari can wait for this body to be over.
     """
+    try:
+        out = yield from _stages(job, cancelled, report)
+    finally:
+        ended()
+    return out
+
+
+def _stages(job: _Job, cancelled, report):
     t0 = time.perf_counter()
     out = _Outcome(job=job)
 
@@ -179,6 +195,10 @@ def _compute(job: _Job, cancelled, report):
                     checkpoint()
                 else:
                     job.notes.append("No tumor-region weights are installed: no tumor region layer.")
+        checkpoint()
+        # Features, colour maps and checksums are built here, not in the GUI thread: with
+        # thousands of cells that work froze napari for seconds when the results were added.
+        out.prepared = D.prepare(labels, table, out.tumor, job.geometry)
         out.labels, out.table = labels, table
     except CancelledError:
         out = _Outcome(job=job, cancelled=True)
@@ -216,12 +236,29 @@ class _ProgressRelay(QObject):
     progressed = Signal(str, float)
 
 
+def _reporter(emit, cancelled):
+    """``report(stage, fraction)`` for the worker: raises once cancelled, else relays.
+
+    Every stage reports progress (per network tile, per chunk of measured cells), so raising
+    here stops a cancelled run at its next report even inside code that takes no cancel flag.
+    """
+
+    def report(stage: str, fraction: float) -> None:
+        if cancelled():
+            raise CancelledError("Run cancelled.")
+        emit(stage, float(fraction))
+
+    return report
+
+
 class ClassifierWidget(QWidget):
     """Dock widget: pick an RGB H&E layer, segment / measure / classify its nuclei, export.
 
     Results go to two Labels layers named after the image, ``"<image> nuclei"`` (every
-    nucleus, ``features`` = the cell table) and ``"<image> tumor cells"`` (tumor nuclei in
-    green). Re-running replaces only those layers, and only while the user has not edited them.
+    nucleus outlined in its class colour, ``features`` = the cell table, a short hover: see
+    :mod:`._display`) and ``"<image> tumor cells"`` (tumor nuclei only, hidden at first).
+    Re-running replaces those layers while the user has not edited them, and an edited one
+    only after the user confirms. Closing napari cancels a run (:mod:`._lifecycle`).
 
     Args:
         napari_viewer: the viewer the dock belongs to (napari passes it).
@@ -235,9 +272,14 @@ class ClassifierWidget(QWidget):
         self._cancel = threading.Event()
         self._export_target = ""
         self._mpp_edits: dict[str, float] = {}
-        self._relay = _ProgressRelay(self)
+        # No Qt parent: the worker holds the relay's emit, so the relay must outlive this dock
+        # when napari closes mid-run (a parented relay is deleted with the dock, and the next
+        # progress report from the worker thread crashed the process).
+        self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_stage_progress)
+        self._guard = RunGuard(self)
         self._warm_worker = None
+        self._staging = None  # the steps adding a finished run's layers, one per event-loop turn
         self._build()
         self._connect_viewer()
         self._refresh_images()
@@ -336,13 +378,25 @@ class ClassifierWidget(QWidget):
         ex.addLayout(dir_row)
         ex.addWidget(self.export_btn)
 
-        root = QVBoxLayout(self)
+        self.current_label = QLabel("Current results: none yet for this image.")
+        self.current_label.setWordWrap(True)
+        self.current_label.setToolTip("The nuclei layer that Export, Measure cells and Classify cells use for this image.")
+        self.legend = QLabel(D.legend_html())
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+
+        inner = QWidget()
+        root = QVBoxLayout(inner)
         root.addLayout(form)
         root.addLayout(run_row)
         root.addLayout(cancel_row)
         root.addWidget(self.status)
+        root.addWidget(self.current_label)
+        root.addWidget(self.legend)
         root.addWidget(export_box)
         root.addStretch(1)
+        # A scroll area: on a 1000-px screen, three docks stacked clipped their buttons.
+        self.scroll = scroll_wrap(self, inner)
 
     def _setup_devices(self) -> None:
         try:
@@ -372,6 +426,7 @@ class ClassifierWidget(QWidget):
         layers = self.viewer.layers
         layers.events.inserted.connect(self._on_layer_inserted)
         layers.events.removed.connect(self._refresh_images)
+        layers.events.removed.connect(self._show_current)
         layers.events.reordered.connect(self._refresh_images)
         layers.selection.events.active.connect(self._on_active_layer)
         for layer in layers:
@@ -380,6 +435,7 @@ class ClassifierWidget(QWidget):
     def _on_layer_inserted(self, event) -> None:
         event.value.events.name.connect(self._refresh_images)
         self._refresh_images()
+        self._show_current()
 
     def _image_layers(self) -> list:
         return [layer for layer in self.viewer.layers if type(layer).__name__ == "Image" and layer.rgb]
@@ -410,6 +466,7 @@ class ClassifierWidget(QWidget):
 
     def _on_image_changed(self, name: str) -> None:
         self.mpp_estimate.forget(unless=name)
+        self._show_current()
         if not name or name not in self.viewer.layers:
             self.mpp_hint.setText("")
             return
@@ -492,8 +549,8 @@ class ClassifierWidget(QWidget):
     # ------------------------------------------------------------------------ running
     @property
     def busy(self) -> bool:
-        """True while a computation or an export runs."""
-        return self._worker is not None
+        """True while a computation or an export runs, or its results are being added."""
+        return self._worker is not None or self._staging is not None
 
     def _selected_image(self):
         """The chosen RGB image layer, or None after telling the user what is wrong."""
@@ -536,6 +593,7 @@ class ClassifierWidget(QWidget):
             backend=backend,
             model=model,
             region=_REGION_CHOICES[self.region_combo.currentText()],
+            geometry={k: getattr(layer, k) for k in ("scale", "translate", "rotate", "shear", "affine")},
         )
         nuclei = L.current_layer(self.viewer.layers, layer.name, L.KIND_NUCLEI)
         if action == "segment" or nuclei is None:
@@ -569,8 +627,10 @@ class ClassifierWidget(QWidget):
         self._cancel = threading.Event()
         self._set_busy(True, cancellable=True)
         self._say(f"{action.capitalize()}: working on '{job.source}'...")
+        ended = self._guard.begin(self._cancel)
         worker = create_worker(
-            _compute, job, self._cancel.is_set, self._relay.progressed.emit, _ignore_errors=True
+            _compute, job, self._cancel.is_set, _reporter(self._relay.progressed.emit, self._cancel.is_set), ended,
+            _ignore_errors=True,
         )
         # Bound methods only: Qt drops them if the dock is closed while the worker runs.
         worker.yielded.connect(self._on_yielded)
@@ -595,7 +655,7 @@ class ClassifierWidget(QWidget):
 
     def _on_stage_progress(self, stage: str, fraction: float) -> None:
         job = self._job
-        if job is None or stage not in job.stages:
+        if self._guard.closed or job is None or stage not in job.stages:
             return
         stages = job.stages
         total = sum(_STAGE_WEIGHT[s] for s in stages)
@@ -609,11 +669,17 @@ class ClassifierWidget(QWidget):
     def _on_finished(self) -> None:
         if self._worker is None or self.sender() is not self._worker.signals:
             return  # an export that was already handed over to its overwrite re-run
+        self._guard.finish()
+        if self._guard.closed:
+            return  # napari is closing: the dock's widgets may be gone
         self._worker = None
         self._job = None
-        self._set_busy(False)
+        if self._staging is None:
+            self._set_busy(False)
 
     def _on_returned(self, out: _Outcome) -> None:
+        if self._guard.closed:
+            return  # napari closed during the run: add nothing, write nothing
         if out.cancelled:
             self.progress.setValue(0)
             self._say("Cancelled: no layer was added or changed.")
@@ -630,37 +696,97 @@ class ClassifierWidget(QWidget):
         if source not in self.viewer.layers:
             self._say(f"'{source}' was closed during the run; its results were discarded.")
             return
+        self.cancel_btn.setEnabled(False)  # the run is over: its results are being shown
+        # One layer per event-loop turn: adding a layer makes napari build its visuals in the
+        # GUI thread (about half a second each on a small machine); in one go the window
+        # froze for seconds.
+        self._staging = self._result_steps(self.viewer.layers[source], out)
+        self._advance()
+
+    def _advance(self) -> None:
+        """Run the next step of adding results, then hand the event loop back."""
+        steps = self._staging
+        if steps is None:
+            return
+        if self._guard.closed:  # napari closed while the layers were being added
+            self._staging = None
+            return
         try:
-            self._show_results(self.viewer.layers[source], out)
+            next(steps)
+        except StopIteration:
+            self._staging = None
+            self.progress.setValue(100)
         except Exception as err:  # noqa: BLE001 - never a traceback dialog; the log has details
+            self._staging = None
             logger.exception("napari-uam could not show results")
             self._fail(f"Could not show the results ({type(err).__name__}: {err}); details are in the log.", error=True)
+        else:
+            QTimer.singleShot(_STEP_PAUSE_MS, self._advance)
             return
-        self.progress.setValue(100)
+        if self._worker is None:
+            self._set_busy(False)
 
     # ------------------------------------------------------------------------ results
-    def _write_layer(self, image_layer, kind: str, data: np.ndarray, features: pd.DataFrame, params: dict, **style):
-        """Write one result layer, replacing only the plugin's own unedited layer; returns a note."""
+    def _plan(self, image_layer, kind: str, replace_edited: bool) -> L.OutputPlan:
+        """Where a result goes: the plugin's unedited layer, the edited one when the user agreed
+        to replace it, else a new layer."""
         plan = L.plan_output(self.viewer.layers, image_layer.name, kind)
+        if plan.layer is None and replace_edited:
+            mine = L.current_layer(self.viewer.layers, image_layer.name, kind)
+            if mine is not None:
+                return L.OutputPlan(layer=mine, name=mine.name, note=f"Replaced your edited '{mine.name}' as you confirmed.")
+        return plan
+
+    def _edited_targets(self, image_layer, kinds) -> list:
+        """The plugin's edited layers this run would otherwise leave behind next to a copy."""
+        out = []
+        for kind in kinds:
+            if L.plan_output(self.viewer.layers, image_layer.name, kind).layer is None:
+                mine = L.current_layer(self.viewer.layers, image_layer.name, kind)
+                if mine is not None and L.is_edited(mine):
+                    out.append(mine)
+        return out
+
+    def _confirm_replace(self, layers) -> bool:
+        names = ", ".join(f"'{x.name}'" for x in layers)
+        answer = QMessageBox.question(
+            self,
+            "Replace your edited layer?",
+            f"{names} holds your edits (painted nuclei or corrected classes).\n\n"
+            "Replace it with the new results? No keeps it and adds the results as a new layer.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _write_layer(self, image_layer, plan: L.OutputPlan, kind: str, built, data: np.ndarray,
+                     features: pd.DataFrame, params: dict, checksums: tuple, style: dict):  # fmt: skip
+        """Write one result layer where ``plan`` says.
+
+        A new result is the layer the worker built (``built``: data, features, colour map
+        and contour already set, hidden so nothing was drawn); an existing one gets the new
+        data, features and ``style`` while hidden (napari redraws a visible layer on every
+        attribute set) and keeps the user's other choices.
+
+        Returns:
+            (note, layer, show): the plan's note, the layer written, and whether the caller
+            should make it visible in the next turn of the event loop.
+        """
         if plan.layer is not None:
             layer = plan.layer
+            show = layer.visible
+            layer.visible = False
             layer.data = data
             layer.features = features
+            for attr, value in style.items():
+                setattr(layer, attr, value)
         else:
-            layer = self.viewer.add_labels(
-                data,
-                name=plan.name,
-                features=features,
-                scale=image_layer.scale,
-                translate=image_layer.translate,
-                rotate=image_layer.rotate,
-                shear=image_layer.shear,
-                affine=image_layer.affine,
-            )
-        for attr, value in style.items():
-            setattr(layer, attr, value)
-        L.stamp(layer, image_layer.name, kind, **params)
-        return plan.note
+            layer = built
+            show = kind == L.KIND_NUCLEI
+            layer.name = plan.name
+            layer = self.viewer.add_layer(layer)
+        L.stamp(layer, image_layer.name, kind, checksums=checksums, **params)
+        return plan.note, layer, show
 
     def _write_region(self, image_layer, region: np.ndarray, params: dict) -> str:
         """Write the tumor region (probability Image or mask Labels), replacing only the
@@ -668,32 +794,37 @@ class ClassifierWidget(QWidget):
         as_mask = params.get("region") == "mask"
         plan = L.plan_output(self.viewer.layers, image_layer.name, _KIND_REGION)
         layer = plan.layer
-        from napari.layers import Labels
-
         if layer is not None and isinstance(layer, Labels) != as_mask:
             self.viewer.layers.remove(layer)  # ours, unedited, of the other type: replace it
             layer = None
         geometry = {k: getattr(image_layer, k) for k in ("scale", "translate", "rotate", "shear", "affine")}
+        # Written hidden and shown by the caller in the next event-loop turn (see _write_layer).
         if layer is not None:
+            show = layer.visible
+            layer.visible = False
             layer.data = region
         elif as_mask:
-            layer = self.viewer.add_labels(region, name=plan.name, opacity=0.35, **geometry)
+            show = True
+            layer = self.viewer.add_labels(region, name=plan.name, opacity=0.35, visible=False, **geometry)
         else:
-            # White (p = 0) to orange (p = 1), multiplied onto the H&E: non-tumor tissue keeps
-            # its colours and tumor is tinted, instead of the whole slide being washed out.
+            # White (p = 0) to light orange (p = 1), multiplied onto the H&E at a low opacity:
+            # non-tumor tissue keeps its colours and tumor is tinted, while nuclei and their
+            # class outlines stay readable underneath.
             from napari.utils.colormaps import Colormap
 
-            cmap = Colormap([[1.0, 1.0, 1.0, 1.0], [1.0, 0.55, 0.1, 1.0]], name="uam tumor probability")
+            cmap = Colormap([[1.0, 1.0, 1.0, 1.0], list(D.REGION_RGBA)], name="uam tumor probability")
+            show = True
             layer = self.viewer.add_image(
                 region, name=plan.name, colormap=cmap, contrast_limits=(0.0, 1.0),
-                blending="multiplicative", opacity=0.8, **geometry,
+                blending="multiplicative", opacity=D.REGION_OPACITY, visible=False, **geometry,
             )
         L.stamp(layer, image_layer.name, _KIND_REGION, **params)
-        return plan.note
+        return plan.note, layer, show
 
-    def _show_results(self, image_layer, out: _Outcome) -> None:
+    def _result_steps(self, image_layer, out: _Outcome):
+        """Add a finished run's layers; a generator that yields after each expensive step."""
         job = out.job
-        features = L.to_features(out.table)
+        prep = out.prepared
         prev = L.current_layer(self.viewer.layers, image_layer.name, L.KIND_NUCLEI)
         prev_rec = L.owner_record(prev) if prev is not None else None
         params = {
@@ -705,26 +836,49 @@ class ClassifierWidget(QWidget):
         }
         if out.model_id:
             params.update(model_id=out.model_id, tumor_class=out.table.attrs.get("tumor_class"))
+        kinds = [L.KIND_NUCLEI] + ([L.KIND_TUMOR] if out.tumor is not None else [])
+        edited = self._edited_targets(image_layer, kinds)
+        replace = bool(edited) and self._confirm_replace(edited)
         notes = list(job.notes)
-        notes.append(self._write_layer(image_layer, L.KIND_NUCLEI, out.labels, features, params, contour=1, opacity=0.9))
+        outline = {"contour": D.CONTOUR_PX, "opacity": 1.0}
+        note, nuclei, show = self._write_layer(
+            image_layer, self._plan(image_layer, L.KIND_NUCLEI, replace), L.KIND_NUCLEI, prep.nuclei_layer,
+            prep.labels, prep.features, params, prep.nuclei_checksums, {"colormap": prep.nuclei_colormap, **outline})  # fmt: skip
+        notes.append(note)
+        yield
+        if show:
+            nuclei.visible = True  # drawn now, in its own turn of the event loop
+            yield
         n_tumor = None
         if out.tumor is not None:
             n_tumor = int((out.table["class"] == out.table.attrs.get("tumor_class", "tumor")).sum())
-            notes.append(
-                self._write_layer(
-                    image_layer, L.KIND_TUMOR, out.tumor, features, params, colormap=L.tumor_colormap(), opacity=0.6
-                )
-            )
+            # The nuclei outlines already show tumor in green; this layer isolates the tumor
+            # cells on demand, so it starts hidden rather than doubling the outlines.
+            note, tumor, show = self._write_layer(
+                image_layer, self._plan(image_layer, L.KIND_TUMOR, replace), L.KIND_TUMOR, prep.tumor_layer, prep.tumor,
+                prep.features, params, prep.tumor_checksums, {"colormap": prep.tumor_colormap, **outline})  # fmt: skip
+            notes.append(note)
+            yield
+            if show:
+                tumor.visible = True
+                yield
         else:
             # The old tumor layer belongs to the previous nuclei: drop it if it is ours and untouched.
             for layer in L.owned_layers(self.viewer.layers, image_layer.name, L.KIND_TUMOR):
                 if not L.is_edited(layer):
                     self.viewer.layers.remove(layer)
         if out.region is not None:
-            notes.append(self._write_region(image_layer, out.region, {**params, "region": job.region}))
+            note, region, show = self._write_region(image_layer, out.region, {**params, "region": job.region})
+            notes.append(note)
+            yield
+            if show:
+                region.visible = True
+                yield
         self.mpp_estimate.show_estimate(image_layer.name, out.mpp_estimate)
         # Keep the image as the active target so the next click works on it again.
-        self.viewer.layers.selection.active = image_layer
+        if image_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = image_layer
+        self._show_current()
         self._say(
             L.status_text(
                 ran=out.ran,
@@ -736,6 +890,17 @@ class ClassifierWidget(QWidget):
                 notes=notes,
             )
         )
+
+    def _show_current(self, *_) -> None:
+        """Name the results layer that Export, Measure and Classify work on for this image."""
+        name = self.image_combo.currentText()
+        nuclei = L.current_layer(self.viewer.layers, name, L.KIND_NUCLEI) if name else None
+        if nuclei is None:
+            self.current_label.setText("Current results: none yet for this image.")
+            return
+        n = len(L.owned_layers(self.viewer.layers, name, L.KIND_NUCLEI))
+        others = f" (newest of {n} nuclei layers of '{name}')" if n > 1 else ""
+        self.current_label.setText(f"Current results: '{nuclei.name}'{others}.")
 
     # ------------------------------------------------------------------------- export
     def export(self, overwrite: bool = False) -> None:
@@ -794,6 +959,8 @@ class ClassifierWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     def _on_exported(self, result) -> None:
+        if self._guard.closed:
+            return
         out_dir = self._export_target
         written, err = result
         if isinstance(err, FileExistsError):

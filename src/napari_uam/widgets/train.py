@@ -45,7 +45,8 @@ from qtpy.QtWidgets import (
 
 from ..errors import CancelledError, UAMError
 from . import _layers as L
-from ._rows import path_row
+from ._lifecycle import RunGuard
+from ._rows import path_row, scroll_wrap
 from ._plot import TrainingPlot
 from .annotate import annotated_table, source_of
 
@@ -84,8 +85,18 @@ class _TrainOutcome:
     error: Optional[BaseException] = None
 
 
-def _train(job: _TrainJob, cancelled, report) -> _TrainOutcome:
-    """Worker body: measure the annotated cells, fine-tune, save; exceptions become an outcome."""
+def _train(job: _TrainJob, cancelled, report, ended=lambda: None) -> _TrainOutcome:
+    """Worker body: measure the annotated cells, fine-tune, save; exceptions become an outcome.
+
+    ``ended()`` is called last, whatever happened (closing napari waits for it).
+    """
+    try:
+        return _train_body(job, cancelled, report)
+    finally:
+        ended()
+
+
+def _train_body(job: _TrainJob, cancelled, report) -> _TrainOutcome:
     from ..training.finetune import _concat, cells_from_annotation, cells_from_projects, finetune, save_finetuned
 
     try:
@@ -94,6 +105,8 @@ def _train(job: _TrainJob, cancelled, report) -> _TrainOutcome:
         if job.folders:
             parts.append(cells_from_projects(job.folders, cancel=cancelled))
         cells = _concat(parts)
+        cells, val_note = validation_groups(cells, job.config.val_fraction, job.config.seed)
+        report({"event": "validation", "text": val_note})
         result = finetune(cells, job.config, progress=report, cancel=cancelled)
         if cancelled():
             raise CancelledError("Training cancelled; nothing was saved.")
@@ -106,6 +119,46 @@ def _train(job: _TrainJob, cancelled, report) -> _TrainOutcome:
     except Exception as err:  # noqa: BLE001 - a bug must not take napari down; log it, say it
         logger.exception("napari-uam training failed")
         return _TrainOutcome(job=job, error=err)
+
+
+#: With this many annotated images or fewer, validation holds out cells, not whole images.
+SPLIT_CELLS_UP_TO = 2
+
+
+def validation_groups(cells, val_fraction: float, seed: int = 0):
+    """The validation groups of a training run, and a sentence naming what validates.
+
+    Fine-tuning holds out whole images (``cells["image"]`` groups, seeded). With one or two
+    images that leaves one image, or none, to learn from; then each image's cells are dealt
+    at random into about ``1 / val_fraction`` groups named ``"<image> (cells k/n)"``, so a
+    share of the cells of every image validates. (Neighbouring cells are alike, so such a
+    score is optimistic: the sentence says so.)
+
+    Returns:
+        (cells with possibly renamed ``image`` groups, sentence for the dock's status line).
+    """
+    from ..training.protocol import group_split
+
+    if len(cells) == 0 or val_fraction <= 0:
+        return cells, "No validation (validation share 0): every annotated cell trains."
+    images = sorted(map(str, cells["image"].unique()))
+    if len(images) <= SPLIT_CELLS_UP_TO:
+        k = int(min(10, max(2, round(1.0 / val_fraction))))
+        rng = np.random.default_rng(seed)
+        cells = cells.copy()
+        group = cells["image"].astype(str).to_numpy().astype(object)
+        for name in images:
+            rows = np.flatnonzero(group == name)
+            folds = rng.permutation(len(rows)) % k
+            group[rows] = [f"{name} (cells {f + 1}/{k})" for f in folds]
+        cells["image"] = group
+    _, held = group_split(cells["image"].astype(str).to_numpy(), val_fraction, seed=seed)
+    names = sorted(map(str, cells.loc[held, "image"].unique()))
+    if len(images) <= SPLIT_CELLS_UP_TO:
+        return cells, (f"Validating on {int(held.sum())} of {len(cells)} cells ({', '.join(names)}): with "
+                       f"{len(images)} image{'s' if len(images) > 1 else ''}, cells are held out, not whole "
+                       "images, so the score is optimistic.")  # fmt: skip
+    return cells, f"Validating on the images {', '.join(names)} ({int(held.sum())} cells); the others train."
 
 
 class _Relay(QObject):
@@ -133,6 +186,8 @@ class TrainWidget(QWidget):
         # dock is closed mid-run (Qt drops the connection to the deleted dock by itself).
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
+        # Closing napari cancels the run and waits for it: no checkpoint is written afterwards.
+        self._guard = RunGuard(self)
         self._build()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self.refresh_sources)
@@ -179,8 +234,9 @@ class TrainWidget(QWidget):
         self.val_spin.setRange(0.0, 0.5)
         self.val_spin.setSingleStep(0.05)
         self.val_spin.setValue(0.2)
-        self.val_spin.setToolTip("Share of the images (whole images, never cells) held out to validate and stop early.")
-        form.addRow("Validation images", self.val_spin)
+        self.val_spin.setToolTip("Share held out to validate and stop early: whole images, or with one or two "
+                                 "images a share of each image's cells.")
+        form.addRow("Validation share", self.val_spin)
         self.patience_spin = QSpinBox()
         self.patience_spin.setRange(0, 100)
         self.patience_spin.setValue(5)
@@ -219,12 +275,16 @@ class TrainWidget(QWidget):
         self.status = QLabel("Annotate some nuclei (UAM annotate cells), tick them above, click Train.")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.validation_label = QLabel("Validation: set when training starts.")
+        self.validation_label.setWordWrap(True)
+        self.validation_label.setToolTip("Which images (or, with one or two images, which cells) score the model.")
         self.use_btn = QPushButton("Use for Classify cells")
         self.use_btn.setEnabled(False)
         self.use_btn.setToolTip("Point the UAM cell classifier dock at the checkpoint just trained.")
         self.use_btn.clicked.connect(self.use_for_classify)
 
-        root = QVBoxLayout(self)
+        inner = QWidget()
+        root = QVBoxLayout(inner)
         root.addWidget(QLabel("Annotated images"))
         root.addWidget(self.sources)
         root.addLayout(src_row)
@@ -232,8 +292,10 @@ class TrainWidget(QWidget):
         root.addLayout(run_row)
         root.addWidget(self.plot)
         root.addWidget(self.status)
+        root.addWidget(self.validation_label)
         root.addWidget(self.use_btn)
         root.addStretch(1)
+        self.scroll = scroll_wrap(self, inner)
 
     def _on_start_changed(self, text: str) -> None:
         self.init_edit.setEnabled(text == START_FILE)
@@ -393,7 +455,8 @@ class TrainWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         n = len(job.layers) + len(job.folders)
         self.status.setText(f"Training on {n} source(s)...")
-        worker = create_worker(_train, job, self._cancel.is_set, self._relay.progressed.emit, _ignore_errors=True)
+        ended = self._guard.begin(self._cancel)
+        worker = create_worker(_train, job, self._cancel.is_set, self._relay.progressed.emit, ended, _ignore_errors=True)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -407,9 +470,13 @@ class TrainWidget(QWidget):
             self.status.setText("Cancelling...")
 
     def _on_progress(self, rec: dict) -> None:
+        if self._guard.closed:
+            return
         event = rec.get("event")
         if event == "status":
             self.status.setText(rec["text"])
+        elif event == "validation":
+            self.validation_label.setText(rec["text"])
         elif event == "start":
             self.status.setText(f"Training on {rec['n_train']} cells, validating on {rec['n_val']} ({rec['device']})...")
         elif event == "step":
@@ -427,11 +494,16 @@ class TrainWidget(QWidget):
                 self.status.setText(f"Epoch {rec['epoch']}/{self._epochs}: loss {rec['loss']:.3f}{val}")
 
     def _on_finished(self) -> None:
+        self._guard.finish()
+        if self._guard.closed:
+            return
         self._worker = None
         self.train_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
     def _on_returned(self, out: _TrainOutcome) -> None:
+        if self._guard.closed:
+            return
         if out.cancelled:
             self.progress.setValue(0)
             self.status.setText("Training cancelled: no model was saved.")
