@@ -85,3 +85,21 @@ def test_domain_model_distance_grows_with_the_shift():
 
 def test_weights_file_is_the_shipped_one():
     assert default_weights_path().is_file()
+
+
+def test_dock_says_so_when_the_image_is_out_of_domain(make_napari_viewer, qtbot, brca_dir):
+    """Click Classify cells on a recoloured image: the dock's status carries the caution."""
+    from qtpy.QtCore import Qt
+
+    from napari_uam.widgets.classifier import ClassifierWidget
+
+    _, rgb = _brca_image(brca_dir)
+    viewer = make_napari_viewer()
+    viewer.add_image(_recoloured(rgb), name="odd", rgb=True, metadata={"mpp": 0.5})
+    widget = ClassifierWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_combo.setCurrentText("odd")
+    widget.mpp_spin.setValue(0.5)
+    qtbot.mouseClick(widget.classify_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
+    assert "outside the classifier's training data" in widget.status.text(), widget.status.text()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -39,6 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import pipeline
+from ..domain import OutOfDomainWarning
 from ..errors import CancelledError, NoNucleiError, UAMError
 from ..pixel_size import estimate_mpp
 from ..validation import as_rgb_uint8
@@ -179,6 +181,12 @@ def _stages(job: _Job, cancelled, report):
                 checkpoint()
         if clf is not None:
             table = pipeline.classify_cells(table, model=clf, device=job.device, progress=report, cancel=cancelled)
+            # The trust signal: an image unlike every training hospital is said so in the dock.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OutOfDomainWarning)
+                check = pipeline.check_domain(clf, table, {})
+            if check is not None and not check.in_domain:
+                job.notes.append("Caution: " + check.message())
             out.tumor = pipeline.tumor_cell_labels(labels, table)
             out.model_id = clf.model_id
             out.ran.append("classify")
