@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_uam._sections import replace_section
+
 from .loso import WITHIN, apply_temperature, ece, fit_temperature
 
 SECTION = ("<!-- cells-loso:start -->", "<!-- cells-loso:end -->")
@@ -184,18 +186,6 @@ def render(gbt: list, nn: list, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.is_file() else "# Results\n"
-    if SECTION[0] in text and SECTION[1] in text:
-        pre, rest = text.split(SECTION[0], 1)
-        _, post = rest.split(SECTION[1], 1)
-        text = pre + body + post
-    else:
-        head, sep, tail = text.partition("\n")
-        text = head + sep + "\n" + body + "\n" + tail
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gbt", type=Path, nargs="*", default=[])
@@ -216,7 +206,7 @@ def main(argv=None) -> int:
         cmd += f" --baseline {a.baseline}"
     meta = {"command": cmd, "note": a.note, "shipped": a.shipped, "shipped_note": a.shipped_note,
             "baseline": json.loads(a.baseline.read_text()) if a.baseline else None}
-    replace_section(a.out, render(gbt, nn, meta))
+    replace_section(a.out, render(gbt, nn, meta), SECTION, title="# Results")
     summ = summarise(gbt + nn)
     a.json.write_text(json.dumps({" · ".join(map(str, k)): v for k, v in summ.items()}, indent=1))
     print(f"wrote {a.out} and {a.json}")

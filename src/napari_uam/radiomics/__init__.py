@@ -146,9 +146,11 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
         parts.append(rf.add_prefix("ring_"))
     out = pd.concat(parts, axis=1)
     if schema.context:
-        from .context import centroids, context_features
+        from ..segment.metrics import centroids
+        from .context import context_features
 
-        cents = centroids(lab, out.index.to_numpy()) * schema.mpp
+        # Rows of ``out`` are the labels present, in increasing order: centroids() gives that order.
+        cents = centroids(lab) * schema.mpp
         out = pd.concat([out, context_features(cents, out, schema)], axis=1)
     out = out[list(schema.feature_names)]
     out.attrs.update(df.attrs)

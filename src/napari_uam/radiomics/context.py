@@ -55,19 +55,6 @@ def context_names(schema) -> tuple[str, ...]:
     return tuple(names)
 
 
-def centroids(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(n, 2) float64 centroids (row, col) of ``ids`` in ``labels`` (pixels)."""
-    flat = np.asarray(labels).ravel()
-    n = int(flat.max()) + 1 if flat.size else 1
-    h, w = labels.shape
-    count = np.bincount(flat, minlength=n).astype(np.float64)
-    sy = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n)
-    sx = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n)
-    ids = np.asarray(ids, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.stack([sy[ids] / count[ids], sx[ids] / count[ids]], axis=1)
-
-
 def context_features(centroids_um: np.ndarray, table: pd.DataFrame, schema) -> pd.DataFrame:
     """The ``ctx_*`` columns for the nuclei of one image.
 

@@ -204,35 +204,29 @@ class FeatureSchema:
             out[fam] = tuple(f for f in FAMILY_FEATURES[fam] if f"{fam}_{f}" not in self.excluded)
         return out
 
+    def _plain(self, suffix: str, channels: tuple[str, ...], families: tuple[str, ...]) -> "FeatureSchema":
+        """A schema without views, measuring ``channels`` x ``families`` like this one."""
+        return FeatureSchema(
+            schema_id=f"{self.schema_id}#{suffix}", channels=channels, families=families, excluded=self.excluded,
+            bin_width=self.bin_width, glcm_distance=self.glcm_distance, mpp=self.mpp,
+        )  # fmt: skip
+
     @property
     def base(self) -> "FeatureSchema":
         """The plain radiomics part (shape + ``channels``) that the backends compute."""
         if not (self.normalised_channels or self.ring_channels or self.context):
             return self
-        return FeatureSchema(
-            schema_id=f"{self.schema_id}#base", channels=self.channels, families=self.families,
-            excluded=self.excluded, bin_width=self.bin_width, glcm_distance=self.glcm_distance, mpp=self.mpp,
-        )  # fmt: skip
+        return self._plain("base", self.channels, self.families)
 
     @property
     def normalised_view(self) -> "FeatureSchema | None":
         """The radiomics the backends compute on the stain-normalised image (None: none)."""
-        if not self.normalised_channels:
-            return None
-        return FeatureSchema(
-            schema_id=f"{self.schema_id}#norm", channels=self.normalised_channels, families=self.families,
-            excluded=self.excluded, bin_width=self.bin_width, glcm_distance=self.glcm_distance, mpp=self.mpp,
-        )  # fmt: skip
+        return self._plain("norm", self.normalised_channels, self.families) if self.normalised_channels else None
 
     @property
     def ring_view(self) -> "FeatureSchema | None":
         """The first-order radiomics the backends compute on the ring label map (None: none)."""
-        if not self.ring_channels:
-            return None
-        return FeatureSchema(
-            schema_id=f"{self.schema_id}#ring", channels=self.ring_channels, families=("firstorder",),
-            excluded=self.excluded, bin_width=self.bin_width, glcm_distance=self.glcm_distance, mpp=self.mpp,
-        )  # fmt: skip
+        return self._plain("ring", self.ring_channels, ("firstorder",)) if self.ring_channels else None
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .schema import _od
+
 #: A pixel is tissue when its OD exceeds this in at least one channel (Macenko's beta).
 OD_THRESHOLD = 0.15
 #: Percentile of the in-plane angle taken as each stain's direction (Macenko's alpha).
@@ -70,10 +72,8 @@ class StainEstimate:
         }
 
 
-def _od(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) float64 optical density of uint8 intensities (+1 keeps black finite)."""
-    lut = -np.log10((np.arange(256, dtype=np.float64) + 1.0) / 256.0)
-    return lut[rgb]
+#: Optical density of each 8-bit intensity: the measurement channels' formula (schema._od).
+_OD_LUT = _od(np.arange(256))
 
 
 def _sample(rgb: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ def _sample(rgb: np.ndarray) -> np.ndarray:
 
 def estimate_stains(rgb: np.ndarray) -> StainEstimate:
     """Macenko stain vectors and maxima of an (H, W, 3) uint8 RGB image."""
-    od = _od(_sample(rgb))
+    od = _OD_LUT[_sample(rgb)]
     tissue = np.any(od > OD_THRESHOLD, axis=1)
     frac = float(tissue.mean()) if tissue.size else 0.0
     od = od[tissue]
@@ -126,11 +126,10 @@ def normalise_stain(rgb: np.ndarray, estimate: StainEstimate | None = None) -> n
     pinv = np.linalg.pinv(est.stains.T)  # (2, 3): OD -> concentrations
     scale = (REF_MAX / est.max_conc)[:, None]
     to_conc = (pinv * scale).T  # (3, 2): OD row vector -> reference-scaled concentrations
-    lut = -np.log10((np.arange(256, dtype=np.float64) + 1.0) / 256.0)
     out = np.empty_like(rgb)
     rows = max(1, (1 << 20) // max(1, rgb.shape[1]))
     for y in range(0, rgb.shape[0], rows):
-        od = lut[rgb[y : y + rows]]
+        od = _OD_LUT[rgb[y : y + rows]]
         conc_od = np.maximum(od @ to_conc, 0.0) @ REF_STAINS
         out[y : y + rows] = np.clip(np.rint(256.0 * np.power(10.0, -conc_od) - 1.0), 0, 255).astype(np.uint8)
     return out
