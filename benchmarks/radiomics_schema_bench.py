@@ -46,32 +46,42 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "consep")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--devices", nargs="+", default=["cpu"], help="engines to time side by side: cpu, cuda")
     ap.add_argument("--no-docs", action="store_true")
     a = ap.parse_args(argv)
     patches = load(a.data, a.n)
     cells = sum(int(np.count_nonzero(np.unique(lab))) for _, lab in patches)
     rows = []
-    for schema in (SCHEMA_V1, SCHEMA_V2):
-        extract(*patches[0], schema=schema, device="cpu")  # compile / warm the engine
-        times = []
-        for _ in range(a.repeats):
-            t = time.perf_counter()
-            for img, lab in patches:
-                extract(img, lab, schema=schema, device="cpu")
-            times.append(time.perf_counter() - t)
-        med = statistics.median(times)
-        rows.append((schema.schema_id, schema.n_features, cells / med, min(times), max(times)))
-        print(f"{schema.schema_id}: {schema.n_features} features, {cells / med:,.0f} cells/s")
-    ratio = rows[0][2] / rows[1][2]
+    for device in a.devices:
+        for schema in (SCHEMA_V1, SCHEMA_V2):
+            extract(*patches[0], schema=schema, device=device)  # compile / warm the engine
+            times = []
+            for _ in range(a.repeats):
+                t = time.perf_counter()
+                for img, lab in patches:
+                    extract(img, lab, schema=schema, device=device)
+                times.append(time.perf_counter() - t)
+            med = statistics.median(times)
+            rows.append((device, schema.schema_id, schema.n_features, cells / med, min(times), max(times)))
+            print(f"{device} {schema.schema_id}: {schema.n_features} features, {cells / med:,.0f} cells/s")
+    ratios = {d: rows[2 * i][3] / rows[2 * i + 1][3] for i, d in enumerate(a.devices)}
+    gpu = ""
+    if "cuda" in a.devices:
+        import torch  # only to name the GPU in the table's caption
+
+        gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    engines = " and ".join("GPU (CUDA)" if d == "cuda" else "CPU" for d in a.devices)
     md = "\n".join([
-        "## Radiomics cost of the feature schema (public `radiomics.extract`, CPU)", "",
-        f"Measured {today()} on {machine()} with `python benchmarks/radiomics_schema_bench.py` ({len(patches)} CoNSeP "
-        f"patches at 0.5 um/px, {cells} cells, median of {a.repeats} passes, both schemas in the same process).", "",
-        "| schema | features | cells/s | pass range (s) |", "|---|---|---|---|",
-        *[f"| `{sid}` | {nf} | {cps:,.0f} | {lo:.2f}-{hi:.2f} |" for sid, nf, cps, lo, hi in rows],
-        "", f"Schema v2 costs {ratio:.1f}x v1 per cell on the CPU (three engine passes: nucleus, stain-normalised "
-        "image, ring; plus the Macenko estimate and the context). The pyradiomics comparison rows above are for "
-        "v1's columns; v2's views are each pyradiomics-exact (tests/test_radiomics_v2.py).",
+        f"## Radiomics cost of the feature schema (public `radiomics.extract`, {engines})", "",
+        f"Measured {today()} on {machine()}{gpu} with `python benchmarks/radiomics_schema_bench.py --devices "
+        f"{' '.join(a.devices)}` ({len(patches)} CoNSeP patches at 0.5 um/px, {cells} cells, median of {a.repeats} "
+        "passes, every row in the same process).", "",
+        "| engine | schema | features | cells/s | pass range (s) |", "|---|---|---|---|---|",
+        *[f"| {dev} | `{sid}` | {nf} | {cps:,.0f} | {lo:.2f}-{hi:.2f} |" for dev, sid, nf, cps, lo, hi in rows],
+        "", " ".join(f"On {dev}, schema v2 costs {r:.1f}x v1 per cell." for dev, r in ratios.items())
+        + " v2 runs three engine passes (nucleus, stain-normalised image, ring) plus the Macenko estimate and "
+        "the context (NumPy on every engine). The pyradiomics comparison rows above are for v1's columns; v2's "
+        "views are each pyradiomics-exact (tests/test_radiomics_v2.py).",
     ])  # fmt: skip
     if not a.no_docs:
         print("wrote", write_section("radiomics-schema", md))
