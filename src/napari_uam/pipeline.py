@@ -247,17 +247,10 @@ def _cached_classifier(path: Optional[str], device: str, identity=None):
 
 
 def _file_identity(path: Optional[str]):
-    """(size, mtime_ns, sha256) of a checkpoint file, or None when it cannot be read."""
-    from .training.checkpoint import default_weights_path, file_sha256
+    """The cache key of a classifier checkpoint (None: the shipped default weights)."""
+    from .training.checkpoint import default_weights_path, file_identity
 
-    p = default_weights_path() if path is None else path
-    try:
-        st = os.stat(p)
-        # The hash too: a copy with the source's size and modification time (cp -p) is
-        # still another file. Checkpoints are small (the default is 68 kB: < 1 ms).
-        return (st.st_size, st.st_mtime_ns, file_sha256(p))
-    except OSError:  # missing or unreadable: load_classifier says so, and nothing is cached
-        return None
+    return file_identity(default_weights_path() if path is None else path)
 
 
 def get_classifier(model=None, device: str = "auto"):

@@ -231,12 +231,14 @@ def predict_probability(model, rgb: np.ndarray, mpp: float, work_mpp: float, cel
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(path: str, device: str) -> TumorMaskModel:
+def _cached_model(path: str, device: str, identity=None) -> TumorMaskModel:
+    # ``identity`` (size, mtime, SHA-256) is part of the key: new weights written to the same
+    # path must be loaded, not the model cached for that path (issue 18).
     return TumorMaskModel(read_tumor_checkpoint(path), device=device, path=path)
 
 
 def load_tumor_model(path=None, device: str = "auto") -> TumorMaskModel:
-    """Load a tumor-mask checkpoint (default: the shipped weights), cached per path/device.
+    """Load a tumor-mask checkpoint (default: the shipped weights), cached per file identity/device.
 
     Raises:
         WeightsNotFoundError: no path given and no shipped weights.
@@ -251,7 +253,9 @@ def load_tumor_model(path=None, device: str = "auto") -> TumorMaskModel:
                 f"The tumor-mask weights are not installed ({path} is missing). Train them with "
                 "`python benchmarks/multimodal_bench.py --train` or choose a checkpoint."
             )
-    return _cached_model(str(path), resolve_device(device))
+    from .training.checkpoint import file_identity
+
+    return _cached_model(str(path), resolve_device(device), file_identity(path))
 
 
 def predict_tumor_mask(image, mpp: float, table=None, *, model=None, device: str = "auto",

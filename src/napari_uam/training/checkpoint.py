@@ -80,6 +80,20 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_identity(path: str | os.PathLike) -> tuple[int, int, str] | None:
+    """(size, mtime_ns, sha256) of a weights file, or None when it cannot be read.
+
+    The key of every weights cache: a file rewritten at the same path (retraining into the
+    same checkpoint) is another model. The hash too: a copy with the source's size and
+    modification time (cp -p) is still another file; weights files here are small.
+    """
+    try:
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns, file_sha256(path))
+    except OSError:  # missing or unreadable: the loader says so, and nothing is cached
+        return None
+
+
 def _versions() -> dict:
     import torch
 
