@@ -327,11 +327,12 @@ def test_radiomics_out_of_memory_retries_then_falls_back(monkeypatch, always):
     real = fast_backend._extract_batch
     seen = []
 
-    def flaky(images, labels, schema, device="numpy", progress=None, chunk_pixels=None, cuda_kernels=None):
+    def flaky(images, labels, schema, device="numpy", progress=None, chunk_pixels=None, cuda_kernels=None,
+              cancel=None):
         seen.append((device, chunk_pixels))
         if device != "numpy" and (always or chunk_pixels > radiomics.MIN_OOM_CHUNK_PIXELS):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(images, labels, schema, device, progress, chunk_pixels, cuda_kernels)
+        return real(images, labels, schema, device, progress, chunk_pixels, cuda_kernels, cancel)
 
     monkeypatch.setattr(fast_backend, "_extract_batch", flaky)
     # The torch engine on the CPU stands in for CUDA: the fallback logic is device-agnostic.

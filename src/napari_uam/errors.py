@@ -40,3 +40,9 @@ class DeviceError(UAMError):
 
 class CancelledError(Exception):
     """A run was cancelled by the user; nothing was written."""
+
+
+def raise_if_cancelled(cancel, message: str = "Run cancelled; no result was produced.") -> None:
+    """Raise :class:`CancelledError` when the optional ``cancel() -> bool`` says so."""
+    if cancel is not None and cancel():
+        raise CancelledError(message)

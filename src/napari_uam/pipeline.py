@@ -189,6 +189,10 @@ def measure_cells(
         schema: feature schema (default: the shipped one).
         backend: ``"fast"``, ``"pyradiomics"`` or ``"auto"``.
         device: ``"auto"``, ``"cuda"`` or ``"cpu"`` for the fast engine.
+        progress: optional ``progress("measure", fraction)``, a few times a second.
+        cancel: optional ``cancel() -> bool``, polled between the steps and inside the
+            radiomics engine between chunks of cells (a cancel acts within about 0.1 s of
+            engine work); True raises :class:`CancelledError`.
 
     Returns:
         One row per label: ``label, y, x, area_um2`` then one column per schema feature.
@@ -209,8 +213,10 @@ def measure_cells(
     geom = cell_geometry(lab, mpp)
     if len(geom) == 0:
         raise NoNucleiError("The labels contain no nucleus (all zero): segment or paint nuclei first.")
+    _check_cancel(cancel)
     factor = scale_factor(mpp, schema.mpp)
     work = rescale_image(rgb, factor)
+    _check_cancel(cancel)
     lab_w = resize_labels(lab, work.shape[:2])
     feats = radiomics.extract(
         work,
@@ -219,6 +225,7 @@ def measure_cells(
         backend=backend,
         device=device,
         progress=(lambda f: _tick(progress, "measure", f)),
+        cancel=cancel,
     )
     _check_cancel(cancel)
     # Nuclei too small to survive resampling to the working pixel size get no features (NaN).

@@ -21,7 +21,10 @@ masked instead of gathered, and the upload and download go through page-locked b
 When numba imports, the NumPy path runs the per-cell families as compiled, GIL-free loops over
 the cells (:mod:`._numba`, see :func:`_numba_chunk`; GLSZM zones there come from a per-cell
 flood fill instead of scikit-image); ``device="numpy-pure"`` keeps the pure
-NumPy code, the fallback, which is parity tested as well.
+NumPy code, the fallback, which is parity tested as well. The compiled path measures the cells
+in chunks sized to take about :data:`CHUNK_SECONDS` each, so that progress and a cancel
+(``cancel`` callable) are acted on a few times a second; the array engines poll ``cancel``
+between their chunks and channels.
 
 On CUDA with numba-cuda installed, the same per-cell functions run as CUDA kernels, one GPU
 thread per cell (:mod:`._cuda`, :func:`_extract_cuda`); the pure torch path above is the
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import raise_if_cancelled as check_cancel
 from . import _cuda, _numba, _shape, _texture
 from ._ops import NumpyOps, TorchOps
 from .schema import FeatureSchema, channel_lut
@@ -42,6 +46,34 @@ _LUT_CACHE: dict = {}
 #: Cell pixels per chunk of the per-cell families (memory bound on very large inputs; a
 #: 1000x1000 patch at 0.5 um/px holds about 50,000, a batch of 64 such about 3 M).
 _CHUNK_PIXELS = {"cpu": 1 << 20, "cuda": 1 << 24}
+#: The compiled CPU path sizes its chunks by time: each takes about this many seconds, so that
+#: progress is reported and a cancel is seen a few times a second on any machine (a chunk's
+#: results do not depend on where the chunks are cut: tested).
+CHUNK_SECONDS = 0.1
+#: Cell pixels of the first timed chunk, and the smallest chunk the timing may ask for.
+_FIRST_CHUNK_PIXELS, _MIN_CHUNK_PIXELS = 1 << 14, 1 << 11
+
+
+def _timed_chunks(starts, n_cells, most, seconds=CHUNK_SECONDS):
+    """(c0, c1) cell ranges whose size adapts to the time the previous one took.
+
+    A generator: the caller runs chunk (c0, c1) before asking for the next, which is sized so
+    that it takes about ``seconds`` at the pace measured so far, never above ``most`` cell
+    pixels (the memory bound) and always at least one cell.
+    """
+    import time
+
+    budget, c0 = min(most, _FIRST_CHUNK_PIXELS), 0
+    while c0 < n_cells:
+        c1 = int(np.searchsorted(starts, starts[c0] + budget, side="right")) - 1
+        c1 = min(n_cells, max(c1, c0 + 1))
+        t0 = time.perf_counter()
+        yield c0, c1
+        took = time.perf_counter() - t0
+        done = int(starts[c1] - starts[c0])
+        pace = done / max(took, 1e-4)  # cell pixels per second
+        budget = int(min(most, max(_MIN_CHUNK_PIXELS, pace * seconds, budget // 4)))
+        c0 = c1
 
 
 def make_ops(device: str):
@@ -452,12 +484,14 @@ def _stack_numba(xp, images, labels):
     return rgb, lab, ids, w
 
 
-def _extract_numba(images, labels, schema: FeatureSchema, progress=None, chunk_pixels=None):
+def _extract_numba(images, labels, schema: FeatureSchema, progress=None, chunk_pixels=None, cancel=None):
     """:func:`_extract_batch` with the compiled kernels: no NumPy pass over the pixels at all.
 
     The compact ids of :func:`_stack` are used as they are (no renumbering by grey levels:
     that only serves the batched eigensolver of the array path); a counting sort groups the
-    pixels by cell and one kernel per channel discretises them.
+    pixels by cell and one kernel per channel discretises them. Cells are measured in chunks
+    of about :data:`CHUNK_SECONDS` each (at most ``chunk_pixels`` cell pixels, when given, as
+    the chunks of the other engines); ``progress`` and ``cancel`` are called between chunks.
     """
     xp = make_ops("numpy")
     rgb, lab, ids, wp = _stack_numba(xp, images, labels)
@@ -476,10 +510,14 @@ def _extract_numba(images, labels, schema: FeatureSchema, progress=None, chunk_p
             out[c0:c1, k0 + j] = feats[f]
 
     spacing = (schema.mpp, schema.mpp)
-    for c0, c1 in _chunk_bounds(starts, n_cells, chunk_pixels or _CHUNK_PIXELS["cpu"]):
+    check_cancel(cancel)
+    chunks = (_chunk_bounds(starts, n_cells, chunk_pixels) if chunk_pixels
+              else _timed_chunks(starts, n_cells, _CHUNK_PIXELS["cpu"]))  # fmt: skip
+    for c0, c1 in chunks:
         _numba_chunk(schema, chan, put, lab, pix, c0, c1, starts, wp, spacing)
         if progress is not None:
             progress(0.9 * c1 / n_cells)
+        check_cancel(cancel)
     results, k = [], 0
     for i in ids:
         results.append((i, out[k : k + len(i)]))
@@ -487,8 +525,10 @@ def _extract_numba(images, labels, schema: FeatureSchema, progress=None, chunk_p
     return results
 
 
-def _extract_cuda(xp, images, labels, schema: FeatureSchema, progress=None):
-    """:func:`_extract_batch` with the per-cell CUDA kernels of :mod:`._cuda`."""
+def _extract_cuda(xp, images, labels, schema: FeatureSchema, progress=None, cancel=None):
+    """:func:`_extract_batch` with the per-cell CUDA kernels of :mod:`._cuda` (one pass: the
+    GPU measures a whole image in well under a second; ``cancel`` is polled before and after)."""
+    check_cancel(cancel)
     rgb, lab, ids, stack_shape = _stack(xp, images, labels, pack=False)
     n_cells = sum(len(i) for i in ids)
     col_of, fams, n_feat = _column_layout(schema)
@@ -496,6 +536,7 @@ def _extract_cuda(xp, images, labels, schema: FeatureSchema, progress=None):
         return [(i, np.empty((0, n_feat))) for i in ids]
     out, unsettled = _cuda.extract_cuda(xp, rgb, lab, ids, stack_shape, schema, col_of, fams, n_feat)
     del rgb, lab
+    check_cancel(cancel)
     values = _download(xp, out)
     flags = xp.to_numpy(unsettled).astype(bool)
     results, k = [], 0
@@ -517,18 +558,18 @@ def _extract_cuda(xp, images, labels, schema: FeatureSchema, progress=None):
 
 
 def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None,
-                  cuda_kernels: bool | None = None):
+                  cuda_kernels: bool | None = None, cancel=None):
     """Features of every cell of every patch (see :func:`_extract_batch`)."""
     # The engine computes a schema's plain radiomics (shape + its channels); the views of a v2
     # schema (stain-normalised image, ring, context) are assembled by radiomics.extract.
     schema = schema.base
     # Degenerate cells divide 0 by 0 on purpose (pyradiomics' NaNs); keep NumPy quiet about it.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _extract_batch(images, labels, schema, device, progress, chunk_pixels, cuda_kernels)
+        return _extract_batch(images, labels, schema, device, progress, chunk_pixels, cuda_kernels, cancel)
 
 
 def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None,
-                   cuda_kernels: bool | None = None):
+                   cuda_kernels: bool | None = None, cancel=None):
     """Features of every cell of every patch.
 
     Args:
@@ -538,33 +579,37 @@ def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy",
         schema: the feature schema.
         device: ``"numpy"`` (NumPy CPU, numba kernels when available), ``"numpy-pure"``
             (NumPy only), ``"cpu"`` (torch CPU) or ``"cuda[:n]"`` (GPU).
-        progress: optional callable(fraction).
+        progress: optional callable(fraction), called after every chunk of cells.
         chunk_pixels: most cell pixels per chunk of the per-cell families; None = the
-            device's default (:data:`_CHUNK_PIXELS`). Smaller chunks need less memory.
+            device's default (:data:`_CHUNK_PIXELS`; the compiled CPU path then sizes its
+            chunks to take about :data:`CHUNK_SECONDS` each). Smaller chunks need less memory.
         cuda_kernels: on CUDA, run the per-cell CUDA kernels of :mod:`._cuda` (True) or the
             pure torch engine (False); None = the kernels when numba-cuda is available and
             ``chunk_pixels`` is not below the CUDA default.
+        cancel: optional ``cancel() -> bool``, polled between chunks and channels; True
+            raises :class:`~napari_uam.errors.CancelledError`.
 
     Returns:
         list over patches of (ids, values): (n_b,) int64 sorted label ids, (n_b, F) float64.
     """
     xp = make_ops(device)
     if getattr(xp, "numba", False):
-        return _extract_numba(images, labels, schema, progress, chunk_pixels)
+        return _extract_numba(images, labels, schema, progress, chunk_pixels, cancel)
     if xp.name == "torch":  # the page-locked staging buffers are shared: one torch call at a time
         with _TORCH_LOCK:
-            return _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels)
-    return _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels)
+            return _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels, cancel)
+    return _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels, cancel)
 
 
-def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels):
+def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, cuda_kernels, cancel=None):
     """The array engines of :func:`_extract_batch` (NumPy, torch CPU / CUDA, CUDA kernels)."""
     # The per-cell CUDA kernels take the batch whole; a caller asking for chunks smaller than
     # the default (the retry after a GPU out-of-memory error) gets the chunked torch engine.
     whole = chunk_pixels is None or chunk_pixels >= _CHUNK_PIXELS["cuda"]
     auto_kernels = cuda_kernels is None and whole and _cuda.available()
     if xp.name == "torch" and xp.device.type == "cuda" and (cuda_kernels or auto_kernels):
-        return _extract_cuda(xp, images, labels, schema, progress)
+        return _extract_cuda(xp, images, labels, schema, progress, cancel)
+    check_cancel(cancel)
     rgb, lab, ids, stack_shape = _stack(xp, images, labels)
     n_cells = sum(len(i) for i in ids)
     n_feat = schema.n_features
@@ -615,6 +660,7 @@ def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, 
             else:
                 zone = _zones_torch(xp, key, pix, wp)
         chan[ch] = (values, level, n_levels, levimg, zone)
+        check_cancel(cancel)
 
     glszm_vals = {}
     for ch in schema.channels:
@@ -623,6 +669,7 @@ def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, 
             glszm_vals[ch] = _texture.glszm(xp, zone, cell_all, level, n_cells, n_levels)
         elif zone is not None:  # torch: zones keyed by their root pixel, no relabelling
             glszm_vals[ch] = _texture.glszm_roots(xp, zone, cell_all, level, n_cells, n_levels)
+        check_cancel(cancel)
 
     # Column layout of the output: shape, then per channel its families in schema order.
     col_of, k = {}, 0
@@ -675,6 +722,7 @@ def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, 
                     put((ch, "gldm"), c0, c1, _texture.gldm(xp, cell_c, l_c, same, nc, n_levels))
                 if "ngtdm" in schema.families:
                     put((ch, "ngtdm"), c0, c1, _texture.ngtdm(xp, cell_c, l_c, cnt, tot, nc, n_levels))
+            check_cancel(cancel)
         del pairs, lab_c
         if progress is not None:
             progress(0.9 * c1 / n_cells)
@@ -687,6 +735,7 @@ def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, 
             del key_img
         if "glszm" in schema.families:
             put((ch, "glszm"), 0, n_cells, glszm_vals[ch])
+        check_cancel(cancel)
 
     out = _download(xp, out[rank])  # back to the original (patch, label) order
     results, k = [], 0

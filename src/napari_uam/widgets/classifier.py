@@ -60,6 +60,9 @@ _KIND_REGION = "tumor region"
 _REGION_CHOICES = {"Probability image": "probability", "Mask (p > 0.5)": "mask", "Off": "off"}
 #: Export formats: check-box label -> :func:`napari_uam.io.export.export_cells` format.
 _EXPORT_FORMATS = (("CSV", "csv"), ("Parquet", "parquet"), ("GeoJSON (QuPath)", "geojson"), ("TIFF labels", "tif"))
+#: What the status line says during each stage.
+_STAGE_TEXT = {"load": "loading the model", "segment": "segmenting nuclei", "measure": "measuring cells",
+               "classify": "classifying cells", "tumor mask": "predicting the tumor region"}  # fmt: skip
 _DEFAULT_MODEL = "Default UAM model"
 #: Pause between the steps that add a run's layers, so timers and input get a turn in between.
 _STEP_PAUSE_MS = 15
@@ -277,6 +280,7 @@ class ClassifierWidget(QWidget):
         self.viewer = napari_viewer
         self._worker = None
         self._job: Optional[_Job] = None
+        self._stage: Optional[str] = None  # the stage the status line names
         self._cancel = threading.Event()
         self._export_target = ""
         self._mpp_edits: dict[str, float] = {}
@@ -631,6 +635,7 @@ class ClassifierWidget(QWidget):
         if job is None:
             return
         self._job = job
+        self._stage = None
         # A fresh flag per run: a run still winding down never sees the next run's state.
         self._cancel = threading.Event()
         self._set_busy(True, cancellable=True)
@@ -670,6 +675,9 @@ class ClassifierWidget(QWidget):
         done = sum(_STAGE_WEIGHT[s] for s in stages[: stages.index(stage)])
         value = int(round(100 * (done + _STAGE_WEIGHT[stage] * min(max(fraction, 0.0), 1.0)) / total))
         self.progress.setValue(max(self.progress.value(), value))
+        if stage != self._stage and fraction < 1.0 and not self._cancel.is_set():
+            self._stage = stage  # say which stage runs ("Classify 'x': measuring cells...")
+            self._say(f"{job.action.capitalize()} '{job.source}': {_STAGE_TEXT[stage]}...")
 
     def _on_yielded(self, step) -> None:
         self._on_stage_progress(*step)
