@@ -8,6 +8,7 @@ scrolling docks, undo, the training split).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -549,3 +550,72 @@ def test_validation_split_by_cells_with_one_or_two_images_and_by_image_beyond():
     assert sorted(many["image"].unique()) == ["a", "b", "c", "d", "e"]  # whole images, as before
     assert text.startswith("Validating on the images ") and "(100 cells)" in text
     assert validation_groups(cells(["a"]), 0.0)[1].startswith("No validation")
+
+
+# ------------------------------------------- 5. the Train dock lists the current results
+def _sources(train):
+    return [train.sources.item(i).text() for i in range(train.sources.count())]
+
+
+@pytest.mark.gui
+def test_train_dock_offers_current_results_and_says_which_is_current(make_napari_viewer, qtbot, brca_dir, monkeypatch):
+    """Classify, edit, classify again keeping the edited layer ("No"), three times: the Train
+    dock lists each image's current results layer, marked "(current)", and an older results
+    layer only when the user corrected classes in it; an older one that was only painted is
+    stale and not offered (it was listed, unmarked, beside the current one)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.widgets import _layers as L
+    from test_annotate import centre_of, click
+
+    if not default_weights_path().is_file():
+        pytest.skip("default UAM weights not installed")
+    viewer = make_napari_viewer(show=True)
+    path = sorted((brca_dir / "val").glob("*.jpg"))[0]
+    viewer.add_image(np.asarray(Image.open(path).convert("RGB")), name="he", rgb=True, metadata={"mpp": 0.5})
+    classifier = _dock(viewer)
+    classifier.region_combo.setCurrentText("Off")
+    train = _dock(viewer, "UAM train classifier")
+    annotate = _dock(viewer, "UAM annotate cells")
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No)
+
+    def classify():
+        _click(qtbot, classifier.classify_btn)
+        qtbot.waitUntil(lambda: not classifier.busy, timeout=RUN_TIMEOUT_MS)
+        assert "classified" in classifier.status.text(), classifier.status.text()
+        qtbot.wait(50)  # the Train dock refreshes in the next turn of the event loop
+
+    classify()
+    assert _sources(train) == ["layer: he nuclei (current)"]
+    first = viewer.layers["he nuclei"]
+    # The user erases a nucleus with the fill tool (an edit, but no class correction).
+    lab = int(first.features["label"].iloc[0])
+    first.fill(tuple(int(v) for v in centre_of(first, lab)), 0)
+    assert L.is_edited(first)
+    classify()  # "No": keep the edited layer, add the new results beside it
+    assert len(asked) == 1 and [x.name for x in viewer.layers if L.owner_record(x) and L.owner_record(x)["kind"] == "nuclei"] == [
+        "he nuclei", "he nuclei [1]"]  # fmt: skip
+    assert _sources(train) == ["layer: he nuclei [1] (current)"], _sources(train)
+    assert "'he nuclei'" in train.sources_note.text() and train.sources_note.isVisibleTo(train)
+
+    # The user corrects classes in the current layer (annotation mode, real clicks).
+    second = viewer.layers["he nuclei [1]"]
+    annotate.layer_combo.setCurrentText(second.name)
+    annotate.set_mode(True)
+    feats = second.features
+    annotate.class_buttons["non-tumor"].setChecked(True)
+    for lab in feats.loc[feats["class"] != "non-tumor", "label"].tolist()[:3]:
+        click(second, centre_of(second, lab))
+    annotate.set_mode(False)
+    assert (second.features["annotation"] == "user").sum() >= 1
+    qtbot.wait(50)
+    assert _sources(train) == ["layer: he nuclei [1] (current)"]
+    classify()
+    assert len(asked) == 2
+    assert _sources(train) == ["layer: he nuclei [1] (older results, with your corrections)",
+                               "layer: he nuclei [2] (current)"], _sources(train)  # fmt: skip
+    assert train.sources.item(1).toolTip().startswith("The current results of 'he'")
+    assert classifier.current_label.text().startswith("Current results: 'he nuclei [2]'")
+

@@ -50,7 +50,7 @@ def test_train_from_the_dock_cancel_finish_and_use(make_napari_viewer, qtbot, br
 
     _, train = viewer.window.add_plugin_dock_widget("napari-uam", "UAM train classifier")
     items = [train.sources.item(i).text() for i in range(train.sources.count())]
-    assert items == ["layer: patch0 nuclei", "layer: patch1 nuclei"]
+    assert items == ["layer: patch0 nuclei (current)", "layer: patch1 nuclei (current)"]
     assert train.start_combo.currentText() == "Shipped default model" and not train.arch_combo.isEnabled()
     train.start_combo.setCurrentText("From scratch")
     assert train.arch_combo.isEnabled() and train.lr_spin.value() == pytest.approx(1e-3)

@@ -25,7 +25,7 @@ import numpy as np
 from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -167,6 +167,15 @@ class _Relay(QObject):
     progressed = Signal(object)
 
 
+#: Annotation sources that mean a person (or their region / points layer) set the class.
+_CORRECTED = ("user", "region", "points")
+
+
+def corrected(table) -> bool:
+    """Whether a cell table holds classes set by the user rather than the model."""
+    return "annotation" in table.columns and bool(table["annotation"].isin(_CORRECTED).any())
+
+
 class TrainWidget(QWidget):
     """Dock widget: fine-tune (or train) the cell classifier on annotated images.
 
@@ -189,9 +198,28 @@ class TrainWidget(QWidget):
         # Closing napari cancels the run and waits for it: no checkpoint is written afterwards.
         self._guard = RunGuard(self)
         self._build()
+        # The list is refreshed in the next turn of the event loop: the classifier dock stamps
+        # a result layer as its own right after inserting it, and "current" is read off that.
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(0)
+        self._refresh_timer.timeout.connect(self.refresh_sources)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self.refresh_sources)
+            ev.connect(self._refresh_soon)
+        self.viewer.layers.events.inserted.connect(self._watch_layer)
+        for layer in self.viewer.layers:
+            self._watch_layer(layer)
         self.refresh_sources()
+
+    def _refresh_soon(self, event=None) -> None:
+        self._refresh_timer.start()
+
+    def _watch_layer(self, event) -> None:
+        """Class corrections (a features change) can make an older result worth listing."""
+        layer = getattr(event, "value", event)
+        features_event = getattr(getattr(layer, "events", None), "features", None)
+        if isinstance(layer, Labels) and features_event is not None:
+            features_event.connect(self._refresh_soon)
 
     # ------------------------------------------------------------------ UI construction
     def _build(self) -> None:
@@ -200,6 +228,10 @@ class TrainWidget(QWidget):
         self.sources = QListWidget()
         self.sources.setToolTip("Tick the annotated images to train on: open nuclei layers with classes, and project folders.")
         self.sources.setMaximumHeight(110)
+        self.sources_note = QLabel("")
+        self.sources_note.setWordWrap(True)
+        self.sources_note.setStyleSheet("color: gray;")
+        self.sources_note.setVisible(False)
         src_row = QHBoxLayout()
         self.add_folder_btn = QPushButton("Add folder...")
         self.add_folder_btn.setToolTip("A project folder saved by the annotate dock, or a folder of them.")
@@ -287,6 +319,7 @@ class TrainWidget(QWidget):
         root = QVBoxLayout(inner)
         root.addWidget(QLabel("Annotated images"))
         root.addWidget(self.sources)
+        root.addWidget(self.sources_note)
         root.addLayout(src_row)
         root.addLayout(form)
         root.addLayout(run_row)
@@ -316,25 +349,51 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------------ sources
     def refresh_sources(self, event=None) -> None:
-        """List the open annotated nuclei layers (kept ticked as they were) and the added folders."""
+        """List the open annotated nuclei layers (kept ticked as they were) and the added folders.
+
+        Of the classifier dock's result layers, each image's current one is listed (marked
+        "(current)"); an older one only when the user corrected classes in it: older results
+        nobody reviewed are stale predictions (Classify cells kept them beside the new ones
+        because they had been edited, e.g. painted), and training on them teaches nothing.
+        """
         ticked = {self.sources.item(i).data(_ROLE): self.sources.item(i).checkState() for i in range(self.sources.count())}
         folders = [k for k in ticked if k and k[0] == "folder"]
         self.sources.clear()
+        hidden = []
         for layer in self.viewer.layers:
             rec = L.owner_record(layer)
             table = annotated_table(layer) if isinstance(layer, Labels) else None
             if table is None or (rec is not None and rec["kind"] != L.KIND_NUCLEI):
                 continue
+            text, tip = f"layer: {layer.name}", ""
+            if rec is not None:
+                if L.current_layer(self.viewer.layers, rec["source"], L.KIND_NUCLEI) is layer:
+                    text += " (current)"
+                    tip = f"The current results of '{rec['source']}' (what Classify cells and Export use)."
+                elif corrected(table):
+                    text += " (older results, with your corrections)"
+                    tip = f"Older results of '{rec['source']}', listed because you corrected classes in them."
+                else:
+                    hidden.append(layer.name)
+                    continue
             # Ticked by default only when someone reviewed it: untouched predictions would
             # just teach the model its own mistakes.
             reviewed = "annotation" in table.columns and bool((table["annotation"] != "model").any())
             default = Qt.CheckState.Checked if reviewed else Qt.CheckState.Unchecked
-            self._add_item(f"layer: {layer.name}", ("layer", layer.name), ticked, default)
+            self._add_item(text, ("layer", layer.name), ticked, default, tip)
         for key in folders:
             self._add_item(f"folder: {key[1]}", key, ticked)
+        if hidden:
+            names = ", ".join(f"'{n}'" for n in hidden)
+            self.sources_note.setText(f"Not listed: {names} (older results without your corrections).")
+        else:
+            self.sources_note.setText("")
+        self.sources_note.setVisible(bool(hidden))
 
-    def _add_item(self, text, key, ticked, default=Qt.CheckState.Checked) -> None:
+    def _add_item(self, text, key, ticked, default=Qt.CheckState.Checked, tip: str = "") -> None:
         item = QListWidgetItem(text)
+        if tip:
+            item.setToolTip(tip)
         item.setData(_ROLE, key)
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
         item.setCheckState(ticked.get(key, default))
