@@ -3,7 +3,8 @@
 Closing napari mid-run (real subprocesses), Cancel in every stage, responsiveness while results
 are added, the Shift+drag gesture with the modifiers a real Qt event carries, and what the
 display shows (class colours, contours, legend, hover, current layer, replace-after-confirm,
-scrolling docks, undo, the training split).
+scrolling docks, undo, the training split), which layers the Train dock offers, and the export's
+lock on its folder against a command-line run (a real subprocess).
 """
 
 from __future__ import annotations
@@ -619,3 +620,55 @@ def test_train_dock_offers_current_results_and_says_which_is_current(make_napari
     assert train.sources.item(1).toolTip().startswith("The current results of 'he'")
     assert classifier.current_label.text().startswith("Current results: 'he nuclei [2]'")
 
+
+
+# ------------------------------------------------ 6. the dock's export takes the folder lock
+@pytest.mark.gui
+def test_dock_export_is_refused_while_a_cli_run_writes_into_the_folder(make_napari_viewer, qtbot, tmp_path):
+    """A real `napari-uam segment` run writes into a folder; the dock's Export into that folder
+    is refused with a message naming the run (it wrote beside the run's files, its manifest
+    and cohort table, unlocked); nothing of the dock's is written. Once the run has ended, the
+    same Export writes its files."""
+    from napari_uam.io.lock import holder
+    from napari_uam.sample_data import SAMPLE_PATH
+
+    rgb = np.asarray(Image.open(SAMPLE_PATH).convert("RGB"))
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for k in range(8):  # several images, so that the run is still writing when the dock exports
+        Image.fromarray(rgb).save(inp / f"patch{k}.png")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    run = subprocess.Popen([sys.executable, "-m", "napari_uam.cli", "segment", str(inp), "--mpp", "0.5", "--out",
+                            str(out), "--device", "cpu", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env)  # fmt: skip
+    try:
+        viewer = make_napari_viewer()
+        widget = _dock(viewer)
+        widget.backend_combo.setCurrentText("watershed")
+        viewer.add_image(rgb, name="dockimg", rgb=True, metadata={"mpp": 0.5})
+        _click(qtbot, widget.segment_btn)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+        assert widget.status.text().startswith("Segmented ("), widget.status.text()
+        widget.export_dir_edit.setText(str(out))
+        qtbot.waitUntil(lambda: (holder(out) or {}).get("pid") == run.pid or run.poll() is not None, timeout=RUN_TIMEOUT_MS)
+        _click(qtbot, widget.export_btn)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+        run_was_writing = run.poll() is None
+        refused = widget.status.text()
+        mine = sorted(p.name for p in out.rglob("*dockimg*"))
+        run_out, run_err = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run_was_writing, "the command-line run ended before the export: the test proves nothing"
+    assert refused.startswith(f"Not exported: Another napari-uam run (process {run.pid}"), refused
+    assert "export into another folder" in refused and "Nothing was written" in refused, refused
+    assert mine == [], mine
+    assert run.returncode == 0, run_err
+    assert json.loads((out / "napari_uam_run.json").read_text())["state"] == "finished"
+
+    _click(qtbot, widget.export_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.text().startswith(f"Exported to {out}"), widget.status.text()
+    assert (out / "dockimg_cells.csv").is_file() and (out / "dockimg_nuclei.tif").is_file()
+    assert not (out / ".napari_uam.lock").exists()  # released after the export

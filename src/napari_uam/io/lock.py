@@ -34,12 +34,16 @@ class FolderLock:
     Args:
         folder: the output folder (must exist).
         what: what the holder is doing, recorded in the lock file.
+        instead: the end of the refusal message, what the user can do instead (the command
+            line's default names ``--out``; the dock's export names its export folder).
     """
 
-    def __init__(self, folder, what: str = "napari-uam run"):
+    def __init__(self, folder, what: str = "napari-uam run",
+                 instead: str = "wait for it to finish, or choose another --out folder."):  # fmt: skip
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.what = what
+        self.instead = instead
         self._fh = None
 
     def acquire(self) -> "FolderLock":
@@ -57,8 +61,7 @@ class FolderLock:
                 holder = _describe(fh.read())
                 fh.close()
                 raise FolderLockedError(
-                    f"Another napari-uam run{holder} is writing into {self.folder}; wait for it to "
-                    "finish, or choose another --out folder."
+                    f"Another napari-uam run{holder} is writing into {self.folder}; {self.instead}"
                 ) from None
             if _same_file(fh, self.path):
                 break

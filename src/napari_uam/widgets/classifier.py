@@ -229,11 +229,19 @@ def _export(labels, table, out_dir, stem, formats, overwrite, provenance, mpp):
     returned exception as a crash), so the GUI thread can ask before overwriting.
     """
     from ..io.export import export_cells
+    from ..io.lock import FolderLock
 
     try:
-        written = export_cells(
-            labels, table, out_dir, stem, formats=formats, overwrite=overwrite, provenance=provenance, mpp=mpp
-        )
+        folder = Path(out_dir).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        # The command line's lock on its --out folder: a batch run writing into this folder
+        # (its files, markers, manifest and cohort table) refuses the export, and the other
+        # way round, instead of the two interleaving their files.
+        with FolderLock(folder, what=f"napari-uam dock export of '{stem}'",
+                        instead="wait for it to finish, or export into another folder. Nothing was written."):  # fmt: skip
+            written = export_cells(
+                labels, table, folder, stem, formats=formats, overwrite=overwrite, provenance=provenance, mpp=mpp
+            )
     except Exception as err:  # noqa: BLE001 - shown to the user by the GUI thread
         if not isinstance(err, (FileExistsError, OSError, UAMError)):
             logger.exception("napari-uam export failed")
@@ -989,6 +997,11 @@ class ClassifierWidget(QWidget):
                 self._say("Export cancelled: existing files were kept.")
             return
         if err is not None:
+            from ..io.lock import FolderLockedError
+
+            if isinstance(err, FolderLockedError):
+                self._fail(f"Not exported: {err}")
+                return
             self._fail(f"Export failed: {err}", error=not isinstance(err, (OSError, UAMError)))
             return
         names = ", ".join(Path(p).name for p in written.values())
