@@ -152,15 +152,18 @@ def cell_geometry(labels: np.ndarray, mpp: float) -> pd.DataFrame:
     lab = np.asarray(labels)
     flat = lab.ravel()
     n = int(flat.max()) + 1 if flat.size else 1
-    # Per-label pixel counts and coordinate sums by bincount (raster order, as
-    # ndimage.sum_labels adds them): no unique() sort and no (H, W) coordinate images.
-    pixels = np.bincount(flat, minlength=n)
+    # Per-label pixel counts and coordinate sums by bincount over the labelled pixels only:
+    # no unique() sort and no (H, W) coordinate images. The sums are of integers, exact in
+    # float64, so the order of addition does not change them.
+    where = np.flatnonzero(flat)
+    idx = flat[where]
+    pixels = np.bincount(idx, minlength=n)
     ids = np.flatnonzero(pixels[1:]) + 1
     if ids.size == 0:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c == "label" else "float64") for c in BASE_COLUMNS})
-    h, w = lab.shape
-    sum_y = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n)
-    sum_x = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n)
+    yy, xx = np.divmod(where, lab.shape[1])
+    sum_y = np.bincount(idx, weights=yy, minlength=n)
+    sum_x = np.bincount(idx, weights=xx, minlength=n)
     counts = pixels[ids].astype(np.float64)
     cy = sum_y[ids] / counts
     cx = sum_x[ids] / counts

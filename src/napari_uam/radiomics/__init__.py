@@ -172,7 +172,7 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
         check_cancel(cancel)
         estimate = stain if stain is not None else estimate_stains(img)
         check_cancel(cancel)
-        source = normalise_stain(img, estimate)
+        source = normalise_stain(img, estimate, cancel)
         view = schema.normalised_view
         _, vals = _base_values(source, lab, view, backend, device, _share(progress, *share[step]), cancel)
         step += 1

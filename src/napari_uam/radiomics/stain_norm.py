@@ -110,14 +110,17 @@ def estimate_stains(rgb: np.ndarray) -> StainEstimate:
     return StainEstimate(stains, max_conc, frac, True)
 
 
-def normalise_stain(rgb: np.ndarray, estimate: StainEstimate | None = None) -> np.ndarray:
+def normalise_stain(rgb: np.ndarray, estimate: StainEstimate | None = None, cancel=None) -> np.ndarray:
     """``rgb`` re-synthesised with the reference stains and maxima (uint8, same shape).
 
     Pixels are deconvolved with the image's own stain vectors, each concentration is scaled
     by ``REF_MAX / max_conc``, and the image is rebuilt from :data:`REF_STAINS`. The residual
     OD (what the two stains do not explain) is dropped, as in Macenko's method. An image
-    without a usable estimate is returned unchanged.
+    without a usable estimate is returned unchanged. ``cancel() -> bool`` (optional) is polled
+    between row blocks (:class:`~napari_uam.errors.CancelledError`).
     """
+    from ..errors import raise_if_cancelled
+
     est = estimate if estimate is not None else estimate_stains(rgb)
     if not est.ok:
         return rgb
@@ -129,6 +132,7 @@ def normalise_stain(rgb: np.ndarray, estimate: StainEstimate | None = None) -> n
     out = np.empty_like(rgb)
     rows = max(1, (1 << 20) // max(1, rgb.shape[1]))
     for y in range(0, rgb.shape[0], rows):
+        raise_if_cancelled(cancel)
         od = _OD_LUT[rgb[y : y + rows]]
         conc_od = np.maximum(od @ to_conc, 0.0) @ REF_STAINS
         out[y : y + rows] = np.clip(np.rint(256.0 * np.power(10.0, -conc_od) - 1.0), 0, 255).astype(np.uint8)
