@@ -178,24 +178,37 @@ def test_an_annotated_image_is_in_domain_for_the_model_fine_tuned_on_it(recolour
     assert odd.provenance["domain"]["status"] == "out of domain"
 
 
-def test_a_checkpoint_without_a_trust_model_is_unknown_never_in_domain(brca_dir, tmp_path):
+@pytest.fixture(scope="module")
+def scratch_checkpoint(brca_dir, tmp_path_factory):
+    """A model trained from scratch on two annotated patches: it has no training statistics."""
+    import pandas as pd
+
+    from napari_uam.training.finetune import FinetuneConfig, cells_from_annotation, finetune, save_finetuned
+
+    cells = []
+    for p in sorted((brca_dir / "train").glob("*.jpg"))[:2]:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
+        table = pipeline.cell_geometry(labels, 0.5)
+        table["class"] = np.where(np.arange(len(table)) % 3 == 0, "tumor", "non-tumor")
+        cells.append(cells_from_annotation(rgb, labels, table, 0.5, p.stem[:23]))
+    res = finetune(pd.concat(cells, ignore_index=True),
+                   FinetuneConfig(init="scratch", arch="trans", epochs=1, lr=1e-3, val_fraction=0.5))  # fmt: skip
+    assert res.domain is None and "from scratch" in res.trust["reason"]
+    return save_finetuned(res, tmp_path_factory.mktemp("scratch") / "scratch.pt")
+
+
+def test_a_checkpoint_without_a_trust_model_is_unknown_never_in_domain(scratch_checkpoint, brca_dir, tmp_path):
     """A model trained from scratch has no training statistics: the domain is "unknown", with
     the reason, on the command line (warning + done marker) and in the provenance."""
     from napari_uam.domain import UnknownDomainWarning
     from napari_uam.training.checkpoint import load_classifier, read_checkpoint
-    from napari_uam.training.finetune import FinetuneConfig, cells_from_annotation, finetune, save_finetuned
 
-    path, rgb = _brca_image(brca_dir)
-    labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
-    table = pipeline.cell_geometry(labels, 0.5)
-    table["class"] = np.where(np.arange(len(table)) % 3 == 0, "tumor", "non-tumor")
-    cells = cells_from_annotation(rgb, labels, table, 0.5, "a")
-    cells = __import__("pandas").concat([cells, cells.assign(image="b")], ignore_index=True)
-    res = finetune(cells, FinetuneConfig(init="scratch", arch="trans", epochs=1, lr=1e-3, val_fraction=0.5))
-    assert res.domain is None and "from scratch" in res.trust["reason"]
-    ckpt, card = save_finetuned(res, tmp_path / "scratch.pt")
+    ckpt, card = scratch_checkpoint
     assert "domain" not in read_checkpoint(ckpt) and "**unknown**" in card.read_text()
     assert load_classifier(ckpt, device="cpu").domain is None
+    _, rgb = _brca_image(brca_dir)
+    labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
 
     with pytest.warns(UnknownDomainWarning, match="cannot say whether this image is like its training data"):
         out = pipeline.run(rgb, 0.5, labels=labels, model=str(ckpt), device="cpu", tumor_mask=False)
@@ -213,3 +226,24 @@ def test_a_checkpoint_without_a_trust_model_is_unknown_never_in_domain(brca_dir,
     assert "cannot say whether this image is like its training data" in proc.stderr
     done = json.loads((tmp_path / "out" / "patch.done.json").read_text())
     assert '"status": "unknown"' in json.dumps(done) and '"in_domain": true' not in json.dumps(done)
+
+
+def test_classifier_dock_says_the_trust_is_unknown(scratch_checkpoint, make_napari_viewer, qtbot, brca_dir):
+    """Classify cells with a checkpoint that has no trust model: the status line says so."""
+    from qtpy.QtCore import Qt
+
+    from napari_uam.widgets.classifier import ClassifierWidget
+
+    _, rgb = _brca_image(brca_dir)
+    viewer = make_napari_viewer()
+    viewer.add_image(rgb, name="patch", rgb=True, metadata={"mpp": 0.5})
+    widget = ClassifierWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_combo.setCurrentText("patch")
+    widget.mpp_spin.setValue(0.5)
+    widget.use_checkpoint(scratch_checkpoint[0])
+    qtbot.mouseClick(widget.classify_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
+    text = widget.status.text()
+    assert "trust unknown" in text and "from scratch" in text, text
+    assert "outside the classifier's training data" not in text
