@@ -81,6 +81,21 @@ def test_domain_model_distance_grows_with_the_shift():
     far = again.score({**stains[0], "max_conc": [1.6, 1.6]}, feats[0] + 3)
     assert near.in_domain and not far.in_domain and far.distance > near.distance
     assert np.isnan(again.score(stains[0], feats[0][:3]).distance)  # too few cells: no verdict
+    assert again.score(stains[0], feats[0][:3]).as_dict()["status"] == "unknown"
+
+    # Anchors (fine-tuning images): distance = min(to the base mean, to the nearest anchor),
+    # same threshold; they survive the checkpoint round trip and a second fine-tuning.
+    far_desc = again.descriptor({**stains[0], "max_conc": [1.6, 1.6]}, feats[0] + 3)
+    tuned = again.with_anchors([far_desc], ["odd"])
+    tuned = DomainModel.from_dict(json.loads(json.dumps(tuned.to_dict())))
+    hit = tuned.score({**stains[0], "max_conc": [1.6, 1.6]}, feats[0] + 3)
+    assert hit.in_domain and hit.distance < 1e-6 and hit.as_dict()["nearest"] == "fine-tuning image odd"
+    assert tuned.threshold == again.threshold
+    base_hit = tuned.score(stains[0], feats[0])
+    assert base_hit.distance == pytest.approx(near.distance) and base_hit.as_dict()["nearest"] == "base training data"
+    twice = tuned.with_anchors([again.mean + 1.0], ["second"])
+    assert twice.anchor_names == ["odd", "second"] and twice.anchors.shape == (2, len(again.mean))
+    assert "anchors" not in again.to_dict() and "nearest" not in near.as_dict()  # the shipped kind: unchanged
 
 
 def test_weights_file_is_the_shipped_one():
