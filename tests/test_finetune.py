@@ -100,6 +100,7 @@ def test_same_seed_gives_identical_weights_in_cli_and_function(cells, projects, 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "kept epoch" in proc.stdout and out.is_file() and out.with_suffix(".md").is_file()
+    assert "Calibration: T = 1 (not fitted: no validation cells" in proc.stdout, proc.stdout
     ckpt = read_checkpoint(out)
     assert _same(ckpt["state_dict"], _state(first.model)), "CLI and function differ for the same seed"
     assert ckpt["training"]["finetune"] and ckpt["training"]["init"]["kind"] == "default"
@@ -160,3 +161,88 @@ def test_cancel_stops_and_bad_inputs_are_explained(cells):
         finetune(cells.iloc[:0], FinetuneConfig(epochs=1))
     with pytest.raises(CheckpointError, match="does not exist"):
         finetune(cells, FinetuneConfig(init="/nonexistent/model.pt", epochs=1))
+
+
+# ------------------------------------------------------------- calibration (issue 16)
+def _val_cells(cells, ckpt):
+    return cells[cells["image"].isin(ckpt["training"]["val"]["image_names"])]
+
+
+def test_finetuned_checkpoint_is_calibrated_on_its_validation_cells(cells, tmp_path):
+    """T is fitted on the held-out image's cells, stored with its record, and applied at inference."""
+    from napari_uam.training.calibration import T_BOUNDS, model_logits, nll, softmax
+    from napari_uam.training.checkpoint import build_from_checkpoint, load_classifier, read_checkpoint
+    from napari_uam.training.normalize import Normalizer
+
+    res = finetune(cells, FinetuneConfig(init="default", epochs=3, seed=0, val_fraction=0.34))
+    path, card = save_finetuned(res, tmp_path / "cal.pt")
+    ck = read_checkpoint(path)
+    cal = ck["calibration"]
+    t = cal["temperature"]
+    assert cal["fitted"] and cal["reason"] is None and T_BOUNDS[0] <= t <= T_BOUNDS[1] and t != 1.0
+    val = _val_cells(cells, ck)
+    assert cal["n_cells"] == len(val) >= 100 and min(cal["cells_per_class"].values()) >= 10
+    assert cal["cells_per_class"]["tumor"] == int(val["target"].sum())
+
+    # The saved model's probabilities are softmax(logits / T) of its own logits.
+    names = list(ck["feature_names"])
+    x = Normalizer.from_dict(ck["normalization"]).transform(val[names].to_numpy(np.float64))
+    logits = model_logits(build_from_checkpoint(ck), x)
+    clf = load_classifier(path, device="cpu")
+    assert clf.temperature == t
+    proba = clf.predict_proba(val[names])
+    assert np.allclose(proba, softmax(logits, t), atol=1e-6)
+    assert np.abs(proba - softmax(logits, 1.0)).max() > 1e-4  # T really changes the numbers
+
+    # The record reproduces from the file, and T is the NLL minimum (never worse than T = 1).
+    y = np.where(val["target"].to_numpy() == 1, ck["tumor_class"], 1 - ck["tumor_class"])
+    assert nll(logits, y, 1.0) == pytest.approx(cal["nll_before"], abs=1e-5)
+    assert nll(logits, y, t) == pytest.approx(cal["nll_after"], abs=1e-5)
+    assert cal["nll_after"] <= cal["nll_before"]
+    for other in (max(T_BOUNDS[0], t * 0.9), min(T_BOUNDS[1], t * 1.1)):
+        assert nll(logits, y, t) <= nll(logits, y, other) + 1e-9
+    assert 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1
+    text = card.read_text()
+    assert f"T = {t:.4f}" in text and "NLL before" in text and f"{cal['ece_after']:.4f}" in text
+
+
+def test_tiny_validation_set_keeps_temperature_one_with_the_reason(cells, tmp_path):
+    from napari_uam.training.checkpoint import load_classifier
+
+    few = cells.groupby("image", group_keys=False).head(40)  # 40 cells per image: 40 validate
+    res = finetune(few, FinetuneConfig(init="default", epochs=1, seed=0, val_fraction=0.34))
+    cal = res.calibration
+    assert cal["temperature"] == 1.0 and not cal["fitted"]
+    assert cal["n_cells"] == 40 and "only 40 validation cells" in cal["reason"] and "100" in cal["reason"]
+    path, card = save_finetuned(res, tmp_path / "few.pt")
+    assert load_classifier(path, device="cpu").temperature == 1.0
+    assert "**T = 1** (not fitted: only 40 validation cells" in card.read_text()
+
+    # Enough cells but only 5 of one class in validation: T = 1 too, and the reason says which.
+    val_image = res.summary["val"]["image_names"][0]
+    in_val = cells["image"] == val_image
+    minority = int(cells.loc[in_val, "target"].mean() < 0.5)  # 1: tumor is the rarer class there
+    rare = in_val & (cells["target"] == minority)
+    lopsided = pd.concat([cells[~rare], cells[rare].head(5)])
+    res2 = finetune(lopsided, FinetuneConfig(init="default", epochs=1, seed=0, val_fraction=0.34))
+    cal2 = res2.calibration
+    assert res2.summary["val"]["image_names"] == [val_image] and cal2["n_cells"] >= 100
+    name = "tumor" if minority else "non-tumor"
+    assert cal2["temperature"] == 1.0 and not cal2["fitted"] and f"5 {name}" in cal2["reason"], cal2["reason"]
+
+
+def test_cli_prints_the_temperature(cells, tmp_path):
+    from napari_uam.training.checkpoint import read_checkpoint
+
+    table = tmp_path / "cells.parquet"
+    cells.to_parquet(table)
+    out = tmp_path / "cli_cal.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_uam.cli", "train", str(table), "--out", str(out), "--epochs", "1",
+         "--seed", "0", "--val-fraction", "0.34"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    t = read_checkpoint(out)["calibration"]["temperature"]
+    assert f"Calibration: T = {t:.3f} fitted on" in proc.stdout, proc.stdout
+    assert "Trust model: uam_default's statistics + 3 fine-tuning image(s) as anchors" in proc.stdout

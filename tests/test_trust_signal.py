@@ -81,6 +81,21 @@ def test_domain_model_distance_grows_with_the_shift():
     far = again.score({**stains[0], "max_conc": [1.6, 1.6]}, feats[0] + 3)
     assert near.in_domain and not far.in_domain and far.distance > near.distance
     assert np.isnan(again.score(stains[0], feats[0][:3]).distance)  # too few cells: no verdict
+    assert again.score(stains[0], feats[0][:3]).as_dict()["status"] == "unknown"
+
+    # Anchors (fine-tuning images): distance = min(to the base mean, to the nearest anchor),
+    # same threshold; they survive the checkpoint round trip and a second fine-tuning.
+    far_desc = again.descriptor({**stains[0], "max_conc": [1.6, 1.6]}, feats[0] + 3)
+    tuned = again.with_anchors([far_desc], ["odd"])
+    tuned = DomainModel.from_dict(json.loads(json.dumps(tuned.to_dict())))
+    hit = tuned.score({**stains[0], "max_conc": [1.6, 1.6]}, feats[0] + 3)
+    assert hit.in_domain and hit.distance < 1e-6 and hit.as_dict()["nearest"] == "fine-tuning image odd"
+    assert tuned.threshold == again.threshold
+    base_hit = tuned.score(stains[0], feats[0])
+    assert base_hit.distance == pytest.approx(near.distance) and base_hit.as_dict()["nearest"] == "base training data"
+    twice = tuned.with_anchors([again.mean + 1.0], ["second"])
+    assert twice.anchor_names == ["odd", "second"] and twice.anchors.shape == (2, len(again.mean))
+    assert "anchors" not in again.to_dict() and "nearest" not in near.as_dict()  # the shipped kind: unchanged
 
 
 def test_weights_file_is_the_shipped_one():
@@ -103,3 +118,147 @@ def test_dock_says_so_when_the_image_is_out_of_domain(make_napari_viewer, qtbot,
     qtbot.mouseClick(widget.classify_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
     assert "outside the classifier's training data" in widget.status.text(), widget.status.text()
+
+
+# ------------------------------------------------- the trust model of fine-tuned checkpoints
+def _recoloured_project(image_path, folder):
+    """A pathologist's project on a recoloured BRCA-M2C patch: nuclei outlined (watershed on
+    the original colours, as corrected outlines would be), classes from the dataset's points."""
+    import pandas as pd
+
+    from napari_uam import annotation as A
+    from napari_uam.io.project import save_project
+
+    rgb = np.asarray(Image.open(image_path).convert("RGB"))
+    labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
+    table = pipeline.cell_geometry(labels, 0.5)
+    pts = pd.read_csv(str(image_path)[: -len(".jpg")] + "_points.csv")
+    classes = A.classes_from_points(labels, pts[["y", "x"]].to_numpy(), pts["class"], mpp=0.5)
+    table, _ = A.apply_classes(table, classes, "points")
+    save_project(folder, _recoloured(rgb), labels, table, 0.5, name=image_path.stem[:23])
+    return _recoloured(rgb), labels
+
+
+@pytest.fixture(scope="module")
+def recoloured_finetune(brca_dir, tmp_path_factory):
+    """`napari-uam train` from the shipped model on three annotated recoloured patches."""
+    root = tmp_path_factory.mktemp("recoloured")
+    images = sorted((brca_dir / "train").glob("*.jpg"))[:3]
+    annotated = [_recoloured_project(p, root / "projects" / f"p{i}") for i, p in enumerate(images)]
+    out = root / "recoloured.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_uam.cli", "train", str(root / "projects"), "--out", str(out),
+         "--epochs", "1", "--val-fraction", "0.34", "--seed", "0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out, annotated, [p.stem[:23] for p in images], proc.stdout
+
+
+def test_an_annotated_image_is_in_domain_for_the_model_fine_tuned_on_it(recoloured_finetune, brca_dir):
+    from napari_uam.training.checkpoint import read_checkpoint
+
+    out, annotated, names, stdout = recoloured_finetune
+    ck = read_checkpoint(out)
+    base = read_checkpoint(default_weights_path())["domain"]
+    dom = ck["domain"]
+    # The base statistics are kept as they were; the three annotated images are the anchors.
+    assert all(dom[k] == base[k] for k in ("feature_mean", "components", "mean", "precision", "threshold"))
+    assert dom["anchor_names"] == sorted(names) and np.asarray(dom["anchors"]).shape == (3, len(base["mean"]))
+    assert ck["training"]["trust"]["base"] == "uam_default" and ck["training"]["trust"]["skipped"] == []
+    assert "Trust model: uam_default's statistics + 3 fine-tuning image(s) as anchors" in stdout
+    assert "Trust signal (domain check)" in out.with_suffix(".md").read_text()
+
+    rgb, labels = annotated[0]
+    # The shipped model has never seen this stain: out of domain.
+    with pytest.warns(OutOfDomainWarning):
+        shipped = pipeline.run(rgb, 0.5, labels=labels, device="cpu", tumor_mask=False)
+    assert shipped.provenance["domain"]["status"] == "out of domain"
+    # The model fine-tuned on it judges it in domain, by the same threshold, nearest its anchor.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDomainWarning)
+        tuned = pipeline.run(rgb, 0.5, labels=labels, model=str(out), device="cpu", tumor_mask=False)
+    d = tuned.provenance["domain"]
+    assert d["in_domain"] and d["status"] == "in domain" and d["threshold"] == pytest.approx(base["threshold"], abs=1e-3)
+    assert d["nearest"] == f"fine-tuning image {names[0]}"
+    assert d["distance"] < shipped.provenance["domain"]["distance"]
+    assert tuned.provenance["calibration_temperature"] == ck["calibration"]["temperature"]
+
+    # Anchors do not make every image trusted: another stain, never annotated, stays out.
+    _, val_rgb = _brca_image(brca_dir)
+    other = np.ascontiguousarray(val_rgb[..., [1, 2, 0]])
+    with pytest.warns(OutOfDomainWarning):
+        odd = pipeline.run(other, 0.5, labels=pipeline.segment_nuclei(val_rgb, 0.5, backend="watershed"),
+                           model=str(out), device="cpu", tumor_mask=False)  # fmt: skip
+    assert odd.provenance["domain"]["status"] == "out of domain"
+
+
+@pytest.fixture(scope="module")
+def scratch_checkpoint(brca_dir, tmp_path_factory):
+    """A model trained from scratch on two annotated patches: it has no training statistics."""
+    import pandas as pd
+
+    from napari_uam.training.finetune import FinetuneConfig, cells_from_annotation, finetune, save_finetuned
+
+    cells = []
+    for p in sorted((brca_dir / "train").glob("*.jpg"))[:2]:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
+        table = pipeline.cell_geometry(labels, 0.5)
+        table["class"] = np.where(np.arange(len(table)) % 3 == 0, "tumor", "non-tumor")
+        cells.append(cells_from_annotation(rgb, labels, table, 0.5, p.stem[:23]))
+    res = finetune(pd.concat(cells, ignore_index=True),
+                   FinetuneConfig(init="scratch", arch="trans", epochs=1, lr=1e-3, val_fraction=0.5))  # fmt: skip
+    assert res.domain is None and "from scratch" in res.trust["reason"]
+    return save_finetuned(res, tmp_path_factory.mktemp("scratch") / "scratch.pt")
+
+
+def test_a_checkpoint_without_a_trust_model_is_unknown_never_in_domain(scratch_checkpoint, brca_dir, tmp_path):
+    """A model trained from scratch has no training statistics: the domain is "unknown", with
+    the reason, on the command line (warning + done marker) and in the provenance."""
+    from napari_uam.domain import UnknownDomainWarning
+    from napari_uam.training.checkpoint import load_classifier, read_checkpoint
+
+    ckpt, card = scratch_checkpoint
+    assert "domain" not in read_checkpoint(ckpt) and "**unknown**" in card.read_text()
+    assert load_classifier(ckpt, device="cpu").domain is None
+    _, rgb = _brca_image(brca_dir)
+    labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
+
+    with pytest.warns(UnknownDomainWarning, match="cannot say whether this image is like its training data"):
+        out = pipeline.run(rgb, 0.5, labels=labels, model=str(ckpt), device="cpu", tumor_mask=False)
+    d = out.provenance["domain"]
+    assert d["status"] == "unknown" and d["in_domain"] is None and "from scratch" in d["reason"]
+
+    src = tmp_path / "patch.png"
+    Image.fromarray(rgb).save(src)
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_uam.cli", "classify", str(src), "--out", str(tmp_path / "out"), "--mpp", "0.5",
+         "--device", "cpu", "--model", str(ckpt)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot say whether this image is like its training data" in proc.stderr
+    done = json.loads((tmp_path / "out" / "patch.done.json").read_text())
+    assert '"status": "unknown"' in json.dumps(done) and '"in_domain": true' not in json.dumps(done)
+
+
+def test_classifier_dock_says_the_trust_is_unknown(scratch_checkpoint, make_napari_viewer, qtbot, brca_dir):
+    """Classify cells with a checkpoint that has no trust model: the status line says so."""
+    from qtpy.QtCore import Qt
+
+    from napari_uam.widgets.classifier import ClassifierWidget
+
+    _, rgb = _brca_image(brca_dir)
+    viewer = make_napari_viewer()
+    viewer.add_image(rgb, name="patch", rgb=True, metadata={"mpp": 0.5})
+    widget = ClassifierWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_combo.setCurrentText("patch")
+    widget.mpp_spin.setValue(0.5)
+    widget.use_checkpoint(scratch_checkpoint[0])
+    qtbot.mouseClick(widget.classify_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
+    text = widget.status.text()
+    assert "trust unknown" in text and "from scratch" in text, text
+    assert "outside the classifier's training data" not in text

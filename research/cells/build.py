@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_uam.domain import STAIN_COLUMNS  # one home: the trust model of fine-tuning reads them too
 from napari_uam.radiomics.schema import SCHEMA_V2
 from napari_uam.radiomics.stain_norm import estimate_stains
 
 from .augment import hed_jitter
 from .sources import DEFAULT_ROOT, SOURCES, CellImage, cell_labels, images, read_image
 
-STAIN_COLUMNS = ["stain_h_r", "stain_h_g", "stain_h_b", "stain_e_r", "stain_e_g", "stain_e_b",
-                 "stain_max_h", "stain_max_e"]  # fmt: skip
 
 
 def segmenter_id() -> str:

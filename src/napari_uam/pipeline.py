@@ -326,11 +326,14 @@ def check_domain(clf, table: pd.DataFrame, prov: dict):
     """Record how far the image lies from the classifier's training data; warn when outside.
 
     Adds ``stain`` (the image's stain estimate) and ``domain`` (distance, threshold,
-    in_domain) to ``prov``; issues an :class:`~napari_uam.domain.OutOfDomainWarning` (the CLI
-    prints it, the dock shows it) when the image is out of the training domain.
+    in_domain, status) to ``prov``; issues an :class:`~napari_uam.domain.OutOfDomainWarning`
+    (the CLI prints it, the dock shows it) when the image is out of the training domain.
+    A model without trust statistics cannot judge the image: ``domain`` is then
+    ``{"status": "unknown", "in_domain": None, "reason": ...}`` (never "in domain") and an
+    :class:`~napari_uam.domain.UnknownDomainWarning` says so.
     Returns the :class:`~napari_uam.domain.DomainCheck` (None: the model has no statistics).
     """
-    from .domain import OutOfDomainWarning
+    from .domain import OutOfDomainWarning, UnknownDomainWarning
 
     stain = table.attrs.get("stain")
     if stain is not None:
@@ -339,11 +342,27 @@ def check_domain(clf, table: pd.DataFrame, prov: dict):
         return None
     check = clf.check_domain(table[feature_columns(table)], stain)
     if check is None:
+        reason = untrusted_reason(clf)
+        prov["domain"] = {"status": "unknown", "in_domain": None, "reason": reason}
+        warnings.warn(
+            f"Model {clf.model_id!r} cannot say whether this image is like its training data: {reason}. "
+            "Its tumor calls are unchecked; review them, or fine-tune from the shipped model, whose "
+            "checkpoints carry a trust model.",
+            UnknownDomainWarning, stacklevel=3,
+        )  # fmt: skip
         return None
     prov["domain"] = check.as_dict()
     if not check.in_domain:
         warnings.warn(check.message(), OutOfDomainWarning, stacklevel=3)
     return check
+
+
+def untrusted_reason(clf) -> str:
+    """Why a classifier has no trust model (from its model card when the trainer said)."""
+    card = getattr(clf, "card", None) or {}
+    said = ((card.get("training") or {}).get("trust") or {}).get("reason")
+    base = f"the checkpoint {clf.model_id!r} carries no trust statistics (feature statistics of its training data)"
+    return f"{base}; {said}" if said else base
 
 
 def tumor_cell_labels(labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:

@@ -19,9 +19,13 @@ normalization      per-feature statistics (see :class:`~.normalize.Normalizer`)
 training           data summary: datasets, images, cells per class, epochs, seed, ...
 metrics            validation / test metrics
 model_id           short name of this checkpoint
-calibration        optional ``{"temperature": T}``: softmax(logits / T) (fitted on
-                   leave-one-source-out predictions; absent = 1)
-domain             optional trust-signal statistics (:class:`napari_uam.domain.DomainModel`)
+calibration        optional ``{"temperature": T, ...}``: softmax(logits / T) (the shipped
+                   model: fitted on leave-one-source-out predictions; a fine-tuned one:
+                   on its validation cells, with the record of
+                   :func:`~.calibration.fit_temperature`; absent = 1)
+domain             optional trust-signal statistics (:class:`napari_uam.domain.DomainModel`;
+                   a fine-tuned checkpoint adds its annotated images as ``anchors``);
+                   absent: the domain status of every image is "unknown"
 created, versions  ISO date; napari-uam / torch / python versions
 n_parameters       trainable weights
 =================  ==============================================================

@@ -17,6 +17,11 @@ Rules that make the result trustworthy and repeatable:
   fine-tuned model, and its card records how the start scored on the same images.
 * Same cells, config and seed on the CPU give bit-identical weights (one torch thread by
   default, cells sorted by image and label whatever order they came in).
+* The kept model is calibrated on the validation cells (temperature scaling,
+  :mod:`~.calibration`; ``T`` stays 1, with the reason, on fewer than 100 validation cells or
+  fewer than 10 of a class), and it carries a trust model: the starting checkpoint's training
+  statistics plus the fine-tuning images as anchors (:mod:`napari_uam.domain`); from scratch or
+  from a checkpoint without statistics there is none, and the pipeline says "unknown".
 * Cancel is polled between steps and raises :class:`~napari_uam.errors.CancelledError`;
   nothing is written until :func:`save_finetuned`, which never replaces the shipped weights
   and replaces an existing file only with ``overwrite=True``.
@@ -105,6 +110,10 @@ class FinetuneResult:
         init: description of the starting point (``model_id`` and SHA-256 of a checkpoint).
         seconds: training wall time.
         config: the run settings.
+        calibration: the temperature and its record (:func:`~.calibration.fit_temperature`).
+        domain: the trust model (:meth:`napari_uam.domain.DomainModel.to_dict`), None without one.
+        trust: how the trust model was made (base model, anchor images, skipped images) or why
+            there is none (``reason``).
     """
 
     model: object
@@ -122,6 +131,9 @@ class FinetuneResult:
     init: dict
     seconds: float
     config: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    domain: Optional[dict] = None
+    trust: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ cells
@@ -159,11 +171,18 @@ def cells_from_annotation(
     ann = ann[ann["class"] != UNLABELLED]
     if ann.empty:
         return pd.DataFrame(columns=["image", "label", "class", "target"])
+    from ..domain import STAIN_COLUMNS, stain_vector
+
     feats = pipeline.measure_cells(image, labels, mpp, device=device, cancel=cancel)
+    stain = feats.attrs.get("stain")
     feats = feats.drop(columns=[c for c in ("y", "x", "area_um2") if c in feats.columns])
     cells = ann.merge(feats, on="label", how="inner")
     cells.insert(0, "image", str(image_id))
     cells.insert(3, "target", (cells["class"] == TUMOR).astype(np.int64))
+    # The image's stain estimate, on every row (as the research cell tables): the trust model
+    # of the fine-tuned checkpoint takes each annotated image as an anchor.
+    for col, v in zip(STAIN_COLUMNS, stain_vector(stain)):
+        cells[col] = float(v)
     cells.attrs["schema_id"] = feats.attrs.get("schema_id")
     return cells
 
@@ -390,7 +409,14 @@ def finetune(
                 if config.patience and bad >= config.patience:
                     break
         model.load_state_dict(best_state)
+        from .calibration import fit_temperature, model_logits
+
+        calibration = fit_temperature(
+            model_logits(model, x_va, device), y_va, classes, tumor,
+            why_none="no validation cells (validation share 0, or a single annotated image)",
+        )  # fmt: skip
         model = model.to("cpu").eval()
+        domain, trust = trust_model(ckpt, init_desc, cells, x)
     finally:
         torch.set_num_threads(threads_before)
         torch.set_flush_denormal(False)
@@ -398,8 +424,64 @@ def finetune(
         model=model, normalizer=norm, feature_names=names, class_names=classes, tumor_class=tumor,
         schema_id=schema_id, mpp=mpp, history=history, best_epoch=best_epoch, val_metrics=best_metrics,
         start_metrics=start_metrics, summary=summary, init=init_desc, seconds=time.perf_counter() - t0,
-        config={**config.to_dict(), "device": device},
+        config={**config.to_dict(), "device": device}, calibration=calibration,
+        domain=None if domain is None else domain.to_dict(), trust=trust,
     )  # fmt: skip
+
+
+#: Column naming the image a cell came from when ``image`` holds validation groups (the dock
+#: splits the cells of one or two images into groups "<image> (cells k/n)").
+SOURCE_IMAGE = "source_image"
+
+
+def trust_model(ckpt: Optional[dict], init: dict, cells: pd.DataFrame, x: np.ndarray):
+    """The fine-tuned model's trust model: the start's statistics plus the fine-tuning images.
+
+    Each annotated image with at least :data:`napari_uam.domain.MIN_CELLS` cells and a stain
+    estimate (the :data:`~napari_uam.domain.STAIN_COLUMNS`) becomes an anchor: its descriptor
+    (stain vector and projected feature mean, from ``x``, the cells' normalised features).
+
+    Returns:
+        (:class:`~napari_uam.domain.DomainModel` or None, record for the checkpoint).
+    """
+    from ..domain import MIN_CELLS, STAIN_COLUMNS, DomainModel, stain_from_values
+
+    if ckpt is None:
+        return None, {"reason": "trained from scratch: there are no base training statistics to judge new images by"}
+    if not ckpt.get("domain"):
+        return None, {"reason": f"the starting model {ckpt.get('model_id') or init.get('path')!r} carries no "
+                                "trust statistics (feature statistics of its training data)"}  # fmt: skip
+    base = DomainModel.from_dict(ckpt["domain"])
+    key = SOURCE_IMAGE if SOURCE_IMAGE in cells.columns else "image"
+    has_stain = all(c in cells.columns for c in STAIN_COLUMNS)
+    descriptors, names, skipped = [], [], []
+    for name, rows in cells.groupby(cells[key].astype(str), sort=True).indices.items():
+        stain = stain_from_values(cells[STAIN_COLUMNS].iloc[rows[0]].to_numpy()) if has_stain else None
+        if len(rows) < MIN_CELLS:
+            skipped.append(f"{name} ({len(rows)} cells, fewer than {MIN_CELLS})")
+        elif stain is None:
+            skipped.append(f"{name} (no stain estimate)")
+        else:
+            descriptors.append(base.descriptor(stain, x[rows]))
+            names.append(name)
+    model = base.with_anchors(descriptors, names)
+    n_before = 0 if base.anchors is None else len(base.anchors)
+    return model, {
+        "base": ckpt.get("model_id"), "threshold": float(base.threshold), "anchor_images": names,
+        "anchors": int(len(names) + n_before), "inherited_anchors": int(n_before), "skipped": skipped,
+        "rule": "distance = min(distance to the base training mean, distance to the nearest anchor); "
+                "same precision matrix and threshold as the base",
+    }  # fmt: skip
+
+
+def trust_sentence(result: "FinetuneResult") -> str:
+    """One sentence for the CLI and the dock: the trust model, or why there is none."""
+    t = result.trust or {}
+    if result.domain is None:
+        return f"Trust model: none ({t.get('reason', 'not recorded')}); the domain check will say 'unknown'."
+    skipped = f"; skipped {', '.join(t['skipped'])}" if t.get("skipped") else ""
+    return (f"Trust model: {t.get('base')}'s statistics + {len(t.get('anchor_images', []))} fine-tuning image(s) as anchors "
+            f"(threshold {t.get('threshold', float('nan')):.2f}{skipped}).")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ saving
@@ -442,8 +524,55 @@ def card_markdown(card: dict, sha256: str) -> str:
         mm = m.get(name) or {}
         if "accuracy" in mm:
             lines.append(f"| {label} | {mm['n']} | {mm['accuracy']:.3f} | {mm['f1']:.3f} | {mm['auc']:.3f} |")
+    lines += ["", *calibration_card_lines(card.get("calibration")), *trust_card_lines(card)]
     lines += ["", "Research use only; not a diagnostic device.", ""]
     return "\n".join(lines)
+
+
+def _num(v, fmt=".4f") -> str:
+    return "-" if v is None else format(float(v), fmt)
+
+
+def calibration_card_lines(cal: Optional[dict]) -> list:
+    """Model-card section of the temperature and its calibration record."""
+    lines = ["## Calibration (temperature scaling on the validation cells)", ""]
+    if not cal:
+        return lines + ["No calibration record: `tumor_probability` is the raw softmax (T = 1)."]
+    t = float(cal.get("temperature", 1.0))
+    if cal.get("fitted"):
+        lines.append(f"**T = {t:.4f}**: `tumor_probability` = softmax(logits / T), T minimising the validation NLL "
+                     f"within {cal.get('bounds')}.")  # fmt: skip
+    else:
+        lines.append(f"**T = 1** (not fitted: {cal.get('reason')}).")
+    per = ", ".join(f"{n} {c}" for c, n in (cal.get("cells_per_class") or {}).items())
+    lines += [
+        "",
+        "| validation cells | per class | NLL before | NLL after | ECE before | ECE after |",
+        "|---|---|---|---|---|---|",
+        f"| {cal.get('n_cells', 0)} | {per or '-'} | {_num(cal.get('nll_before'))} | {_num(cal.get('nll_after'))} | "
+        f"{_num(cal.get('ece_before'))} | {_num(cal.get('ece_after'))} |",
+    ]  # fmt: skip
+    return lines
+
+
+def trust_card_lines(card: dict) -> list:
+    """Model-card section of the trust model (domain check) of a fine-tuned checkpoint."""
+    t = (card.get("training") or {}).get("trust") or {}
+    lines = ["", "## Trust signal (domain check)", ""]
+    dom = card.get("domain")
+    if not dom:
+        return lines + [f"None: {t.get('reason', 'no trust statistics')}. Every image's domain status is "
+                        "**unknown**: check the calls yourself."]  # fmt: skip
+    names = t.get("anchor_images") or []
+    lines.append(
+        f"The statistics of `{t.get('base')}`'s training images, plus {len(names)} fine-tuning image(s) as anchors"
+        f"{(' (' + ', '.join(names) + ')') if names else ''}; {t.get('inherited_anchors', 0)} anchor(s) inherited. "
+        f"An image is in domain when min(distance to the base training mean, distance to the nearest anchor) "
+        f"<= {float(dom['threshold']):.2f} (the base threshold)."
+    )  # fmt: skip
+    if t.get("skipped"):
+        lines.append(f"Not anchors: {', '.join(t['skipped'])}.")
+    return lines
 
 
 def _is_shipped(path: Path) -> bool:
@@ -483,13 +612,15 @@ def save_finetuned(result: FinetuneResult, path, overwrite: bool = False, model_
         training = {
             "finetune": True, "init": result.init, "train": result.summary["train"], "val": result.summary["val"],
             "config": result.config, "best_epoch": result.best_epoch, "epochs_run": max(0, len(result.history) - (1 if result.start_metrics else 0)),
-            "seconds": result.seconds, "history": result.history,
+            "seconds": result.seconds, "history": result.history, "trust": result.trust,
         }  # fmt: skip
         metrics = {"val": result.val_metrics, "val_start": result.start_metrics}
         sha = save_checkpoint(
             tmp_ckpt, result.model, feature_names=result.feature_names, schema_id=result.schema_id, mpp=result.mpp,
             class_names=result.class_names, tumor_class=result.tumor_class, normalizer=result.normalizer,
             training=training, metrics=metrics, model_id=model_id or path.stem,
+            calibration=result.calibration or {"temperature": 1.0, "fitted": False, "reason": "not calibrated"},
+            domain=result.domain,
         )  # fmt: skip
         card = {k: v for k, v in read_checkpoint(tmp_ckpt).items() if k != "state_dict"}
         tmp_card = tmp_dir / card_path.name
@@ -561,7 +692,11 @@ def run_cli(a) -> int:
     ckpt, card = save_finetuned(result, out, overwrite=a.overwrite)
     vm = result.val_metrics
     acc = f", validation accuracy {vm['accuracy']:.3f}" if vm else ""
+    from .calibration import describe
+
     say(f"kept epoch {result.best_epoch}{acc}; wrote {ckpt} and {card}")
+    say(describe(result.calibration))
+    say(trust_sentence(result))
     return 0
 
 

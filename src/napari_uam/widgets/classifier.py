@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import pipeline
-from ..domain import OutOfDomainWarning
+from ..domain import OutOfDomainWarning, UnknownDomainWarning
 from ..errors import CancelledError, NoNucleiError, UAMError
 from ..pixel_size import estimate_mpp
 from ..validation import as_rgb_uint8
@@ -187,9 +187,13 @@ def _stages(job: _Job, cancelled, report):
             # The trust signal: an image unlike every training hospital is said so in the dock.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OutOfDomainWarning)
-                check = pipeline.check_domain(clf, table, {})
+                warnings.simplefilter("ignore", UnknownDomainWarning)
+                dom = {}
+                check = pipeline.check_domain(clf, table, dom)
             if check is not None and not check.in_domain:
                 job.notes.append("Caution: " + check.message())
+            elif (dom.get("domain") or {}).get("status") == "unknown" and check is None:
+                job.notes.append("Caution: trust unknown: " + dom["domain"]["reason"] + "; its calls are unchecked.")
             out.tumor = pipeline.tumor_cell_labels(labels, table)
             out.model_id = clf.model_id
             out.ran.append("classify")

@@ -146,6 +146,10 @@ def validation_groups(cells, val_fraction: float, seed: int = 0):
         k = int(min(10, max(2, round(1.0 / val_fraction))))
         rng = np.random.default_rng(seed)
         cells = cells.copy()
+        from ..training.finetune import SOURCE_IMAGE
+
+        if SOURCE_IMAGE not in cells.columns:  # the trust model anchors whole images, not groups
+            cells[SOURCE_IMAGE] = cells["image"].astype(str)
         group = cells["image"].astype(str).to_numpy().astype(object)
         for name in images:
             rows = np.flatnonzero(group == name)
@@ -582,7 +586,11 @@ class TrainWidget(QWidget):
             f" Validation accuracy {vm['accuracy']:.3f}." if vm else "")
         worse = res.start_metrics and vm and res.start_metrics["accuracy"] > vm["accuracy"]
         kept = " (the starting model scored higher on the validation images: annotate more, or keep it)" if worse else ""
+        from ..training.calibration import describe
+        from ..training.finetune import trust_sentence
+
         self.status.setText(f"Saved {out.path} and its model card; kept epoch {res.best_epoch}{kept}.{val} "
+                            f"{describe(res.calibration)} {trust_sentence(res)} "
                             "Click 'Use for Classify cells' to classify with it.")  # fmt: skip
         self.use_btn.setEnabled(True)
         # Offer the next run a fresh name so it never collides with this model.
