@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from napari_uam.training.checkpoint import file_sha256
+
 from research.regions import loso as L
 from research.regions import sources as S
 from research.regions.pack import resample_target, subsample
@@ -116,4 +118,15 @@ def test_report_is_regenerated_from_the_committed_json(tmp_path):
     section = text.split("<!-- regions:start -->")[1].split("<!-- regions:end -->")[0]
     assert section in committed  # docs/results.md holds exactly what the JSON gives
     d = L.decide(json.loads(js.read_text()))
-    assert d["winner"] in L.ARMS and ("shipped" if d["ship"] else "kept") in section
+    assert d["winner"] in L.ARMS and ("qualifies" if d["ship"] else "not shipped") in section
+    seeds = text.split("<!-- regions-seeds:start -->")[1].split("<!-- regions-seeds:end -->")[0]
+    assert seeds in committed
+    ds = L.decide_seeds(json.loads((REPO / "docs" / "regions_loso_seeds.json").read_text()),
+                        json.loads((REPO / "docs" / "regions_cell_check.json").read_text()))
+    # The card of the shipped weights names the seed the decision picked, and its SHA-256.
+    card_text = card.read_text()
+    assert ds["ship"] and f"seed {ds['ship'].removeprefix('seed')}," in card_text
+    sha = file_sha256(REPO / "src" / "napari_uam" / "weights" / "tumor_mask.pt")
+    committed_card = (REPO / "src" / "napari_uam" / "weights" / "tumor_mask.md").read_text()
+    assert card_text.split("<!-- regions-loso:start -->")[1] == committed_card.split("<!-- regions-loso:start -->")[1]
+    assert sha in committed_card  # the card describes the file that ships

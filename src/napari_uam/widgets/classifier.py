@@ -353,8 +353,8 @@ class ClassifierWidget(QWidget):
         self.region_combo = QComboBox()
         self.region_combo.addItems(list(_REGION_CHOICES))
         self.region_combo.setToolTip(
-            "After Classify cells, add the tumor region of the multimodal (image + UAM cells) model "
-            "as a probability image or as a thresholded mask."
+            "After Classify cells, add the tumor region (the shipped region model, or a multimodal "
+            "image + cells checkpoint) as a probability image or as a thresholded mask."
         )
         form.addRow("Tumor region", self.region_combo)
         self._on_model_changed(self.model_combo.currentText())
