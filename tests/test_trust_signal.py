@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from napari_uam import pipeline
-from napari_uam.domain import DomainModel, OutOfDomainWarning
+from napari_uam.domain import MIN_CELLS, DomainModel, OutOfDomainWarning, UnknownDomainWarning
 from napari_uam.training.checkpoint import default_weights_path, load_classifier
 
 
@@ -262,3 +262,24 @@ def test_classifier_dock_says_the_trust_is_unknown(scratch_checkpoint, make_napa
     text = widget.status.text()
     assert "trust unknown" in text and "from scratch" in text, text
     assert "outside the classifier's training data" not in text
+
+
+def test_too_few_cells_to_judge_is_unknown_not_out_of_domain(brca_dir):
+    """A crop holding a handful of nuclei: the shipped model cannot judge it, and says so
+    (status "unknown", an UnknownDomainWarning), instead of calling it "outside" at distance nan."""
+    _, rgb = _brca_image(brca_dir)
+    crop = None
+    for y in range(0, rgb.shape[0] - 60, 60):  # the first 60 px window with 1..MIN_CELLS-1 nuclei
+        win = np.ascontiguousarray(rgb[y:y + 60, :60])
+        n = int(len(np.unique(pipeline.segment_nuclei(win, 0.5))) - 1)
+        if 0 < n < MIN_CELLS:
+            crop = win
+            break
+    assert crop is not None, "no 60 px window with a few nuclei in this field"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pipeline.run(crop, 0.5, device="cpu", tumor_mask=False)
+    dom = res.provenance["domain"]
+    assert dom["status"] == "unknown" and dom["in_domain"] is False and "at least" in dom["reason"]
+    kinds = {type(w.message) for w in caught}
+    assert UnknownDomainWarning in kinds and OutOfDomainWarning not in kinds

@@ -352,7 +352,13 @@ def check_domain(clf, table: pd.DataFrame, prov: dict):
         )  # fmt: skip
         return None
     prov["domain"] = check.as_dict()
-    if not check.in_domain:
+    if check.status == "unknown":  # too few cells to judge: say so, do not claim "outside"
+        warnings.warn(
+            f"Too few cells to judge whether this image is like the classifier's training data "
+            f"({prov['domain']['reason']}); its tumor calls are unchecked.",
+            UnknownDomainWarning, stacklevel=3,
+        )  # fmt: skip
+    elif not check.in_domain:
         warnings.warn(check.message(), OutOfDomainWarning, stacklevel=3)
     return check
 
