@@ -153,3 +153,35 @@ def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, conse
     np.testing.assert_allclose(table.set_index("label")[["y", "x"]].to_numpy(), geo[["y", "x"]].to_numpy())
     assert main(argv) == 0  # a second run skips the done image
     assert json.loads((out / batch.MANIFEST_NAME).read_text())["images"][0]["status"] == "skipped"
+
+
+def test_tiled_image_is_judged_for_domain_like_a_whole_one(tmp_path, consep_dir):
+    """The trust check ran only on images processed in one piece: a tiled image came back with
+    no ``domain`` at all, so a slide from a hospital the model never saw got confident calls
+    and no warning. Now the tiles' mean features give the same check as the whole image."""
+    import subprocess
+    import sys
+
+    img = _mosaic(consep_dir, [7, 8], 640)
+    odd = np.ascontiguousarray(img[..., [2, 0, 1]])  # a stain no hospital uses, same tissue
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, im in (("he", img), ("odd", odd)):
+        tifffile.imwrite(folder / f"{name}.tif", im, resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    base = [sys.executable, "-m", "napari_uam.cli", "classify", "--device", "cpu", "--segmenter", "watershed",
+            "--quiet", "--formats", "parquet"]
+    whole = subprocess.run(base + [str(folder / "he.tif"), "--out", str(tmp_path / "whole")],
+                           capture_output=True, text=True, timeout=600)
+    tiled = subprocess.run(base + [str(folder), "--out", str(tmp_path / "tiled"), "--tile-size", "320"],
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0 and tiled.returncode == 0, whole.stderr + tiled.stderr
+    one = json.loads((tmp_path / "whole" / "he.done.json").read_text())["provenance"]["domain"]
+    he = json.loads((tmp_path / "tiled" / "he.done.json").read_text())["provenance"]
+    assert he["tiled"] and he["n_tiles"] > 1
+    dom = he["domain"]
+    assert dom["status"] == one["status"] == "in domain"
+    assert dom["distance"] == pytest.approx(one["distance"], rel=0.1)  # tiles measure nearly as the whole
+    assert dom["n_cells"] == he["n_cells"]
+    bad = json.loads((tmp_path / "tiled" / "odd.done.json").read_text())["provenance"]["domain"]
+    assert bad["status"] == "out of domain" and bad["distance"] > dom["threshold"]
+    assert "odd.tif: This image lies outside the classifier's training data" in tiled.stderr

@@ -23,11 +23,13 @@ markers and the manifest are always written here, as results arrive.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -857,10 +859,24 @@ def _compute_config(ctx: dict, executor) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _named_warnings(name: str):
+    """Re-issue the warnings raised while one image runs with its file name first: in a
+    cohort, "this image lies outside the training data" must say which image."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # also when the image fails: its warnings may say why
+        for c in caught:
+            warnings.warn_explicit(f"{name}: {c.message}", c.category, c.filename, c.lineno)
+
+
 def _compute_safe(path: Path, default_mpp, plan: dict, cfg: dict):
     """:func:`compute_image` returning an exception instead of raising (one image's failure)."""
     try:
-        return compute_image(path, default_mpp, plan, cfg)
+        with _named_warnings(Path(path).name):
+            return compute_image(path, default_mpp, plan, cfg)
     except Exception as err:  # returned, so the other images' tasks carry on
         return err
 
@@ -1020,12 +1036,13 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
     # Same staging name as export_cells: a killed run's leftovers are removed on the next run.
     stage = Path(tempfile.mkdtemp(prefix=f".{stem}.export.", dir=out))
     try:
-        res = tiling.run_tiled(
-            path, mpp, stage, stem, command=command, formats=formats, backend=backend,
-            executor=executor, tile=ctx["tile_size"] or tiling.DEFAULT_TILE,
-            radiomics_backend=ctx["radiomics_backend"], device=ctx["device"], model=model,
-            provenance=prov,
-        )
+        with _named_warnings(path.name):
+            res = tiling.run_tiled(
+                path, mpp, stage, stem, command=command, formats=formats, backend=backend,
+                executor=executor, tile=ctx["tile_size"] or tiling.DEFAULT_TILE,
+                radiomics_backend=ctx["radiomics_backend"], device=ctx["device"], model=model,
+                provenance=prov,
+            )
         written = []
         _record_writing(st, ctx, formats)
         try:

@@ -123,7 +123,12 @@ class DomainModel:
 
     def descriptor(self, stain: dict | None, x_norm: np.ndarray) -> np.ndarray:
         m = np.nanmean(x_norm, axis=0) if len(x_norm) else np.full(self.feature_mean.shape, np.nan)
-        proj = (m - self.feature_mean) @ self.components.T
+        return self.descriptor_of_mean(stain, m)
+
+    def descriptor_of_mean(self, stain: dict | None, feature_mean: np.ndarray) -> np.ndarray:
+        """The descriptor from the image's mean normalised feature row (what a tiled run
+        accumulates tile by tile instead of holding every cell)."""
+        proj = (np.asarray(feature_mean, np.float64) - self.feature_mean) @ self.components.T
         return np.r_[stain_vector(stain), proj]
 
     def _mahalanobis(self, d: np.ndarray) -> float:
@@ -152,6 +157,14 @@ class DomainModel:
             return DomainCheck(float("nan"), self.threshold, len(x_norm), has_anchors=has)
         dist, name = self.nearest(self.descriptor(stain, x_norm))
         return DomainCheck(dist, self.threshold, len(x_norm), nearest=name, has_anchors=has)
+
+    def score_mean(self, stain: dict | None, feature_mean: np.ndarray, n_cells: int) -> DomainCheck:
+        """:meth:`score` from the mean normalised feature row of ``n_cells`` cells."""
+        has = self.anchors is not None and len(self.anchors) > 0
+        if n_cells < MIN_CELLS:
+            return DomainCheck(float("nan"), self.threshold, int(n_cells), has_anchors=has)
+        dist, name = self.nearest(self.descriptor_of_mean(stain, feature_mean))
+        return DomainCheck(dist, self.threshold, int(n_cells), nearest=name, has_anchors=has)
 
     def with_anchors(self, descriptors: list, names: list) -> "DomainModel":
         """A copy with ``descriptors`` (of :meth:`descriptor`) added as anchors, after any the

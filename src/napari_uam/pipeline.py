@@ -333,14 +333,20 @@ def check_domain(clf, table: pd.DataFrame, prov: dict):
     :class:`~napari_uam.domain.UnknownDomainWarning` says so.
     Returns the :class:`~napari_uam.domain.DomainCheck` (None: the model has no statistics).
     """
-    from .domain import OutOfDomainWarning, UnknownDomainWarning
-
     stain = table.attrs.get("stain")
     if stain is not None:
         prov["stain"] = stain
     if len(table) == 0:
         return None
-    check = clf.check_domain(table[feature_columns(table)], stain)
+    return record_domain(clf, clf.check_domain(table[feature_columns(table)], stain), prov)
+
+
+def record_domain(clf, check, prov: dict):
+    """Record a :class:`~napari_uam.domain.DomainCheck` (None: the model has no trust model)
+    in ``prov["domain"]`` and warn as :func:`check_domain` says; the one home of that rule for
+    whole images and tiled ones."""
+    from .domain import OutOfDomainWarning, UnknownDomainWarning
+
     if check is None:
         reason = untrusted_reason(clf)
         prov["domain"] = {"status": "unknown", "in_domain": None, "reason": reason}

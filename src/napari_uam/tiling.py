@@ -491,6 +491,47 @@ def process_tile(job: TileJob, tile: Tile) -> TileResult:
     )
 
 
+@dataclass
+class DomainSums:
+    """Running sums of the classifier's normalised features over the tiles of one image.
+
+    The trust check needs only the image's mean normalised feature row
+    (:meth:`napari_uam.domain.DomainModel.score_mean`), so a tiled image is judged like a
+    whole one without holding every cell at once.
+    """
+
+    clf: object
+    total: Optional[np.ndarray] = None
+    count: Optional[np.ndarray] = None
+    n_cells: int = 0
+
+    def add(self, table: pd.DataFrame) -> None:
+        from .pipeline import feature_columns
+
+        if getattr(self.clf, "domain", None) is None or table is None or not len(table):
+            return
+        x = self.clf.normalizer.transform(self.clf.check_features(table[feature_columns(table)]))
+        ok = np.isfinite(x)
+        if self.total is None:
+            self.total, self.count = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+        self.total += np.where(ok, x, 0.0).sum(axis=0)
+        self.count += ok.sum(axis=0)
+        self.n_cells += len(x)
+
+    def record(self, stain: Optional[dict], prov: dict) -> None:
+        """``prov["domain"]`` and the warnings, by the rule of :func:`napari_uam.pipeline.record_domain`."""
+        from .pipeline import record_domain
+
+        check = None
+        if getattr(self.clf, "domain", None) is not None:
+            if self.total is None:
+                mean = np.full(len(self.clf.feature_names), np.nan)
+            else:
+                mean = np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
+            check = self.clf.domain.score_mean(stain, mean, self.n_cells)
+        record_domain(self.clf, check, prov)
+
+
 # ------------------------------------------------------------------------- whole image run
 @dataclass
 class TiledResult:
@@ -622,9 +663,16 @@ def run_tiled(
     counts = [0] * len(tiles)
     n_cut = 0
     done = 0
+    trust = None
+    if command == "classify":
+        from .pipeline import get_classifier
+
+        trust = DomainSums(get_classifier(model, device))
     for i, res in executor.map(process_tile, [(job, t) for t in tiles]):
         counts[i] = res.n
         n_cut += res.n_cut
+        if trust is not None:
+            trust.add(res.table)
         (parts / f"{i}.lab").write_bytes(res.labels)
         attrs = {}
         if res.table is not None:
@@ -654,6 +702,8 @@ def run_tiled(
         watershed_white=levels.get("white"), watershed_threshold=levels.get("threshold"),
         stain=levels["stain"].as_dict(),
     )
+    if trust is not None:  # judged like a whole image: distance, threshold, status, warnings
+        trust.record(prov["stain"], prov)
     targets = output_paths(stage, stem)
     written = {}
     conflicts = 0
