@@ -36,7 +36,8 @@ def today() -> str:
 def write_section(name: str, markdown: str, path: Path = DOCS / "performance.md", title: str = "# Performance") -> Path:
     """Replace (or append) the section ``name`` of ``path`` with ``markdown``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from napari_uam._sections import markers, replace_section
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # research/
+    from research.sections import markers, replace_section
 
     start, end = markers(name)
     return replace_section(path, f"{start}\n{markdown.strip()}\n{end}", (start, end), title)

@@ -553,8 +553,9 @@ def summaries(inp: Inputs) -> None:
 
 def render_all() -> int:
     sys.path.insert(0, str(REPO / "src"))
+    sys.path.insert(0, str(REPO))  # research/
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from napari_uam._sections import markers, replace_section
+    from research.sections import markers, replace_section
 
     inp = Inputs()
     probs = inp.check()

@@ -30,6 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # research/
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 CONDITIONS = (("base", "CoNSeP-only model, no fine-tuning"), ("finetuned", "fine-tuned on the 10 images"),
@@ -60,8 +61,8 @@ def _result_from_ckpt(path):
     """A FinetuneResult-like view of a checkpoint (model + normaliser) for evaluation."""
     from types import SimpleNamespace
 
-    from napari_uam.training.checkpoint import build_from_checkpoint, read_checkpoint
-    from napari_uam.training.normalize import Normalizer
+    from napari_uam.classify.checkpoint import build_from_checkpoint, read_checkpoint
+    from napari_uam.classify.normalize import Normalizer
 
     ck = read_checkpoint(path)
     return SimpleNamespace(model=build_from_checkpoint(ck), normalizer=Normalizer.from_dict(ck["normalization"]),

@@ -31,6 +31,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # research/
 
 TOL = 1e-5
 
@@ -116,8 +117,8 @@ def _real_batch(tables: Path, normalizer, feature_names, n=4096):
 def check_real_batches(tables: Path, ckpt_path: Path) -> list[dict]:
     """The shipped UAM on real cells with both backends: logits and parameter gradients."""
     from napari_uam.models import set_ssm_backend
-    from napari_uam.training.checkpoint import build_from_checkpoint, read_checkpoint
-    from napari_uam.training.normalize import Normalizer
+    from napari_uam.classify.checkpoint import build_from_checkpoint, read_checkpoint
+    from napari_uam.classify.normalize import Normalizer
 
     ck = read_checkpoint(ckpt_path)
     model = build_from_checkpoint(ck).cuda()
@@ -140,9 +141,9 @@ def check_real_batches(tables: Path, ckpt_path: Path) -> list[dict]:
 
 def check_checkpoint_transfer(tables: Path) -> list[dict]:
     """Train UAM 1 epoch with each backend; predict with the other (GPU) and on the CPU."""
-    from napari_uam.training.checkpoint import load_classifier, save_checkpoint
-    from napari_uam.training.normalize import Normalizer
-    from napari_uam.training.protocol import CLASS_NAMES
+    from napari_uam.classify.checkpoint import load_classifier, save_checkpoint
+    from napari_uam.classify.normalize import Normalizer
+    from napari_uam.training.splits import CLASS_NAMES
     from napari_uam.training.trainer import TrainConfig, train_model
     from napari_uam.radiomics.schema import DEFAULT_SCHEMA
 
@@ -193,7 +194,7 @@ def run_all(tables: Path, ckpt: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tables", default=str(REPO / ".gpu_data"), help="folder of cell-table parquet files")

@@ -29,6 +29,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # research/
 sys.path.insert(0, str(REPO / "tests"))
 
 from napari_uam.radiomics import DEFAULT_SCHEMA as SCHEMA  # noqa: E402

@@ -33,6 +33,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # research/
 
 MARKERS = ("<!-- models:start -->", "<!-- models:end -->")
 
@@ -117,8 +118,8 @@ def bench_train_epoch(arch_cfg: dict, n_features: int, x: torch.Tensor, device: 
 def run(args) -> dict:
     from napari_uam.models import build_model, count_parameters, set_ssm_backend
     from napari_uam.models.ops import mamba_ssm_available
-    from napari_uam.training.checkpoint import build_from_checkpoint, default_weights_path, read_checkpoint
-    from napari_uam.training.normalize import Normalizer
+    from napari_uam.classify.checkpoint import build_from_checkpoint, default_weights_path, read_checkpoint
+    from napari_uam.classify.normalize import Normalizer
 
     torch.set_flush_denormal(True)
     ckpt_path = Path(args.checkpoint or default_weights_path())
@@ -237,7 +238,7 @@ def markdown(res: dict) -> str:
 
 def write_section(path: Path, body: str) -> None:
     """Replace the models section of ``path`` (create the file if absent; keep other sections)."""
-    from napari_uam._sections import replace_section
+    from research.sections import replace_section
 
     replace_section(path, body, MARKERS, "# Performance")
 

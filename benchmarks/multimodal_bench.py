@@ -37,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # research/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: (name, cell tokens, MAMIM encoder, cell-labelled sets as an auxiliary loss (--cell-sets))
@@ -100,9 +101,9 @@ def train(args) -> dict:
     from napari_uam.models.multimodal import TumorRegionNet
     from napari_uam.models.ssm import set_ssm_backend
     from napari_uam.models.ssmamba import SSMambaEncoder
-    from napari_uam.training import train_multimodal as tm
-    from napari_uam.training.checkpoint import file_sha256, read_checkpoint
-    from napari_uam.training.regions import load_prepared
+    from research.regions import train_multimodal as tm
+    from napari_uam.classify.checkpoint import file_sha256, read_checkpoint
+    from research.regions.prepared import load_prepared
     from napari_uam.tumor import WORK_MPP, save_tumor_checkpoint
 
     out = Path(args.out)
@@ -123,7 +124,7 @@ def train(args) -> dict:
     work = tm.build_work_set(train_set, WORK_MPP)
     aux, aux_meta = None, None
     if args.cell_sets:  # CoNSeP / BRCA-M2C training images: weak disc targets + cell labels
-        from napari_uam.training.cell_sets import load_cell_sets
+        from research.regions.cell_sets import load_cell_sets
 
         aux_meta = json.loads((Path(args.cell_sets) / "meta.json").read_text())
         if aux_meta["uam"]["sha256"] != meta["uam"]["sha256"]:
@@ -306,7 +307,7 @@ def render(summary: dict, results_md: Path, perf_md: Path, card: Path | None) ->
             + "; `multimodal_bench.py --half-weights`)." if summary.get("stored_fp16") else ""),
         "",
         f"Data: CAMELYON16 tiles at an *estimated* {summary['data']['camelyon_mpp_estimate']} um/px (nucleus-size "
-        "estimate, see `napari_uam.training.regions`; trained with x0.8-x1.25 scale jitter), BCSS ROI at 0.25 um/px cut "
+        "estimate, see `research.regions.prepared`; trained with x0.8-x1.25 scale jitter), BCSS ROI at 0.25 um/px cut "
         "into a training part (top 70 % of rows) and a spatially disjoint validation block (bottom 25 %). Cell vectors: "
         "the frozen shipped UAM (`uam_default`) embedding + tumor probability of every nucleus segmented by the "
         "watershed backend; the checkpoint stores its own copy of that UAM.",
@@ -370,7 +371,7 @@ def cpu_timing(args) -> None:
     import torch
 
     from napari_uam.models.multimodal import TumorRegionNet
-    from napari_uam.training.regions import load_prepared
+    from research.regions.prepared import load_prepared
     from napari_uam.tumor import WORK_MPP, load_tumor_model
 
     path = Path(args.from_json)
@@ -389,9 +390,9 @@ def half_weights(args) -> None:
     metrics re-measured on the CPU from the float16 weights next to the float32 ones."""
     import torch
 
-    from napari_uam.training import train_multimodal as tm
-    from napari_uam.training.checkpoint import file_sha256
-    from napari_uam.training.regions import load_prepared
+    from research.regions import train_multimodal as tm
+    from napari_uam.classify.checkpoint import file_sha256
+    from research.regions.prepared import load_prepared
     from napari_uam.tumor import TumorMaskModel, default_tumor_weights_path, read_tumor_checkpoint, save_tumor_checkpoint
 
     path = Path(args.weights) if args.weights else default_tumor_weights_path()
@@ -449,7 +450,7 @@ def render_cell_sets(runs: list[tuple[str, dict]], results_md: Path) -> None:
         lines += [
             ("Current variant. " if k == 0 else "Earlier variant, with the cells' UAM vectors. ")
             + f"{cmd} on {summary['gpu'] or summary['device']} (JSON: `{path}`; the sets packed by "
-            f"`python -m napari_uam.training.cell_sets`): {cs['images']} cell-labelled training images "
+            f"`python -m research.regions.cell_sets`): {cs['images']} cell-labelled training images "
             f"({', '.join(cs['datasets'])} training splits, {cs['cells']:,} cells, {cs['tumor_cells']:,} tumor). "
             f"The arms {', '.join(with_sets)} add, at every step, {cs['aux_weight']} x the loss of a half-size batch from "
             f"them: {what}. Same budget for every arm: {s['finetune_steps']} fine-tuning steps, batch {s['batch']}, "
@@ -495,7 +496,7 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-ratio", type=float, default=1.5, help="MAMIM steps per fine-tune step")
     p.add_argument("--steps", type=int, default=None, help="fixed fine-tune steps (skips the budget fit)")
     p.add_argument("--pretrain-steps", type=int, default=None)
-    p.add_argument("--cell-sets", default=None, help="packed cell-labelled sets (napari_uam.training.cell_sets) "
+    p.add_argument("--cell-sets", default=None, help="packed cell-labelled sets (research.regions.cell_sets) "
                    "for the auxiliary loss; adds the arm without them for comparison")
     p.add_argument("--aux-weight", type=float, default=0.5)
     p.add_argument("--aux-cells", choices=("none", "uam"), default="none",

@@ -35,6 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # research/
 
 from napari_uam.radiomics import DEFAULT_SCHEMA as SCHEMA  # noqa: E402
 from napari_uam.radiomics.fast_backend import extract_batch  # noqa: E402

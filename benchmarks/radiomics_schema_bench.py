@@ -20,6 +20,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))  # research/
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _report import machine, today, write_section  # noqa: E402

@@ -195,7 +195,7 @@ def classify_patch(viewer, qtbot, path, name):
 
 @pytest.mark.gui
 def test_annotation_mode_corrects_saves_and_reloads(make_napari_viewer, qtbot, brca_dir, tmp_path):
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
     from napari_uam.widgets import _layers as L
 
     if not default_weights_path().is_file():

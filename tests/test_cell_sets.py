@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_uam.training.cell_sets import CellSetImage, weak_targets
-from napari_uam.training import train_multimodal as tm
+from research.regions.cell_sets import CellSetImage, weak_targets
+from research.regions import train_multimodal as tm
 
 
 def test_weak_targets_are_discs_and_conflicts_are_left_out():

@@ -80,7 +80,7 @@ def test_cells_come_from_every_project_with_measured_features(cells, projects):
 
 
 def test_same_seed_gives_identical_weights_in_cli_and_function(cells, projects, tmp_path):
-    from napari_uam.training.checkpoint import default_weights_path, read_checkpoint
+    from napari_uam.classify.checkpoint import default_weights_path, read_checkpoint
 
     # No validation share: the last epoch is kept, so the weights really are trained ones.
     cfg = FinetuneConfig(init="default", epochs=2, seed=3, val_fraction=0.0)
@@ -115,7 +115,7 @@ def test_same_seed_gives_identical_weights_in_cli_and_function(cells, projects, 
 
 
 def test_finetuned_checkpoint_classifies_and_keeps_the_start_normaliser(cells, tmp_path):
-    from napari_uam.training.checkpoint import default_weights_path, load_classifier, read_checkpoint
+    from napari_uam.classify.checkpoint import default_weights_path, load_classifier, read_checkpoint
 
     res = finetune(cells, FinetuneConfig(init="default", epochs=3, seed=0, val_fraction=0.34))
     assert res.history[0]["epoch"] == 0 and np.isfinite(res.history[0]["val_accuracy"])
@@ -171,8 +171,8 @@ def _val_cells(cells, ckpt):
 def test_finetuned_checkpoint_is_calibrated_on_its_validation_cells(cells, tmp_path):
     """T is fitted on the held-out image's cells, stored with its record, and applied at inference."""
     from napari_uam.training.calibration import T_BOUNDS, model_logits, nll, softmax
-    from napari_uam.training.checkpoint import build_from_checkpoint, load_classifier, read_checkpoint
-    from napari_uam.training.normalize import Normalizer
+    from napari_uam.classify.checkpoint import build_from_checkpoint, load_classifier, read_checkpoint
+    from napari_uam.classify.normalize import Normalizer
 
     res = finetune(cells, FinetuneConfig(init="default", epochs=3, seed=0, val_fraction=0.34))
     path, card = save_finetuned(res, tmp_path / "cal.pt")
@@ -207,7 +207,7 @@ def test_finetuned_checkpoint_is_calibrated_on_its_validation_cells(cells, tmp_p
 
 
 def test_tiny_validation_set_keeps_temperature_one_with_the_reason(cells, tmp_path):
-    from napari_uam.training.checkpoint import load_classifier
+    from napari_uam.classify.checkpoint import load_classifier
 
     few = cells.groupby("image", group_keys=False).head(40)  # 40 cells per image: 40 validate
     res = finetune(few, FinetuneConfig(init="default", epochs=1, seed=0, val_fraction=0.34))
@@ -232,7 +232,7 @@ def test_tiny_validation_set_keeps_temperature_one_with_the_reason(cells, tmp_pa
 
 
 def test_cli_prints_the_temperature(cells, tmp_path):
-    from napari_uam.training.checkpoint import read_checkpoint
+    from napari_uam.classify.checkpoint import read_checkpoint
 
     table = tmp_path / "cells.parquet"
     cells.to_parquet(table)

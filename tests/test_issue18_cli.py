@@ -162,7 +162,7 @@ def test_retrained_checkpoint_at_the_same_path_is_used(tmp_path):
     import torch
 
     from napari_uam import pipeline
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     src = default_weights_path()
     if not src.is_file():
@@ -385,7 +385,7 @@ def test_train_refuses_a_damaged_project_in_one_line(project_master, tmp_path, h
 def _bad_checkpoint(tmp_path: Path, how: str) -> Path:
     import torch
 
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     if how == "csv":
         path = tmp_path / "cells.csv"
@@ -417,7 +417,7 @@ def _bad_checkpoint(tmp_path: Path, how: str) -> Path:
     ("csv", "it is a CSV / text table"),
 ])
 def test_bad_checkpoint_is_refused_before_any_image(patch, tmp_path, how, says):
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     if not default_weights_path().is_file():
         pytest.skip("default UAM weights not installed")

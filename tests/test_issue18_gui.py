@@ -65,7 +65,7 @@ def test_closing_napari_during_classify_exits_cleanly(consep_dir):
 @pytest.mark.gui
 def test_closing_napari_during_training_writes_no_checkpoint(brca_dir, tmp_path):
     """viewer.close() mid-training: the run stops, exit 0, and no checkpoint appears later."""
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     if not default_weights_path().is_file():
         pytest.skip("default UAM weights not installed")
@@ -251,7 +251,7 @@ def test_cancel_acts_within_a_second_while_measuring(make_napari_viewer, qtbot, 
     the worker ends "Cancelled" within about a second and nothing is added. Before, the engine
     looked at the flag once per million cell pixels and not at all in its views: a click half
     a second into measuring waited about 5 s."""
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     if not default_weights_path().is_file():
         pytest.skip("default UAM weights not installed")
@@ -380,7 +380,7 @@ def test_results_are_added_without_freezing_and_read_at_a_glance(make_napari_vie
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QMessageBox
 
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
     from napari_uam.widgets import _display as D
     from napari_uam.widgets import _layers as L
 
@@ -566,7 +566,7 @@ def test_train_dock_offers_current_results_and_says_which_is_current(make_napari
     stale and not offered (it was listed, unmarked, beside the current one)."""
     from qtpy.QtWidgets import QMessageBox
 
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
     from napari_uam.widgets import _layers as L
     from test_annotate import centre_of, click
 

@@ -57,7 +57,7 @@ def test_classify_refuses_nan_checkpoint(tmp_path):
 
     import torch
 
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     ckpt = torch.load(default_weights_path(), map_location="cpu", weights_only=True)
     name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.ndim == 2)

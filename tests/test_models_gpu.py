@@ -35,12 +35,12 @@ def test_torch_scan_matches_mamba_ssm_on_random_inputs():
 
 
 def test_checkpoints_move_between_backends():
-    from napari_uam.training.datasets import DEFAULT_TABLES
+    from research.cells.datasets import DEFAULT_TABLES
 
     # The GPU machine has no runs/ folder: cell tables travel in a folder named by NAPARI_UAM_TABLES.
     tables = Path(os.environ.get("NAPARI_UAM_TABLES", DEFAULT_TABLES))
     if not (tables / "consep.parquet").is_file():
-        pytest.skip(f"no cell tables in {tables}: build them with python -m napari_uam.training.datasets")
+        pytest.skip(f"no cell tables in {tables}: build them with python -m research.cells.datasets")
     for row in parity.check_checkpoint_transfer(tables):
         assert row["max_prob_diff_other_backend"] < 1e-5, row
         assert row["max_prob_diff_cpu"] < 1e-5, row

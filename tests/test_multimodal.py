@@ -10,7 +10,7 @@ import torch
 
 from napari_uam.models.multimodal import TumorRegionNet, dice_bce_loss, joint_loss, splat_cells
 from napari_uam.models.ssm import set_ssm_backend
-from napari_uam.training.train_multimodal import segmentation_metrics
+from research.regions.train_multimodal import segmentation_metrics
 from napari_uam.tumor import (
     TumorMaskModel,
     cells_in_mask,
@@ -96,7 +96,7 @@ def test_more_than_half_rule():
 
 
 def _uam_ckpt():
-    from napari_uam.training.checkpoint import default_weights_path, read_checkpoint
+    from napari_uam.classify.checkpoint import default_weights_path, read_checkpoint
 
     path = default_weights_path()
     if not path.is_file():
@@ -121,7 +121,7 @@ def test_checkpoint_reloads_identically_and_is_self_contained(tmp_path, monkeypa
     """A saved multimodal model predicts exactly as before, with its own UAM copy, even when
     the default cell classifier is gone."""
     from napari_uam.models.multimodal import uam_cell_inputs
-    from napari_uam.training import checkpoint as ck
+    from napari_uam.classify import checkpoint as ck
 
     rgb, _, _, table = camelyon_tile
     model = _small(True, seed=3)
@@ -206,7 +206,7 @@ def test_shipped_weights_on_a_held_out_tile(camelyon_tile):
 
 
 def _confusion(pred, truth):
-    from napari_uam.training.train_multimodal import confusion
+    from research.regions.train_multimodal import confusion
 
     return confusion(pred, truth)
 

@@ -126,15 +126,15 @@ def test_halving_fast_path_is_bit_identical(consep_dir):
 def test_warm_up_runs_the_whole_pipeline_and_keeps_the_models():
     """warm_up classifies the cells of a crop of the shipped sample, leaving the classifier
     and the tumor-mask model in their caches for the user's first run."""
-    from napari_uam.training.checkpoint import default_weights_path
-    from napari_uam.tumor import _cached_model, tumor_weights_available
+    from napari_uam.classify.checkpoint import default_weights_path
+    from napari_uam.classify.cache import weights_cache
+    from napari_uam.tumor import tumor_weights_available
 
     if not default_weights_path().is_file():
         pytest.skip("default UAM weights not installed")
-    pipeline._cached_classifier.cache_clear()
-    _cached_model.cache_clear()
+    weights_cache.clear()
     info = pipeline.warm_up("cpu")
     assert info["device"] == "cpu" and info["cells"] >= 50, info
-    assert pipeline._cached_classifier.cache_info().currsize == 1
-    assert _cached_model.cache_info().currsize == (1 if tumor_weights_available() else 0)
+    assert weights_cache.size("classifier") == 1
+    assert weights_cache.size("tumor_mask") == (1 if tumor_weights_available() else 0)
 

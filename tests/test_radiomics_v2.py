@@ -135,8 +135,8 @@ def test_blank_image_keeps_its_pixels():
 
 def test_v1_checkpoint_is_refused_with_a_clear_message(tmp_path):
     from napari_uam.models import build_model
-    from napari_uam.training.checkpoint import load_classifier, save_checkpoint
-    from napari_uam.training.normalize import Normalizer
+    from napari_uam.classify.checkpoint import load_classifier, save_checkpoint
+    from napari_uam.classify.normalize import Normalizer
 
     feats = list(SCHEMA_V1.feature_names)
     model = build_model("trans", len(feats), 2)

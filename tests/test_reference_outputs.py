@@ -106,7 +106,7 @@ def test_tiled_mosaic_outputs_match_the_reference(tmp_path, consep_dir):
 
 
 def _weights_installed() -> bool:
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     return Path(default_weights_path()).is_file()
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_uam.training.checkpoint import file_sha256
+from napari_uam.classify.checkpoint import file_sha256
 
 from research.regions import loso as L
 from research.regions import sources as S

@@ -39,7 +39,7 @@ from napari_uam.models import ssm
 from napari_uam.radiomics import fast_backend
 from napari_uam.sample_data import sample_image
 from napari_uam.segment import learned, metrics, resolve_backend
-from napari_uam.training import checkpoint as ckpt_mod
+from napari_uam.classify import checkpoint as ckpt_mod
 
 RNG = np.random.default_rng(9)
 HAS_CUDA = torch.cuda.is_available()

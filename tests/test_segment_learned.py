@@ -13,7 +13,7 @@ from napari_uam.segment import available_backends, backend_unavailable_reason, r
 from napari_uam.segment import learned
 from napari_uam.segment import metrics as M
 from napari_uam.segment.postprocess import PostParams, instances
-from napari_uam.segment.train_learned import (
+from research.segmentation.train_learned import (
     POINT_IGNORE_UM,
     auto_range,
     confirmed_nuclei,

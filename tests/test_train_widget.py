@@ -25,7 +25,7 @@ SCREENSHOT = REPO / "docs" / "screenshot_train.png"
 def test_train_from_the_dock_cancel_finish_and_use(make_napari_viewer, qtbot, brca_dir, tmp_path):
     from qtpy.QtCore import QTimer
 
-    from napari_uam.training.checkpoint import default_weights_path, read_checkpoint
+    from napari_uam.classify.checkpoint import default_weights_path, read_checkpoint
 
     if not default_weights_path().is_file():
         pytest.skip("default UAM weights not installed")

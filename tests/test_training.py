@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from napari_uam.errors import CheckpointError, SchemaMismatchError, WeightsNotFoundError
 from napari_uam.models import build_model, list_models
-from napari_uam.training import checkpoint as ckpt_mod
-from napari_uam.training.checkpoint import load_classifier, read_checkpoint, save_checkpoint
+from napari_uam.classify import checkpoint as ckpt_mod
+from napari_uam.classify.checkpoint import load_classifier, read_checkpoint, save_checkpoint
 from napari_uam.training.metrics import classification_metrics
-from napari_uam.training.normalize import Normalizer
-from napari_uam.training.protocol import CLASS_NAMES, group_split
+from napari_uam.classify.normalize import Normalizer
+from napari_uam.training.splits import CLASS_NAMES, group_split
 from napari_uam.training.trainer import TrainConfig, TrainingCancelled, train_model
 
 IMAGES = ["train_1", "train_2", "train_3"]
@@ -24,7 +24,7 @@ IMAGES = ["train_1", "train_2", "train_3"]
 @pytest.fixture(scope="session")
 def cell_table(consep_dir) -> pd.DataFrame:
     """Cells of three real CoNSeP images with their default-schema features (~2.5 K cells)."""
-    from napari_uam.training.datasets import consep_image_table
+    from research.cells.datasets import consep_image_table
 
     return pd.concat([consep_image_table(consep_dir, i) for i in IMAGES], ignore_index=True)
 
@@ -185,7 +185,7 @@ def test_shipped_default_weights_classify_real_cells(cell_table):
 
 
 def test_region_targets_majority_rule():
-    from napari_uam.training.datasets import region_targets
+    from napari_uam.tumor import cells_in_mask
 
     labels = np.zeros((4, 6), int)
     labels[:, :2] = 1  # 8 px, 6 inside
@@ -194,7 +194,7 @@ def test_region_targets_majority_rule():
     mask = np.zeros((4, 6), np.uint8)
     mask[1:, :2] = 255
     mask[:2, 2:4] = 255
-    t = region_targets(labels, mask)
+    t = cells_in_mask(labels, mask)
     assert t.to_dict() == {1: 1, 2: 0, 3: 0}
 
 

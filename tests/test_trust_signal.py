@@ -18,7 +18,7 @@ from PIL import Image
 
 from napari_uam import pipeline
 from napari_uam.domain import MIN_CELLS, DomainModel, OutOfDomainWarning, UnknownDomainWarning
-from napari_uam.training.checkpoint import default_weights_path, load_classifier
+from napari_uam.classify.checkpoint import default_weights_path, load_classifier
 
 
 def _brca_image(brca_dir):
@@ -156,7 +156,7 @@ def recoloured_finetune(brca_dir, tmp_path_factory):
 
 
 def test_an_annotated_image_is_in_domain_for_the_model_fine_tuned_on_it(recoloured_finetune, brca_dir):
-    from napari_uam.training.checkpoint import read_checkpoint
+    from napari_uam.classify.checkpoint import read_checkpoint
 
     out, annotated, names, stdout = recoloured_finetune
     ck = read_checkpoint(out)
@@ -217,7 +217,7 @@ def test_a_checkpoint_without_a_trust_model_is_unknown_never_in_domain(scratch_c
     """A model trained from scratch has no training statistics: the domain is "unknown", with
     the reason, on the command line (warning + done marker) and in the provenance."""
     from napari_uam.domain import UnknownDomainWarning
-    from napari_uam.training.checkpoint import load_classifier, read_checkpoint
+    from napari_uam.classify.checkpoint import load_classifier, read_checkpoint
 
     ckpt, card = scratch_checkpoint
     assert "domain" not in read_checkpoint(ckpt) and "**unknown**" in card.read_text()

@@ -26,7 +26,7 @@ def test_classify_adds_tumor_region_layer(make_napari_viewer, qtbot, regions_dir
     from napari.layers import Image as ImageLayer
     from napari.layers import Labels
 
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
     from napari_uam.tumor import tumor_weights_available
 
     if not (tumor_weights_available() and default_weights_path().is_file()):

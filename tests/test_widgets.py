@@ -131,7 +131,7 @@ def test_describe_layer_explains_non_rgb_layers():
 
 # ------------------------------------------------------------------------------- GUI
 def _weights_installed() -> bool:
-    from napari_uam.training.checkpoint import default_weights_path
+    from napari_uam.classify.checkpoint import default_weights_path
 
     return Path(default_weights_path()).is_file()
 
@@ -312,13 +312,14 @@ def test_dock_prepares_the_gpu_in_the_background(make_napari_viewer, qtbot, monk
 @pytest.mark.gui
 def test_classify_without_default_weights_says_so(viewer_widget, qtbot, monkeypatch, sample_rgb, tmp_path):
     """No weights installed: a clear message, no invented predictions, no layers."""
-    import napari_uam.training.checkpoint as ckpt
+    import napari_uam.classify.checkpoint as ckpt
     from napari_uam import pipeline
 
     viewer, widget = viewer_widget
     monkeypatch.setattr(ckpt, "default_weights_path", lambda *a, **k: tmp_path / "missing_uam_default.pt")
-    pipeline._cached_classifier.cache_clear()
-    monkeypatch.setattr(pipeline, "_cached_classifier", pipeline._cached_classifier.__wrapped__)
+    from napari_uam.classify.cache import weights_cache
+
+    weights_cache.clear()
     viewer.add_image(_crop(sample_rgb), name="he", rgb=True, metadata={"mpp": 0.5})
     _run(qtbot, widget, widget.classify_btn)
     text = widget.status.text()

@@ -37,7 +37,7 @@ from .sources import DEFAULT_ROOT, SOURCES, CellImage, cell_labels, images, read
 
 def segmenter_id() -> str:
     from napari_uam.segment.learned import weights_path
-    from napari_uam.training.checkpoint import file_sha256
+    from napari_uam.classify.checkpoint import file_sha256
 
     return file_sha256(weights_path())[:16]
 

@@ -218,7 +218,7 @@ class NnJob:
 def run_nn(job: NnJob) -> dict:
     import torch
 
-    from napari_uam.training.normalize import Normalizer
+    from napari_uam.classify.normalize import Normalizer
     from napari_uam.training.trainer import TrainConfig, predict_proba, train_model
 
     torch.set_num_threads(1)

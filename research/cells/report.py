@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_uam._sections import replace_section
+from research.sections import replace_section
 
 from .loso import WITHIN, apply_temperature, ece, fit_temperature
 

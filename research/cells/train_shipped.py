@@ -89,8 +89,8 @@ def model_card(a, res, training, calib, domain, per_source, sha) -> str:
 def main(argv=None) -> int:
     import torch
 
-    from napari_uam.training.checkpoint import save_checkpoint
-    from napari_uam.training.normalize import Normalizer
+    from napari_uam.classify.checkpoint import save_checkpoint
+    from napari_uam.classify.normalize import Normalizer
     from napari_uam.training.trainer import TrainConfig, predict_proba, train_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     card_path.write_text(model_card(a, res, training, calib, domain, per_source, sha))
     print("wrote", card_path)
     # Sanity: the written model reproduces the trained one.
-    from napari_uam.training.checkpoint import load_classifier
+    from napari_uam.classify.checkpoint import load_classifier
 
     clf = load_classifier(a.out, device="cpu")
     pv = clf.predict_proba(val[feats].set_axis(feats, axis=1))[:, 1]

@@ -369,7 +369,7 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def metrics(counts) -> dict:
-    from napari_uam.training.train_multimodal import segmentation_metrics
+    from research.regions.train_multimodal import segmentation_metrics
 
     return segmentation_metrics(np.asarray(counts))
 
@@ -696,7 +696,7 @@ def _f(v):
 
 
 def render(summary: dict, results_md: Path, card: Path | None, decision: dict) -> None:
-    from napari_uam._sections import markers, replace_section
+    from research.sections import markers, replace_section
 
     hold = summary["settings"]["holdouts"]
     t = table(summary)
@@ -798,7 +798,7 @@ def decide_seeds(seeds: dict, cells: dict, arm: str = "image-only") -> dict:
 
 def render_seeds(seeds: dict, cells: dict, results_md: Path, card: Path | None, arm: str = "image-only") -> dict:
     """docs/results.md section ``regions-seeds`` and the model card's LOSO section."""
-    from napari_uam._sections import markers, replace_section
+    from research.sections import markers, replace_section
 
     runs = sorted(seeds["runs"], key=lambda r: r["settings"]["seed"])
     hold = runs[0]["settings"]["holdouts"]

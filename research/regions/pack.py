@@ -120,7 +120,7 @@ def _cells(it: S.RegionItem, rgb: np.ndarray, clf, cache: Path):
 
 def pack(root: Path, out: Path, cache: Path, tumor_weights: Path, work_mpp: float = 2.0,
          only: list[str] | None = None, log=print) -> dict:
-    from napari_uam.training.checkpoint import CellClassifier, file_sha256
+    from napari_uam.classify.checkpoint import CellClassifier, file_sha256
     from napari_uam.tumor import read_tumor_checkpoint
 
     ckpt = read_tumor_checkpoint(tumor_weights)

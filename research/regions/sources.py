@@ -254,10 +254,10 @@ def cell_truth(item: RegionItem, labels: np.ndarray):
     (epithelium-only sources: stromal cells between tumor glands are non-tumor cells)."""
     from PIL import Image
 
-    from napari_uam.training.datasets import region_targets
+    from napari_uam.tumor import cells_in_mask
 
     mask = np.asarray(Image.open(item.mask_path)) > 127
-    return region_targets(labels, mask)
+    return cells_in_mask(labels, mask)
 
 
 def iter_pretrain_images(root: Path | str = DEFAULT_ROOT) -> Iterator[tuple[str, Path, float]]:

@@ -9,7 +9,7 @@ recipe that the LOSO table scores.
 
 Recipe (``v3``): crops from every training source with equal probability per source (within a
 source, proportional to image area), at the network's 0.25 um/px with scale jitter 0.8-1.25;
-BRCA-M2C (points) through the weak targets of :func:`napari_uam.segment.train_learned.weak_targets`
+BRCA-M2C (points) through the weak targets of :func:`research.segmentation.train_learned.weak_targets`
 for a quarter of each batch; the v2 HED stain / blur / noise jitter plus saturation, hue and
 gamma jitter; images smaller than a crop window are padded with loss weight 0.
 
@@ -51,7 +51,7 @@ import numpy as np
 from napari_uam.scale import rescale_image, resize_labels, scale_factor
 from napari_uam.segment import metrics as M
 from napari_uam.segment.postprocess import PostParams, instances
-from napari_uam.segment.train_learned import make_targets, weak_targets, with_weight
+from research.segmentation.train_learned import make_targets, weak_targets, with_weight
 
 from . import nuclei_sets as N
 
@@ -124,7 +124,7 @@ def colour_jitter_v3(x, gen):
     """The v2 stain jitter, then saturation 0.7-1.3, hue rotation +-0.1 rad and gamma 0.8-1.25."""
     import torch
 
-    from napari_uam.segment.train_learned import colour_jitter
+    from research.segmentation.train_learned import colour_jitter
 
     x = colour_jitter(x, gen, strong=True)
     b, dev = x.shape[0], x.device
@@ -148,7 +148,7 @@ def _sample(images, targets, probs, n, crop, scale, gen):
     """``n`` crops from images drawn with probabilities ``probs`` (train_learned.sample_batch)."""
     import torch
 
-    from napari_uam.segment.train_learned import sample_batch
+    from research.segmentation.train_learned import sample_batch
 
     # sample_batch then draws uniformly among these n images: still one draw from ``probs``
     # per crop, in distribution.
@@ -165,7 +165,7 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
     """Train one network on every source of ``files`` except ``holdout``; write its checkpoint."""
     import torch
 
-    from napari_uam.segment.train_learned import lr_factor, optimise_step
+    from research.segmentation.train_learned import lr_factor, optimise_step
     from napari_uam.segment.unet import NucleiUNet, UNetConfig, n_parameters
 
     out.mkdir(parents=True, exist_ok=True)

@@ -157,14 +157,14 @@ def classes_from_mask(labels: np.ndarray, mask: np.ndarray) -> pd.Series:
     Raises:
         ValueError: the mask does not have the labels' shape.
     """
-    from .training.datasets import region_targets
+    from .tumor import cells_in_mask
 
     if np.shape(mask) != np.shape(labels):
         raise ValueError(
             f"The region mask is {np.shape(mask)} pixels but the nuclei are {np.shape(labels)}; "
             "draw the region on the same image."
         )
-    t = region_targets(labels, mask)
+    t = cells_in_mask(labels, mask)
     return pd.Series(np.where(t.to_numpy() == 1, TUMOR, NON_TUMOR), index=t.index)
 
 

@@ -131,7 +131,7 @@ def _check_train_inputs(args) -> None:
             for folder in find_projects(inp):
                 load_project(folder)
     if args.init not in ("default", "scratch"):
-        from .training.checkpoint import read_checkpoint
+        from .classify.checkpoint import read_checkpoint
 
         read_checkpoint(args.init)
 

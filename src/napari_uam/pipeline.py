@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .classify.cache import weights_cache
+from .classify.checkpoint import default_weights_path, load_classifier
 from .errors import CancelledError, InvalidImageError, InvalidLabelsError, NoNucleiError
 from .pixel_size import PixelSizeWarning, estimate_mpp
 from .scale import rescale_image, resize_labels, scale_factor
@@ -247,22 +249,6 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in skip]
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_classifier(path: Optional[str], device: str, identity=None):
-    # ``identity`` (size, mtime, SHA-256 of the file) is part of the key: retraining into the
-    # same checkpoint path must load the new weights, not the ones cached for that path.
-    from .training.checkpoint import load_classifier
-
-    return load_classifier(path, device=device)
-
-
-def _file_identity(path: Optional[str]):
-    """The cache key of a classifier checkpoint (None: the shipped default weights)."""
-    from .training.checkpoint import default_weights_path, file_identity
-
-    return file_identity(default_weights_path() if path is None else path)
-
-
 def get_classifier(model=None, device: str = "auto"):
     """Return a loaded cell classifier.
 
@@ -276,7 +262,10 @@ def get_classifier(model=None, device: str = "auto"):
     from .device import resolve_device
 
     path = None if model is None else str(model)
-    return _cached_classifier(path, resolve_device(device), _file_identity(path))
+    device = resolve_device(device)
+    # Keyed on the file's identity (the default weights' file when ``path`` is None).
+    key_path = default_weights_path() if path is None else path
+    return weights_cache.get("classifier", key_path, device, lambda: load_classifier(path, device=device))
 
 
 def classify_cells(

@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import pandas as pd
 
+from .classify.cache import weights_cache
+from .classify.checkpoint import CellClassifier, _plain, _versions, file_sha256, load_checkpoint_dict
 from .errors import CheckpointError, InvalidLabelsError, WeightsNotFoundError
 
 FORMAT = "napari-uam/tumor-mask"
@@ -66,9 +69,6 @@ def save_tumor_checkpoint(path, model, *, work_mpp: float, cell_encoder: dict | 
             using it (``benchmarks/multimodal_bench.py --half-weights`` does).
     """
     import torch
-
-    from .training.checkpoint import _plain, _versions, file_sha256
-
     if model.use_cells and cell_encoder is None:
         raise ValueError("a multimodal tumor model needs its cell_encoder checkpoint")
     cfg = _plain(model.config)
@@ -115,8 +115,6 @@ def read_tumor_checkpoint(path) -> dict:
     Raises:
         CheckpointError: missing, damaged or of another format / version.
     """
-    from .training.checkpoint import load_checkpoint_dict
-
     return load_checkpoint_dict(path, what="tumor-mask checkpoint", fmt=FORMAT, version=FORMAT_VERSION,
                                 hint="Retrain it (python benchmarks/multimodal_bench.py --train).")
 
@@ -126,7 +124,7 @@ class TumorMaskModel:
 
     Attributes:
         model: the :class:`~napari_uam.models.multimodal.TumorRegionNet` (eval mode).
-        cell_encoder: the stored UAM :class:`~napari_uam.training.checkpoint.CellClassifier`
+        cell_encoder: the stored UAM :class:`~napari_uam.classify.checkpoint.CellClassifier`
             (None for image-only models).
         work_mpp: working pixel size (um/px).
         uses_cells: whether predictions need a measured cell table.
@@ -137,8 +135,6 @@ class TumorMaskModel:
         from .device import resolve_device
         from .models.multimodal import TumorRegionNet
         from .models.ssm import set_ssm_backend
-        from .training.checkpoint import CellClassifier
-
         self.device = resolve_device(device)
         try:
             self.model = TumorRegionNet(**ckpt["config"])
@@ -230,13 +226,6 @@ def predict_probability(model, rgb: np.ndarray, mpp: float, work_mpp: float, cel
     return p[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_model(path: str, device: str, identity=None) -> TumorMaskModel:
-    # ``identity`` (size, mtime, SHA-256) is part of the key: new weights written to the same
-    # path must be loaded, not the model cached for that path (issue 18).
-    return TumorMaskModel(read_tumor_checkpoint(path), device=device, path=path)
-
-
 def load_tumor_model(path=None, device: str = "auto") -> TumorMaskModel:
     """Load a tumor-mask checkpoint (default: the shipped weights), cached per file identity/device.
 
@@ -250,12 +239,12 @@ def load_tumor_model(path=None, device: str = "auto") -> TumorMaskModel:
         path = default_tumor_weights_path()
         if not path.is_file():
             raise WeightsNotFoundError(
-                f"The tumor-mask weights are not installed ({path} is missing). Train them with "
-                "`python benchmarks/multimodal_bench.py --train` or choose a checkpoint."
+                f"The tumor-mask weights are not installed ({path} is missing). Reinstall "
+                "napari-uam (`pip install --force-reinstall napari-uam`) or choose a tumor-mask checkpoint."
             )
-    from .training.checkpoint import file_identity
-
-    return _cached_model(str(path), resolve_device(device), file_identity(path))
+    device = resolve_device(device)
+    return weights_cache.get("tumor_mask", path, device,
+                             lambda: TumorMaskModel(read_tumor_checkpoint(str(path)), device=device, path=str(path)))
 
 
 def predict_tumor_mask(image, mpp: float, table=None, *, model=None, device: str = "auto",
@@ -285,7 +274,21 @@ def predict_tumor_mask(image, mpp: float, table=None, *, model=None, device: str
 
 def cells_in_mask(labels: np.ndarray, mask: np.ndarray):
     """The paper's image-based cell classification: a nucleus is tumor (1) when more than
-    50 % of its pixels lie in ``mask``. Returns an int Series indexed by label."""
-    from .training.datasets import region_targets
+    50 % of its pixels lie in ``mask`` (the one home of this rule: training labels from region
+    masks, annotation from a drawn region and the Figure 4 comparison all use it).
 
-    return region_targets(labels, mask)
+    Args:
+        labels: (H, W) int instance map.
+        mask: (H, W) bool (or 0/255) tumor region, same shape.
+
+    Returns:
+        int Series indexed by label.
+    """
+    lab = np.asarray(labels).ravel()
+    inside = (np.asarray(mask) > 0).ravel()
+    keep = lab > 0
+    n = int(lab.max()) + 1 if lab.size else 1
+    total = np.bincount(lab[keep], minlength=n)
+    hit = np.bincount(lab[keep], weights=inside[keep].astype(np.float64), minlength=n)
+    ids = np.flatnonzero(total)
+    return pd.Series((hit[ids] / total[ids] > 0.5).astype(np.int64), index=pd.Index(ids, name="label"))

@@ -160,7 +160,7 @@ def uam_cell_inputs(classifier, features) -> "np.ndarray":  # noqa: F821
     classifier's linear head) and the UAM tumor probability.
 
     Args:
-        classifier: a :class:`~napari_uam.training.checkpoint.CellClassifier`.
+        classifier: a :class:`~napari_uam.classify.checkpoint.CellClassifier`.
         features: DataFrame with the classifier's feature columns.
 
     Returns:

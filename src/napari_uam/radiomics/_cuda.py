@@ -23,18 +23,13 @@ from functools import lru_cache
 import numpy as np
 
 from . import _numba, _shape
+from ._colours import _lut, _pack_rgb
+from ._compat import _numpy_compat
 from .schema import FeatureSchema
 
 #: Threads per block: the kernels are register-heavy scalar code; 64 keeps several blocks
 #: resident per multiprocessor.
 _THREADS = 64
-
-
-def _numpy_compat() -> None:
-    """numba-cuda 0.30 registers an overload of ``np.row_stack``, which NumPy 2.5 removed (it
-    was an alias of ``np.vstack``): put the alias back before numba-cuda's registries load."""
-    if not hasattr(np, "row_stack"):
-        np.row_stack = np.vstack
 
 
 @lru_cache(maxsize=1)
@@ -140,7 +135,6 @@ def extract_cuda(xp, rgb, lab, ids, stack_shape, schema: FeatureSchema, col_of, 
         (C, n_feat) float64 device tensor, rows in compact-id order; (C,) int8 device tensor,
         1 for cells whose GLCM MCC still needs LAPACK (their MCC column is NaN).
     """
-    from .fast_backend import _lut, _pack_rgb
 
     torch = xp.torch
     dev = xp.device

@@ -11,7 +11,7 @@ on a machine pays the compile (~10-20 s); see :func:`_enable_disk_cache`.
 import hashlib
 from pathlib import Path
 
-from ._cuda import _numpy_compat
+from ._compat import _numpy_compat
 
 _numpy_compat()  # before numba-cuda's array registries load (np.row_stack, see there)
 

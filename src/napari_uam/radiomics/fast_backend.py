@@ -38,10 +38,10 @@ import numpy as np
 
 from ..errors import raise_if_cancelled as check_cancel
 from . import _cuda, _numba, _shape, _texture
+from ._colours import _lut, _pack_rgb
 from ._ops import NumpyOps, TorchOps
 from .schema import FeatureSchema, channel_lut
 
-_LUT_CACHE: dict = {}
 
 #: Cell pixels per chunk of the per-cell families (memory bound on very large inputs; a
 #: 1000x1000 patch at 0.5 um/px holds about 50,000, a batch of 64 such about 3 M).
@@ -84,13 +84,6 @@ def make_ops(device: str):
         ops.numba = device == "numpy" and _numba.AVAILABLE
         return ops
     return TorchOps(device)
-
-
-def _lut(xp, channel):
-    key = (xp.name, str(getattr(xp, "device", "")), channel)
-    if key not in _LUT_CACHE:
-        _LUT_CACHE[key] = xp.asarray(channel_lut(channel))
-    return _LUT_CACHE[key]
 
 
 def _stack(xp, images, labels, pack: bool = True):
@@ -244,14 +237,6 @@ class _DeferredUpload:
             _staging_done(self.xp, self.name)
             self.host = None
         return self.tensor
-
-
-def _pack_rgb(rgb):
-    """(N, 3) uint8 torch colours -> (N,) int64 ``r << 16 | g << 8 | b`` (the lookup index)."""
-    import torch
-
-    t = rgb.to(torch.int32)
-    return (t[:, 0] * 65536 + t[:, 1] * 256 + t[:, 2]).to(torch.int64)
 
 
 def _copy_pool():

@@ -103,7 +103,7 @@ from .learned import is_available as _learned_available  # noqa: E402
 from .learned import segment_learned, unavailable_reason  # noqa: E402
 
 # Where "auto" may pick the network is decided by its held-out numbers and stored with its
-# weights (``auto_mpp_range``, written by ``train_learned``): any pixel size only when it meets
+# weights (``auto_mpp_range``, written by ``research/segmentation/train_learned.py``): any pixel size only when it meets
 # the 40x targets on CoNSeP 21-27 *and* detects BRCA-M2C val cells (20x) at least as well as
 # the watershed; 40x-like images (0.2-0.35 um/px) when it meets the 40x targets only (weights
 # recording nothing get this too: the first network over-split 20x breast fields, point F1

@@ -134,7 +134,7 @@ def auto_mpp_range():
 
     Returns:
         None (any pixel size), a (low, high) tuple in um/px, or "never"; the checkpoint's
-        ``auto_mpp_range`` (set by :mod:`.train_learned` from its held-out numbers), else
+        ``auto_mpp_range`` (set by ``research/segmentation/train_learned.py`` from its held-out numbers), else
         :data:`DEFAULT_AUTO_MPP_RANGE`. "never" too when the weights do not load (then the
         backend is unavailable anyway).
     """

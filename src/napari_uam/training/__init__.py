@@ -1,15 +1,5 @@
-"""Training, evaluation and the checkpoint format of the cell classifiers.
-
-Light to import: only the checkpoint / inference API is imported here; the trainer, datasets
-and experiments modules import torch, scikit-learn and the feature engine when used.
+"""What fine-tuning from the dock and ``napari-uam train`` need: cell sets from annotated
+layers and projects (:mod:`.finetune`), one training loop (:mod:`.trainer`), the split rule
+(:mod:`.splits`), metrics and temperature calibration. Checkpoints are written through
+:mod:`napari_uam.classify`; the recipes that made the shipped weights live in ``research/``.
 """
-
-from .checkpoint import (
-    CellClassifier,
-    default_weights_path,
-    load_classifier,
-    read_checkpoint,
-    save_checkpoint,
-)
-
-__all__ = ["CellClassifier", "default_weights_path", "load_classifier", "read_checkpoint", "save_checkpoint"]

@@ -236,7 +236,7 @@ def _summary(df: pd.DataFrame) -> dict:
 def _start(config: FinetuneConfig, n_features: int):
     """(model, checkpoint dict or None, init description) of the starting point."""
     from ..models import build_model
-    from .checkpoint import default_weights_path, file_sha256, read_checkpoint
+    from ..classify.checkpoint import default_weights_path, file_sha256, read_checkpoint
 
     init = str(config.init)
     if init == INIT_SCRATCH:
@@ -244,7 +244,7 @@ def _start(config: FinetuneConfig, n_features: int):
     path = default_weights_path() if init == INIT_DEFAULT else Path(init)
     if init == INIT_DEFAULT and not path.is_file():
         raise CheckpointError(f"The shipped weights are not installed ({path}); start from scratch or a checkpoint file.")
-    from .checkpoint import build_from_checkpoint
+    from ..classify.checkpoint import build_from_checkpoint
 
     ckpt = read_checkpoint(path)
     from ..radiomics.schema import CLASSIFIER_SCHEMAS
@@ -292,8 +292,8 @@ def finetune(
     from ..device import resolve_device
     from ..radiomics import DEFAULT_SCHEMA
     from .metrics import classification_metrics
-    from .normalize import Normalizer
-    from .protocol import CLASS_NAMES, TUMOR_CLASS, group_split
+    from ..classify.normalize import Normalizer
+    from .splits import CLASS_NAMES, TUMOR_CLASS, group_split
     from .trainer import predict_proba, set_seed
 
     if cells is None or len(cells) == 0:
@@ -576,7 +576,7 @@ def trust_card_lines(card: dict) -> list:
 
 
 def _is_shipped(path: Path) -> bool:
-    from .checkpoint import default_weights_path
+    from ..classify.checkpoint import default_weights_path
 
     weights_dir = default_weights_path().parent.resolve()
     return path.resolve().parent == weights_dir
@@ -594,7 +594,7 @@ def save_finetuned(result: FinetuneResult, path, overwrite: bool = False, model_
         CheckpointError: ``path`` is in the shipped weights folder (never replaced).
         FileExistsError: ``path`` or its card exists and ``overwrite`` is False.
     """
-    from .checkpoint import read_checkpoint, save_checkpoint
+    from ..classify.checkpoint import read_checkpoint, save_checkpoint
 
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):

@@ -137,7 +137,7 @@ def validation_groups(cells, val_fraction: float, seed: int = 0):
     Returns:
         (cells with possibly renamed ``image`` groups, sentence for the dock's status line).
     """
-    from ..training.protocol import group_split
+    from ..training.splits import group_split
 
     if len(cells) == 0 or val_fraction <= 0:
         return cells, "No validation (validation share 0): every annotated cell trains."

@@ -1,37 +1,18 @@
-"""Evaluation protocol: group-wise splits (by image / patient, never by cell) and array preparation."""
+"""Evaluation protocol of the experiments: within-dataset splits and array preparation.
+
+The split rule itself (by image / patient, never by cell) is the package's
+(:mod:`napari_uam.training.splits`), shared with fine-tuning."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .datasets import feature_columns
-from .normalize import Normalizer
+from napari_uam.classify.normalize import Normalizer
+from napari_uam.training.splits import CLASS_NAMES, TUMOR_CLASS, group_split
+from research.cells.datasets import feature_columns
 
-#: Binary task of every experiment and of the shipped model.
-CLASS_NAMES = ["non-tumor", "tumor"]
-TUMOR_CLASS = 1
-
-
-def group_split(groups, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split rows by group: about ``fraction`` of the groups (at least one) go to the second part.
-
-    Args:
-        groups: (n,) group key per row (image or patient).
-        fraction: share of groups in the held-out part.
-        seed: permutation seed of the sorted unique groups (stable across runs).
-
-    Returns:
-        (keep_mask, held_mask) boolean arrays over rows.
-    """
-    groups = np.asarray(groups).astype(str)
-    uniq = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(uniq)
-    n_held = max(1, int(round(fraction * len(uniq)))) if len(uniq) > 1 else 0
-    held = np.isin(groups, perm[:n_held])
-    return ~held, held
-
+__all__ = ["CLASS_NAMES", "TUMOR_CLASS", "arrays", "group_split", "subsample", "summary", "within_splits"]
 
 def within_splits(table: pd.DataFrame, dataset: str) -> dict[str, pd.DataFrame]:
     """Train / val / test parts of one dataset for the within-dataset experiment.

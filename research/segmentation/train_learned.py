@@ -24,14 +24,14 @@ Writes into ``--out``:
 
 Usage (GPU, about 5.5 minutes in all; the v2 weights)::
 
-    PYTHONPATH=src python -m napari_uam.segment.train_learned --data .gpu_data/consep \\
+    PYTHONPATH=src python -m research.segmentation.train_learned --data .gpu_data/consep \\
         --out "$OUT" --device cuda --init src/napari_uam/weights/nuclei_unet.pt --lr 1e-3 \\
         --minutes 4 --brca-train .gpu_data/brca_m2c/train --brca-val .gpu_data/brca_m2c/val \\
         --brca-frac 0.375
 
 Smoke test on a CPU::
 
-    PYTHONPATH=src python -m napari_uam.segment.train_learned --data ../shared/data/consep \\
+    PYTHONPATH=src python -m research.segmentation.train_learned --data ../shared/data/consep \\
         --out /tmp/smoke --minutes 0.5 --device cpu --batch 4 --crop 128 --val-ids 21
 """
 
@@ -121,8 +121,8 @@ def confirmed_nuclei(rgb: np.ndarray, points_yx: np.ndarray, mpp: float):
         of the watershed kept), (H, W) int32 labels of every watershed nucleus, and the indices
         of the points that no confirmed nucleus accounts for.
     """
-    from . import metrics as M
-    from .watershed import WatershedParams, segment_watershed
+    from napari_uam.segment import metrics as M
+    from napari_uam.segment.watershed import WatershedParams, segment_watershed
 
     lab = segment_watershed(rgb, mpp, WatershedParams())
     pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
@@ -163,7 +163,7 @@ def weak_targets(rgb: np.ndarray, points_yx: np.ndarray, mpp: float) -> tuple[np
     """
     from scipy.spatial import cKDTree
 
-    from ..scale import rescale_image, resize_labels, scale_factor
+    from napari_uam.scale import rescale_image, resize_labels, scale_factor
 
     pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
     confirmed, lab, unmatched_pts = confirmed_nuclei(rgb, pts, mpp)
@@ -297,7 +297,7 @@ def colour_jitter(x, gen, strong: bool = True):
     import torch
     from torch.nn import functional as F
 
-    from .stain import HED_FROM_RGB, RGB_FROM_HED
+    from napari_uam.segment.stain import HED_FROM_RGB, RGB_FROM_HED
 
     b, dev = x.shape[0], x.device
 
@@ -375,9 +375,9 @@ def loss_fn(raw, y):
 
 
 def _post_and_score(args):
-    from ..scale import resize_labels
-    from . import metrics as M
-    from .postprocess import PostParams, instances
+    from napari_uam.scale import resize_labels
+    from napari_uam.segment import metrics as M
+    from napari_uam.segment.postprocess import PostParams, instances
 
     maps, gt, net_mpp, shape = args
     lab = resize_labels(instances(maps, net_mpp, PostParams()), shape)
@@ -390,8 +390,8 @@ def validate(model, root: Path, ids, device: str, workers: int, log) -> dict:
     The network runs on ``device`` through :func:`.learned.predict_maps` (the backend's
     code path); post-processing and scoring run in ``workers`` processes.
     """
-    from ..scale import rescale_image, scale_factor
-    from .learned import predict_maps
+    from napari_uam.scale import rescale_image, scale_factor
+    from napari_uam.segment.learned import predict_maps
 
     jobs, keys = [], []
     for i in ids:
@@ -420,10 +420,10 @@ def validate(model, root: Path, ids, device: str, workers: int, log) -> dict:
 
 def _points_one(args) -> dict:
     """tp / fp / fn of one point-annotated image: learned (from maps) and watershed."""
-    from ..scale import resize_labels
-    from . import metrics as M
-    from .postprocess import PostParams, instances
-    from .watershed import WatershedParams, segment_watershed
+    from napari_uam.scale import resize_labels
+    from napari_uam.segment import metrics as M
+    from napari_uam.segment.postprocess import PostParams, instances
+    from napari_uam.segment.watershed import WatershedParams, segment_watershed
 
     maps, rgb, pts, net_mpp, mpp = args
     radius = POINT_MATCH_UM / mpp
@@ -448,8 +448,8 @@ def validate_points(model, paths, device: str, workers: int, log, label: str) ->
     """
     from PIL import Image
 
-    from ..scale import rescale_image, scale_factor
-    from .learned import predict_maps
+    from napari_uam.scale import rescale_image, scale_factor
+    from napari_uam.segment.learned import predict_maps
 
     jobs = []
     for path in map(Path, paths):
@@ -598,8 +598,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from .learned import NET_MPP
-    from .unet import NucleiUNet, UNetConfig, n_parameters
+    from napari_uam.segment.learned import NET_MPP
+    from napari_uam.segment.unet import NucleiUNet, UNetConfig, n_parameters
 
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "train.log", "w")
@@ -664,7 +664,7 @@ def main(argv=None) -> int:
     cfg = UNetConfig(widths=tuple(args.widths)) if args.widths else UNetConfig()
     init = None
     if args.init is not None:
-        from .learned import load_checkpoint
+        from napari_uam.segment.learned import load_checkpoint
 
         init = load_checkpoint(args.init)
         cfg = UNetConfig.from_dict(init["config"])
@@ -761,7 +761,7 @@ def main(argv=None) -> int:
     (args.out / "metrics.json").write_text(json.dumps({"meta": meta, "held_out": val, "brca_m2c": points}, indent=1))
     # Reload exactly as the backend will (weights_only torch.load), so a file that cannot be
     # shipped fails here rather than on a user's machine.
-    from .learned import build_model, load_checkpoint
+    from napari_uam.segment.learned import build_model, load_checkpoint
 
     build_model(load_checkpoint(args.out / "nuclei_unet.pt"))
     size = (args.out / "nuclei_unet.pt").stat().st_size

@@ -16,7 +16,7 @@ features were measured on. Sources:
   (:func:`napari_uam.segment.metrics.match_points`); unmatched nuclei have no label and are
   dropped. Patient = TCGA id (first 12 characters of the image name); its train/val split is
   patient-disjoint.
-* Region masks (:func:`region_targets`): a nucleus is tumor when more than 50 % of its pixels lie
+* Region masks (:func:`napari_uam.tumor.cells_in_mask`): a nucleus is tumor when more than 50 % of its pixels lie
   in the tumor region (the UAM paper's rule).
 
 Features are measured at the schema's pixel size: images are resampled with
@@ -25,7 +25,7 @@ Features are measured at the schema's pixel size: images are resampled with
 
 Build the tables (cached: a table whose sidecar has the same schema id is not rebuilt)::
 
-    python -m napari_uam.training.datasets --data ../shared/data --out runs/cell_tables
+    python -m research.cells.datasets --data ../shared/data --out runs/cell_tables
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 #: Where the shared real data lives beside a checkout.
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 #: Default cache of cell tables (git-ignored).
@@ -78,34 +78,14 @@ def features_at_schema_scale(image: np.ndarray, labels: np.ndarray, mpp: float, 
     Returns:
         DataFrame indexed by label (labels that vanish when resampled are absent).
     """
-    from ..radiomics import extract, get_schema
-    from ..scale import rescale_image, resize_labels, scale_factor
+    from napari_uam.radiomics import extract, get_schema
+    from napari_uam.scale import rescale_image, resize_labels, scale_factor
 
     schema = get_schema(schema)
     f = scale_factor(mpp, schema.mpp)
     img = rescale_image(image, f)
     lab = resize_labels(labels, img.shape[:2])
     return extract(img, lab, schema=schema, device="cpu")
-
-
-def region_targets(labels: np.ndarray, tumor_mask: np.ndarray) -> pd.Series:
-    """Tumor (1) / non-tumor (0) per nucleus from a region mask: >50 % of its pixels inside.
-
-    Args:
-        labels: (H, W) int instance map.
-        tumor_mask: (H, W) bool (or 0/255) tumor region, same shape.
-
-    Returns:
-        int Series indexed by label.
-    """
-    lab = np.asarray(labels).ravel()
-    inside = (np.asarray(tumor_mask) > 0).ravel()
-    keep = lab > 0
-    n = int(lab.max()) + 1 if lab.size else 1
-    total = np.bincount(lab[keep], minlength=n)
-    hit = np.bincount(lab[keep], weights=inside[keep].astype(np.float64), minlength=n)
-    ids = np.flatnonzero(total)
-    return pd.Series((hit[ids] / total[ids] > 0.5).astype(np.int64), index=pd.Index(ids, name="label"))
 
 
 def _meta(folder: Path) -> dict:
@@ -134,8 +114,8 @@ def consep_image_table(consep_dir: Path, image_id: str, schema=None) -> pd.DataF
 
 def brca_image_table(image_path: Path, schema=None) -> pd.DataFrame:
     """Cell table of one BRCA-M2C image: segmented nuclei matched to the annotated points."""
-    from ..segment import segment
-    from ..segment.metrics import centroids, match_points
+    from napari_uam.segment import segment
+    from napari_uam.segment.metrics import centroids, match_points
 
     image_path = Path(image_path)
     folder = image_path.parent
@@ -202,7 +182,7 @@ def build_table(dataset: str, data_dir=None, schema=None, jobs: int = 1, limit: 
         limit: only the first ``limit`` images (of each split), for tests.
         progress: callable(done, total, image) after each image.
     """
-    from ..radiomics import get_schema
+    from napari_uam.radiomics import get_schema
 
     schema = get_schema(schema)
     data_dir = Path(data_dir or DEFAULT_DATA)
@@ -230,7 +210,7 @@ def table_path(out_dir, dataset: str) -> Path:
 
 def build_tables(data_dir=None, out_dir=None, schema=None, datasets=DATASETS, jobs: int = 1, force: bool = False, log=print) -> dict:
     """Build (or reuse) the parquet table of each dataset; returns dataset -> path."""
-    from ..radiomics import get_schema
+    from napari_uam.radiomics import get_schema
 
     schema = get_schema(schema)
     out_dir = Path(out_dir or DEFAULT_TABLES)
@@ -271,14 +251,14 @@ def load_table(tables_dir, dataset: str, schema=None) -> pd.DataFrame:
         FileNotFoundError: table absent (build it with the CLI).
         SchemaMismatchError: table of another schema.
     """
-    from ..errors import SchemaMismatchError
-    from ..radiomics import get_schema
+    from napari_uam.errors import SchemaMismatchError
+    from napari_uam.radiomics import get_schema
 
     schema = get_schema(schema)
     path = table_path(tables_dir, dataset)
     if not path.is_file():
         raise FileNotFoundError(
-            f"No cell table {path}; build it with `python -m napari_uam.training.datasets --out {tables_dir}`."
+            f"No cell table {path}; build it with `python -m research.cells.datasets --out {tables_dir}`."
         )
     side = path.with_suffix(".json")
     sid = json.loads(side.read_text()).get("schema_id") if side.is_file() else None

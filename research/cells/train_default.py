@@ -1,6 +1,6 @@
 """Train the shipped default classifier on every labelled cell and write it with its model card.
 
-    python -m napari_uam.training.train_default --tables runs/cell_tables --arch uam \
+    python -m research.cells.train_default --tables runs/cell_tables --arch uam \
         --out src/napari_uam/weights/uam_default.pt
 
 All cells of CoNSeP and BRCA-M2C (both splits) are used, except 10 % of the images / patients
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoint import default_weights_path, save_checkpoint
-from .datasets import DATASETS, DEFAULT_TABLES, load_table
-from .protocol import CLASS_NAMES, TUMOR_CLASS, arrays, group_split, summary
-from .trainer import TrainConfig, train_model
+from napari_uam.classify.checkpoint import default_weights_path, save_checkpoint
+from research.cells.datasets import DATASETS, DEFAULT_TABLES, load_table
+from research.cells.protocol import CLASS_NAMES, TUMOR_CLASS, arrays, group_split, summary
+from napari_uam.training.trainer import TrainConfig, train_model
 
 
 def all_cells_split(tables: dict[str, pd.DataFrame], val_fraction: float = 0.1):
@@ -102,9 +102,9 @@ def train_default(
     Returns:
         Path of the written checkpoint.
     """
-    from ..radiomics import DEFAULT_SCHEMA
-    from .metrics import classification_metrics
-    from .trainer import predict_proba
+    from napari_uam.radiomics import DEFAULT_SCHEMA
+    from napari_uam.training.metrics import classification_metrics
+    from napari_uam.training.trainer import predict_proba
 
     out = Path(out or default_weights_path())
     tables = {ds: load_table(tables_dir, ds) for ds in datasets}
@@ -137,7 +137,7 @@ def train_default(
         class_names=CLASS_NAMES, tumor_class=TUMOR_CLASS, normalizer=norm, training=training,
         metrics=metrics, model_id=out.stem,
     )  # fmt: skip
-    from .checkpoint import read_checkpoint
+    from napari_uam.classify.checkpoint import read_checkpoint
 
     card = {k: v for k, v in read_checkpoint(out).items() if k != "state_dict"}
     out.with_suffix(".md").write_text(model_card_markdown(card, sha))

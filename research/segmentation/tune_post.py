@@ -17,7 +17,7 @@ full round changes nothing.
 
 Usage::
 
-    PYTHONPATH=src python -m napari_uam.segment.tune_post --data ../shared/data \\
+    PYTHONPATH=src python -m research.segmentation.tune_post --data ../shared/data \\
         --out runs/seg_tune [--write-weights]
 
 ``--write-weights`` stores the chosen values in the shipped checkpoint's ``postprocess`` entry
@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..scale import rescale_image, resize_labels, scale_factor
-from . import metrics as M
-from .postprocess import PostParams, instances
+from napari_uam.scale import rescale_image, resize_labels, scale_factor
+from napari_uam.segment import metrics as M
+from napari_uam.segment.postprocess import PostParams, instances
 
 CONSEP_MPP = 0.25
 BRCA_MPP = 0.5
@@ -65,7 +65,7 @@ def _rgb(path: Path) -> np.ndarray:
 
 def network_maps(model, rgb: np.ndarray, mpp: float, net_mpp: float) -> np.ndarray:
     """(4, h, w) float16 maps at the network's pixel size for an image at ``mpp``."""
-    from .learned import predict_maps
+    from napari_uam.segment.learned import predict_maps
 
     img = rescale_image(rgb, scale_factor(mpp, net_mpp))
     return predict_maps(model, img).astype(np.float16)
@@ -73,7 +73,7 @@ def network_maps(model, rgb: np.ndarray, mpp: float, net_mpp: float) -> np.ndarr
 
 def build_cache(data: Path, cache: Path, consep_ids, brca_every: int, log) -> list[dict]:
     """Compute (or reuse) the cached maps; returns one record per (image, pixel size)."""
-    from .learned import _model
+    from napari_uam.segment.learned import _model
 
     model, ckpt = _model("cpu")
     net_mpp = float(ckpt["net_mpp"])
@@ -207,8 +207,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from .learned import weights_path
-    from .train_learned import _ids
+    from napari_uam.segment.learned import weights_path
+    from research.segmentation.train_learned import _ids
 
     torch.set_num_threads(args.threads)
     ids = _ids(args.consep_ids)
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         tuned = evaluate(items, best, pool, kinds=("consep", "brca"))
     summary = {
         "date": dt.date.today().isoformat(),
-        "command": "python -m napari_uam.segment.tune_post " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m research.segmentation.tune_post " + " ".join(argv if argv is not None else sys.argv[1:]),
         "consep_images": ids,
         "objective": "mean over images of (AJI + PQ) / 2 at "
         + " and ".join(f"{m:g}" for m in args.search_mpp) + " um/px",

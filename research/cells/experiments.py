@@ -1,11 +1,11 @@
 """The paper's protocol on our data: every architecture x seeds, within- and cross-dataset.
 
-    python -m napari_uam.training.experiments --tables runs/cell_tables --out docs/results.md \
+    python -m research.cells.experiments --tables runs/cell_tables --out docs/results.md \
         --jobs 16 --device auto [--train-default] [--quick]
 
 For each training dataset (CoNSeP, BRCA-M2C), architecture (the registry plus gradient-boosted
 trees) and seed, one model is trained on the dataset's training part (early stopping on its
-validation part, see :func:`napari_uam.training.protocol.within_splits`) and evaluated on
+validation part, see :func:`research.cells.protocol.within_splits`) and evaluated on
 
 * the dataset's own test part (within-dataset, the paper's Table 1), and
 * every cell of the other dataset (cross-dataset, the paper's Table 2).
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import DEFAULT_TABLES, REPO
+from research.cells.datasets import DEFAULT_TABLES, REPO
 
 ARCH_ORDER = ["trans", "trans-moe", "mamba", "mamba-moe", "jamba", "uam-l", "uam-m", "uam"]
 LABELS = {
@@ -49,7 +49,7 @@ _TABLES: dict = {}
 
 def _tables(tables_dir: str) -> dict:
     """Both cell tables, loaded once per worker process."""
-    from .datasets import load_table
+    from research.cells.datasets import load_table
 
     if tables_dir not in _TABLES:
         _TABLES[tables_dir] = {ds: load_table(tables_dir, ds) for ds in ("consep", "brca_m2c")}
@@ -60,9 +60,9 @@ def run_job(job: dict) -> dict:
     """Train one (training dataset, architecture, seed) and evaluate it within and across datasets."""
     import torch
 
-    from .metrics import classification_metrics
-    from .protocol import CLASS_NAMES, TUMOR_CLASS, arrays, subsample, within_splits
-    from .trainer import TrainConfig, predict_proba, train_model
+    from napari_uam.training.metrics import classification_metrics
+    from research.cells.protocol import CLASS_NAMES, TUMOR_CLASS, arrays, subsample, within_splits
+    from napari_uam.training.trainer import TrainConfig, predict_proba, train_model
 
     torch.set_num_threads(1)
     tables = _tables(job["tables"])
@@ -80,7 +80,7 @@ def run_job(job: dict) -> dict:
     if job["arch"] == "gbt":
         from threadpoolctl import threadpool_limits
 
-        from .gbt import train_gbt
+        from research.cells.gbt import train_gbt
 
         with threadpool_limits(1):  # one core per worker, like the torch jobs
             clf, secs = train_gbt(*arr["train"], seed=job["seed"])
@@ -117,8 +117,8 @@ def efficiency(n_features: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..models import build_model, count_parameters
-    from ..models.ssm import Mamba
+    from napari_uam.models import build_model, count_parameters
+    from napari_uam.models.ssm import Mamba
 
     out = {}
     x = torch.randn(1, n_features)
@@ -248,7 +248,7 @@ def render_markdown(records: list, eff: dict, meta: dict, shipped: str, val_auc:
         + ", ".join(f"{LABELS[a]} {100 * v:.1f}" for a, v in sorted(val_auc.items(), key=lambda t: -t[1]))
         + f". **Shipped: {LABELS[shipped]}** (`{shipped}`), the best neural architecture by "
         "validation (not test) AUC, retrained on all cells of both datasets "
-        "(`python -m napari_uam.training.train_default`, see `src/napari_uam/weights/uam_default.md`). "
+        "(`python -m research.cells.train_default`, see `src/napari_uam/weights/uam_default.md`). "
         + _gbt_note(records, shipped),
         "",
         SECTION[1],
@@ -271,7 +271,7 @@ def _gbt_note(records, shipped) -> str:
 
 def replace_section(path: Path, body: str, markers=SECTION, title: str = "# Results") -> None:
     """Write ``body`` (which includes the markers) into ``path``, keeping other sections."""
-    from .._sections import replace_section as _replace
+    from research.sections import replace_section as _replace
 
     _replace(path, body, markers, title)
 
@@ -309,8 +309,8 @@ def main(argv=None) -> int:
             rep.get("lr_study", [])))
         print(f"wrote the classification section of {a.out} from {a.from_json}")
         return 0
-    from ..device import resolve_device
-    from ..radiomics import DEFAULT_SCHEMA
+    from napari_uam.device import resolve_device
+    from napari_uam.radiomics import DEFAULT_SCHEMA
 
     device = resolve_device(a.device)
     max_train = max_eval = None
@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     import datetime
 
     meta = {
-        "command": "python -m napari_uam.training.experiments " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m research.cells.experiments " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "date": datetime.date.today().isoformat(), "device": _device_name(device), "jobs": a.jobs,
         "seconds": time.perf_counter() - t0, "seeds": a.seeds, "quick": a.quick, "lr": a.lr,
         "batch_size": a.batch_size, "epochs": a.epochs, "patience": a.patience,
@@ -382,8 +382,8 @@ def main(argv=None) -> int:
     if a.train_default:
         import torch
 
-        from .train_default import train_default
-        from .trainer import TrainConfig
+        from research.cells.train_default import train_default
+        from napari_uam.training.trainer import TrainConfig
 
         torch.set_num_threads(1)
         cfg = TrainConfig(arch=shipped, lr=a.lr, batch_size=a.batch_size, max_epochs=max(a.epochs, 2),

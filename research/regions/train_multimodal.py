@@ -1,5 +1,5 @@
 """Training and evaluation of the tumor-region models (MAMIM pretraining, image-only and
-multimodal fine-tuning) on the prepared region sets (:mod:`napari_uam.training.regions`).
+multimodal fine-tuning) on the prepared region sets (:mod:`research.regions.prepared`).
 
 All images are resampled once to the working pixel size (2 um/px) at three scales
 (x0.8, x1, x1.25 of it: the CAMELYON pixel size is only an estimate) and training draws random
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..tumor import WORK_MPP, predict_probability
-from .regions import RegionImage, uam_columns
+from napari_uam.tumor import WORK_MPP, predict_probability
+from research.regions.prepared import RegionImage, uam_columns
 
 SCALES = (0.8, 1.0, 1.25)
 
@@ -61,14 +61,14 @@ def build_work_set(images: list[RegionImage], work_mpp: float = WORK_MPP, scales
 
 
 def to_aux_work(img, work_mpp: float = WORK_MPP, scale: float = 1.0, cells: bool = False) -> WorkImage:
-    """A cell-labelled image (:class:`~napari_uam.training.cell_sets.CellSetImage`) at
+    """A cell-labelled image (:class:`~research.regions.cell_sets.CellSetImage`) at
     ``work_mpp / scale`` um/px with its weak region targets (discs around the labelled cells,
-    see :mod:`napari_uam.training.cell_sets`) as mask and weights.
+    see :mod:`research.regions.cell_sets`) as mask and weights.
 
     ``cells``: also give its cells (UAM vectors, classes) to the multimodal model's cell
     tokens and cell loss. Off by default: the shipped UAM was trained on these very cells, so
     their vectors are far cleaner than on new images (see docs/results.md)."""
-    from .cell_sets import WEAK_RADIUS_UM, weak_targets
+    from research.regions.cell_sets import WEAK_RADIUS_UM, weak_targets
 
     h, w = img.image.shape[:2]
     f = img.mpp / work_mpp * scale
@@ -94,7 +94,7 @@ def build_aux_set(images, work_mpp: float = WORK_MPP, scales=SCALES, cells: bool
 def sample_batch(work: list[WorkImage], batch: int, crop: int, gen: np.random.Generator, jitter: bool = True):
     """A random batch: images (B, 3, crop, crop) uint8->float standardised, masks (B, 1, c, c),
     padding weights, cell positions / vectors / targets / validity (B, N, ...)."""
-    from ..models.multimodal import standardise
+    from napari_uam.models.multimodal import standardise
 
     imgs, masks, wts, cells = [], [], [], []
     for _ in range(batch):
@@ -155,7 +155,7 @@ def pretrain_mamim(encoder, work: list[WorkImage], steps: int, batch: int = 16, 
     Returns:
         ``{"losses": first/last mean losses, "seconds": ..., "steps": ...}``.
     """
-    from ..models.ssmamba import MAMIMDecoder, mamim_loss
+    from napari_uam.models.ssmamba import MAMIMDecoder, mamim_loss
 
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed)
@@ -192,7 +192,7 @@ def finetune(model, work: list[WorkImage], steps: int, batch: int = 16, crop: in
     ``aux_weight`` x the joint loss of a batch of half the size from them (weak disc targets
     for the mask, the labelled cells for the cell head), drawn from a generator of its own.
     """
-    from ..models.multimodal import joint_loss
+    from napari_uam.models.multimodal import joint_loss
 
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed + 1000)
@@ -268,7 +268,7 @@ def evaluate(model, val: list[RegionImage], work_mpp: float = WORK_MPP, device: 
     classification), ``cells_uam`` = UAM's own prediction (stored UAM tumor probability > 0.5),
     ``cells_head`` = the multimodal model's cell head.
     """
-    from ..tumor import cells_in_mask
+    from napari_uam.tumor import cells_in_mask
 
     counts = np.zeros(4, dtype=np.int64)
     per_image, rule_ok, uam_ok, head_ok, n_cells = {}, 0, 0, 0, 0
@@ -294,7 +294,7 @@ def evaluate(model, val: list[RegionImage], work_mpp: float = WORK_MPP, device: 
 
 def _head_accuracy(model, val, work_mpp, device) -> float:
     """Accuracy of the multimodal cell head on the held-out cells (whole images)."""
-    from ..models.multimodal import standardise
+    from napari_uam.models.multimodal import standardise
 
     ok = n = 0
     for img in val:

@@ -6,7 +6,7 @@ breast ROI) are prepared once on the CPU with the pipeline's own stages
 into a self-contained folder that can be carried to a GPU machine (no pyradiomics / napari
 needed there)::
 
-    python -m napari_uam.training.regions --data ../shared/data/regions \
+    python -m research.regions.prepared --data ../shared/data/regions \
         --out .gpu_carry/regions_work --pack .gpu_carry/regions
 
 Layout of the prepared folder (``<key>`` = ``<dataset>_<image id>``)::
@@ -132,7 +132,7 @@ def estimate_mpp(camelyon_dir, consep_dir, guesses=(0.75, 1.0), n_tiles: int = 6
     """
     from PIL import Image
 
-    from ..segment import segment
+    from napari_uam.segment import segment
 
     consep_dir, camelyon_dir = Path(consep_dir), Path(camelyon_dir)
     ref = []
@@ -159,7 +159,7 @@ def prepare(data_dir, out_dir, log=print, limit: int | None = None, mpp_evidence
     """Segment, measure and label every region image into ``out_dir`` (see module docstring).
 
     Cell labels follow the UAM paper: a nucleus is tumor when more than 50 % of its pixels lie
-    in the tumor region (:func:`napari_uam.training.datasets.region_targets`).
+    in the tumor region (:func:`napari_uam.tumor.cells_in_mask`).
 
     Args:
         data_dir: ``../shared/data/regions``.
@@ -173,11 +173,11 @@ def prepare(data_dir, out_dir, log=print, limit: int | None = None, mpp_evidence
     """
     from PIL import Image
 
-    from ..io.atomic import atomic_path
-    from ..pipeline import measure_cells, segment_nuclei
-    from ..radiomics.schema import DEFAULT_SCHEMA
-    from ..segment import resolve_backend
-    from .datasets import region_targets
+    from napari_uam.io.atomic import atomic_path
+    from napari_uam.pipeline import measure_cells, segment_nuclei
+    from napari_uam.radiomics.schema import DEFAULT_SCHEMA
+    from napari_uam.segment import resolve_backend
+    from napari_uam.tumor import cells_in_mask
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def prepare(data_dir, out_dir, log=print, limit: int | None = None, mpp_evidence
             backend = resolve_backend(SEGMENT_BACKEND.get(ds, "auto"), mpp)
             nuclei = segment_nuclei(rgb, mpp, backend=backend)
             table = measure_cells(rgb, nuclei, mpp, device="cpu")
-            target = region_targets(nuclei, mask).reindex(table["label"].to_numpy()).fillna(0)
+            target = cells_in_mask(nuclei, mask).reindex(table["label"].to_numpy()).fillna(0)
             table.insert(4, "region_target", target.to_numpy().astype(np.int64))
             feats = [c for c in table.columns[5:]]
             table[feats] = table[feats].astype(np.float32)
@@ -237,8 +237,8 @@ def pack(work_dir, out_dir, uam_weights=None, log=print) -> dict:
     ~15 MB. ``meta.json`` records the UAM checkpoint's SHA-256 so that a trainer can check it
     uses the same cell encoder.
     """
-    from ..models.multimodal import uam_cell_inputs
-    from .checkpoint import load_classifier
+    from napari_uam.models.multimodal import uam_cell_inputs
+    from napari_uam.classify.checkpoint import load_classifier
 
     work, out = Path(work_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,7 @@ def load_prepared(folder) -> list[RegionImage]:
     if not (folder / "meta.json").is_file():
         raise FileNotFoundError(
             f"{folder}/meta.json missing: prepare the region data first "
-            "(python -m napari_uam.training.regions --data ../shared/data/regions --out DIR)."
+            "(python -m research.regions.prepared --data ../shared/data/regions --out DIR)."
         )
     meta = json.loads((folder / "meta.json").read_text())
     out = []

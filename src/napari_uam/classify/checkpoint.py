@@ -333,7 +333,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         CheckpointError: missing, truncated, corrupted or of an unknown format / version.
     """
     ckpt = load_checkpoint_dict(path, what="cell-classifier checkpoint", fmt=FORMAT, version=FORMAT_VERSION,
-                                hint="Download or train it again (python -m napari_uam.training.train_default).")
+                                hint="Reinstall napari-uam for the shipped weights, or fine-tune a new checkpoint (Train dock or `napari-uam train`).")
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks the entries {missing}; the file is incomplete. Retrain it.")
@@ -537,8 +537,8 @@ def load_classifier(path: str | os.PathLike | None = None, device: str = "auto",
         if not path.is_file():
             raise WeightsNotFoundError(
                 f"The default UAM weights are not installed ({path} is missing). Reinstall "
-                "napari-uam, or train them with `python -m napari_uam.training.train_default`, "
-                "or choose a checkpoint file."
+                "napari-uam (`pip install --force-reinstall napari-uam`), or choose a checkpoint "
+                "file (Model: in the dock, --model on the command line)."
             )
     ckpt = read_checkpoint(path)
     from ..radiomics.schema import CLASSIFIER_SCHEMAS

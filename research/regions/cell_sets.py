@@ -21,7 +21,7 @@ radiomics features, the centroids and the targets) and the images, into a small 
 the GPU carry: images resampled to :data:`PACK_MPP` (the finest working scale), UAM vectors in
 float16::
 
-    python -m napari_uam.training.cell_sets --tables .gpu_data/consep.parquet \
+    python -m research.regions.cell_sets --tables .gpu_data/consep.parquet \
         .gpu_data/brca_m2c.parquet --data ../shared/data --out .gpu_carry/cell_sets
 """
 
@@ -65,7 +65,7 @@ def pack_cell_sets(tables, data_dir, out_dir, uam_weights=None, log=print) -> di
 
     Args:
         tables: cell-table parquet files (columns dataset, split, image, y, x, target and the
-            classifier's features, as ``napari_uam.training.datasets`` writes them).
+            classifier's features, as ``research.cells.datasets`` writes them).
         data_dir: ``../shared/data`` (images and each set's ``meta.json``).
         out_dir: output folder.
         uam_weights: UAM checkpoint for the cell vectors (default: the shipped one).
@@ -77,9 +77,9 @@ def pack_cell_sets(tables, data_dir, out_dir, uam_weights=None, log=print) -> di
     import torch.nn.functional as F
     from PIL import Image
 
-    from ..models.multimodal import uam_cell_inputs
-    from .checkpoint import load_classifier
-    from .regions import uam_columns
+    from napari_uam.models.multimodal import uam_cell_inputs
+    from napari_uam.classify.checkpoint import load_classifier
+    from research.regions.prepared import uam_columns
 
     data_dir, out = Path(data_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def load_cell_sets(folder) -> list[CellSetImage]:
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
         raise FileNotFoundError(f"{folder}/meta.json missing: pack the cell sets first "
-                                "(python -m napari_uam.training.cell_sets --help).")
+                                "(python -m research.regions.cell_sets --help).")
     meta = json.loads((folder / "meta.json").read_text())
     return [CellSetImage(key, m["dataset"], np.asarray(Image.open(folder / f"{key}.png").convert("RGB")),
                          pd.read_parquet(folder / f"{key}_cells.parquet"), float(meta["pack_mpp"]))

@@ -1,0 +1,137 @@
+"""The layout tells the data flow: these tests read the package's own imports (every import
+statement, those inside functions included) and the wheel ``pip`` would install.
+
+- no import cycle between modules, so no order of imports can half-initialise one;
+- the installed package never imports the recipes (``research/``) or the benchmarks;
+- inference (pipeline, segmenters, radiomics, models, classifier loading, tumor mask, I/O,
+  batch) never imports ``training/``: the dock's Classify cells works without it;
+- the wheel holds the product only (no recipe modules, no paths into a checkout).
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "src" / "napari_uam"
+#: Modules that run when a user classifies cells: none of them may import ``training/``.
+INFERENCE = ("pipeline", "tumor", "classify", "segment", "radiomics", "models", "io", "batch", "tiling",
+             "validation", "domain", "scale", "pixel_size", "device", "errors", "distributed")
+#: Recipe modules that used to ship inside the package (issue 19); they live in research/ now.
+RECIPES = tuple(f"napari_uam/training/{m}.py" for m in (
+    "experiments", "train_default", "train_multimodal", "regions", "cell_sets", "protocol", "gbt", "datasets")) + (
+    "napari_uam/segment/train_learned.py", "napari_uam/segment/tune_post.py", "napari_uam/_sections.py")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the modules it imports (absolute names; ``from x import y`` counts ``x.y`` when
+    ``y`` is a module, else ``x``), for every module of the package."""
+    modules = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        out: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
+                out.update(subs or [target])
+        graph[name] = {t for t in out if t != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle among the package's modules, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(v: str):
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in graph:
+                continue
+            if state.get(w) == 1:
+                return stack[stack.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        stack.pop()
+        state[v] = 2
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_the_import_walk_sees_imports_inside_functions():
+    graph = _imports()
+    # pipeline imports the tumor model inside a function (heavy, optional): the walk must see it.
+    assert "napari_uam.tumor" in graph["napari_uam.pipeline"]
+    assert "napari_uam.radiomics._cuda_kernels" in graph["napari_uam.radiomics._cuda"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle_between_modules():
+    cycle = _cycle(_imports())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_package_never_imports_recipes_or_benchmarks():
+    bad = {m: sorted(t for t in ts if t.split(".")[0] in {"research", "benchmarks", "tests"})
+           for m, ts in _imports().items()}
+    assert not {m: t for m, t in bad.items() if t}
+
+
+def test_inference_never_imports_training():
+    inference = {m for m in _imports() if m.split(".")[1:2] and m.split(".")[1] in INFERENCE}
+    assert "napari_uam.pipeline" in inference and "napari_uam.classify.checkpoint" in inference
+    graph = _imports()
+    bad = {m: sorted(t for t in graph[m] if t.startswith("napari_uam.training")) for m in inference}
+    assert not {m: t for m, t in bad.items() if t}
+
+
+def test_the_wheel_holds_the_product_only(tmp_path):
+    """``pip wheel`` of a copy of the checkout: no recipe module, nothing outside the package,
+    no source file that finds its data relative to a checkout (``parents[3]``, ``../shared``)."""
+    for item in ("pyproject.toml", "README.md", "src"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / item)
+    shutil.rmtree(tmp_path / "src" / "napari_uam.egg-info", ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "No module named" in proc.stderr:
+        pytest.skip(f"cannot build a wheel without build isolation here: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("napari_uam-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    code = [n for n in names if n.endswith(".py")]
+    assert code and all(n.startswith("napari_uam/") for n in code), [n for n in code if not n.startswith("napari_uam/")]
+    assert not set(code) & set(RECIPES), sorted(set(code) & set(RECIPES))
+    assert not [n for n in code if "research" in n or "experiment" in n]
+    with zipfile.ZipFile(wheel) as z:
+        for n in code:
+            text = z.read(n).decode()
+            assert "parents[3]" not in text and '"shared"' not in text, n
+    for data in ("napari_uam/napari.yaml", "napari_uam/weights/uam_default.pt", "napari_uam/weights/nuclei_unet.pt",
+                 "napari_uam/weights/tumor_mask.pt"):
+        assert data in names, f"{data} missing from the wheel"
