@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine:
 #   make demo   set up, then classify the shipped sample (outputs + screenshot in demo_out/)
-#   make test   set up, then run the test suite (what CI runs)
+#   make test   set up, then lint (ruff) and run the test suite (what CI runs)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -36,7 +36,10 @@ demo: setup
 	$(BIN)/napari-uam classify --sample --out demo_out --overwrite
 	$(XRUN) $(BIN)/python -m napari_uam.demo --out demo_out
 
+# Lint and format check first (seconds), then the suite.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -90,10 +90,14 @@ class Inputs:
 
         sha = hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest()
         if self.v3["sha256"] != sha:
-            probs.append(f"docs/segmentation_bench_cpu.json measured weights {self.v3['sha256'][:12]}, installed "
-                         f"{sha[:12]}: re-run {CMD}")
+            probs.append(
+                f"docs/segmentation_bench_cpu.json measured weights {self.v3['sha256'][:12]}, installed "
+                f"{sha[:12]}: re-run {CMD}"
+            )
         if self.gpu and self.gpu.get("weights_sha256", {}).get("v3") not in (None, sha):
-            probs.append("docs/segmentation_gpu.json timed other weights than the installed ones: re-run the GPU command")
+            probs.append(
+                "docs/segmentation_gpu.json timed other weights than the installed ones: re-run the GPU command"
+            )
         stored = {"fg_threshold": 0.5, "marker_threshold": 0.45, **self.v3.get("postprocess", {})}
         if any(abs(float(stored[k]) - float(v)) > 1e-9 for k, v in self.post.items()):
             probs.append(f"the shipped post-processing {stored} is not the LOSO choice {self.post}")
@@ -125,7 +129,7 @@ def loso_section(inp: Inputs) -> list[str]:
         "",
         f"v3 columns: `docs/segmentation_loso.json`, written {lo['date'][:10]} on {device} by",
         f"`{_cmd(lo['command'])}`",
-        f"(data packed first by `python -m research.segmentation.pack --out .gpu_data/nuclei --quality 88`;",
+        "(data packed first by `python -m research.segmentation.pack --out .gpu_data/nuclei --quality 88`;",
         "`--baseline` named the weights shipped then, v2).",
         f"For each source a network was trained on the {len(inp.sources) - 1} others with the shipped recipe",
         f"(v3, `research/segmentation/loso.py`; {len(folds)} folds and the `all` network at once, {minutes:.1f} min and "
@@ -149,14 +153,20 @@ def loso_section(inp: Inputs) -> list[str]:
         lines.append(
             f"| {s} | {_organ(s)} | {a.get('n_images', info['n_images'])} | {_f(a.get('aji'))} | {_f(a.get('pq'))} | "
             f"{_f(a.get('dice'))} | {_f(a.get('f1'))} | {_f(b.get('aji'))} | {_f(b.get('pq'))} | {_f(b.get('dice'))} | "
-            f"{_f(b.get('f1'))} | {_v2_note(inp, s)} |")
+            f"{_f(b.get('f1'))} | {_v2_note(inp, s)} |"
+        )
 
     def agg_rows(label, names, note):
         a3, a2 = _agg(inp.loso_per, names), _agg(v2, names)
         out = []
         for i, what in ((0, "mean"), (1, "worst")):
-            out.append(f"| **{what}**, {label} | | | " + " | ".join(_f(a3[k][i]) for k in ("aji", "pq", "dice", "f1"))
-                       + " | " + " | ".join(_f(a2[k][i]) for k in ("aji", "pq", "dice", "f1")) + f" | {note} |")
+            out.append(
+                f"| **{what}**, {label} | | | "
+                + " | ".join(_f(a3[k][i]) for k in ("aji", "pq", "dice", "f1"))
+                + " | "
+                + " | ".join(_f(a2[k][i]) for k in ("aji", "pq", "dice", "f1"))
+                + f" | {note} |"
+            )
         return out
 
     lines += agg_rows(f"all {len(inp.sources)} sources", inp.sources, "v2: includes 2 in distribution")
@@ -177,8 +187,10 @@ def loso_section(inp: Inputs) -> list[str]:
     base = lo.get("baseline", {}).get("table", {})
     if base:
         d = max(abs(base[s]["aji"] - v2[s]["aji"]) for s in inp.instance_sources if s in base and s in v2)
-        lines += [f"The LOSO run also scored v2 on the GPU (packed data, bf16): its AJI differs from the CPU "
-                  f"numbers above by at most {d:.3f} per source."]
+        lines += [
+            f"The LOSO run also scored v2 on the GPU (packed data, bf16): its AJI differs from the CPU "
+            f"numbers above by at most {d:.3f} per source."
+        ]
     return lines + [""]
 
 
@@ -202,14 +214,20 @@ def in_distribution_section(inp: Inputs) -> list[str]:
     ]
     for s in inp.sources:
         a, w = v3.get(s, {}), ws.get(s, {})
-        lines.append(f"| {s} | {a.get('n_images', '')} | {_f(a.get('aji'))} | {_f(a.get('pq'))} | {_f(a.get('dice'))} | "
-                     f"{_f(a.get('f1'))} | {_f(inp.loso_per.get(s, {}).get('aji'))} | {_f(w.get('aji'))} | "
-                     f"{_f(w.get('pq'))} | {_f(w.get('dice'))} | {_f(w.get('f1'))} |")
+        lines.append(
+            f"| {s} | {a.get('n_images', '')} | {_f(a.get('aji'))} | {_f(a.get('pq'))} | {_f(a.get('dice'))} | "
+            f"{_f(a.get('f1'))} | {_f(inp.loso_per.get(s, {}).get('aji'))} | {_f(w.get('aji'))} | "
+            f"{_f(w.get('pq'))} | {_f(w.get('dice'))} | {_f(w.get('f1'))} |"
+        )
     a3, aw = _agg(v3, inp.sources), _agg(ws, inp.sources)
     for i, what in ((0, "mean"), (1, "worst")):
-        lines.append(f"| **{what}** | | " + " | ".join(_f(a3[k][i]) for k in ("aji", "pq", "dice", "f1"))
-                     + f" | {_f(_agg(inp.loso_per, inp.sources)['aji'][i])} | "
-                     + " | ".join(_f(aw[k][i]) for k in ("aji", "pq", "dice", "f1")) + " |")
+        lines.append(
+            f"| **{what}** | | "
+            + " | ".join(_f(a3[k][i]) for k in ("aji", "pq", "dice", "f1"))
+            + f" | {_f(_agg(inp.loso_per, inp.sources)['aji'][i])} | "
+            + " | ".join(_f(aw[k][i]) for k in ("aji", "pq", "dice", "f1"))
+            + " |"
+        )
     return lines + [""]
 
 
@@ -227,8 +245,11 @@ def consep_section(inp: Inputs) -> list[str]:
     ]
     seen = {"v3": "yes (in distribution)", "v2": "no (held out)", "watershed": "no (no training)"}
     for r in inp.cpu["consep_heldout"]:
-        lines.append(f"| {inp.models[r['model']]['label']} | {r['mpp']:.2f} | " + " | ".join(
-            _f(r[k]) for k in ("aji", "pq", "dq", "sq", "dice", "f1_iou")) + f" | {r['n_pred/n_true']:.2f} | {seen[r['model']]} |")
+        lines.append(
+            f"| {inp.models[r['model']]['label']} | {r['mpp']:.2f} | "
+            + " | ".join(_f(r[k]) for k in ("aji", "pq", "dq", "sq", "dice", "f1_iou"))
+            + f" | {r['n_pred/n_true']:.2f} | {seen[r['model']]} |"
+        )
     h = HOVERNET
     lines += [
         f"| HoVer-Net (paper, official CoNSeP test split) | 0.25 | {h['aji']:.3f} | {h['pq']:.3f} | {h['dq']:.3f} | "
@@ -247,8 +268,10 @@ def consep_section(inp: Inputs) -> list[str]:
         "|---|---:|---:|---|---|---|",
     ]
     for k, b in inp.cpu["brca_val"].items():
-        lines.append(f"| {inp.models[k]['label']} | {b['n_images']} | {b['n_points']} | {b['precision']:.3f} | "
-                     f"{b['recall']:.3f} | {b['f1']:.3f} |")
+        lines.append(
+            f"| {inp.models[k]['label']} | {b['n_images']} | {b['n_points']} | {b['precision']:.3f} | "
+            f"{b['recall']:.3f} | {b['f1']:.3f} |"
+        )
     return lines + [""]
 
 
@@ -261,7 +284,7 @@ def pixel_size_section(inp: Inputs) -> list[str]:
     lines = [
         "## Pixel-size check (`napari_uam.pixel_size`)",
         "",
-        f"The shipped network's nuclei on every image at its recorded pixel size; the estimate assumes a",
+        "The shipped network's nuclei on every image at its recorded pixel size; the estimate assumes a",
         f"75th-percentile nucleus area of {REFERENCE_P75_AREA_UM2:g} um^2 and the dock / CLI warn beyond "
         f"{WARN_RATIO:g}x. Ratio = estimate / recorded pixel size.",
         "",
@@ -270,14 +293,16 @@ def pixel_size_section(inp: Inputs) -> list[str]:
     ]
     for s in _order(ps):
         r = ps[s]
-        lines.append(f"| {s} | {r['n_images']} | {r['n_estimated']} | {r['ratio_median']:.2f} | {r['ratio_min']:.2f}-"
-                     f"{r['ratio_max']:.2f} | {100 * r['within_25pct']:.0f} % | {r['warned']} | "
-                     f"{r['p75_min']:.0f}-{r['p75_max']:.0f} |")
+        lines.append(
+            f"| {s} | {r['n_images']} | {r['n_estimated']} | {r['ratio_median']:.2f} | {r['ratio_min']:.2f}-"
+            f"{r['ratio_max']:.2f} | {100 * r['within_25pct']:.0f} % | {r['warned']} | "
+            f"{r['p75_min']:.0f}-{r['p75_max']:.0f} |"
+        )
     return lines + [""]
 
 
 def speed_section(inp: Inputs) -> list[str]:
-    cpu, gpu = inp.cpu, inp.gpu
+    cpu = inp.cpu
     v3_025 = next(r["seconds"] for r in cpu["cpu_speed"] if r["model"] == "v3" and r["mpp"] == 0.25)
     lines = [
         "## Speed on the CPU",
@@ -291,19 +316,40 @@ def speed_section(inp: Inputs) -> list[str]:
         "| model | um/px | seconds | nuclei |",
         "|---|---|---:|---:|",
     ]
-    lines += [f"| {inp.models[r['model']]['label']} | {r['mpp']:.2f} | {r['seconds']:.2f} | {r['n_nuclei']} |"
-              for r in cpu["cpu_speed"]]
+    lines += [
+        f"| {inp.models[r['model']]['label']} | {r['mpp']:.2f} | {r['seconds']:.2f} | {r['n_nuclei']} |"
+        for r in cpu["cpu_speed"]
+    ]
     v2_025 = next((r["seconds"] for r in cpu["cpu_speed"] if r["model"] == "v2" and r["mpp"] == 0.25), None)
     la = max(cpu.get("speed_load_average") or [0.0])
-    verdict = "met." if v3_025 <= CPU_BUDGET_S else (
-        f"**not met in this run**, timed while the 1-minute load average on these {cpu['threads']} cores reached "
-        f"{la:.1f} (other jobs), so the cores were far from ours alone" if la > cpu["threads"] else "**not met**")
-    lines += ["", f"Issue budget: at or under {CPU_BUDGET_S:g} s at 0.25 um/px on 2 cores: v3 {v3_025:.2f} s, {verdict}"
-              + (f"; v2 in the same run {v2_025:.2f} s (same architecture)." if v2_025 is not None and not verdict.endswith(".")
-                 else (f" v2 in the same run {v2_025:.2f} s." if v2_025 is not None else ""))]
+    verdict = (
+        "met."
+        if v3_025 <= CPU_BUDGET_S
+        else (
+            f"**not met in this run**, timed while the 1-minute load average on these {cpu['threads']} cores reached "
+            f"{la:.1f} (other jobs), so the cores were far from ours alone"
+            if la > cpu["threads"]
+            else "**not met**"
+        )
+    )
+    lines += [
+        "",
+        f"Issue budget: at or under {CPU_BUDGET_S:g} s at 0.25 um/px on 2 cores: v3 {v3_025:.2f} s, {verdict}"
+        + (
+            f"; v2 in the same run {v2_025:.2f} s (same architecture)."
+            if v2_025 is not None and not verdict.endswith(".")
+            else (f" v2 in the same run {v2_025:.2f} s." if v2_025 is not None else "")
+        ),
+    ]
     if cpu.get("network_variants"):
-        lines += ["", "v3 network alone on the 0.25 um/px patch (one 1264x1264 tile with its context margin), by",
-                  "numeric set-up (this CPU has no native bf16):", "", "| set-up | seconds |", "|---|---:|"]
+        lines += [
+            "",
+            "v3 network alone on the 0.25 um/px patch (one 1264x1264 tile with its context margin), by",
+            "numeric set-up (this CPU has no native bf16):",
+            "",
+            "| set-up | seconds |",
+            "|---|---:|",
+        ]
         lines += [f"| {r['setup']} | {r['seconds']:.2f} |" for r in cpu["network_variants"]]
     lines += ["", "<!-- gpu:start -->", *gpu_section(inp), "<!-- gpu:end -->", ""]
     return lines
@@ -313,8 +359,10 @@ def _load_line(cpu: dict) -> list[str]:
     la = cpu.get("speed_load_average")
     if not la:
         return ["The machine was shared with other jobs."]
-    return [f"The machine was shared with other jobs: 1-minute load average {la[0]:.1f} before and {la[1]:.1f} after",
-            f"the timing on these {cpu['threads']} cores, so the times are upper bounds (1.0 would be one busy core)."]
+    return [
+        f"The machine was shared with other jobs: 1-minute load average {la[0]:.1f} before and {la[1]:.1f} after",
+        f"the timing on these {cpu['threads']} cores, so the times are upper bounds (1.0 would be one busy core).",
+    ]
 
 
 def gpu_section(inp: Inputs) -> list[str]:
@@ -326,7 +374,8 @@ def gpu_section(inp: Inputs) -> list[str]:
             "Reproduce section writes it, `--merge-json` stores it). For reference only, the previous version",
             "of this page (git 3758aa0, same command's GPU mode) recorded v2 on an NVIDIA H100: network 12.4 ms,",
             "`segment()` 241 ms per 1000x1000 patch at 0.25 um/px. v3 has the same architecture (same network",
-            "time); only its marker threshold differs."]
+            "time); only its marker threshold differs.",
+        ]
     v3 = next((r for r in gpu["rows"] if r["model"] == "v3" and r["mpp"] == 0.25), None)
     lines = head + [
         f"Measured {gpu['date']} on {gpu['gpu']} (torch {gpu['torch']}; host {gpu['host_cpu']}) by",
@@ -337,26 +386,47 @@ def gpu_section(inp: Inputs) -> list[str]:
         "| model | um/px | network px | network ms | segment ms | nuclei |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {inp.models[r['model']]['label']} | {r['mpp']:.2f} | {r['net_pixels']:,} | {r['network_s'] * 1e3:.1f} | "
-              f"{r['segment_s'] * 1e3:.0f} | {r['n_nuclei']} |" for r in gpu["rows"]]
+    lines += [
+        f"| {inp.models[r['model']]['label']} | {r['mpp']:.2f} | {r['net_pixels']:,} | {r['network_s'] * 1e3:.1f} | "
+        f"{r['segment_s'] * 1e3:.0f} | {r['n_nuclei']} |"
+        for r in gpu["rows"]
+    ]
     if v3:
-        lines += ["", f"Issue budget: at or under {GPU_BUDGET_S:g} s at 0.25 um/px on one GPU: v3 {v3['segment_s']:.3f} s, "
-                  + ("met." if v3["segment_s"] <= GPU_BUDGET_S else "**not met**.")]
+        lines += [
+            "",
+            f"Issue budget: at or under {GPU_BUDGET_S:g} s at 0.25 um/px on one GPU: v3 {v3['segment_s']:.3f} s, "
+            + ("met." if v3["segment_s"] <= GPU_BUDGET_S else "**not met**."),
+        ]
     return lines
 
 
 def targets_section(inp: Inputs) -> list[str]:
     lp, bv = inp.loso_per, inp.cpu["brca_val"]["v3"]
     rows = [
-        ("held-out 40x colon: AJI >= 0.59, PQ >= 0.55", "LOSO CoNSeP (colon, 40x)",
-         f"AJI {lp['consep']['aji']:.3f}, PQ {lp['consep']['pq']:.3f}",
-         lp["consep"]["aji"] >= 0.59 and lp["consep"]["pq"] >= 0.55),
-        ("held-out 40x breast, another source: AJI >= 0.60", "no 40x breast mask set here; LOSO MoNuSeg (7 organs, breast among them)",
-         f"AJI {lp['monuseg']['aji']:.3f}", lp["monuseg"]["aji"] >= 0.60),
-        ("held-out multi-organ 40x: AJI >= 0.70", "LOSO MoNuSeg", f"AJI {lp['monuseg']['aji']:.3f}",
-         lp["monuseg"]["aji"] >= 0.70),
-        ("held-out 20x breast patients: F1 >= 0.87", "BRCA-M2C val with the shipped v3 (patients never trained on); "
-         "LOSO BRCA-M2C (all 90)", f"F1 {bv['f1']:.3f}; LOSO {lp['brca_m2c']['f1']:.3f}", bv["f1"] >= 0.87),
+        (
+            "held-out 40x colon: AJI >= 0.59, PQ >= 0.55",
+            "LOSO CoNSeP (colon, 40x)",
+            f"AJI {lp['consep']['aji']:.3f}, PQ {lp['consep']['pq']:.3f}",
+            lp["consep"]["aji"] >= 0.59 and lp["consep"]["pq"] >= 0.55,
+        ),
+        (
+            "held-out 40x breast, another source: AJI >= 0.60",
+            "no 40x breast mask set here; LOSO MoNuSeg (7 organs, breast among them)",
+            f"AJI {lp['monuseg']['aji']:.3f}",
+            lp["monuseg"]["aji"] >= 0.60,
+        ),
+        (
+            "held-out multi-organ 40x: AJI >= 0.70",
+            "LOSO MoNuSeg",
+            f"AJI {lp['monuseg']['aji']:.3f}",
+            lp["monuseg"]["aji"] >= 0.70,
+        ),
+        (
+            "held-out 20x breast patients: F1 >= 0.87",
+            "BRCA-M2C val with the shipped v3 (patients never trained on); LOSO BRCA-M2C (all 90)",
+            f"F1 {bv['f1']:.3f}; LOSO {lp['brca_m2c']['f1']:.3f}",
+            bv["f1"] >= 0.87,
+        ),
     ]
     lines = [
         "## Against the issue's targets",
@@ -426,13 +496,19 @@ def reproduce_section(inp: Inputs) -> list[str]:
         CMD,
         "# GPU timing (GPU machine; carry CoNSeP 21-24 and the v2 weights in .gpu_data/seg_bench)",
         "PYTHONPATH=$PWD/src:$PWD python benchmarks/segmentation_bench.py --device cuda --data .gpu_data/seg_bench \\",
-        "    --previous .gpu_data/seg_bench/nuclei_unet_v2.pt --json \"$OUT/seg_gpu.json\"",
+        '    --previous .gpu_data/seg_bench/nuclei_unet_v2.pt --json "$OUT/seg_gpu.json"',
         "python benchmarks/segmentation_bench.py --merge-json seg_gpu.json   # here: docs/segmentation_gpu.json",
         "# LOSO table and the shipped weights (GPU, ~20 min in two runs; exact commands above)",
         "python -m research.segmentation.pack --out .gpu_data/nuclei --quality 88",
         f"{_cmd(inp.loso['command'])}",
-        *(["# the shipped weights: the LOSO run's all fold (copied to .gpu_data/seg_init/) continued alone",
-           _cmd(inp.shipped["command"])] if inp.shipped else []),
+        *(
+            [
+                "# the shipped weights: the LOSO run's all fold (copied to .gpu_data/seg_init/) continued alone",
+                _cmd(inp.shipped["command"]),
+            ]
+            if inp.shipped
+            else []
+        ),
         "# CPU speed rows only (all models again in one run), then re-render",
         "python benchmarks/segmentation_bench.py --data ../shared/data --speed-only",
         "# re-render from the JSON files only",
@@ -487,9 +563,11 @@ def card_section(inp: Inputs) -> str:
     for s in inp.sources:
         i = cpu["sources"][s]
         mpp = "/".join(f"{m:g}" for m in i["mpp"])
-        lines.append(f"| {i['name'].split(' (')[0].split(' - ')[0]} (`{s}`) | {_organ(s)} | {mpp} um/px | {i['n_images']} | "
-                     f"{'instance masks' if i['kind'] == 'instances' else 'one point per cell (80 train images; the 10 val never train)'} | "
-                     f"{i['licence']} |")
+        lines.append(
+            f"| {i['name'].split(' (')[0].split(' - ')[0]} (`{s}`) | {_organ(s)} | {mpp} um/px | {i['n_images']} | "
+            f"{'instance masks' if i['kind'] == 'instances' else 'one point per cell (80 train images; the 10 val never train)'} | "
+            f"{i['licence']} |"
+        )
     lines += [
         "",
         "Leave-one-source-out (each row: the recipe trained on the other sources, scored on this one) and,",
@@ -500,12 +578,17 @@ def card_section(inp: Inputs) -> str:
     ]
     for s in inp.sources:
         a, b = inp.loso_per.get(s, {}), v3.get(s, {})
-        lines.append(f"| {s} | {_f(a.get('aji'))} | {_f(a.get('pq'))} | {_f(a.get('dice'))} | {_f(a.get('f1'))} | "
-                     f"{_f(b.get('aji'))} | {_f(b.get('f1'))} |")
+        lines.append(
+            f"| {s} | {_f(a.get('aji'))} | {_f(a.get('pq'))} | {_f(a.get('dice'))} | {_f(a.get('f1'))} | "
+            f"{_f(b.get('aji'))} | {_f(b.get('f1'))} |"
+        )
     ag, ab = _agg(inp.loso_per, inp.sources), _agg(v3, inp.sources)
     for i, what in ((0, "mean"), (1, "worst")):
-        lines.append(f"| **{what}** | " + " | ".join(_f(ag[k][i]) for k in ("aji", "pq", "dice", "f1"))
-                     + f" | {_f(ab['aji'][i])} | {_f(ab['f1'][i])} |")
+        lines.append(
+            f"| **{what}** | "
+            + " | ".join(_f(ag[k][i]) for k in ("aji", "pq", "dice", "f1"))
+            + f" | {_f(ab['aji'][i])} | {_f(ab['f1'][i])} |"
+        )
     bv = cpu["brca_val"]["v3"]
     speed = {r["mpp"]: r["seconds"] for r in cpu["cpu_speed"] if r["model"] == "v3"}
     g = next((r for r in (inp.gpu or {}).get("rows", []) if r["model"] == "v3" and r["mpp"] == 0.25), None)
@@ -524,31 +607,56 @@ def summaries(inp: Inputs) -> None:
     """The short segmentation sections of docs/results.md and docs/performance.md."""
     from _report import write_section
 
-    lp, v3, v2 = inp.loso_per, inp.every["v3"], inp.every["v2"]
+    lp, v2 = inp.loso_per, inp.every["v2"]
     ag = _agg(lp, inp.sources)
     head = f"Generated by `{CMD}` on {inp.cpu['date_time']}; details in `docs/segmentation.md`."
-    q = ["## Nuclei segmentation", "", head, "",
-         "Leave-one-source-out (shipped recipe v3; previous network v2 beside, in distribution on CoNSeP and BRCA-M2C):", "",
-         "| source | v3 LOSO AJI | v3 LOSO F1 | v2 AJI | v2 F1 |", "|---|---|---|---|---|"]
-    q += [f"| {s} | {_f(lp[s].get('aji'))} | {_f(lp[s]['f1'])} | {_f(v2[s].get('aji'))} | {_f(v2[s]['f1'])} |"
-          for s in inp.sources]
-    q += [f"| mean / worst | {_f(ag['aji'][0])} / {_f(ag['aji'][1])} | {_f(ag['f1'][0])} / {_f(ag['f1'][1])} | | |", "",
-          "CoNSeP 21-27 (40x) and BRCA-M2C val (20x, 3 um points):", "",
-          "| model | CoNSeP 21-27 AJI | PQ | Dice | BRCA-M2C val F1 |", "|---|---|---|---|---|"]
+    q = [
+        "## Nuclei segmentation",
+        "",
+        head,
+        "",
+        "Leave-one-source-out (shipped recipe v3; previous network v2 beside, in distribution on CoNSeP and BRCA-M2C):",
+        "",
+        "| source | v3 LOSO AJI | v3 LOSO F1 | v2 AJI | v2 F1 |",
+        "|---|---|---|---|---|",
+    ]
+    q += [
+        f"| {s} | {_f(lp[s].get('aji'))} | {_f(lp[s]['f1'])} | {_f(v2[s].get('aji'))} | {_f(v2[s]['f1'])} |"
+        for s in inp.sources
+    ]
+    q += [
+        f"| mean / worst | {_f(ag['aji'][0])} / {_f(ag['aji'][1])} | {_f(ag['f1'][0])} / {_f(ag['f1'][1])} | | |",
+        "",
+        "CoNSeP 21-27 (40x) and BRCA-M2C val (20x, 3 um points):",
+        "",
+        "| model | CoNSeP 21-27 AJI | PQ | Dice | BRCA-M2C val F1 |",
+        "|---|---|---|---|---|",
+    ]
     for r in inp.cpu["consep_heldout"]:
         if r["mpp"] == 0.25:
-            q.append(f"| {inp.models[r['model']]['label']}{' (21-27 in training)' if r['model'] == 'v3' else ''} | "
-                     f"{r['aji']:.3f} | {r['pq']:.3f} | {r['dice']:.3f} | {inp.cpu['brca_val'][r['model']]['f1']:.3f} |")
+            q.append(
+                f"| {inp.models[r['model']]['label']}{' (21-27 in training)' if r['model'] == 'v3' else ''} | "
+                f"{r['aji']:.3f} | {r['pq']:.3f} | {r['dice']:.3f} | {inp.cpu['brca_val'][r['model']]['f1']:.3f} |"
+            )
     write_section("segmentation", "\n".join(q), DOCS / "results.md", title="# Results")
-    t = ["## Nuclei segmentation speed (CPU)", "", head, "",
-         f"Seconds per 1000x1000 image, {inp.cpu['threads']} torch threads, best of repeats, "
-         f"{inp.cpu.get('speed_date_time', '')}. " + " ".join(_load_line(inp.cpu)), "",
-         "| model | um/px | seconds |", "|---|---|---|"]
+    t = [
+        "## Nuclei segmentation speed (CPU)",
+        "",
+        head,
+        "",
+        f"Seconds per 1000x1000 image, {inp.cpu['threads']} torch threads, best of repeats, "
+        f"{inp.cpu.get('speed_date_time', '')}. " + " ".join(_load_line(inp.cpu)),
+        "",
+        "| model | um/px | seconds |",
+        "|---|---|---|",
+    ]
     t += [f"| {inp.models[r['model']]['label']} | {r['mpp']:g} | {r['seconds']:.2f} |" for r in inp.cpu["cpu_speed"]]
     write_section("segmentation", "\n".join(t), DOCS / "performance.md")
-    write_section("segmentation-gpu", "\n".join(gpu_section(inp)).replace("## Speed on the GPU",
-                                                                         "## Nuclei segmentation speed (GPU)"),
-                  DOCS / "performance.md")
+    write_section(
+        "segmentation-gpu",
+        "\n".join(gpu_section(inp)).replace("## Speed on the GPU", "## Nuclei segmentation speed (GPU)"),
+        DOCS / "performance.md",
+    )
 
 
 def render_all() -> int:

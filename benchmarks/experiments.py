@@ -1,6 +1,6 @@
 """Thin wrapper of ``python -m research.cells.experiments`` (UAM vs baselines, Tables 1/2/4).
 
-    PYTHONPATH=src python benchmarks/experiments.py --tables .gpu_data --out docs/results.md --jobs 16
+PYTHONPATH=src python benchmarks/experiments.py --tables .gpu_data --out docs/results.md --jobs 16
 """
 
 import sys

@@ -109,7 +109,9 @@ def run(a) -> dict:
         ft = finetune(few, FinetuneConfig(init=str(base_path), epochs=a.epochs, lr=a.lr, seed=seed, device=device))
         row["finetuned"] = {**_evaluate(ft, brca_val), "seconds": ft.seconds, "best_epoch": ft.best_epoch,
                             "epochs_run": len(ft.history) - 1}  # fmt: skip
-        sc = finetune(few, FinetuneConfig(init="scratch", arch=a.arch, epochs=a.epochs, lr=1e-3, seed=seed, device=device))
+        sc = finetune(
+            few, FinetuneConfig(init="scratch", arch=a.arch, epochs=a.epochs, lr=1e-3, seed=seed, device=device)
+        )
         row["scratch"] = {**_evaluate(sc, brca_val), "seconds": sc.seconds, "best_epoch": sc.best_epoch,
                           "epochs_run": len(sc.history)}  # fmt: skip
         rec["runs"].append(row)
@@ -152,10 +154,16 @@ def render(rec: dict, gpu: dict | None = None) -> str:
         "",
         f"Fine-tuning changes BRCA-M2C val accuracy by {gain.mean():+.1f} points ({', '.join(f'{g:+.1f}' for g in gain)} "
         f"per seed). The CoNSeP-only base model took {rec['base']['seconds']:.0f} s to train on {rec['device_name']} "
-        f"({rec['device']}); " + ("the runs above, with that base model saved by an earlier run of this script, "
-                                   if rec["base"].get("reused") else "the whole benchmark ")
-        + f"{rec['total_seconds']:.0f} s" + (f" ({rec['note']})" if rec.get("note") else "")
-        + (" (quick setting: fewer CoNSeP images)" if rec.get("quick") else "") + ".",
+        f"({rec['device']}); "
+        + (
+            "the runs above, with that base model saved by an earlier run of this script, "
+            if rec["base"].get("reused")
+            else "the whole benchmark "
+        )
+        + f"{rec['total_seconds']:.0f} s"
+        + (f" ({rec['note']})" if rec.get("note") else "")
+        + (" (quick setting: fewer CoNSeP images)" if rec.get("quick") else "")
+        + ".",
     ]
     if gpu:
         gr = gpu["runs"]

@@ -84,7 +84,12 @@ def check_random_layers() -> list[dict]:
     from napari_uam.models.ssm import Mamba
 
     rows = []
-    for d_model, d_state, expand, length, batch in [(16, 8, 1, 13, 64), (16, 16, 2, 13, 256), (32, 16, 2, 64, 32), (8, 4, 2, 7, 1000)]:
+    for d_model, d_state, expand, length, batch in [
+        (16, 8, 1, 13, 64),
+        (16, 16, 2, 13, 256),
+        (32, 16, 2, 64, 32),
+        (8, 4, 2, 7, 1000),
+    ]:
         torch.manual_seed(0)
         ours = Mamba(d_model, d_state=d_state, expand=expand, backend="torch").cuda()
         ref = RefMamba(d_model, d_state=d_state, expand=expand).cuda()
@@ -161,8 +166,16 @@ def check_checkpoint_transfer(tables: Path) -> list[dict]:
         res = train_model(x[:5000], y[:5000], x[5000:], y[5000:], 2, cfg)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.pt"
-            save_checkpoint(path, res.model.cpu(), feature_names=feats, schema_id=DEFAULT_SCHEMA.schema_id,
-                            mpp=DEFAULT_SCHEMA.mpp, class_names=CLASS_NAMES, tumor_class=1, normalizer=norm)
+            save_checkpoint(
+                path,
+                res.model.cpu(),
+                feature_names=feats,
+                schema_id=DEFAULT_SCHEMA.schema_id,
+                mpp=DEFAULT_SCHEMA.mpp,
+                class_names=CLASS_NAMES,
+                tumor_class=1,
+                normalizer=norm,
+            )
             table = df[feats].iloc[5000:]
             p_same = load_classifier(path, device="cuda", backend=train_backend).predict_proba(table)
             p_other = load_classifier(path, device="cuda", backend=other).predict_proba(table)
@@ -189,8 +202,14 @@ def run_all(tables: Path, ckpt: Path) -> dict:
     else:
         rows.append({"case": f"real-cell checks skipped: no tables in {tables} or no checkpoint {ckpt}"})
     ok = all(v < TOL for r in rows for k, v in r.items() if k != "case")
-    return {"ok": ok, "tolerance": TOL, "rows": rows, "seconds": time.perf_counter() - t0,
-            "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    return {
+        "ok": ok,
+        "tolerance": TOL,
+        "rows": rows,
+        "seconds": time.perf_counter() - t0,
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+    }
 
 
 def main(argv=None) -> int:

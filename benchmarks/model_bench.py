@@ -62,7 +62,9 @@ def n_table_cells(tables: Path | None) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in Path(tables).glob("*.parquet"))
 
 
-def bench_inference(model, x: torch.Tensor, batch: int, device: str, dtype=None, repeats: int = 3, min_seconds: float = 1.0) -> float:
+def bench_inference(
+    model, x: torch.Tensor, batch: int, device: str, dtype=None, repeats: int = 3, min_seconds: float = 1.0
+) -> float:
     """Cells per second of ``model`` over ``x`` (already on ``device``) in batches."""
     model.eval()
 
@@ -86,7 +88,9 @@ def bench_inference(model, x: torch.Tensor, batch: int, device: str, dtype=None,
     return best
 
 
-def bench_train_epoch(arch_cfg: dict, n_features: int, x: torch.Tensor, device: str, n_cells: int, steps: int = 40, batch: int = 64) -> float:
+def bench_train_epoch(
+    arch_cfg: dict, n_features: int, x: torch.Tensor, device: str, n_cells: int, steps: int = 40, batch: int = 64
+) -> float:
     """Seconds per training epoch over ``n_cells`` cells (timed ``steps`` steps, extrapolated)."""
     import torch.nn.functional as F
 
@@ -156,11 +160,25 @@ def run(args) -> dict:
     for scan, batches in (("recurrent", (1024, 4096)), ("parallel", (4096,))):
         set_ssm_backend(model, "torch", scan)
         for batch in batches:
-            add(device="cpu", threads=args.cpu_threads, backend=f"torch ({scan} scan)", dtype="fp32", batch=batch,
-                cells_per_s=bench_inference(model, x_cpu, batch, "cpu", repeats=2))
+            add(
+                device="cpu",
+                threads=args.cpu_threads,
+                backend=f"torch ({scan} scan)",
+                dtype="fp32",
+                batch=batch,
+                cells_per_s=bench_inference(model, x_cpu, batch, "cpu", repeats=2),
+            )
     torch.set_num_threads(1)
-    add(device="cpu", threads=1, backend="torch (recurrent scan)", what="train_epoch_s", batch=64,
-        seconds=bench_train_epoch({**arch_cfg, "config": {**cfg, "backend": "torch"}}, n_features, x_cpu, "cpu", n_cells, steps=20))
+    add(
+        device="cpu",
+        threads=1,
+        backend="torch (recurrent scan)",
+        what="train_epoch_s",
+        batch=64,
+        seconds=bench_train_epoch(
+            {**arch_cfg, "config": {**cfg, "backend": "torch"}}, n_features, x_cpu, "cpu", n_cells, steps=20
+        ),
+    )
     torch.set_num_threads(args.cpu_threads)
 
     if torch.cuda.is_available():
@@ -170,7 +188,10 @@ def run(args) -> dict:
         backends = ["torch (parallel scan)"] + (["mamba_ssm"] if mamba_ssm_available() else [])
         res["mamba_ssm"] = "mamba_ssm" in backends
         for backend in backends:
-            m = set_ssm_backend(build_from_checkpoint(ck) if ck is not None else build_model(base.name, n_features, 2), backend.split()[0]).cuda()
+            m = set_ssm_backend(
+                build_from_checkpoint(ck) if ck is not None else build_model(base.name, n_features, 2),
+                backend.split()[0],
+            ).cuda()
             for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16")):
                 for batch in (16384, 65536, 262144):
                     try:
@@ -179,16 +200,35 @@ def run(args) -> dict:
                         torch.cuda.empty_cache()
                         continue
                     add(device="cuda", backend=backend, dtype=name, batch=batch, cells_per_s=cps)
-            add(device="cuda", backend=backend, what="train_epoch_s", batch=64,
-                seconds=bench_train_epoch({**arch_cfg, "config": {**cfg, "backend": backend.split()[0]}}, n_features, x_gpu, "cuda", n_cells, steps=60))
+            add(
+                device="cuda",
+                backend=backend,
+                what="train_epoch_s",
+                batch=64,
+                seconds=bench_train_epoch(
+                    {**arch_cfg, "config": {**cfg, "backend": backend.split()[0]}},
+                    n_features,
+                    x_gpu,
+                    "cuda",
+                    n_cells,
+                    steps=60,
+                ),
+            )
         if not args.no_compile:
             # torch.compile fuses the scan's elementwise chain (the torch backend's cost).
-            m = set_ssm_backend(build_from_checkpoint(ck) if ck is not None else build_model(base.name, n_features, 2), "torch").cuda()
+            m = set_ssm_backend(
+                build_from_checkpoint(ck) if ck is not None else build_model(base.name, n_features, 2), "torch"
+            ).cuda()
             try:
                 mc = torch.compile(m, dynamic=False)
                 for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16")):
-                    add(device="cuda", backend="torch+compile", dtype=name, batch=65536,
-                        cells_per_s=bench_inference(mc, x_gpu, 65536, "cuda", dtype))
+                    add(
+                        device="cuda",
+                        backend="torch+compile",
+                        dtype=name,
+                        batch=65536,
+                        cells_per_s=bench_inference(mc, x_gpu, 65536, "cuda", dtype),
+                    )
             except Exception as err:  # noqa: BLE001 (report, do not fail the benchmark)
                 add(device="cuda", backend="torch+compile", error=f"{type(err).__name__}: {str(err)[:200]}")
     return res
@@ -200,7 +240,8 @@ def markdown(res: dict) -> str:
         f"## Cell classifier speed ({res['arch']})",
         "",
         f"Generated by `benchmarks/model_bench.py` ({res['model']}, {res['parameters']:,} weights; "
-        f"torch {res['torch']}; CPU {res['cpu']}" + (f"; GPU {res['gpu']}" if res.get("gpu") else "; no GPU")
+        f"torch {res['torch']}; CPU {res['cpu']}"
+        + (f"; GPU {res['gpu']}" if res.get("gpu") else "; no GPU")
         + "). Inference = forward + softmax of normalised features already in memory; best of repeats."
         + (f" {res['note']}" if res.get("note") else ""),
         "",
@@ -228,8 +269,10 @@ def markdown(res: dict) -> str:
     gpu = [r["cells_per_s"] for r in res["results"] if r.get("device") == "cuda" and "cells_per_s" in r]
     if gpu:
         best = max(gpu)
-        lines += ["", f"Best CUDA throughput: {best:,.0f} cells/s (target 1,000,000: "
-                  f"{'met' if best >= 1e6 else 'not met'})."]
+        lines += [
+            "",
+            f"Best CUDA throughput: {best:,.0f} cells/s (target 1,000,000: {'met' if best >= 1e6 else 'not met'}).",
+        ]
     if res.get("gpu") and not res.get("mamba_ssm"):
         lines += ["", "mamba_ssm was not importable on the GPU machine: only the torch backend was measured."]
     lines += ["", MARKERS[1]]
@@ -255,14 +298,19 @@ def main(argv=None) -> int:
     p.add_argument("--note", default=None, help="sentence added to the markdown (e.g. machine load)")
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None, help="markdown file whose models section is replaced")
-    p.add_argument("--from-json", nargs="+", default=None,
-                   help="only render the markdown section from JSON reports (e.g. this machine's and "
-                        "a GPU machine's), in order")
+    p.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        help="only render the markdown section from JSON reports (e.g. this machine's and a GPU machine's), in order",
+    )
     a = p.parse_args(argv)
     if a.from_json:
         reports = [json.loads(Path(f).read_text()) for f in a.from_json]
         body = "\n\n".join(markdown(r) for r in reports)
-        body = MARKERS[0] + "\n" + body.replace(MARKERS[0] + "\n", "").replace("\n" + MARKERS[1], "") + "\n" + MARKERS[1]
+        body = (
+            MARKERS[0] + "\n" + body.replace(MARKERS[0] + "\n", "").replace("\n" + MARKERS[1], "") + "\n" + MARKERS[1]
+        )
         if a.md:
             write_section(Path(a.md), body)
         print(body)

@@ -45,13 +45,21 @@ def first_run(args) -> int:
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
-    print(f"| process | imports + read (s) | warm_up (s) | first run (s) | second run (s) |\n|---|---:|---:|---:|---:|")
+    print("| process | imports + read (s) | warm_up (s) | first run (s) | second run (s) |\n|---|---:|---:|---:|---:|")
     for warm in (False, True):
-        code = _FIRST.format(src=str(repo / "src"), threads=args.threads, path=str(Path(args.data) / args.image),
-                             device=args.device, mpp=args.mpp, warm=warm)
+        code = _FIRST.format(
+            src=str(repo / "src"),
+            threads=args.threads,
+            path=str(Path(args.data) / args.image),
+            device=args.device,
+            mpp=args.mpp,
+            warm=warm,
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         a, b, c, d = out.stdout.split()[-4:]
-        print(f"| {'after pipeline.warm_up' if warm else 'cold'} | {a} | {b if warm else '-'} | {c} | {d} |", flush=True)
+        print(
+            f"| {'after pipeline.warm_up' if warm else 'cold'} | {a} | {b if warm else '-'} | {c} | {d} |", flush=True
+        )
     return 0
 
 
@@ -65,17 +73,30 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--import-md", default=None,
-                    help="put the table printed by a run on another machine (e.g. the GPU one) into "
-                         "the 'pipeline-gpu' section of docs/performance.md, without measuring here")
-    ap.add_argument("--first-run", action="store_true",
-                    help="seconds of the first run in a new process, without and after pipeline.warm_up")
+    ap.add_argument(
+        "--import-md",
+        default=None,
+        help="put the table printed by a run on another machine (e.g. the GPU one) into "
+        "the 'pipeline-gpu' section of docs/performance.md, without measuring here",
+    )
+    ap.add_argument(
+        "--first-run",
+        action="store_true",
+        help="seconds of the first run in a new process, without and after pipeline.warm_up",
+    )
     args = ap.parse_args(argv)
     if args.first_run:
         return first_run(args)
     if args.import_md:
-        write_section("pipeline-gpu", Path(args.import_md).read_text().replace(
-            f"## End-to-end pipeline, per stage ({'GPU' if args.device.startswith('cuda') else 'CPU'})", "## End-to-end pipeline, per stage (GPU)"))
+        write_section(
+            "pipeline-gpu",
+            Path(args.import_md)
+            .read_text()
+            .replace(
+                f"## End-to-end pipeline, per stage ({'GPU' if args.device.startswith('cuda') else 'CPU'})",
+                "## End-to-end pipeline, per stage (GPU)",
+            ),
+        )
         return 0
 
     import torch
@@ -93,8 +114,7 @@ def main(argv=None) -> int:
     image, _ = read_image(path)
     pipeline.run(image, args.mpp, model=clf, device=args.device)  # warm-up: imports, caches
 
-    stages = {"read": [], "segment": [], "measure": [], "classify": [], "tumor mask": [], "export": [],
-              "total": []}
+    stages = {"read": [], "segment": [], "measure": [], "classify": [], "tumor mask": [], "export": [], "total": []}
     n_cells = 0
     for _ in range(args.repeats):
         t = time.perf_counter()
@@ -113,9 +133,15 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as d:
             export_cells(labels, table, d, "bench", tumor_mask=mask)
         t_exp = time.perf_counter()
-        for k, a, b in (("read", t, t_read), ("segment", t_read, t_seg), ("measure", t_seg, t_meas),
-                        ("classify", t_meas, t_cls), ("tumor mask", t_cls, t_tum), ("export", t_tum, t_exp),
-                        ("total", t, t_exp)):
+        for k, a, b in (
+            ("read", t, t_read),
+            ("segment", t_read, t_seg),
+            ("measure", t_seg, t_meas),
+            ("classify", t_meas, t_cls),
+            ("tumor mask", t_cls, t_tum),
+            ("export", t_tum, t_exp),
+            ("total", t, t_exp),
+        ):
             stages[k].append(b - a)
         n_cells = len(table)
 

@@ -75,7 +75,9 @@ def bench_naive(img, lab, max_cells: int) -> float:
     from radiomics import featureextractor, setVerbosity
 
     setVerbosity(50)
-    ext = featureextractor.RadiomicsFeatureExtractor(**{k: v for k, v in SCHEMA.pyradiomics_settings.items() if k != "label"})
+    ext = featureextractor.RadiomicsFeatureExtractor(
+        **{k: v for k, v in SCHEMA.pyradiomics_settings.items() if k != "label"}
+    )
     ext.settings["minimumROIDimensions"] = 1
     ext.disableAllFeatures()
     for fam in SCHEMA.family_features:
@@ -189,8 +191,17 @@ def profile_torch(patches, batch: int, device: str) -> None:
 
         setattr(mod, name, g)
 
-    for name in ("glcm", "_mcc", "glrlm_pixels", "glszm_roots", "first_order", "neighbour_stats", "gldm", "ngtdm",
-                 "angle_pairs"):
+    for name in (
+        "glcm",
+        "_mcc",
+        "glrlm_pixels",
+        "glszm_roots",
+        "first_order",
+        "neighbour_stats",
+        "gldm",
+        "ngtdm",
+        "angle_pairs",
+    ):
         labelled(_texture, name)
     labelled(_shape, "shape_features")
     labelled(fb, "_stack")
@@ -213,14 +224,26 @@ def profile_torch(patches, batch: int, device: str) -> None:
     # CPU) and the ops that read a device value back to the host.
     ka = prof.key_averages()
     launches = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-    syncs = sum(e.count for e in ka if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"))
+    syncs = sum(
+        e.count for e in ka if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+    )
     memcpy = sum(e.count for e in ka if e.key in ("cudaMemcpyAsync", "cudaMemcpy"))
-    readback = sum(e.count for e in ka if e.key in ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::repeat_interleave", "aten::_to_copy"))
+    readback = sum(
+        e.count
+        for e in ka
+        if e.key
+        in ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::repeat_interleave", "aten::_to_copy")
+    )
     # aten ops called from Python (not from inside another aten op): the CPU-side proxy
-    top_ops = sum(1 for e in prof.events()
-                  if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
-    print(f"kernel launches {launches}, stream/device syncs {syncs}, memcpys {memcpy}, "
-          f"top-level aten ops {top_ops}, read-back-type ops {readback}")
+    top_ops = sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
+    print(
+        f"kernel launches {launches}, stream/device syncs {syncs}, memcpys {memcpy}, "
+        f"top-level aten ops {top_ops}, read-back-type ops {readback}"
+    )
     for e in sorted((e for e in ka if e.key.startswith("stage:")), key=lambda e: -e.device_time_total):
         print(f"  {e.key:28s} device {e.device_time_total / 1e3:8.2f} ms   cpu {e.cpu_time_total / 1e3:8.2f} ms")
     print(prof.key_averages().table(sort_by=key, row_limit=25))
@@ -254,11 +277,13 @@ def cold_start(data: Path, device: str, runs: int = 3) -> None:
     code = _COLD.format(src=str(REPO / "src"), bench=str(here), data=str(data), device=device)
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        print(f"| process | imports + data (s) | first call (s) | second call (s) |\n|---|---:|---:|---:|")
+        print("| process | imports + data (s) | first call (s) | second call (s) |\n|---|---:|---:|---:|")
         for k in range(runs):
             out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
             a, b, c = out.stdout.split()[-3:]
-            print(f"| {f'{k + 1}' + (' (empty cache)' if k == 0 else ' (cache filled)')} | {a} | {b} | {c} |", flush=True)
+            print(
+                f"| {f'{k + 1}' + (' (empty cache)' if k == 0 else ' (cache filled)')} | {a} | {b} | {c} |", flush=True
+            )
 
 
 def _resolved(stacked):
@@ -330,9 +355,14 @@ def stack_phases(patches, batch: int = 64, device: str = "cuda", repeat: int = 5
         print(f"  {k:28s} {np.median([r[k] for r in rows]) * 1e3:7.2f} ms", flush=True)
     dev_imgs = [torch.from_numpy(a).to(device) for a in imgs]
     dev_labs = [torch.from_numpy(a).to(device) for a in labs]
-    print(f"  _stack, host inputs           {timed(lambda: _resolved(fb._stack(xp, imgs, labs, pack=False))):7.2f} ms", flush=True)
-    print(f"  _stack, inputs on the device  {timed(lambda: fb._stack(xp, dev_imgs, dev_labs, pack=False)):7.2f} ms",
-          flush=True)
+    print(
+        f"  _stack, host inputs           {timed(lambda: _resolved(fb._stack(xp, imgs, labs, pack=False))):7.2f} ms",
+        flush=True,
+    )
+    print(
+        f"  _stack, inputs on the device  {timed(lambda: fb._stack(xp, dev_imgs, dev_labs, pack=False)):7.2f} ms",
+        flush=True,
+    )
 
 
 _RSS_CHILD = r"""
@@ -431,12 +461,23 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="'cuda' adds the CUDA rows ('torch-cpu': same rows on torch CPU)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
-    ap.add_argument("--cold-start", action="store_true",
-                    help="first-call seconds in new processes (empty, then filled numba cache); no docs written")
-    ap.add_argument("--stack-phases", action="store_true",
-                    help="only time the batch preparation of 64 patches on --device (host vs device inputs)")
-    ap.add_argument("--profile", type=int, default=0, metavar="BATCH",
-                    help="only profile the torch engine (--device) on BATCH patches and print the top ops")
+    ap.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="first-call seconds in new processes (empty, then filled numba cache); no docs written",
+    )
+    ap.add_argument(
+        "--stack-phases",
+        action="store_true",
+        help="only time the batch preparation of 64 patches on --device (host vs device inputs)",
+    )
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="BATCH",
+        help="only profile the torch engine (--device) on BATCH patches and print the top ops",
+    )
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.stack_phases:
@@ -444,7 +485,9 @@ def main(argv=None):
     if args.cold_start:
         return cold_start(args.data, args.device)
     if args.profile:
-        return profile_torch(load_patches(args.data, 4), args.profile, "cpu" if args.device == "torch-cpu" else args.device)
+        return profile_torch(
+            load_patches(args.data, 4), args.profile, "cpu" if args.device == "torch-cpu" else args.device
+        )
 
     load_before = os.getloadavg()[0]
     patches = load_patches(args.data, 4 if args.quick else 8)
@@ -466,6 +509,7 @@ def main(argv=None):
         add("pyradiomics best effort (crop, 2 procs)", best, f"{n_cells(crop[1])} cells")
     else:
         print("pyradiomics / SimpleITK not installed: skipping the pyradiomics rows", flush=True)
+
     def spread(rates):
         return f"median of {len(rates)}, range {min(rates):,.0f}-{max(rates):,.0f}"
 
@@ -486,9 +530,12 @@ def main(argv=None):
         for label, kernels, resident in engines:
             for batch in (1, 64):
                 rate, c, sec = bench_torch(patches, batch, dev, kernels=kernels, resident=resident)
-                add(f"fast {label} {dev.upper() if label == 'torch' else ''}".replace("  ", " ").strip()
+                add(
+                    f"fast {label} {dev.upper() if label == 'torch' else ''}".replace("  ", " ").strip()
                     + f", {'1 patch' if batch == 1 else f'batch of {batch} patches'}",
-                    rate, f"float64, {c} cells in {sec * 1e3:.1f} ms (median of 5)")
+                    rate,
+                    f"float64, {c} cells in {sec * 1e3:.1f} ms (median of 5)",
+                )
     mem = None
     if not args.quick:
         c, s, rss = bench_memory(args.data)

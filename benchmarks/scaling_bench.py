@@ -74,9 +74,18 @@ def write_mosaic(path: Path, size: int, patches) -> None:
         return out
 
     gen = (block(y, x) for y in range(0, size, t) for x in range(0, size, t))
-    tifffile.imwrite(path, gen, shape=(size, size, 3), dtype=np.uint8, tile=(t, t), compression="zlib",
-                     photometric="rgb", bigtiff=True, resolution=(1e4 / 0.5, 1e4 / 0.5),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        gen,
+        shape=(size, size, 3),
+        dtype=np.uint8,
+        tile=(t, t),
+        compression="zlib",
+        photometric="rgb",
+        bigtiff=True,
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
 
 
 def one_run(argv: list[str]) -> dict:
@@ -89,7 +98,9 @@ def one_run(argv: list[str]) -> dict:
     wall = time.perf_counter() - t
     manifest = json.loads((out / "napari_uam_run.json").read_text())
     return {
-        "exit": code, "wall_s": wall, "cells": manifest["totals"]["cells"],
+        "exit": code,
+        "wall_s": wall,
+        "cells": manifest["totals"]["cells"],
         "images": manifest["totals"]["done"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "executor": manifest.get("executor"),
@@ -107,8 +118,12 @@ def warm_then_run(warm: list[str], argv: list[str]) -> dict:
 
 
 def _child(argv: list[str], warm: list[str]) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", json.dumps([warm, argv])],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    res = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps([warm, argv])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if res.returncode != 0:
         raise SystemExit(f"child failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -120,8 +135,18 @@ def _warm_argv(work: Path, patches, device: str, tile: int) -> list[str]:
     if not src.is_dir():
         src.mkdir()
         write_mosaic(src / "warm.tif", 768, patches)
-    return ["classify", str(src), "--out", str(work / "warm_out"), "--device", device, "--quiet",
-            "--overwrite", "--tile-size", "512"]
+    return [
+        "classify",
+        str(src),
+        "--out",
+        str(work / "warm_out"),
+        "--device",
+        device,
+        "--quiet",
+        "--overwrite",
+        "--tile-size",
+        "512",
+    ]
 
 
 def size_scan(sizes, patches, tile: int, device: str, work: Path) -> list[dict]:
@@ -134,16 +159,26 @@ def size_scan(sizes, patches, tile: int, device: str, work: Path) -> list[dict]:
         write_mosaic(src / f"mosaic_{size}.tif", size, patches)
         t_write = time.perf_counter() - t
         out = work / f"out_{size}"
-        r = _child(["classify", str(src), "--out", str(out), "--device", device, "--quiet",
-                    "--tile-size", str(tile)], warm)
+        r = _child(
+            ["classify", str(src), "--out", str(out), "--device", device, "--quiet", "--tile-size", str(tile)], warm
+        )
         done = json.loads((out / f"mosaic_{size}.done.json").read_text())
-        r.update(size=size, tile=tile, megapixels=size * size / 1e6, write_mosaic_s=t_write,
-                 cells_per_s=r["cells"] / r["wall_s"], tiled=bool(done["provenance"].get("tiled")),
-                 n_tiles=done["provenance"].get("n_tiles", 1),
-                 cut_nuclei=done["provenance"].get("cut_nuclei"),
-                 seam_conflict_pixels=done["provenance"].get("seam_conflict_pixels"))
-        print(f"  {size:>6} px: {r['cells']:>8} nuclei in {r['wall_s']:8.1f} s = {r['cells_per_s']:7.0f} cells/s, "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB, {r['n_tiles']} tile(s)", flush=True)
+        r.update(
+            size=size,
+            tile=tile,
+            megapixels=size * size / 1e6,
+            write_mosaic_s=t_write,
+            cells_per_s=r["cells"] / r["wall_s"],
+            tiled=bool(done["provenance"].get("tiled")),
+            n_tiles=done["provenance"].get("n_tiles", 1),
+            cut_nuclei=done["provenance"].get("cut_nuclei"),
+            seam_conflict_pixels=done["provenance"].get("seam_conflict_pixels"),
+        )
+        print(
+            f"  {size:>6} px: {r['cells']:>8} nuclei in {r['wall_s']:8.1f} s = {r['cells_per_s']:7.0f} cells/s, "
+            f"peak RSS {r['peak_rss_mb']:6.0f} MB, {r['n_tiles']} tile(s)",
+            flush=True,
+        )
         rows.append(r)
         shutil.rmtree(src)
         shutil.rmtree(out)
@@ -160,11 +195,15 @@ def dask_scan(folder: Path, n_images: int, workers_list, device: str, work: Path
     for w in workers_list:
         out = work / f"dask_{w}"
         extra = ["--dask", "local", "--workers", str(w)] if w else []
-        r = _child(["classify", str(src), "--mpp", "0.5", "--out", str(out), "--device", device,
-                    "--quiet", *extra], warm)
+        r = _child(
+            ["classify", str(src), "--mpp", "0.5", "--out", str(out), "--device", device, "--quiet", *extra], warm
+        )
         r.update(workers=w, images_per_s=r["images"] / r["wall_s"], cells_per_s=r["cells"] / r["wall_s"])
-        print(f"  {r['executor']}: {r['images']} images, {r['cells']} nuclei in {r['wall_s']:.1f} s = "
-              f"{r['images_per_s']:.2f} images/s, {r['cells_per_s']:.0f} cells/s", flush=True)
+        print(
+            f"  {r['executor']}: {r['images']} images, {r['cells']} nuclei in {r['wall_s']:.1f} s = "
+            f"{r['images_per_s']:.2f} images/s, {r['cells_per_s']:.0f} cells/s",
+            flush=True,
+        )
         rows.append(r)
         shutil.rmtree(out)
     return rows
@@ -177,19 +216,22 @@ def gpu_patches(folder: Path, device: str, work: Path, mpp: float) -> dict:
     warm.mkdir()
     first = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png", ".tif"))[0]
     shutil.copy(first, warm / first.name)
-    one_run(["classify", str(warm), "--mpp", str(mpp), "--out", str(work / "warm_out"), "--device", device,
-             "--quiet"])  # warm-up: imports, weights, kernels
+    one_run(
+        ["classify", str(warm), "--mpp", str(mpp), "--out", str(work / "warm_out"), "--device", device, "--quiet"]
+    )  # warm-up: imports, weights, kernels
     r = one_run(["classify", str(folder), "--mpp", str(mpp), "--out", str(out), "--device", device, "--quiet"])
-    r.update(patches_per_s=r["images"] / r["wall_s"], cells_per_s=r["cells"] / r["wall_s"], device=device,
-             mpp=mpp)
+    r.update(patches_per_s=r["images"] / r["wall_s"], cells_per_s=r["cells"] / r["wall_s"], device=device, mpp=mpp)
     try:
         import torch
 
         r["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         r["gpu"] = None
-    print(f"  {r['images']} patches, {r['cells']} nuclei in {r['wall_s']:.1f} s = {r['patches_per_s']:.2f} "
-          f"patches/s, {r['cells_per_s']:.0f} cells/s on {device} ({r['gpu']})", flush=True)
+    print(
+        f"  {r['images']} patches, {r['cells']} nuclei in {r['wall_s']:.1f} s = {r['patches_per_s']:.2f} "
+        f"patches/s, {r['cells_per_s']:.0f} cells/s on {device} ({r['gpu']})",
+        flush=True,
+    )
     return r
 
 
@@ -232,8 +274,10 @@ def render(cpu: dict, gpu: dict | None = None) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for r in cpu["dask"]:
-            lines.append(f"| {r['executor']} | {r['images']} | {r['cells']:,} | {r['wall_s']:.1f} | "
-                         f"{r['images_per_s']:.2f} | {r['cells_per_s']:,.0f} | {_load(r)} |")
+            lines.append(
+                f"| {r['executor']} | {r['images']} | {r['cells']:,} | {r['wall_s']:.1f} | "
+                f"{r['images_per_s']:.2f} | {r['cells_per_s']:,.0f} | {_load(r)} |"
+            )
         lines.append("")
     if gpu:
         lines += [
@@ -244,8 +288,10 @@ def render(cpu: dict, gpu: dict | None = None) -> str:
             "",
         ]
     elif cpu.get("sizes"):
-        lines += ["GPU patches/s: not measured yet (command in the module docstring of "
-                  "`benchmarks/scaling_bench.py`).", ""]
+        lines += [
+            "GPU patches/s: not measured yet (command in the module docstring of `benchmarks/scaling_bench.py`).",
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -282,8 +328,15 @@ def main(argv=None) -> int:
             res.update(command=command, machine=machine(), date=today())
         else:
             brca = Path(args.data) / "brca_m2c" / "val"
-            res = {"command": command, "machine": machine(), "date": today(), "device": args.device,
-                   "tile": args.tile, "sizes": [], "dask": []}
+            res = {
+                "command": command,
+                "machine": machine(),
+                "date": today(),
+                "device": args.device,
+                "tile": args.tile,
+                "sizes": [],
+                "dask": [],
+            }
             sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
             patches = _patches(brca, 24)
             if sizes:

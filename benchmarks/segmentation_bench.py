@@ -85,8 +85,11 @@ class Model:
 def models(previous: Path) -> list[Model]:
     from napari_uam.segment.learned import WEIGHTS_PATH
 
-    return [Model("v3", "v3 (shipped)", WEIGHTS_PATH), Model("v2", "v2 (previous)", previous),
-            Model("watershed", "watershed (no weights)")]
+    return [
+        Model("v3", "v3 (shipped)", WEIGHTS_PATH),
+        Model("v2", "v2 (previous)", previous),
+        Model("watershed", "watershed (no weights)"),
+    ]
 
 
 def previous_weights(path: Path) -> Path:
@@ -95,8 +98,11 @@ def previous_weights(path: Path) -> Path:
         return path
     if path != PREVIOUS_DEFAULT:
         raise SystemExit(f"{path} not found")
-    blob = subprocess.run(["git", "-C", str(REPO), "show", f"{PREVIOUS_COMMIT}:src/napari_uam/weights/nuclei_unet.pt"],
-                          capture_output=True, check=False)
+    blob = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{PREVIOUS_COMMIT}:src/napari_uam/weights/nuclei_unet.pt"],
+        capture_output=True,
+        check=False,
+    )
     if blob.returncode != 0:
         raise SystemExit(f"cannot extract the v2 weights from git ({blob.stderr.decode().strip()}); pass --previous")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,11 +151,18 @@ def model_info(model: Model) -> dict:
         trained = list(meta["train_sources"])
     else:  # v1 / v2: CoNSeP 1-20, plus BRCA-M2C train points when weakly supervised
         trained = ["consep"] + (["brca_m2c"] if meta.get("weak_supervision") else [])
-    return {"label": model.label, "weights": str(Path(model.path).resolve().relative_to(REPO))
-            if Path(model.path).resolve().is_relative_to(REPO) else str(model.path),
-            "sha256": sha256(model.path), "bytes": Path(model.path).stat().st_size,
-            "trained_on": trained, "consep_train_images": meta.get("train_images"),
-            "postprocess": dict(ck.get("postprocess", {})), "meta": _plain(meta)}
+    return {
+        "label": model.label,
+        "weights": str(Path(model.path).resolve().relative_to(REPO))
+        if Path(model.path).resolve().is_relative_to(REPO)
+        else str(model.path),
+        "sha256": sha256(model.path),
+        "bytes": Path(model.path).stat().st_size,
+        "trained_on": trained,
+        "consep_train_images": meta.get("train_images"),
+        "postprocess": dict(ck.get("postprocess", {})),
+        "meta": _plain(meta),
+    }
 
 
 def _plain(x):
@@ -173,11 +186,18 @@ def source_info(data: Path) -> dict:
         meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
         organ = meta.get("organ") or ", ".join(meta.get("organs", [])) or src.organ
         source = meta.get("source", "")
-        out[name] = {"name": meta.get("name", name), "kind": src.kind, "folders": list(src.folders),
-                     "organ": organ, "magnification": meta.get("magnification", ""),
-                     "mpp": sorted({im.mpp for im in ims}), "licence": meta.get("licence", src.licence),
-                     "source": source if isinstance(source, str) else "; ".join(f"{k}: {v}" for k, v in source.items()),
-                     "n_images": len(ims), "splits": sorted({im.split for im in ims})}
+        out[name] = {
+            "name": meta.get("name", name),
+            "kind": src.kind,
+            "folders": list(src.folders),
+            "organ": organ,
+            "magnification": meta.get("magnification", ""),
+            "mpp": sorted({im.mpp for im in ims}),
+            "licence": meta.get("licence", src.licence),
+            "source": source if isinstance(source, str) else "; ".join(f"{k}: {v}" for k, v in source.items()),
+            "n_images": len(ims),
+            "splits": sorted({im.split for im in ims}),
+        }
     return out
 
 
@@ -247,8 +267,13 @@ def brca_val(rows: list[dict]) -> dict:
     """Pooled point P / R / F1 on the BRCA-M2C val split (never trained on by any model)."""
     sel = [r for r in rows if r["split"] == "val"]
     tp, fp, fn = (sum(r[k] for r in sel) for k in ("tp", "fp", "fn"))
-    return {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "f1": 2 * tp / max(2 * tp + fp + fn, 1),
-            "n_images": len(sel), "n_points": tp + fn}
+    return {
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(tp + fn, 1),
+        "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+        "n_images": len(sel),
+        "n_points": tp + fn,
+    }
 
 
 def pixel_size_check(rows: dict) -> dict:
@@ -260,11 +285,17 @@ def pixel_size_check(rows: dict) -> dict:
         if not ratios:
             continue
         ratios = np.asarray(ratios)
-        out[s] = {"n_images": len(rs), "n_estimated": int(ratios.size), "ratio_median": float(np.median(ratios)),
-                  "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
-                  "within_25pct": float(np.mean(np.abs(ratios - 1) <= 0.25)),
-                  "warned": int(np.sum(np.maximum(ratios, 1 / ratios) > 1.6)),
-                  "p75_min": float(min(p75)), "p75_max": float(max(p75))}
+        out[s] = {
+            "n_images": len(rs),
+            "n_estimated": int(ratios.size),
+            "ratio_median": float(np.median(ratios)),
+            "ratio_min": float(ratios.min()),
+            "ratio_max": float(ratios.max()),
+            "within_25pct": float(np.mean(np.abs(ratios - 1) <= 0.25)),
+            "warned": int(np.sum(np.maximum(ratios, 1 / ratios) > 1.6)),
+            "p75_min": float(min(p75)),
+            "p75_max": float(max(p75)),
+        }
     return out
 
 
@@ -293,7 +324,9 @@ def speed_patch(root: Path, mpp: float) -> np.ndarray:
     """A 1000x1000 patch at ``mpp`` cut from CoNSeP 23 (2x2 images 21-24 at 0.5 um/px)."""
     img = _consep(root, 23, mpp)
     if img.shape[0] < 1000:
-        img = np.concatenate([np.concatenate([_consep(root, i, mpp) for i in ids], 1) for ids in ((23, 24), (22, 21))], 0)
+        img = np.concatenate(
+            [np.concatenate([_consep(root, i, mpp) for i in ids], 1) for ids in ((23, 24), (22, 21))], 0
+        )
     return np.ascontiguousarray(img[:1000, :1000])
 
 
@@ -315,9 +348,11 @@ def network_variants(root: Path, model: Model, repeats: int) -> list[dict]:
     ckpt = learned.load_checkpoint(model.path)
     img = speed_patch(root, CONSEP_MPP)
     rows = []
-    for name, fold, bf16 in (("fp32, BatchNorm, NCHW (as trained)", False, False),
-                             ("fp32, BatchNorm folded, channels-last (shipped)", True, False),
-                             ("bf16 autocast, folded, channels-last", True, True)):
+    for name, fold, bf16 in (
+        ("fp32, BatchNorm, NCHW (as trained)", False, False),
+        ("fp32, BatchNorm folded, channels-last (shipped)", True, False),
+        ("bf16 autocast, folded, channels-last", True, True),
+    ):
         net = learned.build_model(ckpt, "cpu", for_inference=fold)
 
         def go(net=net, bf16=bf16):
@@ -354,14 +389,30 @@ def gpu_timing(root: Path, previous: Path, device: str, repeats: int) -> dict:
             net_s = _best_of(lambda: learned.predict_maps(net, net_in, device), repeats, sync)
             seg_s = _best_of(lambda: run(model, patch, mpp, device), repeats, sync)
             n = int(run(model, patch, mpp, device).max())
-            rows.append({"model": model.key, "mpp": mpp, "network_s": net_s, "segment_s": seg_s, "n_nuclei": n,
-                         "net_pixels": int(net_in.shape[0] * net_in.shape[1])})
-            print(f"{model.key} cuda {mpp:g} um/px: network {net_s * 1e3:.1f} ms, segment {seg_s * 1e3:.1f} ms, {n} nuclei",
-                  flush=True)
-    return {"schema": GPU_SCHEMA, "date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
-            "torch": str(torch.__version__), "host_cpu": machine(),
-            "command": "python benchmarks/segmentation_bench.py " + " ".join(sys.argv[1:]),
-            "weights_sha256": {m.key: sha256(m.path) for m in models(previous)[:2]}, "rows": rows}
+            rows.append(
+                {
+                    "model": model.key,
+                    "mpp": mpp,
+                    "network_s": net_s,
+                    "segment_s": seg_s,
+                    "n_nuclei": n,
+                    "net_pixels": int(net_in.shape[0] * net_in.shape[1]),
+                }
+            )
+            print(
+                f"{model.key} cuda {mpp:g} um/px: network {net_s * 1e3:.1f} ms, segment {seg_s * 1e3:.1f} ms, {n} nuclei",
+                flush=True,
+            )
+    return {
+        "schema": GPU_SCHEMA,
+        "date": dt.date.today().isoformat(),
+        "gpu": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "torch": str(torch.__version__),
+        "host_cpu": machine(),
+        "command": "python benchmarks/segmentation_bench.py " + " ".join(sys.argv[1:]),
+        "weights_sha256": {m.key: sha256(m.path) for m in models(previous)[:2]},
+        "rows": rows,
+    }
 
 
 # --- driver ----------------------------------------------------------------------------------
@@ -379,10 +430,13 @@ def measure_speed(data: Path, previous: Path, repeats: int, skip_variants: bool)
     for r in speed:
         print(f"{r['model']:9s} CPU {r['mpp']:g} um/px: {r['seconds']:.2f} s ({r['n_nuclei']} nuclei)", flush=True)
     variants = [] if skip_variants else network_variants(consep, ms[0], repeats)
-    return {"cpu_speed": speed, "network_variants": variants,
-            "speed_date_time": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            # Other jobs share these cores: the 1-minute load average before and after says how much.
-            "speed_load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    return {
+        "cpu_speed": speed,
+        "network_variants": variants,
+        "speed_date_time": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        # Other jobs share these cores: the 1-minute load average before and after says how much.
+        "speed_load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 def measure_cpu(data: Path, previous: Path, repeats: int, skip_variants: bool, limit: int = 0) -> dict:
@@ -395,12 +449,21 @@ def measure_cpu(data: Path, previous: Path, repeats: int, skip_variants: bool, l
     t0 = time.perf_counter()
     # Speed first, while the measuring has the machine to itself.
     speed = measure_speed(data, previous, repeats, skip_variants)
-    result = {"schema": CPU_SCHEMA, "date_time": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-              "machine": machine(), "torch": str(torch.__version__), "threads": CPU_THREADS,
-              "command": "python benchmarks/segmentation_bench.py --data ../shared/data",
-              "models": {m.key: model_info(m) for m in ms}, "sources": source_info(data),
-              "previous_commit": PREVIOUS_COMMIT if previous == PREVIOUS_DEFAULT else None,
-              **speed, "every_source": {}, "consep_heldout": [], "brca_val": {}}
+    result = {
+        "schema": CPU_SCHEMA,
+        "date_time": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine(),
+        "torch": str(torch.__version__),
+        "threads": CPU_THREADS,
+        "command": "python benchmarks/segmentation_bench.py --data ../shared/data",
+        "models": {m.key: model_info(m) for m in ms},
+        "sources": source_info(data),
+        "previous_commit": PREVIOUS_COMMIT if previous == PREVIOUS_DEFAULT else None,
+        **speed,
+        "every_source": {},
+        "consep_heldout": [],
+        "brca_val": {},
+    }
     per_image = {}
     for m in ms:
         rows = every_source(data, m, progress=lambda s: print(s, flush=True), limit=limit)
@@ -427,20 +490,34 @@ def write_json(path: Path, obj: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
-                    help="the shared data root (every nucleus source); GPU mode: a folder with consep/train_21-24.jpg")
-    ap.add_argument("--previous", type=Path, default=PREVIOUS_DEFAULT,
-                    help=f"the previous network's weights (default: extracted from git {PREVIOUS_COMMIT})")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="the shared data root (every nucleus source); GPU mode: a folder with consep/train_21-24.jpg",
+    )
+    ap.add_argument(
+        "--previous",
+        type=Path,
+        default=PREVIOUS_DEFAULT,
+        help=f"the previous network's weights (default: extracted from git {PREVIOUS_COMMIT})",
+    )
     ap.add_argument("--device", default="cpu", help="cpu: quality + CPU speed; cuda[:N]: GPU timing only")
     ap.add_argument("--json", type=Path, help="GPU mode: write the timing here")
-    ap.add_argument("--merge-json", type=Path, help="store a GPU --json result as docs/segmentation_gpu.json, re-render")
+    ap.add_argument(
+        "--merge-json", type=Path, help="store a GPU --json result as docs/segmentation_gpu.json, re-render"
+    )
     ap.add_argument("--render", action="store_true", help="re-render the docs from the JSON files, no measuring")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (best kept)")
     ap.add_argument("--skip-variants", action="store_true", help="CPU mode: skip the network set-up table")
-    ap.add_argument("--speed-only", action="store_true",
-                    help="re-measure only the CPU speed rows of docs/segmentation_bench_cpu.json (all models), re-render")
-    ap.add_argument("--limit", type=int, default=0,
-                    help="smoke test: N images per source, JSON to runs/, docs untouched")
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="re-measure only the CPU speed rows of docs/segmentation_bench_cpu.json (all models), re-render",
+    )
+    ap.add_argument(
+        "--limit", type=int, default=0, help="smoke test: N images per source, JSON to runs/, docs untouched"
+    )
     args = ap.parse_args(argv)
 
     import _segmentation_doc as doc

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def random_patches(seed: int, shapes, n_cells: int, min_side: int, max_side: int, id_step: int = 1,
-                   id_offset: int = 0):
+def random_patches(seed: int, shapes, n_cells: int, min_side: int, max_side: int, id_step: int = 1, id_offset: int = 0):
     """(images, labels): per (h, w) in ``shapes`` an (h, w, 3) uint8 noise image and an
     (h, w) int32 map of ``n_cells`` overlapping rectangles of sides in [min_side, max_side),
     the k-th labelled ``id_step * k + id_offset`` (later rectangles cover earlier ones)."""
@@ -21,7 +20,9 @@ def random_patches(seed: int, shapes, n_cells: int, min_side: int, max_side: int
         lab = np.zeros((h, w), np.int32)
         for k in range(1, n_cells + 1):
             y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
-            lab[y : y + rng.integers(min_side, max_side), x : x + rng.integers(min_side, max_side)] = id_step * k + id_offset
+            lab[y : y + rng.integers(min_side, max_side), x : x + rng.integers(min_side, max_side)] = (
+                id_step * k + id_offset
+            )
         images.append(img)
         labels.append(lab)
     return images, labels

@@ -32,7 +32,9 @@ def _labels():
 
 
 def _table(ids=(1, 2, 3), classes=("tumor", "non-tumor", "tumor")):
-    return pd.DataFrame({"label": list(ids), "y": 0.0, "x": 0.0, "class": list(classes), "f1": [1.0, 2.0, 3.0][: len(ids)]})
+    return pd.DataFrame(
+        {"label": list(ids), "y": 0.0, "x": 0.0, "class": list(classes), "f1": [1.0, 2.0, 3.0][: len(ids)]}
+    )
 
 
 # --------------------------------------------------------------------------- headless
@@ -40,7 +42,11 @@ def test_model_classes_become_annotations_and_clicks_are_user_corrections():
     t = A.with_annotation_columns(_table())
     assert t["annotation"].tolist() == ["model"] * 3
     t2, n = A.set_class(t, [2, 99], A.TUMOR)
-    assert n == 1 and t2.loc[t2.label == 2, "class"].item() == "tumor" and t2.loc[t2.label == 2, "annotation"].item() == "user"
+    assert (
+        n == 1
+        and t2.loc[t2.label == 2, "class"].item() == "tumor"
+        and t2.loc[t2.label == 2, "annotation"].item() == "user"
+    )
     assert t["class"].tolist() == ["tumor", "non-tumor", "tumor"], "input table untouched"
     assert A.counts(t2) == {"tumor": 3, "non-tumor": 0, "unlabelled": 0, "corrected": 1}
     with pytest.raises(ValueError, match="Unknown class"):

@@ -22,12 +22,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "src" / "napari_uam"
 #: Modules that run when a user classifies cells: none of them may import ``training/``.
-INFERENCE = ("pipeline", "tumor", "classify", "segment", "radiomics", "models", "io", "batch", "tiling",
-             "validation", "domain", "scale", "pixel_size", "device", "errors", "distributed")
+INFERENCE = (
+    "pipeline",
+    "tumor",
+    "classify",
+    "segment",
+    "radiomics",
+    "models",
+    "io",
+    "batch",
+    "tiling",
+    "validation",
+    "domain",
+    "scale",
+    "pixel_size",
+    "device",
+    "errors",
+    "distributed",
+)
 #: Recipe modules that used to ship inside the package (issue 19); they live in research/ now.
-RECIPES = tuple(f"napari_uam/training/{m}.py" for m in (
-    "experiments", "train_default", "train_multimodal", "regions", "cell_sets", "protocol", "gbt", "datasets")) + (
-    "napari_uam/segment/train_learned.py", "napari_uam/segment/tune_post.py", "napari_uam/_sections.py")
+RECIPES = tuple(
+    f"napari_uam/training/{m}.py"
+    for m in ("experiments", "train_default", "train_multimodal", "regions", "cell_sets", "protocol", "gbt", "datasets")
+) + ("napari_uam/segment/train_learned.py", "napari_uam/segment/tune_post.py", "napari_uam/_sections.py")
 
 
 def _module_name(path: Path) -> str:
@@ -70,7 +87,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if w not in graph:
                 continue
             if state.get(w) == 1:
-                return stack[stack.index(w):] + [w]
+                return stack[stack.index(w) :] + [w]
             if w not in state and (found := visit(w)):
                 return found
         stack.pop()
@@ -97,8 +114,10 @@ def test_no_import_cycle_between_modules():
 
 
 def test_the_package_never_imports_recipes_or_benchmarks():
-    bad = {m: sorted(t for t in ts if t.split(".")[0] in {"research", "benchmarks", "tests"})
-           for m, ts in _imports().items()}
+    bad = {
+        m: sorted(t for t in ts if t.split(".")[0] in {"research", "benchmarks", "tests"})
+        for m, ts in _imports().items()
+    }
     assert not {m: t for m, t in bad.items() if t}
 
 
@@ -117,8 +136,24 @@ def test_the_wheel_holds_the_product_only(tmp_path):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / item)
     shutil.rmtree(tmp_path / "src" / "napari_uam.egg-info", ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            ".",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0 and "No module named" in proc.stderr:
         pytest.skip(f"cannot build a wheel without build isolation here: {proc.stderr.strip()[-200:]}")
     assert proc.returncode == 0, proc.stderr
@@ -132,6 +167,10 @@ def test_the_wheel_holds_the_product_only(tmp_path):
         for n in code:
             text = z.read(n).decode()
             assert "parents[3]" not in text and '"shared"' not in text, n
-    for data in ("napari_uam/napari.yaml", "napari_uam/weights/uam_default.pt", "napari_uam/weights/nuclei_unet.pt",
-                 "napari_uam/weights/tumor_mask.pt"):
+    for data in (
+        "napari_uam/napari.yaml",
+        "napari_uam/weights/uam_default.pt",
+        "napari_uam/weights/nuclei_unet.pt",
+        "napari_uam/weights/tumor_mask.pt",
+    ):
         assert data in names, f"{data} missing from the wheel"

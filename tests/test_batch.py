@@ -71,8 +71,7 @@ def test_folder_equals_python_and_second_run_skips(three, tmp_path, capsys):
 
 def test_killed_run_leaves_complete_sets_and_resumes(three, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    argv = ["classify", str(three[0].parent), "--mpp", str(MPP), "--out", str(out),
-            "--device", "cpu", "--quiet"]
+    argv = ["classify", str(three[0].parent), "--mpp", str(MPP), "--out", str(out), "--device", "cpu", "--quiet"]
     real_run = pipeline.run
     calls = []
 
@@ -86,8 +85,9 @@ def test_killed_run_leaves_complete_sets_and_resumes(three, tmp_path, monkeypatc
     assert main(argv) == 130
     first, second = (batch.image_stem(p) for p in three[:2])
     names = {p.name for p in out.iterdir()}
-    assert {f"{first}{s}" for s in ("_nuclei.tif", "_cells.csv", "_cells.parquet",
-                                    "_cells.geojson", ".done.json")} <= names
+    assert {
+        f"{first}{s}" for s in ("_nuclei.tif", "_cells.csv", "_cells.parquet", "_cells.geojson", ".done.json")
+    } <= names
     assert not [n for n in names if n.startswith(second)]
     assert not [n for n in names if n.startswith(".")]  # no staging folder, no temp file
     m = _manifest(out)
@@ -119,8 +119,7 @@ def test_corrupt_image_fails_alone_and_labels_are_reused(three, tmp_path, capsys
     good = [p for p in three if p.name != "broken.jpg"]
     tifs = {p: (out / f"{batch.image_stem(p)}_nuclei.tif") for p in good}
     mtimes = {p: t.stat().st_mtime_ns for p, t in tifs.items()}
-    result = batch.run_batch("measure", [str(p) for p in good], out, mpp=MPP, device="cpu",
-                             labels_from_out=True)
+    result = batch.run_batch("measure", [str(p) for p in good], out, mpp=MPP, device="cpu", labels_from_out=True)
     assert result.exit_code == 0 and [s.status for s in result.images] == ["done"] * 3
     for p, tif in tifs.items():
         assert tif.stat().st_mtime_ns == mtimes[p]

@@ -65,9 +65,13 @@ def test_finetune_with_aux_set_is_reproducible():
 
     rng = np.random.default_rng(2)
     aux = tm.build_aux_set([_cell_image(rng)], work_mpp=2.0, scales=(1.0,))
-    region = tm.WorkImage(torch.from_numpy(rng.integers(0, 256, (3, 40, 40)).astype(np.uint8)),
-                          torch.from_numpy((rng.random((40, 40)) > 0.5).astype(np.float32)),
-                          torch.zeros(0, 2), torch.zeros(0, 17), torch.zeros(0, dtype=torch.long))
+    region = tm.WorkImage(
+        torch.from_numpy(rng.integers(0, 256, (3, 40, 40)).astype(np.uint8)),
+        torch.from_numpy((rng.random((40, 40)) > 0.5).astype(np.float32)),
+        torch.zeros(0, 2),
+        torch.zeros(0, 17),
+        torch.zeros(0, dtype=torch.long),
+    )
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -76,4 +80,3 @@ def test_finetune_with_aux_set_is_reproducible():
         runs.append((fit["last_loss"], [p.detach().clone() for p in m.parameters()]))
     assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
-

@@ -41,8 +41,7 @@ def folder(tmp_path, brca_dir, consep_dir):
 
 @pytest.mark.slow
 def test_two_local_workers_equal_serial(folder, tmp_path):
-    common = ["classify", str(folder), "--device", "cpu", "--tile-size", "512", "--quiet",
-              "--segmenter", "watershed"]
+    common = ["classify", str(folder), "--device", "cpu", "--tile-size", "512", "--quiet", "--segmenter", "watershed"]
     assert main([*common, "--out", str(tmp_path / "serial")]) == 0
     assert main([*common, "--out", str(tmp_path / "dask"), "--dask", "local", "--workers", "2"]) == 0
     serial = pd.read_parquet(tmp_path / "serial" / batch.COHORT_NAME)
@@ -50,8 +49,10 @@ def test_two_local_workers_equal_serial(folder, tmp_path):
     pd.testing.assert_frame_equal(dask, serial)
     assert set(serial["image"]) == {"mosaic", *(p.stem for p in folder.glob("TCGA*"))}
     for stem in serial["image"].unique():
-        np.testing.assert_array_equal(tifffile.imread(tmp_path / "dask" / f"{stem}_nuclei.tif"),
-                                      tifffile.imread(tmp_path / "serial" / f"{stem}_nuclei.tif"))
+        np.testing.assert_array_equal(
+            tifffile.imread(tmp_path / "dask" / f"{stem}_nuclei.tif"),
+            tifffile.imread(tmp_path / "serial" / f"{stem}_nuclei.tif"),
+        )
     m = json.loads((tmp_path / "dask" / batch.MANIFEST_NAME).read_text())
     assert m["executor"] == "Dask local cluster, 2 worker(s)" and m["totals"]["done"] == 3
     done = json.loads((tmp_path / "dask" / "mosaic.done.json").read_text())

@@ -39,7 +39,7 @@ def test_noise_blank_dark_and_grey_are_refused(shared_data):
 
 
 def test_12_bit_data_in_16_bits_is_refused(shared_data):
-    twelve = (_consep(shared_data).astype(np.uint16) * 16)  # values up to 4080
+    twelve = _consep(shared_data).astype(np.uint16) * 16  # values up to 4080
     with pytest.raises(InvalidImageError, match="12"):
         as_rgb_uint8(twelve)
     full = twelve * 16  # the same image scaled to the 16-bit range is fine
@@ -59,9 +59,23 @@ def test_fluorescence_like_is_refused():
         pipeline.segment_nuclei(img, 0.25)
 
 
-SOURCES = ["consep", "monuseg", "cpm15", "gbm40", "tcga_lgg", "dsb2018_he", "monusac", "puma",
-           "brca_m2c/train", "brca_m2c/val", "regions/camelyon", "regions/bcss", "regions/wsss4luad",
-           "regions/glas", "regions/ebhi"]
+SOURCES = [
+    "consep",
+    "monuseg",
+    "cpm15",
+    "gbm40",
+    "tcga_lgg",
+    "dsb2018_he",
+    "monusac",
+    "puma",
+    "brca_m2c/train",
+    "brca_m2c/val",
+    "regions/camelyon",
+    "regions/bcss",
+    "regions/wsss4luad",
+    "regions/glas",
+    "regions/ebhi",
+]
 
 
 @pytest.mark.parametrize("folder", SOURCES)
@@ -77,8 +91,12 @@ def test_cli_refuses_noise_with_exit_1(tmp_path):
     rng = np.random.default_rng(1)
     src = tmp_path / "noise.png"
     Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(src)
-    proc = subprocess.run([sys.executable, "-m", "napari_uam.cli", "classify", str(src), "--mpp", "0.5",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_uam.cli", "classify", str(src), "--mpp", "0.5", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "noise" in proc.stderr + proc.stdout
     assert not list((tmp_path / "out").glob("noise_cells.*"))

@@ -28,8 +28,15 @@ def _labels():
 def _table(lab):
     ids = np.unique(lab)[1:]
     return pd.DataFrame(
-        {"label": ids, "y": ids * 1.0, "x": ids * 2.0, "area_um2": ids * 3.0,
-         "class": ["tumor", "non-tumor", "tumor"], "tumor_probability": [0.9, 0.1, 0.7], "f1": [1.0, 2.0, 3.0]}
+        {
+            "label": ids,
+            "y": ids * 1.0,
+            "x": ids * 2.0,
+            "area_um2": ids * 3.0,
+            "class": ["tumor", "non-tumor", "tumor"],
+            "tumor_probability": [0.9, 0.1, 0.7],
+            "f1": [1.0, 2.0, 3.0],
+        }
     )
 
 

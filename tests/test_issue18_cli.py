@@ -31,8 +31,14 @@ def _env() -> dict:
 
 def cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
     """Run ``napari-uam ARGS`` in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "napari_uam.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=_env(), **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_uam.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        **kw,
+    )
 
 
 def _err_lines(proc) -> list[str]:
@@ -133,9 +139,26 @@ def test_second_run_into_the_same_folder_is_refused(patch, tmp_path):
     for k in range(3):  # several images, so that run A is still working when B starts
         shutil.copy(patch, patch.parent / f"copy{k}.png")
     out = tmp_path / "out"
-    a = subprocess.Popen([sys.executable, "-m", "napari_uam.cli", "segment", patch.parent, "--mpp", "0.5",
-                          "--out", str(out), "--device", "cpu", "--quiet"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    a = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "napari_uam.cli",
+            "segment",
+            patch.parent,
+            "--mpp",
+            "0.5",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         assert _wait_for(lambda: _manifest_state(out) == "running", proc=a), a.communicate()
         b = cli("segment", patch.parent, "--mpp", "0.5", "--out", out, "--device", "cpu", timeout=300)
@@ -215,8 +238,9 @@ def test_retrained_tumor_model_at_the_same_path_is_used(tmp_path):
 
     second = load_tumor_model(path, "cpu")
     assert second is not first
-    np.testing.assert_allclose(second.model.head.bias.detach().numpy(),
-                               first.model.head.bias.detach().numpy() + 3.0, rtol=0, atol=5e-3)  # float16 store
+    np.testing.assert_allclose(
+        second.model.head.bias.detach().numpy(), first.model.head.bias.detach().numpy() + 3.0, rtol=0, atol=5e-3
+    )  # float16 store
 
 
 # ------------------------------------------------------------ 4. files replaced or lost
@@ -309,8 +333,9 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_run_killed_in_the_rename_window_is_resumed_without_overwrite(patch, tmp_path):
     out = tmp_path / "out"
     args = ["measure", str(patch), "--mpp", "0.5", "--out", str(out), "--device", "cpu"]
-    killed = subprocess.run([sys.executable, "-c", _KILL_AT_MARKER, *args], capture_output=True, text=True,
-                            timeout=600, env=_env())
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILL_AT_MARKER, *args], capture_output=True, text=True, timeout=600, env=_env()
+    )
     assert killed.returncode == -9, killed.stderr
     assert (out / "patch_cells.parquet").is_file() and not (out / "patch.done.json").exists()
     assert json.loads((out / "napari_uam_run.json").read_text())["images"][0]["status"] == "writing"
@@ -408,14 +433,17 @@ def _bad_checkpoint(tmp_path: Path, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how, says", [
-    ("config5", "'config' is 5"),
-    ("normalisation", "unknown feature normalisation 'zscore_v7'"),
-    ("tumor_class", "'tumor_class' 7 is not the index"),
-    ("no_classes", "'class_names' is []"),
-    ("schema", "trained on feature schema 'other-radiomics-v9'"),
-    ("csv", "it is a CSV / text table"),
-])
+@pytest.mark.parametrize(
+    "how, says",
+    [
+        ("config5", "'config' is 5"),
+        ("normalisation", "unknown feature normalisation 'zscore_v7'"),
+        ("tumor_class", "'tumor_class' 7 is not the index"),
+        ("no_classes", "'class_names' is []"),
+        ("schema", "trained on feature schema 'other-radiomics-v9'"),
+        ("csv", "it is a CSV / text table"),
+    ],
+)
 def test_bad_checkpoint_is_refused_before_any_image(patch, tmp_path, how, says):
     from napari_uam.classify.checkpoint import default_weights_path
 
@@ -461,8 +489,25 @@ def test_damaged_segmentation_weights_are_reported(patch, tmp_path):
     bad.write_bytes(b"\x80\x02 not really a pickle")
     out = tmp_path / "out"
     env = {**_env(), "NAPARI_UAM_SEG_WEIGHTS": str(bad)}
-    proc = subprocess.run([sys.executable, "-m", "napari_uam.cli", "segment", str(patch), "--mpp", "0.5",
-                           "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_uam.cli",
+            "segment",
+            str(patch),
+            "--mpp",
+            "0.5",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     warn = [ln for ln in _err_lines(proc) if "segmenter is not available" in ln]
     assert len(warn) == 1 and warn[0].startswith("napari-uam: warning:") and str(bad) in warn[0], proc.stderr
@@ -509,8 +554,9 @@ def nonsense_server():
 def test_dask_address_of_another_service_is_one_clear_line(patch, tmp_path, nonsense_server):
     pytest.importorskip("distributed")
     out = tmp_path / "out"
-    proc = cli("segment", patch, "--mpp", "0.5", "--out", out, "--device", "cpu", "--dask", nonsense_server,
-               timeout=120)
+    proc = cli(
+        "segment", patch, "--mpp", "0.5", "--out", out, "--device", "cpu", "--dask", nonsense_server, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     lines = _err_lines(proc)
     assert len(lines) == 1 and f"{nonsense_server} is not a Dask scheduler" in lines[0], proc.stderr
@@ -522,7 +568,8 @@ def test_real_scheduler_passes_the_probe():
     distributed = pytest.importorskip("distributed")
     from napari_uam.distributed import probe_scheduler
 
-    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None, protocol="tcp://",
-                                  scheduler_port=0, host="127.0.0.1") as cluster:
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, dashboard_address=None, protocol="tcp://", scheduler_port=0, host="127.0.0.1"
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         probe_scheduler(cluster.scheduler_address)  # a real scheduler's handshake passes

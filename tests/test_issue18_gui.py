@@ -275,8 +275,6 @@ def test_cancel_acts_within_a_second_while_measuring(make_napari_viewer, qtbot, 
     assert [x.name for x in viewer.layers] == ["big"]
 
 
-
-
 # -------------------------------------------------- 4. Shift+drag with real Qt mouse events
 def _segmented_patch(viewer, brca_dir, index=0, size=None):
     """A real BRCA-M2C patch and its watershed nuclei (geometry table) in the viewer."""
@@ -511,7 +509,9 @@ def test_class_edits_undo_with_ctrl_z(make_napari_viewer, qtbot, brca_dir):
     qtbot.wait(100)
     big = nuclei.features.sort_values("area_um2", ascending=False)["label"].tolist()[:3]
     widget.class_buttons["tumor"].setChecked(True)
-    _qt_drag(qtbot, viewer, nuclei, [_centre(nuclei, big[0]), _centre(nuclei, big[1])], Qt.KeyboardModifier.ShiftModifier)
+    _qt_drag(
+        qtbot, viewer, nuclei, [_centre(nuclei, big[0]), _centre(nuclei, big[1])], Qt.KeyboardModifier.ShiftModifier
+    )
     canvas = viewer.window._qt_viewer.canvas.native
     viewer.cursor.position = nuclei.data_to_world(_centre(nuclei, big[2]))
     canvas.setFocus()
@@ -621,7 +621,6 @@ def test_train_dock_offers_current_results_and_says_which_is_current(make_napari
     assert classifier.current_label.text().startswith("Current results: 'he nuclei [2]'")
 
 
-
 # ------------------------------------------------ 6. the dock's export takes the folder lock
 @pytest.mark.gui
 def test_dock_export_is_refused_while_a_cli_run_writes_into_the_folder(make_napari_viewer, qtbot, tmp_path):
@@ -650,7 +649,9 @@ def test_dock_export_is_refused_while_a_cli_run_writes_into_the_folder(make_napa
         qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
         assert widget.status.text().startswith("Segmented ("), widget.status.text()
         widget.export_dir_edit.setText(str(out))
-        qtbot.waitUntil(lambda: (holder(out) or {}).get("pid") == run.pid or run.poll() is not None, timeout=RUN_TIMEOUT_MS)
+        qtbot.waitUntil(
+            lambda: (holder(out) or {}).get("pid") == run.pid or run.poll() is not None, timeout=RUN_TIMEOUT_MS
+        )
         _click(qtbot, widget.export_btn)
         qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
         run_was_writing = run.poll() is None

@@ -35,11 +35,18 @@ def test_csv_export_neutralises_formulas(tmp_path):
     labels = np.zeros((32, 32), np.int32)
     labels[2:6, 2:6], labels[10:14, 10:14], labels[20:24, 20:24] = 1, 2, 3
     names = ['=HYPERLINK("http://x","click")', "+cmd", "tumor"]
-    table = pd.DataFrame({
-        "label": [1, 2, 3], "y": [3.5, 11.5, 21.5], "x": [3.5, 11.5, 21.5], "area_um2": [4.0] * 3,
-        "class": names, "tumor_probability": [0.1, 0.2, 0.9], "f_neg": [-1.5, 0.0, 2.0],
-        "note": ["@SUM(A1)", "-2+3", "\tx"],
-    })
+    table = pd.DataFrame(
+        {
+            "label": [1, 2, 3],
+            "y": [3.5, 11.5, 21.5],
+            "x": [3.5, 11.5, 21.5],
+            "area_um2": [4.0] * 3,
+            "class": names,
+            "tumor_probability": [0.1, 0.2, 0.9],
+            "f_neg": [-1.5, 0.0, 2.0],
+            "note": ["@SUM(A1)", "-2+3", "\tx"],
+        }
+    )
     paths = export_cells(labels, table, tmp_path, "img", formats=("csv", "parquet"))
     csv = pd.read_csv(paths["csv"], dtype={"class": str, "note": str}, keep_default_na=False)
     assert csv["class"].tolist() == ["'" + names[0], "'+cmd", "tumor"]
@@ -66,9 +73,24 @@ def test_classify_refuses_nan_checkpoint(tmp_path):
     torch.save(ckpt, bad)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_uam.cli", "classify", "--sample", "--out", str(out),
-         "--device", "cpu", "--model", str(bad), "--formats", "csv"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "napari_uam.cli",
+            "classify",
+            "--sample",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--model",
+            str(bad),
+            "--formats",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode != 0, proc.stdout
     assert "NaN or infinite class probabilities" in proc.stderr

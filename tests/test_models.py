@@ -42,8 +42,15 @@ def _scan_inputs(b=3, d=6, n=5, length=37, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     return dict(
-        u=r(b, d, length), delta=r(b, d, length), A=-torch.exp(r(d, n)), B=r(b, n, length),
-        C=r(b, n, length), D=r(d), z=r(b, d, length), delta_bias=r(d), delta_softplus=True,
+        u=r(b, d, length),
+        delta=r(b, d, length),
+        A=-torch.exp(r(d, n)),
+        B=r(b, n, length),
+        C=r(b, n, length),
+        D=r(d),
+        z=r(b, d, length),
+        delta_bias=r(d),
+        delta_softplus=True,
     )
 
 

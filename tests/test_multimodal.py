@@ -218,8 +218,7 @@ def test_pipeline_run_adds_the_tumor_mask(tmp_path, camelyon_tile):
     path = tmp_path / "tm.pt"
     save_tumor_checkpoint(path, _small(True), work_mpp=2.0, cell_encoder=_uam_ckpt())
     stages = []
-    res = pipeline.run(rgb, 0.75, labels=labels, device="cpu", tumor_model=path,
-                       progress=lambda s, f: stages.append(s))
+    res = pipeline.run(rgb, 0.75, labels=labels, device="cpu", tumor_model=path, progress=lambda s, f: stages.append(s))
     assert res.tumor_probability.shape == rgb.shape[:2] and res.tumor_mask.dtype == np.uint8
     np.testing.assert_array_equal(res.tumor_mask, (res.tumor_probability > 0.5).astype(np.uint8))
     assert "tumor mask" in stages and res.provenance["tumor_model_path"] == str(path)

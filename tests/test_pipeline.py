@@ -137,4 +137,3 @@ def test_warm_up_runs_the_whole_pipeline_and_keeps_the_models():
     assert info["device"] == "cpu" and info["cells"] >= 50, info
     assert weights_cache.size("classifier") == 1
     assert weights_cache.size("tumor_mask") == (1 if tumor_weights_available() else 0)
-

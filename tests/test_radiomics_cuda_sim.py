@@ -54,11 +54,18 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
-                    reason="numba-cuda not installed (the 'gpu' extra): no CUDA simulator to run the kernels on")
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None,
+    reason="numba-cuda not installed (the 'gpu' extra): no CUDA simulator to run the kernels on",
+)
 def test_cuda_kernels_under_the_simulator_match_the_cpu_engine(tmp_path):
     script = tmp_path / "sim.py"
     script.write_text(SCRIPT.format(src=str(SRC), tests=str(Path(__file__).resolve().parent)))
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    res = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+    )
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]

@@ -27,7 +27,9 @@ from napari_uam.radiomics.fast_backend import extract_batch
 from napari_uam.radiomics.pyradiomics_backend import extract_pyradiomics
 from napari_uam.errors import SchemaMismatchError
 
-HAVE_PYRADIOMICS = importlib.util.find_spec("radiomics") is not None and importlib.util.find_spec("SimpleITK") is not None
+HAVE_PYRADIOMICS = (
+    importlib.util.find_spec("radiomics") is not None and importlib.util.find_spec("SimpleITK") is not None
+)
 needs_pyradiomics = pytest.mark.skipif(not HAVE_PYRADIOMICS, reason="pyradiomics (and SimpleITK) not installed")
 REPO = Path(__file__).resolve().parents[1]
 STORED = Path(os.environ.get("NAPARI_UAM_RADIOMICS_REF", REPO / ".gpu_data" / "radiomics_reference.parquet"))
@@ -47,8 +49,10 @@ def _mismatch(fast, ref):
 
 def _report(bad, ids):
     names = SCHEMA_V1.feature_names
-    return "; ".join(f"{names[f]} ({int(bad[:, f].sum())} cells, e.g. label {ids[np.argmax(bad[:, f])]})"
-                     for f in np.nonzero(bad.any(axis=0))[0][:10])
+    return "; ".join(
+        f"{names[f]} ({int(bad[:, f].sum())} cells, e.g. label {ids[np.argmax(bad[:, f])]})"
+        for f in np.nonzero(bad.any(axis=0))[0][:10]
+    )
 
 
 def _load_consep(consep_dir, name="train_1", crop=260):
@@ -74,8 +78,10 @@ def _live(img, lab, workers=1):
 def _stored(case):
     """(img, lab, ids, ref) of one case of the precomputed reference (skips when absent)."""
     if not STORED.is_file() or not STORED.with_suffix(".npz").is_file():
-        pytest.skip(f"no pyradiomics and no stored reference at {STORED} (make it with "
-                    "benchmarks/make_radiomics_reference.py where pyradiomics is installed)")
+        pytest.skip(
+            f"no pyradiomics and no stored reference at {STORED} (make it with "
+            "benchmarks/make_radiomics_reference.py where pyradiomics is installed)"
+        )
     import pandas as pd
 
     arrays = np.load(STORED.with_suffix(".npz"))
@@ -168,8 +174,9 @@ def test_consep_parity_cuda(consep_reference, engine):
     assert np.isfinite(fast[:, :9]).all()
     # Inputs already on the device (torch tensors) give the same table as host arrays.
     torch = pytest.importorskip("torch")
-    [(ids_t, on_dev)] = extract_batch([torch.from_numpy(img).to(device)], [torch.from_numpy(lab).to(device)],
-                                      SCHEMA_V1, device, **kw)
+    [(ids_t, on_dev)] = extract_batch(
+        [torch.from_numpy(img).to(device)], [torch.from_numpy(lab).to(device)], SCHEMA_V1, device, **kw
+    )
     assert np.array_equal(ids_t, ids) and np.allclose(on_dev, fast, rtol=1e-12, atol=1e-12, equal_nan=True)
     if kw["cuda_kernels"]:  # the public entry point (the pipeline's) takes the kernels on CUDA
         public = extract(img, lab, schema=SCHEMA_V1, device=device)
@@ -326,8 +333,11 @@ def _concurrent_batches(device, **kw):
         warnings.simplefilter("ignore")
         want = [extract_batch(i, lb, SCHEMA_V1, device, **kw) for i, lb in batches]
         with ThreadPoolExecutor(2) as pool:
-            got = list(pool.map(lambda k: [extract_batch(*batches[k % 2], SCHEMA_V1, device, **kw)
-                                           for _ in range(2)], range(4)))
+            got = list(
+                pool.map(
+                    lambda k: [extract_batch(*batches[k % 2], SCHEMA_V1, device, **kw) for _ in range(2)], range(4)
+                )
+            )
     assert not np.allclose(want[0][0][1], want[1][0][1], equal_nan=True)  # the batches differ
     for k, runs in enumerate(got):
         for res in runs:
@@ -412,8 +422,9 @@ def test_numba_mcc_deflated_hard_spectra():
         padded = np.zeros((n + 1, n + 1))
         padded[1:, 1:] = c  # level 0 is never present
         r = padded.sum(axis=1)
-        got = _numba._mcc_iterative(padded, np.arange(1, n + 1), r, n, r.sum(), np.empty((n, n)), np.empty(n),
-                                    np.empty(n), np.empty(n))
+        got = _numba._mcc_iterative(
+            padded, np.arange(1, n + 1), r, n, r.sum(), np.empty((n, n)), np.empty(n), np.empty(n), np.empty(n)
+        )
         if got < 0:  # the iterative solvers did not settle: the CPU path asks LAPACK
             got = _numba._mcc_lapack(padded, np.arange(1, n + 1), r, n, np.empty((n, n)))
         assert abs(got - expected) <= 1e-12, (n, got, expected)
@@ -430,7 +441,9 @@ def test_numba_matches_pure_numpy_on_random_patches():
 
     if not _numba.AVAILABLE:
         pytest.skip("numba not installed")
-    images, labels = random_patches(11, ((40, 60), (57, 33), (64, 64)), 11, 2, 14, id_step=10, id_offset=5)  # sparse ids
+    images, labels = random_patches(
+        11, ((40, 60), (57, 33), (64, 64)), 11, 2, 14, id_step=10, id_offset=5
+    )  # sparse ids
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = extract_batch(images, labels, SCHEMA_V1, "numpy")

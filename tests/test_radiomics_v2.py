@@ -21,7 +21,9 @@ from napari_uam.radiomics.context import K, RADIUS_UM, context_features, context
 from napari_uam.radiomics.schema import SCHEMA_V1, SCHEMA_V2, schema_serves
 from napari_uam.radiomics.stain_norm import estimate_stains, normalise_stain
 
-HAVE_PYRADIOMICS = importlib.util.find_spec("radiomics") is not None and importlib.util.find_spec("SimpleITK") is not None
+HAVE_PYRADIOMICS = (
+    importlib.util.find_spec("radiomics") is not None and importlib.util.find_spec("SimpleITK") is not None
+)
 REL, ABS = 1e-6, 1e-9
 
 

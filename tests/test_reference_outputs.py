@@ -29,9 +29,23 @@ from PIL import Image
 REFERENCE = Path(__file__).resolve().parent / "reference" / "outputs.json"
 WRITE = os.environ.get("NAPARI_UAM_WRITE_REFERENCE") == "1"
 #: Keys of a run record that differ between two runs of the same code on the same input.
-VOLATILE = {"time_utc", "finished_utc", "started_utc", "timings", "image", "tumor_model_path", "path", "argv",
-            "cwd", "out_dir",
-            "segment_s", "measure_s", "classify_s", "tumor_mask_s", "seconds"}
+VOLATILE = {
+    "time_utc",
+    "finished_utc",
+    "started_utc",
+    "timings",
+    "image",
+    "tumor_model_path",
+    "path",
+    "argv",
+    "cwd",
+    "out_dir",
+    "segment_s",
+    "measure_s",
+    "classify_s",
+    "tumor_mask_s",
+    "seconds",
+}
 #: One thread, so that the numbers do not depend on how work is split between cores.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 MPP = 0.25  # CoNSeP
@@ -96,8 +110,14 @@ def test_tiled_mosaic_outputs_match_the_reference(tmp_path, consep_dir):
     assert mosaic.shape == (4096, 4096, 3)
     folder = tmp_path / "in"
     folder.mkdir()
-    tifffile.imwrite(folder / "mosaic.tif", mosaic, tile=(256, 256), compression="zlib",
-                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        folder / "mosaic.tif",
+        mosaic,
+        tile=(256, 256),
+        compression="zlib",
+        resolution=(1e4 / MPP, 1e4 / MPP),
+        resolutionunit="CENTIMETER",
+    )
     out = tmp_path / "out"
     _classify([str(folder / "mosaic.tif"), "--tile-size", "1024"], out)
     done = json.loads((out / "mosaic.done.json").read_text())

@@ -28,7 +28,9 @@ DATA = Path(os.environ.get("NAPARI_UAM_DATA", REPO.parent / "shared" / "data"))
 @pytest.fixture(scope="module")
 def root():
     if not (DATA / "regions").is_dir():
-        pytest.skip(f"real region data not found at {DATA}: set NAPARI_UAM_DATA or put ../shared/data beside the checkout")
+        pytest.skip(
+            f"real region data not found at {DATA}: set NAPARI_UAM_DATA or put ../shared/data beside the checkout"
+        )
     return DATA
 
 
@@ -121,8 +123,10 @@ def test_report_is_regenerated_from_the_committed_json(tmp_path):
     assert d["winner"] in L.ARMS and ("qualifies" if d["ship"] else "not shipped") in section
     seeds = text.split("<!-- regions-seeds:start -->")[1].split("<!-- regions-seeds:end -->")[0]
     assert seeds in committed
-    ds = L.decide_seeds(json.loads((REPO / "docs" / "regions_loso_seeds.json").read_text()),
-                        json.loads((REPO / "docs" / "regions_cell_check.json").read_text()))
+    ds = L.decide_seeds(
+        json.loads((REPO / "docs" / "regions_loso_seeds.json").read_text()),
+        json.loads((REPO / "docs" / "regions_cell_check.json").read_text()),
+    )
     # The card of the shipped weights names the seed the decision picked, and its SHA-256.
     card_text = card.read_text()
     assert ds["ship"] and f"seed {ds['ship'].removeprefix('seed')}," in card_text

@@ -67,8 +67,14 @@ def _labels():
 def _table(lab):
     ids = np.unique(lab)[1:]
     return pd.DataFrame(
-        {"label": ids, "y": ids * 1.0, "x": ids * 2.0, "area_um2": ids * 3.0,
-         "class": ["tumor", "non-tumor"], "tumor_probability": [0.9, 0.1]}
+        {
+            "label": ids,
+            "y": ids * 1.0,
+            "x": ids * 2.0,
+            "area_um2": ids * 3.0,
+            "class": ["tumor", "non-tumor"],
+            "tumor_probability": [0.9, 0.1],
+        }
     )
 
 
@@ -177,6 +183,7 @@ def test_unreadable_file_gives_a_clear_error(tmp_path, monkeypatch):
     pt.write_bytes(ckpt_mod.default_weights_path().read_bytes() if ckpt_mod.default_weights_path().is_file() else b"x")
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if as_root:
+
         def refuse(*_args, **_kwargs):
             raise PermissionError(13, "Permission denied")
 
@@ -327,8 +334,7 @@ def test_radiomics_out_of_memory_retries_then_falls_back(monkeypatch, always):
     real = fast_backend._extract_batch
     seen = []
 
-    def flaky(images, labels, schema, device="numpy", progress=None, chunk_pixels=None, cuda_kernels=None,
-              cancel=None):
+    def flaky(images, labels, schema, device="numpy", progress=None, chunk_pixels=None, cuda_kernels=None, cancel=None):
         seen.append((device, chunk_pixels))
         if device != "numpy" and (always or chunk_pixels > radiomics.MIN_OOM_CHUNK_PIXELS):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -416,9 +422,7 @@ def test_cli_disk_full_exits_with_one_line(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------- properties and fuzz
-_points = st.lists(
-    st.tuples(st.floats(-20, 60, allow_nan=False), st.floats(-20, 60, allow_nan=False)), max_size=25
-)
+_points = st.lists(st.tuples(st.floats(-20, 60, allow_nan=False), st.floats(-20, 60, allow_nan=False)), max_size=25)
 
 
 @settings(max_examples=25, deadline=None)

@@ -33,9 +33,7 @@ from napari_uam.segment.unet import NucleiUNet, UNetConfig, fold_batchnorm, n_pa
 #: thread-count differences).
 MIN_AJI_21 = 0.67
 
-needs_weights = pytest.mark.skipif(
-    not learned.is_available(), reason="shipped nuclei U-Net weights not present"
-)
+needs_weights = pytest.mark.skipif(not learned.is_available(), reason="shipped nuclei U-Net weights not present")
 
 
 def _two_touching_discs():
@@ -121,11 +119,30 @@ def test_training_smoke_run_writes_a_loadable_checkpoint(consep_dir, tmp_path):
     """A few steps on small crops go through training, validation, saving and reloading."""
     data = _small_consep(consep_dir, tmp_path / "data", (1, 21))
     out = tmp_path / "out"
-    rc = main([
-        "--data", str(data), "--out", str(out), "--minutes", "1", "--max-steps", "3",
-        "--device", "cpu", "--batch", "2", "--crop", "64", "--train-ids", "1", "--val-ids", "21",
-        "--workers", "1",
-    ])
+    rc = main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--minutes",
+            "1",
+            "--max-steps",
+            "3",
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--crop",
+            "64",
+            "--train-ids",
+            "1",
+            "--val-ids",
+            "21",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     assert {p.name for p in out.iterdir()} == {"nuclei_unet.pt", "metrics.json", "train.log"}
     assert (out / "nuclei_unet.pt").stat().st_size < 1.5e6
@@ -151,15 +168,49 @@ def test_fine_tuning_with_brca_points_records_its_numbers(consep_dir, brca_dir, 
             Image.open(path).convert("RGB").crop((0, 0, 160, 160)).save(folders[split] / path.name, quality=95)
             pts = read_points(path.with_name(path.stem + "_points.csv"))
             pts = pts[(pts < 160).all(1)]
-            np.savetxt(folders[split] / f"{path.stem}_points.csv", np.c_[pts, np.zeros(len(pts))],
-                       delimiter=",", header="y,x,class", comments="", fmt="%d")
+            np.savetxt(
+                folders[split] / f"{path.stem}_points.csv",
+                np.c_[pts, np.zeros(len(pts))],
+                delimiter=",",
+                header="y,x,class",
+                comments="",
+                fmt="%d",
+            )
     out = tmp_path / "out"
-    rc = main([
-        "--data", str(data), "--out", str(out), "--minutes", "1", "--max-steps", "2",
-        "--device", "cpu", "--batch", "4", "--crop", "64", "--train-ids", "1", "--val-ids", "21",
-        "--workers", "1", "--init", str(learned.WEIGHTS_PATH), "--lr", "1e-4",
-        "--brca-train", str(folders["train"]), "--brca-val", str(folders["val"]), "--brca-frac", "0.5",
-    ])
+    rc = main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--minutes",
+            "1",
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--batch",
+            "4",
+            "--crop",
+            "64",
+            "--train-ids",
+            "1",
+            "--val-ids",
+            "21",
+            "--workers",
+            "1",
+            "--init",
+            str(learned.WEIGHTS_PATH),
+            "--lr",
+            "1e-4",
+            "--brca-train",
+            str(folders["train"]),
+            "--brca-val",
+            str(folders["val"]),
+            "--brca-frac",
+            "0.5",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("brca_val", "brca_train"):
@@ -265,8 +316,12 @@ def test_shipped_weights_are_the_auto_backend():
 @needs_weights
 @pytest.mark.parametrize(
     "recorded, at_25, at_50",
-    [(None, "learned", "learned"), ([0.2, 0.35], "learned", "watershed"), ("never", "watershed", "watershed"),
-     ("absent", "learned", "watershed")],
+    [
+        (None, "learned", "learned"),
+        ([0.2, 0.35], "learned", "watershed"),
+        ("never", "watershed", "watershed"),
+        ("absent", "learned", "watershed"),
+    ],
 )
 def test_auto_follows_the_range_recorded_in_the_weights(tmp_path, monkeypatch, recorded, at_25, at_50):
     ckpt = dict(learned.load_checkpoint(learned.WEIGHTS_PATH))

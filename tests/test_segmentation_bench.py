@@ -23,7 +23,7 @@ def test_score_labels_of_the_truth_is_perfect(shared_data):
     assert s["aji"] == pytest.approx(1.0) and s["pq"] == pytest.approx(1.0) and s["dice"] == pytest.approx(1.0)
     assert s["fp"] == s["fn"] == 0 and s["tp"] == s["n_true"] == s["n_pred"] > 0
     pts = N.images("brca_m2c", shared_data)[0]
-    assert set(score_labels(gt[: 10, : 10] * 0, pts)) == {"tp", "fp", "fn"}
+    assert set(score_labels(gt[:10, :10] * 0, pts)) == {"tp", "fp", "fn"}
 
 
 def test_page_prints_the_json_numbers():

@@ -41,7 +41,9 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> dict:
     matched = pairs[both][iou > 0.5]
     return {
         "identical": bool(len(pairs) == na == nb and both.all()),
-        "n_a": na, "n_b": nb, "matched": len(matched),
+        "n_a": na,
+        "n_b": nb,
+        "matched": len(matched),
         "a_twice": len(matched) - len(np.unique(matched[:, 1])),
         "mapping": dict(map(tuple, matched)),
     }
@@ -49,18 +51,22 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> dict:
 
 def _run(path, stage_dir, stem, backend, tile, command="measure", formats=("tif", "parquet", "geojson")):
     stage_dir.mkdir()
-    return tiling.run_tiled(path, MPP, stage_dir, stem, command=command, formats=formats,
-                            backend=backend, tile=tile, device="cpu")
+    return tiling.run_tiled(
+        path, MPP, stage_dir, stem, command=command, formats=formats, backend=backend, tile=tile, device="cpu"
+    )
 
 
 def test_region_reader_reads_what_the_file_holds(tmp_path, consep_dir):
     img = _mosaic(consep_dir, [1, 2], 300)
-    for name, kw in {"plain.tif": {}, "tiled.tif": {"tile": (64, 64), "compression": "zlib"},
-                     "strips.tif": {"compression": "zlib", "rowsperstrip": 37}}.items():
+    for name, kw in {
+        "plain.tif": {},
+        "tiled.tif": {"tile": (64, 64), "compression": "zlib"},
+        "strips.tif": {"compression": "zlib", "rowsperstrip": 37},
+    }.items():
         tifffile.imwrite(tmp_path / name, img, **kw)
         reader = tiling.RegionReader(str(tmp_path / name))
         for box in [(0, 300, 0, 600), (17, 211, 59, 401), (250, 300, 590, 600)]:
-            np.testing.assert_array_equal(reader.read(*box), img[box[0]:box[1], box[2]:box[3]])
+            np.testing.assert_array_equal(reader.read(*box), img[box[0] : box[1], box[2] : box[3]])
     assert tiling.probe(tmp_path / "tiled.tif")[:2] == (300, 600)
 
 
@@ -121,8 +127,14 @@ def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, conse
     img = _mosaic(consep_dir, [7, 8], 640)
     folder = tmp_path / "in"
     folder.mkdir()
-    tifffile.imwrite(folder / "big.tif", img, tile=(128, 128), compression="zlib",
-                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        folder / "big.tif",
+        img,
+        tile=(128, 128),
+        compression="zlib",
+        resolution=(1e4 / MPP, 1e4 / MPP),
+        resolutionunit="CENTIMETER",
+    )
     out = tmp_path / "out"
     real = tiling.process_tile
     calls = []
@@ -134,8 +146,19 @@ def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, conse
         return real(job, tile)
 
     monkeypatch.setattr(tiling, "process_tile", dies_on_third)
-    argv = ["classify", str(folder), "--out", str(out), "--device", "cpu", "--tile-size", "320",
-            "--segmenter", "watershed", "--quiet"]
+    argv = [
+        "classify",
+        str(folder),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--tile-size",
+        "320",
+        "--segmenter",
+        "watershed",
+        "--quiet",
+    ]
     assert main(argv) == 130
     assert sorted(p.name for p in out.iterdir()) == [batch.MANIFEST_NAME]  # no staging left
     monkeypatch.setattr(tiling, "process_tile", real)
@@ -168,12 +191,28 @@ def test_tiled_image_is_judged_for_domain_like_a_whole_one(tmp_path, consep_dir)
     folder.mkdir()
     for name, im in (("he", img), ("odd", odd)):
         tifffile.imwrite(folder / f"{name}.tif", im, resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
-    base = [sys.executable, "-m", "napari_uam.cli", "classify", "--device", "cpu", "--segmenter", "watershed",
-            "--quiet", "--formats", "parquet"]
-    whole = subprocess.run(base + [str(folder / "he.tif"), "--out", str(tmp_path / "whole")],
-                           capture_output=True, text=True, timeout=600)
-    tiled = subprocess.run(base + [str(folder), "--out", str(tmp_path / "tiled"), "--tile-size", "320"],
-                           capture_output=True, text=True, timeout=600)
+    base = [
+        sys.executable,
+        "-m",
+        "napari_uam.cli",
+        "classify",
+        "--device",
+        "cpu",
+        "--segmenter",
+        "watershed",
+        "--quiet",
+        "--formats",
+        "parquet",
+    ]
+    whole = subprocess.run(
+        base + [str(folder / "he.tif"), "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600
+    )
+    tiled = subprocess.run(
+        base + [str(folder), "--out", str(tmp_path / "tiled"), "--tile-size", "320"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert whole.returncode == 0 and tiled.returncode == 0, whole.stderr + tiled.stderr
     one = json.loads((tmp_path / "whole" / "he.done.json").read_text())["provenance"]["domain"]
     he = json.loads((tmp_path / "tiled" / "he.done.json").read_text())["provenance"]

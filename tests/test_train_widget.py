@@ -113,8 +113,11 @@ def test_train_from_the_dock_cancel_finish_and_use(make_napari_viewer, qtbot, br
     # The status says the temperature fitted on the validation cells (or why it stayed 1) and
     # the trust model: the shipped statistics plus the two annotated images (issue 16).
     cal = ckpt["calibration"]
-    said = f"Calibration: T = {cal['temperature']:.3f} fitted on {cal['n_cells']} validation cells" if cal["fitted"] \
+    said = (
+        f"Calibration: T = {cal['temperature']:.3f} fitted on {cal['n_cells']} validation cells"
+        if cal["fitted"]
         else f"Calibration: T = 1 (not fitted: {cal['reason']})"
+    )
     assert said in text, text
     assert "Trust model: uam_default's statistics + 2 fine-tuning image(s) as anchors" in text, text
     assert ckpt["domain"]["anchor_names"] == ["patch0", "patch1"]  # whole images, not validation groups

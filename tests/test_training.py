@@ -92,16 +92,25 @@ def test_training_is_deterministic_and_cancellable(arrays):
         assert torch.equal(v, r2.model.state_dict()[k]), k
     seen = []
     with pytest.raises(TrainingCancelled):
-        train_model(a["x"][idx], a["y"][idx], a["x"][idx], a["y"][idx], 2, cfg, cancel=lambda: seen.append(1) or len(seen) > 2)
+        train_model(
+            a["x"][idx], a["y"][idx], a["x"][idx], a["y"][idx], 2, cfg, cancel=lambda: seen.append(1) or len(seen) > 2
+        )
 
 
 def _save(trained, arrays, path):
     from napari_uam.radiomics import DEFAULT_SCHEMA
 
     return save_checkpoint(
-        path, trained.model, feature_names=arrays["feats"], schema_id=DEFAULT_SCHEMA.schema_id,
-        mpp=DEFAULT_SCHEMA.mpp, class_names=CLASS_NAMES, tumor_class=1, normalizer=arrays["norm"],
-        training={"note": "test"}, metrics={"val": trained.val_metrics},
+        path,
+        trained.model,
+        feature_names=arrays["feats"],
+        schema_id=DEFAULT_SCHEMA.schema_id,
+        mpp=DEFAULT_SCHEMA.mpp,
+        class_names=CLASS_NAMES,
+        tumor_class=1,
+        normalizer=arrays["norm"],
+        training={"note": "test"},
+        metrics={"val": trained.val_metrics},
     )
 
 

@@ -179,7 +179,9 @@ def test_an_annotated_image_is_in_domain_for_the_model_fine_tuned_on_it(recolour
         warnings.simplefilter("error", OutOfDomainWarning)
         tuned = pipeline.run(rgb, 0.5, labels=labels, model=str(out), device="cpu", tumor_mask=False)
     d = tuned.provenance["domain"]
-    assert d["in_domain"] and d["status"] == "in domain" and d["threshold"] == pytest.approx(base["threshold"], abs=1e-3)
+    assert (
+        d["in_domain"] and d["status"] == "in domain" and d["threshold"] == pytest.approx(base["threshold"], abs=1e-3)
+    )
     assert d["nearest"] == f"fine-tuning image {names[0]}"
     assert d["distance"] < shipped.provenance["domain"]["distance"]
     assert tuned.provenance["calibration_temperature"] == ck["calibration"]["temperature"]
@@ -270,7 +272,7 @@ def test_too_few_cells_to_judge_is_unknown_not_out_of_domain(brca_dir):
     _, rgb = _brca_image(brca_dir)
     crop = None
     for y in range(0, rgb.shape[0] - 60, 60):  # the first 60 px window with 1..MIN_CELLS-1 nuclei
-        win = np.ascontiguousarray(rgb[y:y + 60, :60])
+        win = np.ascontiguousarray(rgb[y : y + 60, :60])
         n = int(len(np.unique(pipeline.segment_nuclei(win, 0.5))) - 1)
         if 0 < n < MIN_CELLS:
             crop = win

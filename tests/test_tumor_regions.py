@@ -104,8 +104,9 @@ def test_tumor_area_fractions():
 
 def _cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
-    return subprocess.run([sys.executable, "-m", "napari_uam.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_uam.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_cli_writes_the_region_as_qupath_annotations_and_its_area(tmp_path, regions_dir):
@@ -148,10 +149,12 @@ def test_cli_writes_the_region_as_qupath_annotations_and_its_area(tmp_path, regi
     stamp = (out / "node_tumor.geojson").stat().st_mtime_ns
     r = _cli(*argv, cwd=tmp_path)
     assert r.returncode == 0 and (out / "node_tumor.geojson").stat().st_mtime_ns == stamp
-    assert json.loads((out / "napari_uam_run.json").read_text())["images"][0]["tumor_area_fraction"] == pytest.approx(frac)
+    assert json.loads((out / "napari_uam_run.json").read_text())["images"][0]["tumor_area_fraction"] == pytest.approx(
+        frac
+    )
     # Without its marker the image is redone, but an existing annotation file is not replaced...
     (out / "node.done.json").unlink()
-    (out / "node_tumor.geojson").write_text("{\"mine\": true}")
+    (out / "node_tumor.geojson").write_text('{"mine": true}')
     r = _cli(*argv, cwd=tmp_path)
     assert r.returncode == 1 and "node_tumor.geojson" in r.stderr
     assert json.loads((out / "node_tumor.geojson").read_text()) == {"mine": True}

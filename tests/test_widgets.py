@@ -116,7 +116,12 @@ def test_helpers_for_inputs_and_status():
     assert L.export_stem("H&E sample (BRCA, A8)") == "H_E_sample_BRCA_A8"
     assert L.export_stem("///") == "image"
     text = L.status_text(
-        ran=["segment", "measure", "classify"], n_cells=12, seconds=3.21, backend="watershed", model_id="uam-v1", n_tumor=5
+        ran=["segment", "measure", "classify"],
+        n_cells=12,
+        seconds=3.21,
+        backend="watershed",
+        model_id="uam-v1",
+        n_tumor=5,
     )
     assert text == "Segmented (watershed), measured, classified (uam-v1): 12 cells, 5 tumor in 3.2 s."
 
@@ -249,7 +254,9 @@ def test_classify_sample_end_to_end(make_napari_viewer, qtbot, tmp_path, monkeyp
     assert {f["properties"]["classification"]["name"] for f in geo["features"]} <= set(feats["class"])
     import tifffile
 
-    np.testing.assert_array_equal(tifffile.imread(next(p for n_, p in files.items() if n_.endswith(".tif"))), nuclei.data)
+    np.testing.assert_array_equal(
+        tifffile.imread(next(p for n_, p in files.items() if n_.endswith(".tif"))), nuclei.data
+    )
 
     # Exporting again asks first; "No" keeps every file untouched, "Yes" overwrites.
     from qtpy.QtWidgets import QMessageBox
@@ -297,7 +304,9 @@ def test_dock_prepares_the_gpu_in_the_background(make_napari_viewer, qtbot, monk
     from napari_uam import pipeline
 
     calls = []
-    monkeypatch.setattr(pipeline, "warm_up", lambda dev: calls.append(dev) or {"device": dev, "seconds": 3.2, "cells": 1})
+    monkeypatch.setattr(
+        pipeline, "warm_up", lambda dev: calls.append(dev) or {"device": dev, "seconds": 3.2, "cells": 1}
+    )
     monkeypatch.setattr(device, "resolve_device", lambda d="auto": "cpu")
     cpu_dock = _dock(make_napari_viewer())
     assert cpu_dock._warm_worker is None and calls == []
@@ -313,7 +322,6 @@ def test_dock_prepares_the_gpu_in_the_background(make_napari_viewer, qtbot, monk
 def test_classify_without_default_weights_says_so(viewer_widget, qtbot, monkeypatch, sample_rgb, tmp_path):
     """No weights installed: a clear message, no invented predictions, no layers."""
     import napari_uam.classify.checkpoint as ckpt
-    from napari_uam import pipeline
 
     viewer, widget = viewer_widget
     monkeypatch.setattr(ckpt, "default_weights_path", lambda *a, **k: tmp_path / "missing_uam_default.pt")

@@ -34,7 +34,6 @@ from .augment import hed_jitter
 from .sources import DEFAULT_ROOT, SOURCES, CellImage, cell_labels, images, read_image
 
 
-
 def segmenter_id() -> str:
     from napari_uam.segment.learned import weights_path
     from napari_uam.classify.checkpoint import file_sha256
@@ -114,7 +113,9 @@ def build_source(source: str, out: Path, root: Path, n_aug: int, jobs: int, forc
                 skipped.append(name)
             else:
                 tables.append(tab)
-            log(f"{source}: {i + 1}/{len(work)} {name} {0 if tab is None else int((tab['aug'] == 0).sum())} cells {dt:.1f}s")
+            log(
+                f"{source}: {i + 1}/{len(work)} {name} {0 if tab is None else int((tab['aug'] == 0).sum())} cells {dt:.1f}s"
+            )
     table = pd.concat(tables, ignore_index=True)
     tmp = path.with_suffix(".parquet.tmp")
     table.to_parquet(tmp, index=False)

@@ -171,7 +171,9 @@ def _run(job):
     return fn(*args, schema=schema_id)
 
 
-def build_table(dataset: str, data_dir=None, schema=None, jobs: int = 1, limit: int | None = None, progress=None) -> pd.DataFrame:
+def build_table(
+    dataset: str, data_dir=None, schema=None, jobs: int = 1, limit: int | None = None, progress=None
+) -> pd.DataFrame:
     """Build the cell table of one dataset (not cached; see :func:`build_tables`).
 
     Args:
@@ -208,7 +210,9 @@ def table_path(out_dir, dataset: str) -> Path:
     return Path(out_dir) / f"{dataset}.parquet"
 
 
-def build_tables(data_dir=None, out_dir=None, schema=None, datasets=DATASETS, jobs: int = 1, force: bool = False, log=print) -> dict:
+def build_tables(
+    data_dir=None, out_dir=None, schema=None, datasets=DATASETS, jobs: int = 1, force: bool = False, log=print
+) -> dict:
     """Build (or reuse) the parquet table of each dataset; returns dataset -> path."""
     from napari_uam.radiomics import get_schema
 

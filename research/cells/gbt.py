@@ -20,9 +20,15 @@ def train_gbt(x_train, y_train, x_val=None, y_val=None, seed: int = 0, max_iter:
     """
     t0 = time.perf_counter()
     clf = HistGradientBoostingClassifier(
-        max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=31, l2_regularization=1.0,
-        class_weight="balanced", early_stopping=True, validation_fraction=0.1,
-        n_iter_no_change=20, random_state=seed,
+        max_iter=max_iter,
+        learning_rate=0.1,
+        max_leaf_nodes=31,
+        l2_regularization=1.0,
+        class_weight="balanced",
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=20,
+        random_state=seed,
     )
     clf.fit(np.asarray(x_train), np.asarray(y_train))
     return clf, time.perf_counter() - t0

@@ -91,7 +91,7 @@ def fold_parts(table: pd.DataFrame, held: str, aug: bool, seed: int = 0, cap: in
     """(train, val, test) frames of the fold that holds out source ``held`` (or, for
     ``within:<source>``, a quarter of that source's images)."""
     if held.startswith(WITHIN):
-        src = table[table["dataset"] == held[len(WITHIN):]]
+        src = table[table["dataset"] == held[len(WITHIN) :]]
         imgs = np.unique(src["image"].astype(str))
         test_imgs = np.random.default_rng(0).permutation(imgs)[: max(1, len(imgs) // 4)]
         in_test = src["image"].astype(str).isin(test_imgs)

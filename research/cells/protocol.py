@@ -14,6 +14,7 @@ from research.cells.datasets import feature_columns
 
 __all__ = ["CLASS_NAMES", "TUMOR_CLASS", "arrays", "group_split", "subsample", "summary", "within_splits"]
 
+
 def within_splits(table: pd.DataFrame, dataset: str) -> dict[str, pd.DataFrame]:
     """Train / val / test parts of one dataset for the within-dataset experiment.
 

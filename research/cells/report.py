@@ -128,21 +128,34 @@ def render(gbt: list, nn: list, meta: dict) -> str:
         lines += table(nkeys + extra) + [""]
     base = meta.get("baseline")
     if base:
-        lines += ["### The previous release's model on the same cells", "",
-                  "Release 0.1's `uam_default` (UAM-L on v1 features, trained on CoNSeP + BRCA-M2C only), applied to the "
-                  "same test cells. It never saw the six other sources, so those columns are a fair leave-out comparison; "
-                  "its CoNSeP and BRCA-M2C columns (marked *) are in-distribution.", "",
-                  "| model | " + " | ".join(sources) + " | mean (unseen) | worst (unseen) |", "|" + "---|" * (len(sources) + 3)]
+        lines += [
+            "### The previous release's model on the same cells",
+            "",
+            "Release 0.1's `uam_default` (UAM-L on v1 features, trained on CoNSeP + BRCA-M2C only), applied to the "
+            "same test cells. It never saw the six other sources, so those columns are a fair leave-out comparison; "
+            "its CoNSeP and BRCA-M2C columns (marked *) are in-distribution.",
+            "",
+            "| model | " + " | ".join(sources) + " | mean (unseen) | worst (unseen) |",
+            "|" + "---|" * (len(sources) + 3),
+        ]
         unseen = [s for s in sources if s in base and s not in ("consep", "brca_m2c")]
-        cells = [(_pct(base[s]["accuracy"]) + ("*" if s in ("consep", "brca_m2c") else "")) if s in base else "-" for s in sources]
+        cells = [
+            (_pct(base[s]["accuracy"]) + ("*" if s in ("consep", "brca_m2c") else "")) if s in base else "-"
+            for s in sources
+        ]
         accs = [base[s]["accuracy"] for s in unseen]
-        lines.append("| release 0.1 (v1) | " + " | ".join(cells) + f" | {_pct(np.mean(accs))} | **{_pct(min(accs))}** |")
+        lines.append(
+            "| release 0.1 (v1) | " + " | ".join(cells) + f" | {_pct(np.mean(accs))} | **{_pct(min(accs))}** |"
+        )
         for k in nkeys[:1]:
             s_ = summ[k]
             accs_new = [s_["per_source"][s]["accuracy"] for s in unseen if s in s_["per_source"]]
             cells = [_pct(s_["per_source"].get(s, {}).get("accuracy")) for s in sources]
-            lines.append(f"| {_recipe_name(k)} (LOSO) | " + " | ".join(cells)
-                         + f" | {_pct(np.mean(accs_new))} | **{_pct(min(accs_new))}** |")
+            lines.append(
+                f"| {_recipe_name(k)} (LOSO) | "
+                + " | ".join(cells)
+                + f" | {_pct(np.mean(accs_new))} | **{_pct(min(accs_new))}** |"
+            )
         lines += [""]
     complete = len(sources)
     shipped = meta.get("shipped")
@@ -164,7 +177,9 @@ def render(gbt: list, nn: list, meta: dict) -> str:
             for s in sources:
                 if s in cal:
                     c = cal[s]
-                    lines.append(f"| {s} | {_pct(c['ece_raw'])} | {_pct(c['ece_calibrated'])} | {c['temperature']:.2f} |")
+                    lines.append(
+                        f"| {s} | {_pct(c['ece_raw'])} | {_pct(c['ece_calibrated'])} | {c['temperature']:.2f} |"
+                    )
             lines += [""]
     within = [r for r in nn + gbt if r["held"].startswith(WITHIN)]
     if within:
@@ -199,13 +214,21 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     gbt = [r for f in a.gbt for r in json.loads(f.read_text())]
     nn = [r for f in a.nn for r in json.loads(f.read_text())]
-    cmd = "python -m research.cells.report " + " ".join(
-        [f"--gbt {' '.join(map(str, a.gbt))}" if a.gbt else "", f"--nn {' '.join(map(str, a.nn))}" if a.nn else ""]
-    ).strip()
+    cmd = (
+        "python -m research.cells.report "
+        + " ".join(
+            [f"--gbt {' '.join(map(str, a.gbt))}" if a.gbt else "", f"--nn {' '.join(map(str, a.nn))}" if a.nn else ""]
+        ).strip()
+    )
     if a.baseline:
         cmd += f" --baseline {a.baseline}"
-    meta = {"command": cmd, "note": a.note, "shipped": a.shipped, "shipped_note": a.shipped_note,
-            "baseline": json.loads(a.baseline.read_text()) if a.baseline else None}
+    meta = {
+        "command": cmd,
+        "note": a.note,
+        "shipped": a.shipped,
+        "shipped_note": a.shipped_note,
+        "baseline": json.loads(a.baseline.read_text()) if a.baseline else None,
+    }
     replace_section(a.out, render(gbt, nn, meta), SECTION, title="# Results")
     summ = summarise(gbt + nn)
     a.json.write_text(json.dumps({" · ".join(map(str, k)): v for k, v in summ.items()}, indent=1))

@@ -56,7 +56,13 @@ SOURCES: dict[str, CellSource] = {
         CellSource("brca_m2c", ("brca_m2c/train", "brca_m2c/val"), "points", "breast (TCGA)", "BSD-3-Clause"),
         CellSource("camelyon", ("regions/camelyon",), "region", "lymph node (breast metastasis)", "CC0"),
         CellSource("bcss", ("regions/bcss",), "region", "breast (TCGA)", "CC0"),
-        CellSource("wsss4luad", ("regions/wsss4luad",), "region", "lung (GDPH + TCGA)", "WSSS4LUAD challenge terms (not stated in the copy)"),
+        CellSource(
+            "wsss4luad",
+            ("regions/wsss4luad",),
+            "region",
+            "lung (GDPH + TCGA)",
+            "WSSS4LUAD challenge terms (not stated in the copy)",
+        ),
         CellSource("glas", ("regions/glas",), "region", "colon (Warwick)", "research use (GlaS)"),
     )
 }

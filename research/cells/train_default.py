@@ -40,13 +40,11 @@ def model_card_markdown(card: dict, sha256: str) -> str:
         "",
         f"- Architecture: **{card['arch']}** ({card['n_parameters']:,} parameters), config "
         f"`{json.dumps({k: v for k, v in card['config'].items()})}`",
-        f"- Task: {' vs '.join(card['class_names'][::-1])} per nucleus "
-        f"(tumor class index {card['tumor_class']})",
+        f"- Task: {' vs '.join(card['class_names'][::-1])} per nucleus (tumor class index {card['tumor_class']})",
         f"- Input: {len(card['feature_names'])} radiomics features of schema `{card['schema_id']}` "
         f"measured at {card['mpp']} um/px; normalisation `{card['normalization']['method']}` "
         "(signed log, median / IQR, clip +-8, NaN -> training median)",
-        f"- Checkpoint format {card['format_version']}, created {card['created']}, "
-        f"versions {card['versions']}",
+        f"- Checkpoint format {card['format_version']}, created {card['created']}, versions {card['versions']}",
         f"- SHA-256: `{sha256}`",
         "",
         "## Training data",

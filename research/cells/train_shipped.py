@@ -155,8 +155,11 @@ def main(argv=None) -> int:
     per_source = {}
     for (ds, _), x, st in zip(orig.groupby(["dataset", "image"]).groups.keys(), xs, stains):
         per_source.setdefault(ds, []).append(domain.score(st, x).distance)
-    print("domain threshold", round(domain.threshold, 2),
-          {k: round(float(np.nanmedian(v)), 2) for k, v in per_source.items()})
+    print(
+        "domain threshold",
+        round(domain.threshold, 2),
+        {k: round(float(np.nanmedian(v)), 2) for k, v in per_source.items()},
+    )
 
     summary = {}
     for ds, d in train.groupby("dataset"):

@@ -31,8 +31,11 @@ from PIL import Image
 from research.cells.sources import DEFAULT_ROOT
 
 #: source -> (folder, points or instance table suffix, mpp)
-SETS = {"brca_m2c": ("brca_m2c/val", "_points.csv", 0.5), "consep": ("consep", "_cells.csv", 0.25),
-        "monusac": ("monusac", "_cells.csv", 0.25)}
+SETS = {
+    "brca_m2c": ("brca_m2c/val", "_points.csv", 0.5),
+    "consep": ("consep", "_cells.csv", 0.25),
+    "monusac": ("monusac", "_cells.csv", 0.25),
+}
 
 
 def cells_of(root: Path, source: str, n: int):
@@ -63,8 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--per-source", type=int, default=12)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    models = {w.split("=", 1)[0]: TumorMaskModel(read_tumor_checkpoint(w.split("=", 1)[1]), device="cpu")
-              for w in a.weights}
+    models = {
+        w.split("=", 1)[0]: TumorMaskModel(read_tumor_checkpoint(w.split("=", 1)[1]), device="cpu") for w in a.weights
+    }
     res: dict = {"per_source": a.per_source, "weights": dict(w.split("=", 1) for w in a.weights), "sources": {}}
     for source in SETS:
         pred = {k: [] for k in models}
@@ -83,10 +87,19 @@ def main(argv=None) -> int:
             p = np.concatenate(pred[k])
             tpr = float((p & y).sum() / max(y.sum(), 1))
             tnr = float((~p & ~y).sum() / max((~y).sum(), 1))
-            row[k] = {"accuracy": 100 * float((p == y).mean()), "balanced_accuracy": 50 * (tpr + tnr),
-                      "tumor_recall": 100 * tpr, "non_tumor_specificity": 100 * tnr}
+            row[k] = {
+                "accuracy": 100 * float((p == y).mean()),
+                "balanced_accuracy": 50 * (tpr + tnr),
+                "tumor_recall": 100 * tpr,
+                "non_tumor_specificity": 100 * tnr,
+            }
         res["sources"][source] = row
-        print(source, f"{time.perf_counter() - t0:.0f} s", json.dumps({k: round(row[k]["balanced_accuracy"], 1) for k in models}), flush=True)
+        print(
+            source,
+            f"{time.perf_counter() - t0:.0f} s",
+            json.dumps({k: round(row[k]["balanced_accuracy"], 1) for k in models}),
+            flush=True,
+        )
     a.out.write_text(json.dumps(res, indent=1))
     return 0
 

@@ -94,8 +94,12 @@ def pack_cell_sets(tables, data_dir, out_dir, uam_weights=None, log=print) -> di
                 meta_path = data_dir / dataset / "train" / "meta.json"
             ds_meta = json.loads(meta_path.read_text())
             mpp = float(ds_meta["mpp"])
-            meta["sources"][dataset] = {"mpp": mpp, "tumor_classes": ds_meta.get("tumor_classes"),
-                                        "licence": ds_meta.get("licence"), "source": ds_meta.get("source")}
+            meta["sources"][dataset] = {
+                "mpp": mpp,
+                "tumor_classes": ds_meta.get("tumor_classes"),
+                "licence": ds_meta.get("licence"),
+                "source": ds_meta.get("source"),
+            }
             vec = uam_cell_inputs(clf, rows[clf.feature_names])
             vec_cols = uam_columns(vec.shape[1])
             for image, idx in rows.groupby("image").indices.items():
@@ -108,11 +112,13 @@ def pack_cell_sets(tables, data_dir, out_dir, uam_weights=None, log=print) -> di
                 small = F.interpolate(x, size=(hw, ww), mode="area")[0].permute(1, 2, 0).round().byte().numpy()
                 key = f"{dataset}_{image}"
                 Image.fromarray(small).save(out / f"{key}.png")
-                packed = pd.DataFrame({
-                    "y": ((cells["y"].to_numpy() + 0.5) * hw / h - 0.5).astype(np.float32),
-                    "x": ((cells["x"].to_numpy() + 0.5) * ww / w - 0.5).astype(np.float32),
-                    "target": cells["target"].to_numpy(np.int64),
-                })
+                packed = pd.DataFrame(
+                    {
+                        "y": ((cells["y"].to_numpy() + 0.5) * hw / h - 0.5).astype(np.float32),
+                        "x": ((cells["x"].to_numpy() + 0.5) * ww / w - 0.5).astype(np.float32),
+                        "target": cells["target"].to_numpy(np.int64),
+                    }
+                )
                 packed = pd.concat([packed, pd.DataFrame(vec[idx].astype(np.float16), columns=vec_cols)], axis=1)
                 packed.to_parquet(out / f"{key}_cells.parquet", index=False, compression="zstd")
                 meta["images"][key] = {"dataset": dataset, "n_cells": len(packed), "n_tumor": int(packed.target.sum())}
@@ -132,12 +138,20 @@ def load_cell_sets(folder) -> list[CellSetImage]:
 
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
-        raise FileNotFoundError(f"{folder}/meta.json missing: pack the cell sets first "
-                                "(python -m research.regions.cell_sets --help).")
+        raise FileNotFoundError(
+            f"{folder}/meta.json missing: pack the cell sets first (python -m research.regions.cell_sets --help)."
+        )
     meta = json.loads((folder / "meta.json").read_text())
-    return [CellSetImage(key, m["dataset"], np.asarray(Image.open(folder / f"{key}.png").convert("RGB")),
-                         pd.read_parquet(folder / f"{key}_cells.parquet"), float(meta["pack_mpp"]))
-            for key, m in meta["images"].items()]
+    return [
+        CellSetImage(
+            key,
+            m["dataset"],
+            np.asarray(Image.open(folder / f"{key}.png").convert("RGB")),
+            pd.read_parquet(folder / f"{key}_cells.parquet"),
+            float(meta["pack_mpp"]),
+        )
+        for key, m in meta["images"].items()
+    ]
 
 
 def weak_targets(pos, target, shape, radius_px: float):

@@ -40,8 +40,14 @@ from PIL import Image
 from . import sources as S
 
 #: Most images kept per (source, class); round-robin over groups (cases) so many cases appear.
-CAPS = {("ebhi", True): 300, ("ebhi", False): 360, ("oral_oscc", 1): 300, ("oral_oscc", 0): 287,
-        ("lc25000_lung", 1): 300, ("lc25000_lung", 0): 150}
+CAPS = {
+    ("ebhi", True): 300,
+    ("ebhi", False): 360,
+    ("oral_oscc", 1): 300,
+    ("oral_oscc", 0): 287,
+    ("lc25000_lung", 1): 300,
+    ("lc25000_lung", 0): 150,
+}
 QUALITY = 85
 
 
@@ -112,14 +118,25 @@ def _cells(it: S.RegionItem, rgb: np.ndarray, clf, cache: Path):
         truth = S.cell_truth(it, labels).reindex(table["label"].to_numpy()).fillna(0).to_numpy(np.int8)
         yx = table[["y", "x"]].to_numpy(np.float32)
     else:
-        vec, truth, yx = np.zeros((0, clf.model.head.in_features + 1), np.float16), np.zeros(0, np.int8), np.zeros((0, 2), np.float32)
+        vec, truth, yx = (
+            np.zeros((0, clf.model.head.in_features + 1), np.float16),
+            np.zeros(0, np.int8),
+            np.zeros((0, 2), np.float32),
+        )
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(f, yx=yx, vec=vec, truth=truth)
     return yx, vec, truth
 
 
-def pack(root: Path, out: Path, cache: Path, tumor_weights: Path, work_mpp: float = 2.0,
-         only: list[str] | None = None, log=print) -> dict:
+def pack(
+    root: Path,
+    out: Path,
+    cache: Path,
+    tumor_weights: Path,
+    work_mpp: float = 2.0,
+    only: list[str] | None = None,
+    log=print,
+) -> dict:
     from napari_uam.classify.checkpoint import CellClassifier, file_sha256
     from napari_uam.tumor import read_tumor_checkpoint
 
@@ -127,12 +144,21 @@ def pack(root: Path, out: Path, cache: Path, tumor_weights: Path, work_mpp: floa
     clf = CellClassifier(ckpt["cell_encoder"], device="cpu", backend="torch")
     for sub in ("img", "tgt", "evt", "cells"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    meta = {"work_mpp": work_mpp, "quality": QUALITY,
-            "sources": {n: asdict(s) for n, s in S.SOURCES.items()},
-            "cell_encoder": {"from": str(tumor_weights.name), "tumor_sha256": file_sha256(tumor_weights),
-                             "model_id": clf.model_id, "feature_names": list(clf.feature_names),
-                             "n_vector": int(clf.model.head.in_features + 1)},
-            "items": [], "pretrain": [], "caps": {f"{a}:{b}": c for (a, b), c in CAPS.items()}}
+    meta = {
+        "work_mpp": work_mpp,
+        "quality": QUALITY,
+        "sources": {n: asdict(s) for n, s in S.SOURCES.items()},
+        "cell_encoder": {
+            "from": str(tumor_weights.name),
+            "tumor_sha256": file_sha256(tumor_weights),
+            "model_id": clf.model_id,
+            "feature_names": list(clf.feature_names),
+            "n_vector": int(clf.model.head.in_features + 1),
+        },
+        "items": [],
+        "pretrain": [],
+        "caps": {f"{a}:{b}": c for (a, b), c in CAPS.items()},
+    }
     for name in only or list(S.SOURCES):
         t0 = time.perf_counter()
         its = subsample(S.items(name, root))
@@ -141,11 +167,24 @@ def pack(root: Path, out: Path, cache: Path, tumor_weights: Path, work_mpp: floa
         for it in its:
             rgb = np.asarray(Image.open(it.path).convert("RGB"))
             size = stored_size(rgb.shape, it.mpp, work_mpp)
-            small = Image.fromarray(rgb).resize((size[1], size[0]), Image.BOX) if size != rgb.shape[:2] else Image.fromarray(rgb)
+            small = (
+                Image.fromarray(rgb).resize((size[1], size[0]), Image.BOX)
+                if size != rgb.shape[:2]
+                else Image.fromarray(rgb)
+            )
             small.save(out / "img" / f"{it.key}.jpg", quality=QUALITY)
-            rec = {"key": it.key, "source": name, "kind": src.kind, "group": it.group, "label": it.label,
-                   "mpp": it.mpp, "stored_mpp": it.mpp * rgb.shape[0] / size[0], "size": list(size),
-                   "malignant": it.extra.get("malignant"), "n_cells": 0}
+            rec = {
+                "key": it.key,
+                "source": name,
+                "kind": src.kind,
+                "group": it.group,
+                "label": it.label,
+                "mpp": it.mpp,
+                "stored_mpp": it.mpp * rgb.shape[0] / size[0],
+                "size": list(size),
+                "malignant": it.extra.get("malignant"),
+                "n_cells": 0,
+            }
             if src.kind == "mask":
                 t = S.pixel_target(it, rgb, for_training=True)
                 Image.fromarray(resample_target(t, size)).save(out / "tgt" / f"{it.key}.png", optimize=True)
@@ -156,13 +195,16 @@ def pack(root: Path, out: Path, cache: Path, tumor_weights: Path, work_mpp: floa
             if src.cells:
                 yx, vec, truth = _cells(it, rgb, clf, cache)
                 f = np.array([size[0] / rgb.shape[0], size[1] / rgb.shape[1]], np.float32)
-                np.savez_compressed(out / "cells" / f"{it.key}.npz", yx=((yx + 0.5) * f - 0.5).astype(np.float32),
-                                    vec=vec, truth=truth)
+                np.savez_compressed(
+                    out / "cells" / f"{it.key}.npz", yx=((yx + 0.5) * f - 0.5).astype(np.float32), vec=vec, truth=truth
+                )
                 rec["n_cells"] = int(len(yx))
                 n_cells += len(yx)
             meta["items"].append(rec)
-        log(f"{name}: {len(its)} images, {n_cells} cells, {time.perf_counter() - t0:.0f} s; "
-            f"pack {_size(out) / 2**20:.1f} MiB")
+        log(
+            f"{name}: {len(its)} images, {n_cells} cells, {time.perf_counter() - t0:.0f} s; "
+            f"pack {_size(out) / 2**20:.1f} MiB"
+        )
     if only is None or "pretrain" in only:
         for set_name, p, mpp in S.iter_pretrain_images(root):
             rgb = np.asarray(Image.open(p).convert("RGB"))
@@ -184,14 +226,19 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=S.DEFAULT_ROOT)
     ap.add_argument("--out", type=Path, default=Path(".gpu_data/regions"))
     ap.add_argument("--cache", type=Path, default=Path(".gpu_data/regions_cells_cache"))
-    ap.add_argument("--tumor-weights", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "src" / "napari_uam" / "weights" / "tumor_mask.pt")
+    ap.add_argument(
+        "--tumor-weights",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "src" / "napari_uam" / "weights" / "tumor_mask.pt",
+    )
     ap.add_argument("--work-mpp", type=float, default=2.0)
     ap.add_argument("--only", nargs="+", default=None, help="sources (and/or 'pretrain') to pack")
     a = ap.parse_args(argv)
     meta = pack(a.data, a.out, a.cache, a.tumor_weights, a.work_mpp, a.only)
-    print(f"{len(meta['items'])} labelled + {len(meta['pretrain'])} pretraining images, "
-          f"{_size(a.out) / 2**20:.1f} MiB in {a.out}")
+    print(
+        f"{len(meta['items'])} labelled + {len(meta['pretrain'])} pretraining images, "
+        f"{_size(a.out) / 2**20:.1f} MiB in {a.out}"
+    )
     return 0
 
 

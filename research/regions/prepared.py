@@ -186,9 +186,13 @@ def prepare(data_dir, out_dir, log=print, limit: int | None = None, mpp_evidence
     old = out / "meta.json"
     if mpp_evidence is None and old.is_file():
         mpp_evidence = json.loads(old.read_text()).get("camelyon_mpp_evidence")
-    meta = {"schema_id": DEFAULT_SCHEMA.schema_id, "camelyon_mpp_estimate": CAMELYON_MPP,
-            "camelyon_mpp_evidence": mpp_evidence,
-            "bcss_split_rows": [BCSS_TRAIN_FRAC, BCSS_VAL_FROM], "images": {}}
+    meta = {
+        "schema_id": DEFAULT_SCHEMA.schema_id,
+        "camelyon_mpp_estimate": CAMELYON_MPP,
+        "camelyon_mpp_evidence": mpp_evidence,
+        "bcss_split_rows": [BCSS_TRAIN_FRAC, BCSS_VAL_FROM],
+        "images": {},
+    }
     seen: dict[str, int] = {}
     for ds, iid, img_p, mask_p in srcs:
         seen[ds] = seen.get(ds, 0) + 1
@@ -214,12 +218,20 @@ def prepare(data_dir, out_dir, log=print, limit: int | None = None, mpp_evidence
             Image.fromarray(nuclei.astype(np.uint16)).save(out / f"{key}_nuclei.png", optimize=True)
             with atomic_path(cells_p, overwrite=True) as tmp:
                 table.to_parquet(tmp, index=False)
-            log(f"{key}: {len(table)} cells ({int(table['region_target'].sum())} tumor) "
-                f"backend={backend} {time.perf_counter() - t0:.1f}s")
+            log(
+                f"{key}: {len(table)} cells ({int(table['region_target'].sum())} tumor) "
+                f"backend={backend} {time.perf_counter() - t0:.1f}s"
+            )
         table = pd.read_parquet(cells_p)
         split = cam_split.get(iid, "train") if ds == "camelyon" else "train+val-block"
-        meta["images"][key] = {"dataset": ds, "id": iid, "mpp": mpp, "split": split,
-                               "n_cells": int(len(table)), "n_tumor_cells": int(table["region_target"].sum())}
+        meta["images"][key] = {
+            "dataset": ds,
+            "id": iid,
+            "mpp": mpp,
+            "split": split,
+            "n_cells": int(len(table)),
+            "n_tumor_cells": int(table["region_target"].sum()),
+        }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -263,8 +275,16 @@ def _crop(img: RegionImage, r0: int, r1: int, split: str) -> RegionImage:
     cells = img.cells[(img.cells["y"] >= r0) & (img.cells["y"] < r1)].copy()
     cells["y"] -= r0
     keep = np.isin(img.nuclei[r0:r1], cells["label"].to_numpy())
-    return RegionImage(f"{img.key}_{split}", img.dataset, img.image[r0:r1], img.mask[r0:r1],
-                       np.where(keep, img.nuclei[r0:r1], 0), cells, img.mpp, split)
+    return RegionImage(
+        f"{img.key}_{split}",
+        img.dataset,
+        img.image[r0:r1],
+        img.mask[r0:r1],
+        np.where(keep, img.nuclei[r0:r1], 0),
+        cells,
+        img.mpp,
+        split,
+    )
 
 
 def load_prepared(folder) -> list[RegionImage]:
@@ -285,11 +305,14 @@ def load_prepared(folder) -> list[RegionImage]:
     out = []
     for key, m in meta["images"].items():
         img = RegionImage(
-            key, m["dataset"],
+            key,
+            m["dataset"],
             np.asarray(Image.open(folder / f"{key}.jpg").convert("RGB")),
             np.asarray(Image.open(folder / f"{key}_tumor.png")) > 0,
             np.asarray(Image.open(folder / f"{key}_nuclei.png")).astype(np.int32),
-            pd.read_parquet(folder / f"{key}_cells.parquet"), float(m["mpp"]), m["split"],
+            pd.read_parquet(folder / f"{key}_cells.parquet"),
+            float(m["mpp"]),
+            m["split"],
         )
         if m["split"] in ("train", "val"):
             out.append(img)
@@ -305,10 +328,18 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="../shared/data/regions")
     p.add_argument("--out", default=".gpu_carry/regions")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--pack", metavar="DIR", default=None,
-                   help="also write the compact GPU carry (UAM cell vectors instead of features) to DIR")
-    p.add_argument("--estimate-mpp", metavar="CONSEP_DIR", default=None,
-                   help="also print the CAMELYON pixel-size estimate against CoNSeP")
+    p.add_argument(
+        "--pack",
+        metavar="DIR",
+        default=None,
+        help="also write the compact GPU carry (UAM cell vectors instead of features) to DIR",
+    )
+    p.add_argument(
+        "--estimate-mpp",
+        metavar="CONSEP_DIR",
+        default=None,
+        help="also print the CAMELYON pixel-size estimate against CoNSeP",
+    )
     a = p.parse_args(argv)
     evidence = None
     if a.estimate_mpp:

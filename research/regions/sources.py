@@ -52,6 +52,8 @@ import numpy as np
 
 #: Target value of pixels that count neither as tumor nor as non-tumor.
 IGNORE = 255
+
+
 def _default_root() -> Path:
     env = os.environ.get("NAPARI_UAM_DATA")
     if env:
@@ -98,46 +100,129 @@ class RegionSource:
     tile_classes: dict = field(default_factory=dict)  # class folder -> 1 tumor / 0 benign / None left out
 
 
-SOURCES: dict[str, RegionSource] = {s.name: s for s in (
-    RegionSource("camelyon", "mask", "regions/camelyon", "lymph node (breast cancer metastasis)",
-                 "Radboud UMC / UMC Utrecht (CAMELYON16)", "CC0", 0.75, True,
-                 "whole metastasis region (tumor bed), coarse blocky outlines",
-                 "mask; a 6 um band along its edges is ignored in training (blocky annotation)", cells=True),
-    RegionSource("bcss", "mask", "regions/bcss", "breast", "TCGA (BCSS)", "CC0", 0.25, False,
-                 "tumor region of one ROI", "mask as is", cells=True),
-    RegionSource("wsss4luad", "mask", "regions/wsss4luad", "lung (adenocarcinoma)",
-                 "Guangdong Provincial People's Hospital + TCGA", "WSSS4LUAD challenge terms", 1.0, True,
-                 "tumor epithelium only (classes: epithelium, tumor-associated stroma, normal, background)",
-                 "epithelium 1, tumor-associated stroma ignored, normal and background 0", cells=True),
-    RegionSource("ebhi", "mask", "regions/ebhi", "colon / rectum (biopsies)", "China Medical University",
-                 "not stated (EBHI-Seg, check upstream)", 2.0, True,
-                 "adenocarcinoma glands (epithelium only; some glands unannotated)",
-                 "ACA frames: glands 1, rest ignored but white 0; NOR/POL/LGIN/SA frames 0; HGIN left out"),
-    RegionSource("glas", "mask", "regions/glas", "colon / rectum", "UHCW (Warwick-QU)",
-                 "GlaS challenge terms (research)", 0.62, False,
-                 "glands of images graded malignant (epithelium only)",
-                 "malignant images: glands 1, rest ignored but white 0; benign images 0", cells=True),
-    RegionSource("lc25000_lung", "tiles", "tiles/lc25000_lung", "lung", "VA Tampa (LC25000)",
-                 "no licence stated (citation request)", 1.5, True,
-                 "tile class: adenocarcinoma / squamous cell carcinoma / benign",
-                 "weak: tumor tiles must contain tumor, benign tiles none",
-                 tile_classes={"lung_adenocarcinoma": 1, "lung_squamous_cell_carcinoma": 1, "lung_benign": 0}),
-    RegionSource("oral_oscc", "tiles", "tiles/oral_oscc", "oral cavity", "Assam, India (Rahman et al.)",
-                 "CC0 (Kaggle copy) / CC BY 4.0 (Mendeley)", 1.8, True,
-                 "tile class: oral squamous cell carcinoma / normal mucosa",
-                 "weak: oscc tiles must contain tumor, normal tiles none; 100x tiles 6.0, 400x 1.8 um/px",
-                 tile_classes={"oscc": 1, "normal": 0}),
-    RegionSource("osteosarcoma", "tiles", "tiles/osteosarcoma", "bone (osteosarcoma)", "UT Southwestern (TCIA)",
-                 "CC BY 3.0 (TCIA)", 1.0, True,
-                 "tile class (predominant tissue): viable tumor / necrotic tumor / non-tumor",
-                 "weak: viable tumor must contain tumor, non-tumor none, necrotic tumor left out",
-                 tile_classes={"viable_tumor": 1, "non_tumor": 0, "necrotic_tumor": None}),
-)}
+SOURCES: dict[str, RegionSource] = {
+    s.name: s
+    for s in (
+        RegionSource(
+            "camelyon",
+            "mask",
+            "regions/camelyon",
+            "lymph node (breast cancer metastasis)",
+            "Radboud UMC / UMC Utrecht (CAMELYON16)",
+            "CC0",
+            0.75,
+            True,
+            "whole metastasis region (tumor bed), coarse blocky outlines",
+            "mask; a 6 um band along its edges is ignored in training (blocky annotation)",
+            cells=True,
+        ),
+        RegionSource(
+            "bcss",
+            "mask",
+            "regions/bcss",
+            "breast",
+            "TCGA (BCSS)",
+            "CC0",
+            0.25,
+            False,
+            "tumor region of one ROI",
+            "mask as is",
+            cells=True,
+        ),
+        RegionSource(
+            "wsss4luad",
+            "mask",
+            "regions/wsss4luad",
+            "lung (adenocarcinoma)",
+            "Guangdong Provincial People's Hospital + TCGA",
+            "WSSS4LUAD challenge terms",
+            1.0,
+            True,
+            "tumor epithelium only (classes: epithelium, tumor-associated stroma, normal, background)",
+            "epithelium 1, tumor-associated stroma ignored, normal and background 0",
+            cells=True,
+        ),
+        RegionSource(
+            "ebhi",
+            "mask",
+            "regions/ebhi",
+            "colon / rectum (biopsies)",
+            "China Medical University",
+            "not stated (EBHI-Seg, check upstream)",
+            2.0,
+            True,
+            "adenocarcinoma glands (epithelium only; some glands unannotated)",
+            "ACA frames: glands 1, rest ignored but white 0; NOR/POL/LGIN/SA frames 0; HGIN left out",
+        ),
+        RegionSource(
+            "glas",
+            "mask",
+            "regions/glas",
+            "colon / rectum",
+            "UHCW (Warwick-QU)",
+            "GlaS challenge terms (research)",
+            0.62,
+            False,
+            "glands of images graded malignant (epithelium only)",
+            "malignant images: glands 1, rest ignored but white 0; benign images 0",
+            cells=True,
+        ),
+        RegionSource(
+            "lc25000_lung",
+            "tiles",
+            "tiles/lc25000_lung",
+            "lung",
+            "VA Tampa (LC25000)",
+            "no licence stated (citation request)",
+            1.5,
+            True,
+            "tile class: adenocarcinoma / squamous cell carcinoma / benign",
+            "weak: tumor tiles must contain tumor, benign tiles none",
+            tile_classes={"lung_adenocarcinoma": 1, "lung_squamous_cell_carcinoma": 1, "lung_benign": 0},
+        ),
+        RegionSource(
+            "oral_oscc",
+            "tiles",
+            "tiles/oral_oscc",
+            "oral cavity",
+            "Assam, India (Rahman et al.)",
+            "CC0 (Kaggle copy) / CC BY 4.0 (Mendeley)",
+            1.8,
+            True,
+            "tile class: oral squamous cell carcinoma / normal mucosa",
+            "weak: oscc tiles must contain tumor, normal tiles none; 100x tiles 6.0, 400x 1.8 um/px",
+            tile_classes={"oscc": 1, "normal": 0},
+        ),
+        RegionSource(
+            "osteosarcoma",
+            "tiles",
+            "tiles/osteosarcoma",
+            "bone (osteosarcoma)",
+            "UT Southwestern (TCIA)",
+            "CC BY 3.0 (TCIA)",
+            1.0,
+            True,
+            "tile class (predominant tissue): viable tumor / necrotic tumor / non-tumor",
+            "weak: viable tumor must contain tumor, non-tumor none, necrotic tumor left out",
+            tile_classes={"viable_tumor": 1, "non_tumor": 0, "necrotic_tumor": None},
+        ),
+    )
+}
 MASK_SOURCES = [n for n, s in SOURCES.items() if s.kind == "mask"]
 TILE_SOURCES = [n for n, s in SOURCES.items() if s.kind == "tiles"]
 #: Nucleus sets: unlabelled H&E for MAMIM pretraining only (folder, pixel size).
-PRETRAIN_ONLY = {"consep": 0.25, "brca_m2c/train": 0.5, "brca_m2c/val": 0.5, "monuseg": 0.25, "cpm15": 0.375,
-                 "gbm40": 0.25, "tcga_lgg": 0.25, "monusac": 0.25, "puma": 0.23, "dsb2018_he": 0.26}
+PRETRAIN_ONLY = {
+    "consep": 0.25,
+    "brca_m2c/train": 0.5,
+    "brca_m2c/val": 0.5,
+    "monuseg": 0.25,
+    "cpm15": 0.375,
+    "gbm40": 0.25,
+    "tcga_lgg": 0.25,
+    "monusac": 0.25,
+    "puma": 0.23,
+    "dsb2018_he": 0.26,
+}
 
 
 @dataclass

@@ -109,7 +109,12 @@ def sample_batch(work: list[WorkImage], batch: int, crop: int, gen: np.random.Ge
         if (ch, cw) != (crop, crop):  # small image: zero-pad, weight 0 outside
             im = F.pad(im, (0, crop - cw, 0, crop - ch), value=255.0)
             mk, wt = F.pad(mk, (0, crop - cw, 0, crop - ch)), F.pad(wt, (0, crop - cw, 0, crop - ch))
-        sel = (wi.pos[:, 0] >= y0 - 0.5) & (wi.pos[:, 0] < y0 + ch - 0.5) & (wi.pos[:, 1] >= x0 - 0.5) & (wi.pos[:, 1] < x0 + cw - 0.5)
+        sel = (
+            (wi.pos[:, 0] >= y0 - 0.5)
+            & (wi.pos[:, 0] < y0 + ch - 0.5)
+            & (wi.pos[:, 1] >= x0 - 0.5)
+            & (wi.pos[:, 1] < x0 + cw - 0.5)
+        )
         pos = wi.pos[sel] - torch.tensor([y0, x0], dtype=torch.float32)
         vec, tgt = wi.vec[sel], wi.target[sel]
         # Flips / rot90: applied to image, mask, weights and cell coordinates together.
@@ -148,8 +153,17 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def pretrain_mamim(encoder, work: list[WorkImage], steps: int, batch: int = 16, crop: int = 128,
-                   lr: float = 2e-3, seed: int = 0, device: str = "cpu", log=print) -> dict:
+def pretrain_mamim(
+    encoder,
+    work: list[WorkImage],
+    steps: int,
+    batch: int = 16,
+    crop: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    log=print,
+) -> dict:
     """MAMIM self-supervised pretraining of ``encoder`` in place (75 % masking, DMS decoder).
 
     Returns:
@@ -178,13 +192,28 @@ def pretrain_mamim(encoder, work: list[WorkImage], steps: int, batch: int = 16, 
         if log and (step + 1) % max(steps // 5, 1) == 0:
             log(f"  mamim step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}")
     k = max(len(losses) // 10, 1)
-    return {"steps": steps, "first_loss": float(np.mean(losses[:k])), "last_loss": float(np.mean(losses[-k:])),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "steps": steps,
+        "first_loss": float(np.mean(losses[:k])),
+        "last_loss": float(np.mean(losses[-k:])),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def finetune(model, work: list[WorkImage], steps: int, batch: int = 16, crop: int = 128, lr: float = 2e-3,
-             seed: int = 0, device: str = "cpu", cell_weight: float = 0.5, log=print,
-             aux: list[WorkImage] | None = None, aux_weight: float = 0.5) -> dict:
+def finetune(
+    model,
+    work: list[WorkImage],
+    steps: int,
+    batch: int = 16,
+    crop: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    cell_weight: float = 0.5,
+    log=print,
+    aux: list[WorkImage] | None = None,
+    aux_weight: float = 0.5,
+) -> dict:
     """Train a :class:`TumorRegionNet` with the joint loss (BCE + Dice, plus the cell BCE for
     multimodal models) for ``steps`` steps; the data order depends only on ``seed``.
 
@@ -223,8 +252,12 @@ def finetune(model, work: list[WorkImage], steps: int, batch: int = 16, crop: in
         if log and (step + 1) % max(steps // 5, 1) == 0:
             log(f"  finetune step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}")
     k = max(len(losses) // 10, 1)
-    return {"steps": steps, "first_loss": float(np.mean(losses[:k])), "last_loss": float(np.mean(losses[-k:])),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "steps": steps,
+        "first_loss": float(np.mean(losses[:k])),
+        "last_loss": float(np.mean(losses[-k:])),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def predict_region_image(model, img: RegionImage, work_mpp: float = WORK_MPP, device: str = "cpu") -> np.ndarray:
@@ -256,11 +289,19 @@ def segmentation_metrics(counts: np.ndarray) -> dict:
 
     iou_t, iou_b = ratio(tp, tp + fp + fn), ratio(tn, tn + fp + fn)
     dice_t, dice_b = ratio(2 * tp, 2 * tp + fp + fn), ratio(2 * tn, 2 * tn + fp + fn)
-    return {"precision": ratio(tp, tp + fp), "cIoU": iou_t, "mIoU": (iou_t + iou_b) / 2,
-            "cDICE": dice_t, "mDICE": (dice_t + dice_b) / 2, "recall": ratio(tp, tp + fn)}
+    return {
+        "precision": ratio(tp, tp + fp),
+        "cIoU": iou_t,
+        "mIoU": (iou_t + iou_b) / 2,
+        "cDICE": dice_t,
+        "mDICE": (dice_t + dice_b) / 2,
+        "recall": ratio(tp, tp + fn),
+    }
 
 
-def evaluate(model, val: list[RegionImage], work_mpp: float = WORK_MPP, device: str = "cpu", threshold: float = 0.5) -> dict:
+def evaluate(
+    model, val: list[RegionImage], work_mpp: float = WORK_MPP, device: str = "cpu", threshold: float = 0.5
+) -> dict:
     """Pooled pixel metrics and cell accuracies on held-out images.
 
     Cell accuracy is measured against the >50 %-overlap labels of the ground-truth mask:
@@ -271,7 +312,7 @@ def evaluate(model, val: list[RegionImage], work_mpp: float = WORK_MPP, device: 
     from napari_uam.tumor import cells_in_mask
 
     counts = np.zeros(4, dtype=np.int64)
-    per_image, rule_ok, uam_ok, head_ok, n_cells = {}, 0, 0, 0, 0
+    per_image, rule_ok, uam_ok, n_cells = {}, 0, 0, 0
     for img in val:
         prob = predict_region_image(model, img, work_mpp, device)
         pred = prob > threshold
@@ -282,11 +323,18 @@ def evaluate(model, val: list[RegionImage], work_mpp: float = WORK_MPP, device: 
         rule = cells_in_mask(img.nuclei, pred).reindex(truth.index).fillna(0).astype(int)
         rule_ok += int((rule.to_numpy() == truth.to_numpy()).sum())
         if "uam_p_tumor" in img.cells:
-            uam_ok += int(((img.cells["uam_p_tumor"].to_numpy(dtype=np.float32) > 0.5).astype(int) == truth.to_numpy()).sum())
+            uam_ok += int(
+                ((img.cells["uam_p_tumor"].to_numpy(dtype=np.float32) > 0.5).astype(int) == truth.to_numpy()).sum()
+            )
         n_cells += len(truth)
-    out = {**segmentation_metrics(counts), "pixels": counts.tolist(), "per_image": per_image,
-           "n_cells": n_cells, "cells_rule_accuracy": 100.0 * rule_ok / max(n_cells, 1),
-           "cells_uam_accuracy": 100.0 * uam_ok / max(n_cells, 1)}
+    out = {
+        **segmentation_metrics(counts),
+        "pixels": counts.tolist(),
+        "per_image": per_image,
+        "n_cells": n_cells,
+        "cells_rule_accuracy": 100.0 * rule_ok / max(n_cells, 1),
+        "cells_uam_accuracy": 100.0 * uam_ok / max(n_cells, 1),
+    }
     if model.use_cells:
         out["cells_head_accuracy"] = _head_accuracy(model, val, work_mpp, device)
     return out
@@ -303,8 +351,12 @@ def _head_accuracy(model, val, work_mpp, device) -> float:
         x = standardise(wi.image[None].float())
         x = F.pad(x, (0, -w % 32, 0, -h % 32), mode="replicate").to(device)
         with torch.no_grad():
-            _, cl = model(x, wi.pos[None].to(device), wi.vec[None].to(device),
-                          torch.ones(1, len(wi.pos), dtype=torch.bool, device=device))
+            _, cl = model(
+                x,
+                wi.pos[None].to(device),
+                wi.vec[None].to(device),
+                torch.ones(1, len(wi.pos), dtype=torch.bool, device=device),
+            )
         if cl is None:
             continue
         ok += int(((cl[0] > 0).long().cpu() == wi.target).sum())

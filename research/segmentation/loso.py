@@ -61,7 +61,8 @@ POINT_UM = 3.0
 MIN_SIDE = 336
 #: Post-processing settings scored on the held-out maps (fg threshold, marker threshold).
 POST_GRID = [dict(fg_threshold=0.5, marker_threshold=m) for m in (0.35, 0.45, 0.55)] + [
-    dict(fg_threshold=0.4, marker_threshold=0.45)]
+    dict(fg_threshold=0.4, marker_threshold=0.45)
+]
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -159,9 +160,21 @@ def _sample(images, targets, probs, n, crop, scale, gen):
 # --- one fold --------------------------------------------------------------------------------
 
 
-def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str, batch: int, crop: int,
-               lr: float, seed: int, weak_frac: float = 0.25, widths=None, init: Path | None = None,
-               post: dict | None = None) -> dict:
+def train_fold(
+    files: dict,
+    holdout: str,
+    out: Path,
+    minutes: float,
+    device: str,
+    batch: int,
+    crop: int,
+    lr: float,
+    seed: int,
+    weak_frac: float = 0.25,
+    widths=None,
+    init: Path | None = None,
+    post: dict | None = None,
+) -> dict:
     """Train one network on every source of ``files`` except ``holdout``; write its checkpoint."""
     import torch
 
@@ -186,8 +199,10 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
             areas.append(float(z["img"].shape[0] * z["img"].shape[1]))
         return imgs, tgts, areas
 
-    full, weak = [s for s in train_sources if N.SOURCES[s].kind == "instances"], \
-        [s for s in train_sources if N.SOURCES[s].kind == "points"]
+    full, weak = (
+        [s for s in train_sources if N.SOURCES[s].kind == "instances"],
+        [s for s in train_sources if N.SOURCES[s].kind == "points"],
+    )
     groups = {}
     for name, members in (("full", full), ("weak", weak)):
         imgs, tgts, probs = [], [], []
@@ -238,15 +253,20 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
             log.append((step, round(time.perf_counter() - t0, 1), float(loss)))
             print(f"[{holdout}] step {step} {time.perf_counter() - t0:.0f}s loss {float(loss):.4f}", flush=True)
     train_s = time.perf_counter() - t0
-    state = {k: (v.detach().half() if v.dtype.is_floating_point else v.detach()).cpu().contiguous()
-             for k, v in ema.state_dict().items()}
+    state = {
+        k: (v.detach().half() if v.dtype.is_floating_point else v.detach()).cpu().contiguous()
+        for k, v in ema.state_dict().items()
+    }
     meta = {
         "recipe": "v3 (every nucleus source, LOSO-selected; research/segmentation/loso.py)",
         "train_sources": train_sources,
         "held_out_source": None if holdout == "all" else holdout,
         "steps": step,
         "train_seconds": round(train_s, 1),
-        "batch": batch, "crop": crop, "lr": lr, "seed": seed,
+        "batch": batch,
+        "crop": crop,
+        "lr": lr,
+        "seed": seed,
         "weak_fraction": n_weak / batch,
         "parameters": n_parameters(model),
         "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
@@ -255,8 +275,14 @@ def train_fold(files: dict, holdout: str, out: Path, minutes: float, device: str
         "loss_log": log,
         "init": init_meta,
     }
-    ckpt = {"format": "napari-uam nuclei U-Net v1", "auto_mpp_range": None, "config": cfg.to_dict(),
-            "net_mpp": NET_MPP, "state_dict": state, "meta": meta}
+    ckpt = {
+        "format": "napari-uam nuclei U-Net v1",
+        "auto_mpp_range": None,
+        "config": cfg.to_dict(),
+        "net_mpp": NET_MPP,
+        "state_dict": state,
+        "meta": meta,
+    }
     if post:
         ckpt["postprocess"] = dict(post)
     torch.save(ckpt, out / "nuclei_unet.pt")
@@ -283,8 +309,19 @@ def score_labels(lab: np.ndarray, im: N.NucleusImage) -> dict:
     gt = im.instances()
     s = M.instance_scores(gt, lab)
     p = M.point_detection_scores(cen, M.centroids(gt), radius)
-    return {"aji": s["aji"], "pq": s["pq"], "dq": s["dq"], "sq": s["sq"], "dice": s["dice"], "f1_iou": s["f1"],
-            "tp": p["tp"], "fp": p["fp"], "fn": p["fn"], "n_true": s["n_true"], "n_pred": s["n_pred"]}
+    return {
+        "aji": s["aji"],
+        "pq": s["pq"],
+        "dq": s["dq"],
+        "sq": s["sq"],
+        "dice": s["dice"],
+        "f1_iou": s["f1"],
+        "tp": p["tp"],
+        "fp": p["fp"],
+        "fn": p["fn"],
+        "n_true": s["n_true"],
+        "n_pred": s["n_pred"],
+    }
 
 
 def _score_one(args) -> list[dict]:
@@ -292,9 +329,14 @@ def _score_one(args) -> list[dict]:
     maps, im_dict, grid = args
     im = N.NucleusImage(**im_dict)
     shape = im.rgb().shape[:2]
-    return [{"grid": k, "image": im.image_id,
-             **score_labels(resize_labels(instances(maps, NET_MPP, PostParams.from_kwargs(**params)), shape), im)}
-            for k, params in enumerate(grid)]
+    return [
+        {
+            "grid": k,
+            "image": im.image_id,
+            **score_labels(resize_labels(instances(maps, NET_MPP, PostParams.from_kwargs(**params)), shape), im),
+        }
+        for k, params in enumerate(grid)
+    ]
 
 
 def evaluate(ckpt_path: Path, ims: list[N.NucleusImage], device: str, workers: int, grid=POST_GRID) -> list[dict]:
@@ -315,8 +357,12 @@ def evaluate(ckpt_path: Path, ims: list[N.NucleusImage], device: str, workers: i
 def summarise(rows: list[dict], kind: str) -> dict:
     """Mean AJI / PQ / Dice over images and pooled detection F1 (or point P / R / F1)."""
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-    out = {"n_images": len(rows), "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
-           "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
+    out = {
+        "n_images": len(rows),
+        "precision": tp / max(1, tp + fp),
+        "recall": tp / max(1, tp + fn),
+        "f1": 2 * tp / max(1, 2 * tp + fp + fn),
+    }
     if kind == "instances":
         for k in ("aji", "pq", "dice"):
             out[k] = float(np.mean([r[k] for r in rows]))
@@ -373,12 +419,19 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default="", help="comma list of folds to train (default: every source + all)")
     ap.add_argument("--limit", type=int, default=0, help="images per source (smoke tests)")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
-    ap.add_argument("--baseline", type=Path, default=None,
-                    help="also score these weights on every source (e.g. the previous shipped network)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also score these weights on every source (e.g. the previous shipped network)",
+    )
     ap.add_argument("--init", type=Path, default=None, help="start every fold from these weights")
     ap.add_argument("--post", default="", help="post-processing stored with the weights, e.g. marker_threshold=0.35")
-    ap.add_argument("--eval-all", action="store_true",
-                    help="also score the 'all' network on every source (in distribution: it trained on them)")
+    ap.add_argument(
+        "--eval-all",
+        action="store_true",
+        help="also score the 'all' network on every source (in distribution: it trained on them)",
+    )
     ap.add_argument("--fold", default=None, help=argparse.SUPPRESS)  # internal: train one fold
     args = ap.parse_args(argv)
 
@@ -388,15 +441,51 @@ def main(argv=None) -> int:
     files = prepare(args.data, cache, sources, args.workers, args.limit)
     if args.fold is not None:  # a child process: train one fold and exit
         post = dict((k, float(v)) for k, v in (kv.split("=") for kv in args.post.split(","))) if args.post else None
-        train_fold(files, args.fold, args.out / args.fold, args.minutes, args.device, args.batch, args.crop,
-                   args.lr, args.seed, init=args.init, post=post)
+        train_fold(
+            files,
+            args.fold,
+            args.out / args.fold,
+            args.minutes,
+            args.device,
+            args.batch,
+            args.crop,
+            args.lr,
+            args.seed,
+            init=args.init,
+            post=post,
+        )
         return 0
     print(f"targets of {sum(map(len, files.values()))} images ready in {time.perf_counter() - t0:.0f}s", flush=True)
     folds = args.folds.split(",") if args.folds else [*sources, "all"]
-    cmd = [sys.executable, "-m", "research.segmentation.loso", "--data", str(args.data), "--out", str(args.out),
-           "--minutes", str(args.minutes), "--device", args.device, "--batch", str(args.batch),
-           "--crop", str(args.crop), "--lr", str(args.lr), "--seed", str(args.seed),
-           "--sources", ",".join(sources), "--limit", str(args.limit), "--workers", "1", "--post", args.post]
+    cmd = [
+        sys.executable,
+        "-m",
+        "research.segmentation.loso",
+        "--data",
+        str(args.data),
+        "--out",
+        str(args.out),
+        "--minutes",
+        str(args.minutes),
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--crop",
+        str(args.crop),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(args.seed),
+        "--sources",
+        ",".join(sources),
+        "--limit",
+        str(args.limit),
+        "--workers",
+        "1",
+        "--post",
+        args.post,
+    ]
     if args.init is not None:
         cmd += ["--init", str(args.init)]
     procs = {f: subprocess.Popen(cmd + ["--fold", f]) for f in folds}
@@ -405,8 +494,12 @@ def main(argv=None) -> int:
             print(f"fold {f} failed ({p.returncode})", flush=True)
     print(f"trained {len(folds)} folds by {time.perf_counter() - t0:.0f}s", flush=True)
 
-    result = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "post_grid": POST_GRID,
-              "command": " ".join(sys.argv), "sources": {s: asdict(N.SOURCES[s]) for s in sources}}
+    result = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "post_grid": POST_GRID,
+        "command": " ".join(sys.argv),
+        "sources": {s: asdict(N.SOURCES[s]) for s in sources},
+    }
     rows_by_source = {}
     for s in folds:
         ck = args.out / s / "nuclei_unet.pt"
@@ -422,15 +515,30 @@ def main(argv=None) -> int:
     ck_all = args.out / "all" / "nuclei_unet.pt"
     if args.eval_all and ck_all.exists():
         post = torch_post(ck_all)
-        rows = {s: evaluate(ck_all, N.images(s, args.data)[: args.limit or None], args.device, args.workers,
-                            grid=[post]) for s in sources}
-        result["all_in_distribution"] = {"post": post, "table": table(rows, 0)["per_source"],
-                                         "brca_m2c_val": summarise([r for r in rows.get("brca_m2c", [])
-                                                                    if _split(args.data, r["image"]) == "val"],
-                                                                   "points") if "brca_m2c" in rows else None}
+        rows = {
+            s: evaluate(ck_all, N.images(s, args.data)[: args.limit or None], args.device, args.workers, grid=[post])
+            for s in sources
+        }
+        result["all_in_distribution"] = {
+            "post": post,
+            "table": table(rows, 0)["per_source"],
+            "brca_m2c_val": summarise(
+                [r for r in rows.get("brca_m2c", []) if _split(args.data, r["image"]) == "val"], "points"
+            )
+            if "brca_m2c" in rows
+            else None,
+        }
     if args.baseline is not None:
-        base = {s: evaluate(args.baseline, N.images(s, args.data)[: args.limit or None], args.device, args.workers,
-                            grid=[dict(fg_threshold=0.5, marker_threshold=0.45)]) for s in sources}
+        base = {
+            s: evaluate(
+                args.baseline,
+                N.images(s, args.data)[: args.limit or None],
+                args.device,
+                args.workers,
+                grid=[dict(fg_threshold=0.5, marker_threshold=0.45)],
+            )
+            for s in sources
+        }
         result["baseline"] = {"weights": str(args.baseline), "table": table(base, 0)["per_source"] if base else {}}
     for s in folds:
         meta_f = args.out / s / "nuclei_unet.pt"

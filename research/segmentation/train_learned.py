@@ -254,8 +254,9 @@ def sample_batch(images, targets, batch: int, crop: int, scale_range, gen):
         h, w = img.shape[1:]
         y0 = int(torch.randint(0, max(1, h - win + 1), (1,), generator=gen))
         x0 = int(torch.randint(0, max(1, w - win + 1), (1,), generator=gen))
-        piece = torch.cat([img[:, y0 : y0 + win, x0 : x0 + win].float() / 255.0,
-                           tgt[:, y0 : y0 + win, x0 : x0 + win].float()], 0)
+        piece = torch.cat(
+            [img[:, y0 : y0 + win, x0 : x0 + win].float() / 255.0, tgt[:, y0 : y0 + win, x0 : x0 + win].float()], 0
+        )
         if piece.shape[1] < win or piece.shape[2] < win:  # an image smaller than a window
             piece = F.pad(piece, (0, win - piece.shape[2], 0, win - piece.shape[1]), mode="replicate")
         stack.append(piece)
@@ -357,6 +358,7 @@ def loss_fn(raw, y):
     dice = 1 - (2 * (p * fg_t).sum() + 1) / (p.sum() + (fg_t * w).sum() + 1)
     hv = torch.tanh(raw[:, 1:3])
     mse = (((hv - hv_t) ** 2) * w).sum() / (2 * n)
+
     # Gradient of h along x and of v along y: sharp at borders between touching nuclei, the
     # very signal the post-processing splits on (HoVer-Net's MSGE, on nuclear pixels).
     def grads(t):
@@ -464,10 +466,17 @@ def validate_points(model, paths, device: str, workers: int, log, label: str) ->
     out = {}
     for name in ("learned", "watershed"):
         tp, fp, fn = (sum(r[name][k] for r in rows) for k in ("tp", "fp", "fn"))
-        out[name] = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
-                     "f1": 2 * tp / max(1, 2 * tp + fp + fn), "n_images": len(rows), "n_points": tp + fn}
-        log(f"{label} {name}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in out[name].items()))
+        out[name] = {
+            "precision": tp / max(1, tp + fp),
+            "recall": tp / max(1, tp + fn),
+            "f1": 2 * tp / max(1, 2 * tp + fp + fn),
+            "n_images": len(rows),
+            "n_points": tp + fn,
+        }
+        log(
+            f"{label} {name}: "
+            + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in out[name].items())
+        )
     return out
 
 
@@ -584,15 +593,24 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, nargs=2, default=(0.8, 1.25), help="zoom range")
     ap.add_argument("--widths", type=int, nargs="+", default=None, help="U-Net widths")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--brca-train", type=Path, default=None,
-                    help="BRCA-M2C train folder (*.jpg + *_points.csv): weak supervision at 20x")
-    ap.add_argument("--brca-val", type=Path, default=None,
-                    help="BRCA-M2C val folder: point F1 of the result (never trained on)")
+    ap.add_argument(
+        "--brca-train",
+        type=Path,
+        default=None,
+        help="BRCA-M2C train folder (*.jpg + *_points.csv): weak supervision at 20x",
+    )
+    ap.add_argument(
+        "--brca-val", type=Path, default=None, help="BRCA-M2C val folder: point F1 of the result (never trained on)"
+    )
     ap.add_argument("--brca-frac", type=float, default=0.375, help="share of each batch from --brca-train")
     ap.add_argument("--brca-limit", type=int, default=0, help="use only the first N BRCA train images (0: all)")
     ap.add_argument("--v1-aug", action="store_true", help="the v1 colour / resampling ranges")
-    ap.add_argument("--init", type=Path, default=None,
-                    help="start from this checkpoint (fine-tuning; its architecture overrides --widths)")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this checkpoint (fine-tuning; its architecture overrides --widths)",
+    )
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     args = ap.parse_args(argv)
 
@@ -647,8 +665,10 @@ def main(argv=None) -> int:
                 weak = list(ex.map(_load_weak, paths, chunksize=4))
 
     def upload(group):
-        return ([torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(dev) for rgb, _ in group],
-                [torch.from_numpy(t).to(dev, torch.float16) for _, t in group])
+        return (
+            [torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(dev) for rgb, _ in group],
+            [torch.from_numpy(t).to(dev, torch.float16) for _, t in group],
+        )
 
     images, targets = upload(pairs)
     w_images, w_targets = upload(weak)
@@ -657,8 +677,9 @@ def main(argv=None) -> int:
     log(f"torch {torch.__version__} device {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if cuda else ""))
     log(f"loaded {len(images)} training images {args.train_ids} with targets")
     if w_images:
-        log(f"loaded {len(w_images)} BRCA-M2C train images with weak targets "
-            f"({known:.1%} of pixels with a known label)")
+        log(
+            f"loaded {len(w_images)} BRCA-M2C train images with weak targets ({known:.1%} of pixels with a known label)"
+        )
     n_weak = int(round(args.batch * args.brca_frac)) if w_images else 0
 
     cfg = UNetConfig(widths=tuple(args.widths)) if args.widths else UNetConfig()
@@ -713,7 +734,9 @@ def main(argv=None) -> int:
     train_s = time.perf_counter() - t0
     log(f"trained {step} steps in {train_s:.1f}s ({step * args.batch / train_s:.1f} crops/s)")
 
-    ema.load_state_dict({**model.state_dict(), **{k: v for k, v in ema.state_dict().items() if v.dtype.is_floating_point}})
+    ema.load_state_dict(
+        {**model.state_dict(), **{k: v for k, v in ema.state_dict().items() if v.dtype.is_floating_point}}
+    )
     val = validate(ema, args.data, val_ids, str(dev), args.workers, log)
     points = {}
     if args.brca_val is not None:
@@ -726,8 +749,10 @@ def main(argv=None) -> int:
     ship = should_ship(auto, {**val, "images": val_ids}, init)
     log(f"verdict: {'SHIP' if ship else 'KEEP the current weights'} (see should_ship)")
 
-    state = {k: (v.detach().half() if v.dtype.is_floating_point else v.detach()).cpu().contiguous()
-             for k, v in ema.state_dict().items()}
+    state = {
+        k: (v.detach().half() if v.dtype.is_floating_point else v.detach()).cpu().contiguous()
+        for k, v in ema.state_dict().items()
+    }
     meta = {
         "dataset": DATASET,
         "train_images": train_ids,
@@ -747,16 +772,27 @@ def main(argv=None) -> int:
         "weak_supervision": (
             f"BRCA-M2C train ({args.brca_train.name}), {len(w_images)} images, {n_weak} of {args.batch} crops "
             "per batch: watershed nuclei confirmed by one annotated point, background away from "
-            "points and watershed nuclei, the rest ignored" if w_images else None
+            "points and watershed nuclei, the rest ignored"
+            if w_images
+            else None
         ),
-        "init": (f"{args.init.name} (sha256 {_sha256(args.init)[:12]}, trained "
-                 f"{init.get('meta', {}).get('date', '?')})" if init is not None else None),
+        "init": (
+            f"{args.init.name} (sha256 {_sha256(args.init)[:12]}, trained {init.get('meta', {}).get('date', '?')})"
+            if init is not None
+            else None
+        ),
         "augmentation": "v1" if args.v1_aug else "v2 (hematoxylin 0.6-1.6, half the crops down-up 1.6-2.4x)",
         "auto_mpp_range": auto,
         "ship": ship,
     }
-    ckpt = {"format": "napari-uam nuclei U-Net v1", "auto_mpp_range": auto, "config": cfg.to_dict(), "net_mpp": NET_MPP,
-            "state_dict": state, "meta": meta}
+    ckpt = {
+        "format": "napari-uam nuclei U-Net v1",
+        "auto_mpp_range": auto,
+        "config": cfg.to_dict(),
+        "net_mpp": NET_MPP,
+        "state_dict": state,
+        "meta": meta,
+    }
     torch.save(ckpt, args.out / "nuclei_unet.pt")
     (args.out / "metrics.json").write_text(json.dumps({"meta": meta, "held_out": val, "brca_m2c": points}, indent=1))
     # Reload exactly as the backend will (weights_only torch.load), so a file that cannot be
@@ -765,8 +801,10 @@ def main(argv=None) -> int:
 
     build_model(load_checkpoint(args.out / "nuclei_unet.pt"))
     size = (args.out / "nuclei_unet.pt").stat().st_size
-    log(f"wrote {args.out / 'nuclei_unet.pt'} ({size / 1e6:.2f} MB), metrics.json, train.log; "
-        f"total {time.perf_counter() - t_start:.1f}s")
+    log(
+        f"wrote {args.out / 'nuclei_unet.pt'} ({size / 1e6:.2f} MB), metrics.json, train.log; "
+        f"total {time.perf_counter() - t_start:.1f}s"
+    )
     log_file.close()
     return 0
 

@@ -81,13 +81,20 @@ def build_cache(data: Path, cache: Path, consep_ids, brca_every: int, log) -> li
     items = []
     for i in consep_ids:
         for mpp in (CONSEP_MPP, 0.5):
-            items.append({"kind": "consep", "image": i, "mpp": mpp,
-                          "rgb": data / "consep" / f"train_{i}.jpg",
-                          "gt": data / "consep" / f"train_{i}_inst.png"})
+            items.append(
+                {
+                    "kind": "consep",
+                    "image": i,
+                    "mpp": mpp,
+                    "rgb": data / "consep" / f"train_{i}.jpg",
+                    "gt": data / "consep" / f"train_{i}_inst.png",
+                }
+            )
     brca = sorted((data / "brca_m2c" / "train").glob("*.jpg"))[:: max(1, brca_every)]
     for p in brca:
-        items.append({"kind": "brca", "image": p.stem, "mpp": BRCA_MPP, "rgb": p,
-                      "gt": p.with_name(p.stem + "_points.csv")})
+        items.append(
+            {"kind": "brca", "image": p.stem, "mpp": BRCA_MPP, "rgb": p, "gt": p.with_name(p.stem + "_points.csv")}
+        )
     t0 = time.perf_counter()
     for k, it in enumerate(items):
         it["maps"] = cache / f"{it['kind']}_{it['image']}_{it['mpp']:g}.npy"
@@ -96,8 +103,10 @@ def build_cache(data: Path, cache: Path, consep_ids, brca_every: int, log) -> li
             if it["kind"] == "consep" and it["mpp"] != CONSEP_MPP:
                 rgb = rescale_image(rgb, CONSEP_MPP / it["mpp"])
             np.save(it["maps"], network_maps(model, rgb, it["mpp"], net_mpp))
-            log(f"cached {k + 1}/{len(items)} {it['kind']} {it['image']} @ {it['mpp']:g} um/px "
-                f"({time.perf_counter() - t0:.0f}s)")
+            log(
+                f"cached {k + 1}/{len(items)} {it['kind']} {it['image']} @ {it['mpp']:g} um/px "
+                f"({time.perf_counter() - t0:.0f}s)"
+            )
         it.update(net_mpp=net_mpp, rgb=str(it["rgb"]), gt=str(it["gt"]), maps=str(it["maps"]))
     return items
 
@@ -134,8 +143,12 @@ def evaluate(items: list[dict], params: dict, pool, kinds=("consep",)) -> dict:
     b = [s for it, s in zip(sel, rows) if it["kind"] == "brca"]
     if b:
         tp, fp, fn = (sum(x[k] for x in b) for k in ("tp", "fp", "fn"))
-        out["brca_train"] = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
-                             "f1": 2 * tp / max(1, 2 * tp + fp + fn), "n_images": len(b)}
+        out["brca_train"] = {
+            "precision": tp / max(1, tp + fp),
+            "recall": tp / max(1, tp + fn),
+            "f1": 2 * tp / max(1, 2 * tp + fp + fn),
+            "n_images": len(b),
+        }
     return out
 
 
@@ -199,8 +212,13 @@ def main(argv=None) -> int:
     ap.add_argument("--brca-every", type=int, default=4, help="use every n-th BRCA-M2C train image")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the network pass")
-    ap.add_argument("--search-mpp", type=float, nargs="+", default=[CONSEP_MPP, 0.5],
-                    help="CoNSeP pixel sizes scored during the search (the final report has both)")
+    ap.add_argument(
+        "--search-mpp",
+        type=float,
+        nargs="+",
+        default=[CONSEP_MPP, 0.5],
+        help="CoNSeP pixel sizes scored during the search (the final report has both)",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="coordinate-descent passes at most")
     ap.add_argument("--write-weights", action="store_true", help="store the result in the shipped checkpoint")
     args = ap.parse_args(argv)
@@ -231,7 +249,8 @@ def main(argv=None) -> int:
         "command": "python -m research.segmentation.tune_post " + " ".join(argv if argv is not None else sys.argv[1:]),
         "consep_images": ids,
         "objective": "mean over images of (AJI + PQ) / 2 at "
-        + " and ".join(f"{m:g}" for m in args.search_mpp) + " um/px",
+        + " and ".join(f"{m:g}" for m in args.search_mpp)
+        + " um/px",
         "brca_train_images": sum(it["kind"] == "brca" for it in items),
         "params": best,
         "default_scores": default,

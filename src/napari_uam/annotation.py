@@ -211,7 +211,9 @@ def classes_from_points(
     return pd.Series(out, dtype=object)
 
 
-def apply_classes(table: pd.DataFrame, classes: pd.Series, source: str, keep_user: bool = True) -> tuple[pd.DataFrame, int]:
+def apply_classes(
+    table: pd.DataFrame, classes: pd.Series, source: str, keep_user: bool = True
+) -> tuple[pd.DataFrame, int]:
     """Set each nucleus of ``classes`` (label -> class) with the given source; returns (table, n changed).
 
     With ``keep_user`` the nuclei an annotator set by hand keep their class: a coarse region

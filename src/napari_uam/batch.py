@@ -111,9 +111,9 @@ def collect_images(inputs: Iterable, out_dir=None) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             files = sorted(
-                f for f in p.iterdir()
-                if f.is_file() and not f.name.startswith(".") and _is_image_name(f.name)
-                and not _own_output(f, out)
+                f
+                for f in p.iterdir()
+                if f.is_file() and not f.name.startswith(".") and _is_image_name(f.name) and not _own_output(f, out)
             )
             if not files:
                 raise BatchArgumentError(f"{p}: the folder holds no TIFF, PNG or JPEG image.")
@@ -122,7 +122,8 @@ def collect_images(inputs: Iterable, out_dir=None) -> list[Path]:
             found.append(p)
         elif glob.has_magic(str(item)):
             files = sorted(
-                Path(f) for f in glob.glob(str(item), recursive=True)
+                Path(f)
+                for f in glob.glob(str(item), recursive=True)
                 if Path(f).is_file() and _is_image_name(f) and not _own_output(Path(f), out)
             )
             if not files:
@@ -267,8 +268,11 @@ def _clear_killed_writes(out: Path, previous: Optional[dict], command: str, inpu
         if not isinstance(img, dict) or img.get("status") != "writing":
             continue
         stem = str(img.get("stem") or "")
-        if not stem or done_path(out, stem).exists() and read_done(
-                out, stem, command, [k for k in (img.get("outputs") or {}) if k in FORMATS]) is not None:
+        if (
+            not stem
+            or done_path(out, stem).exists()
+            and read_done(out, stem, command, [k for k in (img.get("outputs") or {}) if k in FORMATS]) is not None
+        ):
             continue
         own = output_paths(out, stem)
         kinds = [k for k, name in (img.get("outputs") or {}).items() if k in own and own[k].name == name]
@@ -493,8 +497,7 @@ def run_batch(
         s = image_stem(p)
         if s in stems:
             raise BatchArgumentError(
-                f"{stems[s]} and {p} would write the same outputs ({s}_*); "
-                "process them into different --out folders."
+                f"{stems[s]} and {p} would write the same outputs ({s}_*); process them into different --out folders."
             )
         stems[s] = p
 
@@ -530,18 +533,50 @@ def run_batch(
         raise
     try:
         return _run_locked(
-            command, out, jobs, mpp=mpp, formats=formats, clf=clf, model=model, device=device,
-            segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
-            labels_from_out=labels_from_out, tile_size=tile_size, dask=dask, workers=workers,
-            progress=progress, argv=argv, executor=executor,
+            command,
+            out,
+            jobs,
+            mpp=mpp,
+            formats=formats,
+            clf=clf,
+            model=model,
+            device=device,
+            segmenter=segmenter,
+            radiomics_backend=radiomics_backend,
+            overwrite=overwrite,
+            labels_from_out=labels_from_out,
+            tile_size=tile_size,
+            dask=dask,
+            workers=workers,
+            progress=progress,
+            argv=argv,
+            executor=executor,
         )
     finally:
         lock.release()
 
 
-def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, segmenter,
-                radiomics_backend, overwrite, labels_from_out, tile_size, dask, workers,
-                progress, argv, executor) -> BatchResult:
+def _run_locked(
+    command,
+    out: Path,
+    jobs,
+    *,
+    mpp,
+    formats,
+    clf,
+    model,
+    device,
+    segmenter,
+    radiomics_backend,
+    overwrite,
+    labels_from_out,
+    tile_size,
+    dask,
+    workers,
+    progress,
+    argv,
+    executor,
+) -> BatchResult:
     """The body of :func:`run_batch`, run while the output folder's lock is held."""
     from .radiomics.schema import DEFAULT_SCHEMA
 
@@ -568,8 +603,13 @@ def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, s
         "finished_utc": None,
         "state": "running",
         "versions": pipeline._versions(),
-        "model": None if clf is None else {
-            "id": clf.model_id, "sha256": clf.sha256, "arch": clf.arch, "schema_id": clf.schema_id,
+        "model": None
+        if clf is None
+        else {
+            "id": clf.model_id,
+            "sha256": clf.sha256,
+            "arch": clf.arch,
+            "schema_id": clf.schema_id,
         },
         "schema_id": DEFAULT_SCHEMA.schema_id if command != "segment" else None,
         "parameters": parameters,
@@ -587,8 +627,7 @@ def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, s
         manifest["images"] = [asdict(s) for s in statuses]
         manifest["totals"] = {
             "images": len(statuses),
-            **{k: sum(1 for s in statuses if s.status == k)
-               for k in ("done", "skipped", "failed", "pending")},
+            **{k: sum(1 for s in statuses if s.status == k) for k in ("done", "skipped", "failed", "pending")},
             "cells": sum(s.n_cells or 0 for s in statuses if s.status in ("done", "skipped")),
             "tumor_cells": sum(s.n_tumor or 0 for s in statuses if s.status in ("done", "skipped")),
             "seconds": round(time.perf_counter() - t_run, 3),
@@ -598,10 +637,22 @@ def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, s
         _write_json(manifest_path, manifest)
 
     ctx = dict(
-        command=command, out=out, formats=formats, mpp=mpp, clf=clf, model=model, device=device,
-        segmenter=segmenter, radiomics_backend=radiomics_backend, overwrite=overwrite,
-        labels_from_out=labels_from_out, parameters=parameters, tile_size=tile_size,
-        executor=executor, save=save, inputs={p.resolve() for p, _ in jobs},
+        command=command,
+        out=out,
+        formats=formats,
+        mpp=mpp,
+        clf=clf,
+        model=model,
+        device=device,
+        segmenter=segmenter,
+        radiomics_backend=radiomics_backend,
+        overwrite=overwrite,
+        labels_from_out=labels_from_out,
+        parameters=parameters,
+        tile_size=tile_size,
+        executor=executor,
+        save=save,
+        inputs={p.resolve() for p, _ in jobs},
     )
     # Read before this run's manifest replaces it: what a killed run was writing.
     _clear_killed_writes(out, _is_own_manifest(manifest_path), command, ctx["inputs"])
@@ -685,10 +736,7 @@ def _run_locked(command, out: Path, jobs, *, mpp, formats, clf, model, device, s
 
     cohort = None
     if "parquet" in formats and command != "segment":
-        parts = [
-            (s.stem, output_paths(out, s.stem)["parquet"])
-            for s in statuses if s.status in ("done", "skipped")
-        ]
+        parts = [(s.stem, output_paths(out, s.stem)["parquet"]) for s in statuses if s.status in ("done", "skipped")]
         parts += _finished_elsewhere(out, command, {s.stem for s in statuses})
         try:
             cohort = write_cohort_table(out, parts)
@@ -752,8 +800,13 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
     scale_mpp = ctx["mpp"] or file_mpp or default_mpp
     if scale_mpp is not None:  # a file's own pixel size is checked here, before decoding it
         _check_scale(path, (height, width), pipeline._check_mpp(scale_mpp), command, ctx["segmenter"], tile)
-    plan = {"tiled": tiled, "shape": (height, width), "labels": None, "write_formats": formats,
-            "labels_source": "segmented"}
+    plan = {
+        "tiled": tiled,
+        "shape": (height, width),
+        "labels": None,
+        "write_formats": formats,
+        "labels_source": "segmented",
+    }
     if ctx["labels_from_out"] and command != "segment" and paths["tif"].is_file():
         if tiled:
             raise UAMError(
@@ -766,9 +819,7 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
     if tiled:
         mpp = ctx["mpp"] or file_mpp or default_mpp
         if mpp is None:
-            raise UAMError(
-                f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x)."
-            )
+            raise UAMError(f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x).")
         plan["mpp"] = mpp
     return plan
 
@@ -816,8 +867,7 @@ def _working_mpps(command: str, segmenter: str, mpp: float) -> list[tuple[float,
     return out
 
 
-def _check_scale(path: Path, shape, mpp: float, command: str, segmenter: str, tile_size,
-                 warn: bool = True) -> None:
+def _check_scale(path: Path, shape, mpp: float, command: str, segmenter: str, tile_size, warn: bool = True) -> None:
     """Refuse (or warn about) the resampling an image at ``mpp`` needs, from its header alone.
 
     A tiled image is resampled tile by tile, so there the limit applies to one tile.
@@ -853,8 +903,11 @@ def _compute_config(ctx: dict, executor) -> dict:
 
     local = isinstance(executor, SerialExecutor)
     return {
-        "command": ctx["command"], "mpp": ctx["mpp"], "segmenter": ctx["segmenter"],
-        "radiomics_backend": ctx["radiomics_backend"], "device": ctx["device"],
+        "command": ctx["command"],
+        "mpp": ctx["mpp"],
+        "segmenter": ctx["segmenter"],
+        "radiomics_backend": ctx["radiomics_backend"],
+        "device": ctx["device"],
         "model": ctx["clf"] if local else ctx["model"],
     }
 
@@ -892,9 +945,7 @@ def compute_image(path: Path, default_mpp, plan: dict, cfg: dict) -> dict:
     image, file_mpp = read_image(path)
     mpp = cfg["mpp"] or file_mpp or default_mpp
     if mpp is None:
-        raise UAMError(
-            f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x)."
-        )
+        raise UAMError(f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x).")
     timings["read_s"] = time.perf_counter() - t
     command = cfg["command"]
     t = time.perf_counter()
@@ -904,8 +955,9 @@ def compute_image(path: Path, default_mpp, plan: dict, cfg: dict) -> dict:
 
         rgb = as_rgb_uint8(image)
         resolve_backend(cfg["segmenter"], mpp)
-        labels, backend = pipeline.segment_nuclei(rgb, mpp, backend=cfg["segmenter"], device=cfg["device"],
-                                                  return_backend=True)
+        labels, backend = pipeline.segment_nuclei(
+            rgb, mpp, backend=cfg["segmenter"], device=cfg["device"], return_backend=True
+        )
         table = pipeline.cell_geometry(labels, mpp)
         timings["segment_s"] = time.perf_counter() - t
         provenance = {
@@ -922,17 +974,28 @@ def compute_image(path: Path, default_mpp, plan: dict, cfg: dict) -> dict:
         if command == "classify" and not hasattr(model, "predict_proba"):
             model = pipeline.get_classifier(model, cfg["device"])
         res = pipeline.run(
-            image, mpp, labels=plan["labels"], segment_backend=cfg["segmenter"],
-            radiomics_backend=cfg["radiomics_backend"], model=model, device=cfg["device"],
+            image,
+            mpp,
+            labels=plan["labels"],
+            segment_backend=cfg["segmenter"],
+            radiomics_backend=cfg["radiomics_backend"],
+            model=model,
+            device=cfg["device"],
             classify=command == "classify",
         )
         labels, table, provenance = res.labels, res.table, res.provenance
         tumor_mask = getattr(res, "tumor_mask", None)
         timings.update(provenance.get("timings", {}))
     provenance["labels_source"] = plan["labels_source"]
-    return {"labels": labels, "table": table, "provenance": provenance, "mpp": mpp, "timings": timings,
-            "tumor_mask": tumor_mask if command == "classify" else None,
-            "seconds": time.perf_counter() - t_start}
+    return {
+        "labels": labels,
+        "table": table,
+        "provenance": provenance,
+        "mpp": mpp,
+        "timings": timings,
+        "tumor_mask": tumor_mask if command == "classify" else None,
+        "seconds": time.perf_counter() - t_start,
+    }
 
 
 def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict) -> None:
@@ -946,8 +1009,14 @@ def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict)
     t = time.perf_counter()
     _record_writing(st, ctx, [*formats, *(["tumor_mask"] if res.get("tumor_mask") is not None else [])])
     export_cells(
-        res["labels"], res["table"], out, stem, formats=plan["write_formats"],
-        overwrite=ctx["overwrite"], provenance=res["provenance"], mpp=res["mpp"],
+        res["labels"],
+        res["table"],
+        out,
+        stem,
+        formats=plan["write_formats"],
+        overwrite=ctx["overwrite"],
+        provenance=res["provenance"],
+        mpp=res["mpp"],
         tumor_mask=res.get("tumor_mask"),
     )
     timings = dict(res["timings"])
@@ -978,24 +1047,29 @@ def _record_writing(st: ImageStatus, ctx: dict, kinds) -> None:
 
 def _write_marker(path: Path, st: ImageStatus, ctx: dict, mpp, provenance: dict, timings: dict) -> None:
     # Written last: its presence is what makes the image count as done.
-    _write_json(done_path(ctx["out"], st.stem), {
-        "schema": MANIFEST_SCHEMA,
-        "command": ctx["command"],
-        "image": str(path),
-        "stem": st.stem,
-        "outputs": st.outputs,
-        "n_cells": st.n_cells,
-        "n_tumor": st.n_tumor,
-        "mpp": mpp,
-        "model": provenance.get("model_id") and {
-            "id": provenance.get("model_id"), "sha256": provenance.get("model_sha256"),
+    _write_json(
+        done_path(ctx["out"], st.stem),
+        {
+            "schema": MANIFEST_SCHEMA,
+            "command": ctx["command"],
+            "image": str(path),
+            "stem": st.stem,
+            "outputs": st.outputs,
+            "n_cells": st.n_cells,
+            "n_tumor": st.n_tumor,
+            "mpp": mpp,
+            "model": provenance.get("model_id")
+            and {
+                "id": provenance.get("model_id"),
+                "sha256": provenance.get("model_sha256"),
+            },
+            "schema_id": provenance.get("schema_id"),
+            "parameters": ctx["parameters"],
+            "provenance": provenance,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "finished_utc": _utc(),
         },
-        "schema_id": provenance.get("schema_id"),
-        "parameters": ctx["parameters"],
-        "provenance": provenance,
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "finished_utc": _utc(),
-    })
+    )
 
 
 def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
@@ -1019,14 +1093,17 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
     backend = resolve_backend(ctx["segmenter"], mpp)
     clf = ctx["clf"]
     prov = {
-        "versions": pipeline._versions(), "mpp": mpp, "working_mpp": pipeline.working_mpp(),
+        "versions": pipeline._versions(),
+        "mpp": mpp,
+        "working_mpp": pipeline.working_mpp(),
         "radiomics_backend": ctx["radiomics_backend"] if command != "segment" else None,
         "schema_id": DEFAULT_SCHEMA.schema_id if command != "segment" else None,
-        "device": ctx["device"], "time_utc": _utc(), "labels_source": "segmented",
+        "device": ctx["device"],
+        "time_utc": _utc(),
+        "labels_source": "segmented",
     }
     if clf is not None:
-        prov.update(model_id=clf.model_id, model_arch=clf.arch, model_sha256=clf.sha256,
-                    model_schema_id=clf.schema_id)
+        prov.update(model_id=clf.model_id, model_arch=clf.arch, model_sha256=clf.sha256, model_schema_id=clf.schema_id)
     from .distributed import SerialExecutor
 
     executor = ctx["executor"]
@@ -1038,9 +1115,18 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
     try:
         with _named_warnings(path.name):
             res = tiling.run_tiled(
-                path, mpp, stage, stem, command=command, formats=formats, backend=backend,
-                executor=executor, tile=ctx["tile_size"] or tiling.DEFAULT_TILE,
-                radiomics_backend=ctx["radiomics_backend"], device=ctx["device"], model=model,
+                path,
+                mpp,
+                stage,
+                stem,
+                command=command,
+                formats=formats,
+                backend=backend,
+                executor=executor,
+                tile=ctx["tile_size"] or tiling.DEFAULT_TILE,
+                radiomics_backend=ctx["radiomics_backend"],
+                device=ctx["device"],
+                model=model,
                 provenance=prov,
             )
         written = []

@@ -36,35 +36,51 @@ def _parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         c = sub.add_parser(name, help=text, description=text)
-        c.add_argument("images", nargs="*",
-                       help="image files (TIFF/OME-TIFF/SVS, PNG, JPEG), glob patterns or folders")
+        c.add_argument("images", nargs="*", help="image files (TIFF/OME-TIFF/SVS, PNG, JPEG), glob patterns or folders")
         c.add_argument("--sample", action="store_true", help="also run on the shipped sample patch")
-        c.add_argument("--mpp", type=float, default=None,
-                       help="microns per pixel (0.25 at 40x, 0.5 at 20x); default: read from each file")
+        c.add_argument(
+            "--mpp",
+            type=float,
+            default=None,
+            help="microns per pixel (0.25 at 40x, 0.5 at 20x); default: read from each file",
+        )
         c.add_argument("--out", required=True, help="output folder")
         c.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
         c.add_argument("--segmenter", default="auto", help="segmentation backend (default: best installed)")
         if name != "segment":
             c.add_argument("--radiomics-backend", default="auto", choices=["auto", "fast", "pyradiomics"])
-            c.add_argument("--labels-from-out", action="store_true",
-                           help="reuse <stem>_nuclei.tif from the output folder when present "
-                                "instead of segmenting again")
+            c.add_argument(
+                "--labels-from-out",
+                action="store_true",
+                help="reuse <stem>_nuclei.tif from the output folder when present instead of segmenting again",
+            )
         if name == "classify":
-            c.add_argument("--model", default=None,
-                           help="checkpoint file (default: the shipped UAM weights)")
-            c.add_argument("--formats", default="tif,csv,parquet,geojson",
-                           help="comma-separated subset of tif,csv,parquet,geojson")
-        c.add_argument("--tile-size", type=int, default=None, metavar="PX",
-                       help="process images taller or wider than PX in tiles of PX with halos "
-                            "(default: only images above 16.8 Mpx, in tiles of 2048)")
-        c.add_argument("--dask", default=None, metavar="local|ADDRESS",
-                       help="run images and tiles on Dask: 'local' (a local cluster) or a "
-                            "scheduler address such as tcp://host:8786 (a scheduler runs pickled "
-                            "code: connect only to a cluster you trust)")
-        c.add_argument("--workers", type=int, default=None,
-                       help="local Dask workers (more than 1 implies --dask local)")
-        c.add_argument("--overwrite", action="store_true",
-                       help="recompute images already done and replace their outputs")
+            c.add_argument("--model", default=None, help="checkpoint file (default: the shipped UAM weights)")
+            c.add_argument(
+                "--formats", default="tif,csv,parquet,geojson", help="comma-separated subset of tif,csv,parquet,geojson"
+            )
+        c.add_argument(
+            "--tile-size",
+            type=int,
+            default=None,
+            metavar="PX",
+            help="process images taller or wider than PX in tiles of PX with halos "
+            "(default: only images above 16.8 Mpx, in tiles of 2048)",
+        )
+        c.add_argument(
+            "--dask",
+            default=None,
+            metavar="local|ADDRESS",
+            help="run images and tiles on Dask: 'local' (a local cluster) or a "
+            "scheduler address such as tcp://host:8786 (a scheduler runs pickled "
+            "code: connect only to a cluster you trust)",
+        )
+        c.add_argument(
+            "--workers", type=int, default=None, help="local Dask workers (more than 1 implies --dask local)"
+        )
+        c.add_argument(
+            "--overwrite", action="store_true", help="recompute images already done and replace their outputs"
+        )
         c.add_argument("--quiet", action="store_true", help="no progress lines (failures still go to stderr)")
     from .evaluation import add_evaluate_parser
     from .training.finetune import add_train_parser
@@ -107,8 +123,10 @@ def _run(args, argv) -> int:
     )
     if not args.quiet:
         cohort = f", cohort table {result.cohort_path}" if result.cohort_path else ""
-        print(f"{result.count('done')} done, {result.count('skipped')} skipped, "
-              f"{result.count('failed')} failed; manifest {result.manifest_path}{cohort}")
+        print(
+            f"{result.count('done')} done, {result.count('skipped')} skipped, "
+            f"{result.count('failed')} failed; manifest {result.manifest_path}{cohort}"
+        )
     return result.exit_code
 
 

@@ -59,8 +59,9 @@ class DaskExecutor:
         UAMError: ``distributed`` is not installed or the scheduler cannot be reached.
     """
 
-    def __init__(self, address: str = "local", n_workers: Optional[int] = None, threads_per_worker: int = 1,
-                 timeout: str = "30s"):
+    def __init__(
+        self, address: str = "local", n_workers: Optional[int] = None, threads_per_worker: int = 1, timeout: str = "30s"
+    ):
         try:
             from distributed import Client, LocalCluster
         except ImportError as err:
@@ -75,8 +76,11 @@ class DaskExecutor:
             # share n cores instead of each spawning a thread per core.
             env = {"NUMBA_NUM_THREADS": str(threads_per_worker), "OMP_NUM_THREADS": str(threads_per_worker)}
             self._cluster = LocalCluster(
-                n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                dashboard_address=None, env=env,
+                n_workers=n,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+                env=env,
             )
             self.client = Client(self._cluster)
             self.description = f"Dask local cluster, {n} worker(s)"
@@ -204,4 +208,3 @@ def dask_available() -> bool:
 
 
 __all__ = ["DaskExecutor", "SerialExecutor", "dask_available", "make_executor"]
-

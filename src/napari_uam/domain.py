@@ -172,8 +172,15 @@ class DomainModel:
         old = [] if self.anchors is None else list(self.anchors)
         old_names = [] if self.anchor_names is None else list(self.anchor_names)
         rows = old + [np.asarray(d, np.float64) for d in descriptors]
-        return DomainModel(self.feature_mean, self.components, self.mean, self.precision, self.threshold,
-                           np.stack(rows) if rows else None, (old_names + [str(n) for n in names]) if rows else None)
+        return DomainModel(
+            self.feature_mean,
+            self.components,
+            self.mean,
+            self.precision,
+            self.threshold,
+            np.stack(rows) if rows else None,
+            (old_names + [str(n) for n in names]) if rows else None,
+        )
 
     @classmethod
     def fit(cls, stains: list[dict], features: list[np.ndarray]) -> "DomainModel":

@@ -99,8 +99,14 @@ def evaluate_tables(model, tables: Sequence, target: str = "target", device: str
     if not ys:
         raise UAMError("No cell table given: pass parquet or CSV tables with a ground-truth column.")
     return {
-        "model": {"id": clf.model_id, "sha256": clf.sha256, "arch": clf.arch, "schema_id": clf.schema_id,
-                  "classes": names, "tumor_class": names[clf.tumor_class]},
+        "model": {
+            "id": clf.model_id,
+            "sha256": clf.sha256,
+            "arch": clf.arch,
+            "schema_id": clf.schema_id,
+            "classes": names,
+            "tumor_class": names[clf.tumor_class],
+        },
         "target": target,
         "tables": results,
         "all": metrics(np.concatenate(ys), np.concatenate(ps)),
@@ -110,12 +116,18 @@ def evaluate_tables(model, tables: Sequence, target: str = "target", device: str
 def render(result: dict) -> str:
     """A plain-text table of the metrics and the pooled confusion matrix."""
     head = f"{'table':<32} {'cells':>7} {'acc':>6} {'bal.acc':>7} {'macroF1':>7} {'AUC':>6}"
-    lines = [f"model {result['model']['id']} (sha256 {result['model']['sha256'][:12]}), "
-             f"tumor class {result['model']['tumor_class']!r}", head, "-" * len(head)]
+    lines = [
+        f"model {result['model']['id']} (sha256 {result['model']['sha256'][:12]}), "
+        f"tumor class {result['model']['tumor_class']!r}",
+        head,
+        "-" * len(head),
+    ]
     rows = list(result["tables"].items()) + [("all", result["all"])]
     for name, m in rows:
-        lines.append(f"{name[:32]:<32} {m['n']:>7} {m['accuracy']:>6.3f} {m['balanced_accuracy']:>7.3f} "
-                     f"{m['macro_f1']:>7.3f} {m['auc']:>6.3f}")
+        lines.append(
+            f"{name[:32]:<32} {m['n']:>7} {m['accuracy']:>6.3f} {m['balanced_accuracy']:>7.3f} "
+            f"{m['macro_f1']:>7.3f} {m['auc']:>6.3f}"
+        )
     names = result["model"]["classes"]
     lines.append("")
     lines.append("confusion (all; rows truth, columns predicted): " + ", ".join(names))
@@ -146,4 +158,3 @@ def run_cli(args) -> int:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
         print(f"metrics written to {args.out}")
     return 0
-

@@ -14,9 +14,7 @@ stopped between steps through ``cancel() -> bool`` (raises :class:`CancelledErro
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 import platform
 import time
 import warnings
@@ -29,7 +27,7 @@ import pandas as pd
 from . import __version__
 from .classify.cache import weights_cache
 from .classify.checkpoint import default_weights_path, load_classifier
-from .errors import CancelledError, InvalidImageError, InvalidLabelsError, NoNucleiError
+from .errors import CancelledError, InvalidLabelsError, NoNucleiError
 from .pixel_size import PixelSizeWarning, estimate_mpp
 from .scale import rescale_image, resize_labels, scale_factor
 from .validation import as_labels, as_rgb_uint8, check_brightfield, check_he_stain, check_he_tissue
@@ -133,7 +131,12 @@ def segment_nuclei(
     # Each backend works at the pixel size it was designed or trained for and returns labels
     # at the image's own resolution, so nothing is resampled here.
     labels, used = segment(
-        rgb, mpp, backend=backend, device=device, return_backend=True, cancel=cancel,
+        rgb,
+        mpp,
+        backend=backend,
+        device=device,
+        return_backend=True,
+        cancel=cancel,
         progress=(lambda f, _msg="": _tick(progress, "segment", f)),
     )
     _check_cancel(cancel)
@@ -169,9 +172,7 @@ def cell_geometry(labels: np.ndarray, mpp: float) -> pd.DataFrame:
     counts = pixels[ids].astype(np.float64)
     cy = sum_y[ids] / counts
     cx = sum_x[ids] / counts
-    return pd.DataFrame(
-        {"label": ids.astype(np.int64), "y": cy, "x": cx, "area_um2": counts * mpp * mpp}
-    )
+    return pd.DataFrame({"label": ids.astype(np.int64), "y": cy, "x": cx, "area_um2": counts * mpp * mpp})
 
 
 def measure_cells(
@@ -451,16 +452,15 @@ def run(
     t0 = time.perf_counter()
     if labels is None:
         resolve_backend(segment_backend, mpp)  # an unknown name fails before any work
-        labels, seg_used = segment_nuclei(rgb, mpp, backend=segment_backend, device=device, progress=progress,
-                                          cancel=cancel, return_backend=True)
+        labels, seg_used = segment_nuclei(
+            rgb, mpp, backend=segment_backend, device=device, progress=progress, cancel=cancel, return_backend=True
+        )
         timings["segment_s"] = time.perf_counter() - t0
     else:
         labels = as_labels(labels, rgb.shape)
         seg_used = "given"
     t1 = time.perf_counter()
-    table = measure_cells(
-        rgb, labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel
-    )
+    table = measure_cells(rgb, labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel)
     timings["measure_s"] = time.perf_counter() - t1
     prov = {
         "versions": _versions(),
@@ -511,8 +511,11 @@ def run(
         table.attrs.update({k: v for k, v in area.items() if v is not None})
     prov["timings"] = timings
     return PipelineResult(
-        labels=labels, table=table, tumor_mask=None if prob is None else (prob > 0.5).astype(np.uint8),
-        provenance=prov, tumor_probability=prob,
+        labels=labels,
+        table=table,
+        tumor_mask=None if prob is None else (prob > 0.5).astype(np.uint8),
+        provenance=prov,
+        tumor_probability=prob,
     )
 
 
@@ -551,4 +554,3 @@ def warm_up(device: str = "auto") -> dict:
     crop = np.ascontiguousarray(sample_image()[:WARM_UP_PX, :WARM_UP_PX])
     res = run(crop, SAMPLE_MPP, device=dev, model=get_classifier(None, dev))
     return {"device": dev, "seconds": time.perf_counter() - t, "cells": int(len(res.table))}
-

@@ -64,8 +64,10 @@ def check_resample(shape, mpp: float, target_mpp: float, what: str = "the pipeli
     h, w = int(shape[0]), int(shape[1])
     oh, ow = resampled_shape(shape, factor)
     pixels = oh * ow
-    where = (f"At {mpp:g} um/px, {what} resamples this {h}x{w} image to {target_mpp:g} um/px, "
-             f"i.e. to {oh}x{ow} pixels ({pixels / 1e6:.0f} Mpx)")
+    where = (
+        f"At {mpp:g} um/px, {what} resamples this {h}x{w} image to {target_mpp:g} um/px, "
+        f"i.e. to {oh}x{ow} pixels ({pixels / 1e6:.0f} Mpx)"
+    )
     if factor > MAX_ENLARGE:
         raise InvalidImageError(
             f"{where}: a {factor:.0f}-fold enlargement, where nuclei are only 1-2 pixels across. "

@@ -96,9 +96,7 @@ def probe(path) -> tuple[int, int, Optional[float]]:
                 return int(im.size[1]), int(im.size[0]), mpp
     except Exception as err:
         raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
-    raise InvalidImageError(
-        f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG."
-    )
+    raise InvalidImageError(f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG.")
 
 
 @contextlib.contextmanager
@@ -375,8 +373,11 @@ def segment_tile(job: TileJob, rgb: np.ndarray) -> np.ndarray:
 
     if job.backend == "watershed" and job.white is not None:
         return watershed_fixed(rgb, job.mpp, job.white, job.threshold)
-    return segment(rgb, job.mpp, backend=job.backend, device=job.device) if job.backend == "learned" \
+    return (
+        segment(rgb, job.mpp, backend=job.backend, device=job.device)
+        if job.backend == "learned"
         else segment(rgb, job.mpp, backend=job.backend)
+    )
 
 
 def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params=None) -> np.ndarray:
@@ -400,7 +401,9 @@ def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params
     return segment_watershed(rgb, mpp, params, white=white, threshold=threshold)
 
 
-def measure_tile(rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, device: str, stain=None) -> pd.DataFrame:
+def measure_tile(
+    rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, device: str, stain=None
+) -> pd.DataFrame:
     """:func:`napari_uam.pipeline.measure_cells` without the whole-image checks.
 
     The brightfield / stain checks describe the whole image and ran once on its overview; on
@@ -413,8 +416,9 @@ def measure_tile(rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, 
 
     geom = cell_geometry(labels, mpp)
     work = rescale_image(rgb, scale_factor(mpp, DEFAULT_SCHEMA.mpp))
-    feats = radiomics.extract(work, resize_labels(labels, work.shape[:2]), schema=DEFAULT_SCHEMA,
-                              backend=backend, device=device, stain=stain)
+    feats = radiomics.extract(
+        work, resize_labels(labels, work.shape[:2]), schema=DEFAULT_SCHEMA, backend=backend, device=device, stain=stain
+    )
     feats = feats.reindex(geom["label"].to_numpy())
     table = pd.concat([geom.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
     table.attrs["schema_id"] = DEFAULT_SCHEMA.schema_id
@@ -485,8 +489,13 @@ def process_tile(job: TileJob, tile: Tile) -> TileResult:
 
         rings = {k: [[x + X0, y + Y0] for x, y in r] for k, r in label_polygons(local.astype(np.int32)).items()}
     return TileResult(
-        tile=tile, n=int(kept.size), labels=zlib.compress(np.ascontiguousarray(local).tobytes(), 1),
-        dtype=np.dtype(dtype).name, table=table, rings=rings, n_cut=n_cut,
+        tile=tile,
+        n=int(kept.size),
+        labels=zlib.compress(np.ascontiguousarray(local).tobytes(), 1),
+        dtype=np.dtype(dtype).name,
+        table=table,
+        rings=rings,
+        n_cut=n_cut,
         seconds=time.perf_counter() - t0,
     )
 
@@ -583,8 +592,10 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
         params = WatershedParams()
         white = white_level(overview)
         edges = np.linspace(0.0, 4.0, 4097)
-        counts = sum(c for _, c in executor.map(
-            tile_histogram, [(job, t, edges, tuple(map(float, white)), params) for t in tiles]))
+        counts = sum(
+            c
+            for _, c in executor.map(tile_histogram, [(job, t, edges, tuple(map(float, white)), params) for t in tiles])
+        )
         centers = (edges[:-1] + edges[1:]) / 2
         if counts.sum() < 100 or np.count_nonzero(counts) < 2:
             thr = np.inf
@@ -645,9 +656,14 @@ def run_tiled(
     tile, halo = plan(mpp, backend, tile, halo_um)
     tiles = tile_grid(height, width, tile, halo)
     job = TileJob(
-        reader=RegionReader(str(path)), mpp=float(mpp), shape=(height, width), command=command,
+        reader=RegionReader(str(path)),
+        mpp=float(mpp),
+        shape=(height, width),
+        command=command,
         backend=backend,
-        radiomics_backend=radiomics_backend, device=device, model=model,
+        radiomics_backend=radiomics_backend,
+        device=device,
+        model=model,
         polygons="geojson" in formats,
     )
     levels = image_levels(job, tiles, executor, height, width, tile)
@@ -680,8 +696,9 @@ def run_tiled(
             attrs = {k: v for k, v in res.table.attrs.items() if isinstance(v, (str, int, float))}
         if res.rings:
             (parts / f"{i}.rings.json").write_text(json.dumps({str(k): v for k, v in res.rings.items()}))
-        (parts / f"{i}.json").write_text(json.dumps(
-            {"dtype": res.dtype, "n": res.n, "seconds": res.seconds, "attrs": attrs}))
+        (parts / f"{i}.json").write_text(
+            json.dumps({"dtype": res.dtype, "n": res.n, "seconds": res.seconds, "attrs": attrs})
+        )
         done += 1
         if progress is not None:
             progress(done, len(tiles))
@@ -696,10 +713,17 @@ def run_tiled(
 
     prov = dict(provenance or {})
     prov.update(
-        tiled=True, image_shape=[height, width, 3], tile_px=tile, halo_px=halo,
-        n_tiles=len(tiles), grid=[max(t.iy for t in tiles) + 1, max(t.ix for t in tiles) + 1],
-        segment_backend=backend, n_cells=n_cells, cut_nuclei=n_cut,
-        watershed_white=levels.get("white"), watershed_threshold=levels.get("threshold"),
+        tiled=True,
+        image_shape=[height, width, 3],
+        tile_px=tile,
+        halo_px=halo,
+        n_tiles=len(tiles),
+        grid=[max(t.iy for t in tiles) + 1, max(t.ix for t in tiles) + 1],
+        segment_backend=backend,
+        n_cells=n_cells,
+        cut_nuclei=n_cut,
+        watershed_white=levels.get("white"),
+        watershed_threshold=levels.get("threshold"),
         stain=levels["stain"].as_dict(),
     )
     if trust is not None:  # judged like a whole image: distance, threshold, status, warnings
@@ -721,13 +745,15 @@ def run_tiled(
         written["geojson"] = targets["geojson"]
     shutil.rmtree(parts, ignore_errors=True)
     prov["timings"] = {
-        "levels_s": t_levels, "tiles_s": t_tiles,
+        "levels_s": t_levels,
+        "tiles_s": t_tiles,
         "assemble_s": time.perf_counter() - t_start - t_levels - t_tiles,
     }
     if n_cut:
         warnings.warn(
-            f"{n_cut} nuclei touch the edge of their tile's halo: they may be cut. "
-            "Use a larger halo.", RuntimeWarning, stacklevel=2,
+            f"{n_cut} nuclei touch the edge of their tile's halo: they may be cut. Use a larger halo.",
+            RuntimeWarning,
+            stacklevel=2,
         )
     return TiledResult(n_cells=n_cells, n_tumor=n_tumor, outputs=written, provenance=prov)
 
@@ -792,8 +818,16 @@ def _write_labels(path, tiles, parts, offsets, height, width, tile, n_cells, mpp
     kwargs = {}
     if mpp:
         kwargs = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
-    tifffile.imwrite(path, blocks(), shape=(height, width), dtype=dtype, tile=(tile, tile),
-                     compression="zlib", bigtiff=True, **kwargs)
+    tifffile.imwrite(
+        path,
+        blocks(),
+        shape=(height, width),
+        dtype=dtype,
+        tile=(tile, tile),
+        compression="zlib",
+        bigtiff=True,
+        **kwargs,
+    )
     return conflicts[0]
 
 
@@ -866,7 +900,8 @@ def _write_geojson(path, tiles, parts, offsets) -> None:
                     row = table.loc[lab]
                     props["measurements"] = {
                         k: (gid if k == "label" else float(row[k]))
-                        for k in keep if k in table.columns and pd.notna(row[k])
+                        for k in keep
+                        if k in table.columns and pd.notna(row[k])
                     }
                     if "class" in table.columns and isinstance(row["class"], str):
                         props["classification"] = {
@@ -875,8 +910,12 @@ def _write_geojson(path, tiles, parts, offsets) -> None:
                         }
                 else:
                     props["measurements"] = {"label": gid}
-                feature = {"type": "Feature", "id": f"nucleus-{gid}",
-                           "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+                feature = {
+                    "type": "Feature",
+                    "id": f"nucleus-{gid}",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": props,
+                }
                 fh.write(("" if first else ", ") + json.dumps(feature))
                 first = False
         fh.write("]}")

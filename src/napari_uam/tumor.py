@@ -22,7 +22,6 @@ models), ``training``, ``metrics``, ``model_id``, ``created``, ``versions``, ``n
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import os
 import tempfile
 from pathlib import Path
@@ -53,9 +52,17 @@ def tumor_weights_available(path=None) -> bool:
     return Path(path or default_tumor_weights_path()).is_file()
 
 
-def save_tumor_checkpoint(path, model, *, work_mpp: float, cell_encoder: dict | None,
-                          training: dict | None = None, metrics: dict | None = None,
-                          model_id: str | None = None, half: bool = False) -> str:
+def save_tumor_checkpoint(
+    path,
+    model,
+    *,
+    work_mpp: float,
+    cell_encoder: dict | None,
+    training: dict | None = None,
+    metrics: dict | None = None,
+    model_id: str | None = None,
+    half: bool = False,
+) -> str:
     """Write a tumor-mask checkpoint atomically; returns its SHA-256.
 
     Args:
@@ -69,6 +76,7 @@ def save_tumor_checkpoint(path, model, *, work_mpp: float, cell_encoder: dict | 
             using it (``benchmarks/multimodal_bench.py --half-weights`` does).
     """
     import torch
+
     if model.use_cells and cell_encoder is None:
         raise ValueError("a multimodal tumor model needs its cell_encoder checkpoint")
     cfg = _plain(model.config)
@@ -115,8 +123,13 @@ def read_tumor_checkpoint(path) -> dict:
     Raises:
         CheckpointError: missing, damaged or of another format / version.
     """
-    return load_checkpoint_dict(path, what="tumor-mask checkpoint", fmt=FORMAT, version=FORMAT_VERSION,
-                                hint="Retrain it (python benchmarks/multimodal_bench.py --train).")
+    return load_checkpoint_dict(
+        path,
+        what="tumor-mask checkpoint",
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        hint="Retrain it (python benchmarks/multimodal_bench.py --train).",
+    )
 
 
 class TumorMaskModel:
@@ -135,6 +148,7 @@ class TumorMaskModel:
         from .device import resolve_device
         from .models.multimodal import TumorRegionNet
         from .models.ssm import set_ssm_backend
+
         self.device = resolve_device(device)
         try:
             self.model = TumorRegionNet(**ckpt["config"])
@@ -145,8 +159,9 @@ class TumorMaskModel:
             set_ssm_backend(self.model, backend)
         self.model = self.model.eval().to(self.device)
         self.uses_cells = bool(ckpt["config"].get("use_cells"))
-        self.cell_encoder = (CellClassifier(ckpt["cell_encoder"], device=self.device, backend=backend)
-                             if self.uses_cells else None)
+        self.cell_encoder = (
+            CellClassifier(ckpt["cell_encoder"], device=self.device, backend=backend) if self.uses_cells else None
+        )
         self.work_mpp = float(ckpt["work_mpp"])
         self.model_id = ckpt.get("model_id", "tumor_mask")
         self.card = {k: v for k, v in ckpt.items() if k not in ("state_dict", "cell_encoder")}
@@ -161,9 +176,7 @@ class TumorMaskModel:
         from .models.multimodal import uam_cell_inputs
 
         if table is None or not {"y", "x"} <= set(table.columns):
-            raise InvalidLabelsError(
-                "The multimodal tumor model needs the measured cell table (Measure cells first)."
-            )
+            raise InvalidLabelsError("The multimodal tumor model needs the measured cell table (Measure cells first).")
         vec = uam_cell_inputs(self.cell_encoder, table[self.cell_encoder.feature_names])
         return vec, table[["y", "x"]].to_numpy(dtype=np.float32)
 
@@ -189,8 +202,9 @@ class TumorMaskModel:
         return predict_probability(self.model, rgb, float(mpp), self.work_mpp, cell_vectors, cell_yx, self.device)
 
 
-def predict_probability(model, rgb: np.ndarray, mpp: float, work_mpp: float, cell_vectors=None,
-                        cell_yx=None, device: str = "cpu") -> np.ndarray:
+def predict_probability(
+    model, rgb: np.ndarray, mpp: float, work_mpp: float, cell_vectors=None, cell_yx=None, device: str = "cpu"
+) -> np.ndarray:
     """Run a :class:`TumorRegionNet` on one whole image; (H, W) float32 probabilities.
 
     The image is resampled to ``work_mpp`` (area-averaged), reflect-padded to a multiple of
@@ -205,7 +219,11 @@ def predict_probability(model, rgb: np.ndarray, mpp: float, work_mpp: float, cel
     f = mpp / work_mpp
     hw, ww = max(int(round(h * f)), 1), max(int(round(w * f)), 1)
     x = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-    x = F.interpolate(x, size=(hw, ww), mode="area") if f < 1 else F.interpolate(x, size=(hw, ww), mode="bilinear", align_corners=False)
+    x = (
+        F.interpolate(x, size=(hw, ww), mode="area")
+        if f < 1
+        else F.interpolate(x, size=(hw, ww), mode="bilinear", align_corners=False)
+    )
     ph, pw = -hw % 32, -ww % 32
     x = standardise(x)
     # Reflect padding needs pad < size; tiny images fall back to replicate.
@@ -214,11 +232,16 @@ def predict_probability(model, rgb: np.ndarray, mpp: float, work_mpp: float, cel
     kwargs = {}
     if model.use_cells:
         n = 0 if cell_vectors is None else len(cell_vectors)
-        vec = torch.from_numpy(np.array(cell_vectors if n else np.zeros((0, model.config["cell_features"])), dtype=np.float32))
+        vec = torch.from_numpy(
+            np.array(cell_vectors if n else np.zeros((0, model.config["cell_features"])), dtype=np.float32)
+        )
         pos = torch.from_numpy(np.array(cell_yx if n else np.zeros((0, 2)), dtype=np.float32))
         pos = (pos + 0.5) * torch.tensor([hw / h, ww / w]) - 0.5
-        kwargs = {"cell_pos": pos[None].to(device), "cell_feat": vec[None].to(device),
-                  "cell_valid": torch.ones(1, n, dtype=torch.bool, device=device)}
+        kwargs = {
+            "cell_pos": pos[None].to(device),
+            "cell_feat": vec[None].to(device),
+            "cell_valid": torch.ones(1, n, dtype=torch.bool, device=device),
+        }
     with torch.no_grad():
         logits, _ = model(x, **kwargs)
         p = torch.sigmoid(logits[..., :hw, :ww].float())
@@ -243,12 +266,23 @@ def load_tumor_model(path=None, device: str = "auto") -> TumorMaskModel:
                 "napari-uam (`pip install --force-reinstall napari-uam`) or choose a tumor-mask checkpoint."
             )
     device = resolve_device(device)
-    return weights_cache.get("tumor_mask", path, device,
-                             lambda: TumorMaskModel(read_tumor_checkpoint(str(path)), device=device, path=str(path)))
+    return weights_cache.get(
+        "tumor_mask",
+        path,
+        device,
+        lambda: TumorMaskModel(read_tumor_checkpoint(str(path)), device=device, path=str(path)),
+    )
 
 
-def predict_tumor_mask(image, mpp: float, table=None, *, model=None, device: str = "auto",
-                       progress: Optional[Callable[[str, float], None]] = None) -> np.ndarray:
+def predict_tumor_mask(
+    image,
+    mpp: float,
+    table=None,
+    *,
+    model=None,
+    device: str = "auto",
+    progress: Optional[Callable[[str, float], None]] = None,
+) -> np.ndarray:
     """Per-pixel tumor probability of an H&E image at its own resolution.
 
     Args:

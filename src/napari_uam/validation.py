@@ -68,9 +68,7 @@ def as_rgb_uint8(image) -> np.ndarray:
     """
     arr = np.asarray(image)
     if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise InvalidImageError(
-            f"Image has dtype {arr.dtype}; expected a numeric RGB image (uint8, uint16 or float)."
-        )
+        raise InvalidImageError(f"Image has dtype {arr.dtype}; expected a numeric RGB image (uint8, uint16 or float).")
     if arr.ndim == 2:
         raise InvalidImageError(
             f"Image is grayscale (shape {arr.shape}); napari-uam needs an RGB H&E image "
@@ -96,8 +94,7 @@ def as_rgb_uint8(image) -> np.ndarray:
         arr = arr[..., :3]
     if arr.shape[-1] != 3:
         raise InvalidImageError(
-            f"Image has {arr.shape[-1]} channels; expected 3 (RGB). "
-            "Multiplexed or grayscale data is not an H&E image."
+            f"Image has {arr.shape[-1]} channels; expected 3 (RGB). Multiplexed or grayscale data is not an H&E image."
         )
     if arr.dtype == np.uint8:
         return arr.copy()
@@ -111,9 +108,7 @@ def as_rgb_uint8(image) -> np.ndarray:
             return np.round(arr * 255.0).astype(np.uint8)
         if hi <= 255.0:
             return np.round(arr).astype(np.uint8)
-        raise InvalidImageError(
-            f"Float image has values up to {hi:g}; expected [0, 1] or [0, 255]. Rescale it first."
-        )
+        raise InvalidImageError(f"Float image has values up to {hi:g}; expected [0, 1] or [0, 255]. Rescale it first.")
     if arr.dtype == np.uint16:
         top = int(arr.max())
         if 0 < top < _FULL_16BIT_MIN:
@@ -170,9 +165,7 @@ def check_size(shape) -> None:
     """
     h, w = int(shape[0]), int(shape[1])
     if h < MIN_SIDE or w < MIN_SIDE:
-        raise InvalidImageError(
-            f"Image is {h}x{w} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed to hold a nucleus."
-        )
+        raise InvalidImageError(f"Image is {h}x{w} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed to hold a nucleus.")
     if h * w > MAX_PIXELS:
         raise InvalidImageError(
             f"Image is {h}x{w} pixels ({h * w / 1e6:.0f} Mpx); napari-uam processes images of up to "
@@ -332,9 +325,7 @@ def check_he_tissue(rgb: np.ndarray) -> dict:
             "has a bright background. Check the exposure, or the bit depth of the file."
         )
     if st["chroma"] < _MIN_CHROMA:
-        raise NotTissueError(
-            "Image has no colour (a grey image saved as RGB?); napari-uam needs a colour H&E image."
-        )
+        raise NotTissueError("Image has no colour (a grey image saved as RGB?); napari-uam needs a colour H&E image.")
     if st["correlation"] < _MIN_CORRELATION:
         raise NotTissueError(
             f"Image has no tissue texture (neighbouring pixels correlate {st['correlation']:.2f}): it "

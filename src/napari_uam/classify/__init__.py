@@ -13,5 +13,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["CellClassifier", "default_weights_path", "file_identity", "load_classifier", "read_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "CellClassifier",
+    "default_weights_path",
+    "file_identity",
+    "load_classifier",
+    "read_checkpoint",
+    "save_checkpoint",
+]

@@ -222,7 +222,7 @@ def _refuse_non_torch_file(path: Path, what: str) -> None:
     try:
         text = head.decode("utf-8")
         first = text.splitlines()[0] if text.splitlines() else ""
-        kind = ("a CSV / text table" if ("," in first or "\t" in first or ";" in first) else "a text file")
+        kind = "a CSV / text table" if ("," in first or "\t" in first or ";" in first) else "a text file"
         kind += f" (first line {first[:60]!r})"
     except UnicodeDecodeError:
         kind = "a binary file of another kind"
@@ -332,8 +332,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: missing, truncated, corrupted or of an unknown format / version.
     """
-    ckpt = load_checkpoint_dict(path, what="cell-classifier checkpoint", fmt=FORMAT, version=FORMAT_VERSION,
-                                hint="Reinstall napari-uam for the shipped weights, or fine-tune a new checkpoint (Train dock or `napari-uam train`).")
+    ckpt = load_checkpoint_dict(
+        path,
+        what="cell-classifier checkpoint",
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        hint="Reinstall napari-uam for the shipped weights, or fine-tune a new checkpoint (Train dock or `napari-uam train`).",
+    )
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks the entries {missing}; the file is incomplete. Retrain it.")
@@ -397,7 +402,9 @@ class CellClassifier:
         self.sha256 = sha256
         temperature = float((ckpt.get("calibration") or {}).get("temperature", 1.0))
         if not (np.isfinite(temperature) and temperature > 0):
-            raise CheckpointError(f"Checkpoint {self.model_id!r} has an invalid calibration temperature {temperature!r}.")
+            raise CheckpointError(
+                f"Checkpoint {self.model_id!r} has an invalid calibration temperature {temperature!r}."
+            )
         self.temperature = temperature
         from ..domain import DomainModel
 
@@ -520,7 +527,9 @@ class CellClassifier:
         return self.predict_proba(features, batch_size).argmax(axis=1)
 
 
-def load_classifier(path: str | os.PathLike | None = None, device: str = "auto", backend: str | None = None) -> CellClassifier:
+def load_classifier(
+    path: str | os.PathLike | None = None, device: str = "auto", backend: str | None = None
+) -> CellClassifier:
     """Load a checkpoint for inference.
 
     Args:

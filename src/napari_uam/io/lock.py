@@ -68,8 +68,16 @@ class FolderLock:
             fh.close()  # the holder removed the file between our open and our lock: again
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "what": self.what, "argv": sys.argv,
-                             "since_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+        fh.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "what": self.what,
+                    "argv": sys.argv,
+                    "since_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
+        )
         fh.flush()
         self._fh = fh
         return self

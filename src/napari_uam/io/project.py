@@ -120,7 +120,9 @@ def save_project(
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists; choose another folder or allow overwriting.")
     if folder.exists() and not (folder / MANIFEST).is_file():
-        raise ProjectError(f"{folder} exists and is not a napari-uam project; it is never replaced. Choose another folder.")
+        raise ProjectError(
+            f"{folder} exists and is not a napari-uam project; it is never replaced. Choose another folder."
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:

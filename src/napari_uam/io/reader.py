@@ -142,9 +142,7 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
         raise
     except Exception as err:  # any decoder failure becomes one actionable message
         raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
-    raise InvalidImageError(
-        f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG."
-    )
+    raise InvalidImageError(f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG.")
 
 
 def get_reader(path):

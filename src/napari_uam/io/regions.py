@@ -139,8 +139,14 @@ def tumor_geojson(mask: np.ndarray, mpp: Optional[float] = None, tolerance: floa
             outer = abs(_signed_area(np.asarray(rings[0])))
             holes = sum(abs(_signed_area(np.asarray(r))) for r in rings[1:])
             props["measurements"] = {"area_um2": round((outer - holes) * float(mpp) ** 2, 3)}
-        features.append({"type": "Feature", "id": f"tumor-region-{i}",
-                         "geometry": {"type": "Polygon", "coordinates": rings}, "properties": props})
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"tumor-region-{i}",
+                "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": props,
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -56,9 +56,7 @@ def write_cells_csv(table: pd.DataFrame, path, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-def write_cells_parquet(
-    table: pd.DataFrame, path, provenance: Optional[dict] = None, overwrite: bool = False
-) -> Path:
+def write_cells_parquet(table: pd.DataFrame, path, provenance: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Write a cell table to parquet with ``provenance`` in the file metadata, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -155,7 +153,12 @@ def geojson_features(labels: np.ndarray, table: pd.DataFrame) -> dict:
         else:
             props["measurements"] = {"label": int(lab)}
         features.append(
-            {"type": "Feature", "id": f"nucleus-{lab}", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+            {
+                "type": "Feature",
+                "id": f"nucleus-{lab}",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": props,
+            }
         )
     return {"type": "FeatureCollection", "features": features}
 

@@ -70,9 +70,7 @@ def build_model(name: str, n_features: int, n_classes: int, **config) -> CellCla
         raise ValueError(f"Unknown model {name!r}; registered models: {', '.join(MODELS)}.")
     unknown = set(config) - set(DEFAULT_CONFIG)
     if unknown:
-        raise ValueError(
-            f"Unknown config keys {sorted(unknown)} for model {key!r}; known: {sorted(DEFAULT_CONFIG)}."
-        )
+        raise ValueError(f"Unknown config keys {sorted(unknown)} for model {key!r}; known: {sorted(DEFAULT_CONFIG)}.")
     if config.get("backend", "auto") not in BACKENDS:
         raise ValueError(f"Unknown SSM backend {config['backend']!r}; choose one of {BACKENDS}.")
     cfg = {**DEFAULT_CONFIG, **config, "n_features": int(n_features), "n_classes": int(n_classes)}

@@ -43,7 +43,9 @@ def standardise(rgb_uint8: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def splat_cells(values: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
+def splat_cells(
+    values: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, h: int, w: int, stride: int
+) -> torch.Tensor:
     """Average cell vectors into a grid of cells of ``stride`` pixels.
 
     Args:
@@ -79,14 +81,24 @@ class TumorRegionNet(nn.Module):
         decoder_dim: FPN width.
     """
 
-    def __init__(self, encoder: dict | None = None, use_cells: bool = True, cell_features: int = 17,
-                 cell_dim: int = 32, decoder_dim: int = 48):
+    def __init__(
+        self,
+        encoder: dict | None = None,
+        use_cells: bool = True,
+        cell_features: int = 17,
+        cell_dim: int = 32,
+        decoder_dim: int = 48,
+    ):
         super().__init__()
         enc_cfg = {**DEFAULT_ENCODER, **(encoder or {})}
         self.encoder = SSMambaEncoder(**enc_cfg)
-        self.config = {"encoder": dict(self.encoder.config), "use_cells": bool(use_cells),
-                       "cell_features": int(cell_features), "cell_dim": int(cell_dim),
-                       "decoder_dim": int(decoder_dim)}
+        self.config = {
+            "encoder": dict(self.encoder.config),
+            "use_cells": bool(use_cells),
+            "cell_features": int(cell_features),
+            "cell_dim": int(cell_dim),
+            "decoder_dim": int(decoder_dim),
+        }
         widths = self.encoder.widths
         self.use_cells = bool(use_cells)
         if self.use_cells:
@@ -138,15 +150,18 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     (B, 1, H, W) masks out padding."""
     if weight is None:
         weight = torch.ones_like(target)
-    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / weight.sum().clamp(min=1)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / weight.sum().clamp(
+        min=1
+    )
     p = torch.sigmoid(logits) * weight
     t = target * weight
     dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
     return bce + dice
 
 
-def joint_loss(mask_logits, mask_target, cell_logits=None, cell_target=None, cell_valid=None,
-               weight=None, cell_weight: float = 0.5) -> torch.Tensor:
+def joint_loss(
+    mask_logits, mask_target, cell_logits=None, cell_target=None, cell_valid=None, weight=None, cell_weight: float = 0.5
+) -> torch.Tensor:
     """Segmentation loss (BCE + Dice) plus ``cell_weight`` x the cell classification BCE."""
     loss = dice_bce_loss(mask_logits, mask_target, weight)
     if cell_logits is not None and cell_valid is not None and cell_valid.any():

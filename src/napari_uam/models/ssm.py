@@ -96,8 +96,12 @@ class Mamba(nn.Module):
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias)
         self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
-            padding=d_conv - 1, bias=conv_bias,
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
         )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
@@ -105,9 +109,9 @@ class Mamba(nn.Module):
         # Step-size init of mamba_ssm: softplus(dt_bias) log-uniform in [dt_min, dt_max].
         dt_std = self.dt_rank**-0.5 * dt_scale
         nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
-        dt = torch.exp(
-            torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(
+            min=dt_init_floor
+        )
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
@@ -137,7 +141,14 @@ class Mamba(nn.Module):
         else:
             scan = TORCH_SCANS[self.torch_scan]
         y = scan(
-            x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+            x,
+            dt,
+            A,
+            B,
+            C,
+            self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
         )
         return self.out_proj(y.transpose(1, 2))

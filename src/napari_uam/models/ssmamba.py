@@ -49,8 +49,9 @@ class LPR(nn.Module):
         super().__init__()
         half = max(channels // 2, 1)
         self.reduce = nn.Sequential(nn.Conv2d(channels, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv2d(half, half, kernel, padding=kernel // 2, groups=half, bias=False),
-                                nn.BatchNorm2d(half))
+        self.dw = nn.Sequential(
+            nn.Conv2d(half, half, kernel, padding=kernel // 2, groups=half, bias=False), nn.BatchNorm2d(half)
+        )
         self.expand = nn.Conv2d(half, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,10 +108,15 @@ def _grid(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
 class Stage(nn.Module):
     """One hierarchy level: optional 2x downsampling (strided conv), LPR, DMS blocks."""
 
-    def __init__(self, c_in: int, c_out: int, depth: int, downsample: bool, d_state: int, conv_kernel: int, backend: str):
+    def __init__(
+        self, c_in: int, c_out: int, depth: int, downsample: bool, d_state: int, conv_kernel: int, backend: str
+    ):
         super().__init__()
-        self.down = (nn.Sequential(nn.Conv2d(c_in, c_out, 2, stride=2), nn.BatchNorm2d(c_out))
-                     if downsample else nn.Conv2d(c_in, c_out, 1))
+        self.down = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 2, stride=2), nn.BatchNorm2d(c_out))
+            if downsample
+            else nn.Conv2d(c_in, c_out, 1)
+        )
         self.lpr = LPR(c_out)
         self.blocks = nn.ModuleList(DMS(c_out, d_state, conv_kernel, backend) for _ in range(depth))
         self.norm = nn.LayerNorm(c_out)
@@ -140,23 +146,36 @@ class SSMambaEncoder(nn.Module):
     #: Total downsampling of the last stage.
     stride = 32
 
-    def __init__(self, widths=DEFAULT_ENCODER["widths"], depths=DEFAULT_ENCODER["depths"],
-                 d_state: int = 8, conv_kernel: int = 5, backend: str = "auto"):
+    def __init__(
+        self,
+        widths=DEFAULT_ENCODER["widths"],
+        depths=DEFAULT_ENCODER["depths"],
+        d_state: int = 8,
+        conv_kernel: int = 5,
+        backend: str = "auto",
+    ):
         super().__init__()
         widths, depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
-        self.config = {"widths": widths, "depths": depths, "d_state": d_state,
-                       "conv_kernel": conv_kernel, "backend": backend}
+        self.config = {
+            "widths": widths,
+            "depths": depths,
+            "d_state": d_state,
+            "conv_kernel": conv_kernel,
+            "backend": backend,
+        }
         self.widths = widths
         c0 = widths[0]
         # Stem: two stride-2 convs to the stage-1 token grid (stride 4).
         self.stem = nn.Sequential(
-            nn.Conv2d(3, c0 // 2, 3, stride=2, padding=1), nn.BatchNorm2d(c0 // 2), nn.GELU(),
-            nn.Conv2d(c0 // 2, c0, 3, stride=2, padding=1), nn.BatchNorm2d(c0),
+            nn.Conv2d(3, c0 // 2, 3, stride=2, padding=1),
+            nn.BatchNorm2d(c0 // 2),
+            nn.GELU(),
+            nn.Conv2d(c0 // 2, c0, 3, stride=2, padding=1),
+            nn.BatchNorm2d(c0),
         )
         self.mask_token = nn.Parameter(torch.zeros(1, c0, 1, 1))
         self.stages = nn.ModuleList(
-            Stage(widths[max(k - 1, 0)], widths[k], depths[k], k > 0, d_state, conv_kernel, backend)
-            for k in range(4)
+            Stage(widths[max(k - 1, 0)], widths[k], depths[k], k > 0, d_state, conv_kernel, backend) for k in range(4)
         )
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -196,8 +215,15 @@ class MAMIMDecoder(nn.Module):
         return F.pixel_shuffle(self.head(y), 4)
 
 
-def random_patch_mask(batch: int, h4: int, w4: int, patch_tokens: int = 4, ratio: float = 0.75,
-                      generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+def random_patch_mask(
+    batch: int,
+    h4: int,
+    w4: int,
+    patch_tokens: int = 4,
+    ratio: float = 0.75,
+    generator: torch.Generator | None = None,
+    device="cpu",
+) -> torch.Tensor:
     """(B, 1, h4, w4) bool token mask hiding ``ratio`` of square patches of
     ``patch_tokens`` x ``patch_tokens`` stride-4 tokens (16x16 pixels by default)."""
     gh, gw = -(-h4 // patch_tokens), -(-w4 // patch_tokens)
@@ -211,8 +237,14 @@ def random_patch_mask(batch: int, h4: int, w4: int, patch_tokens: int = 4, ratio
     return m[..., :h4, :w4].to(device)
 
 
-def mamim_loss(encoder: SSMambaEncoder, decoder: MAMIMDecoder, x: torch.Tensor, ratio: float = 0.75,
-               patch_tokens: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+def mamim_loss(
+    encoder: SSMambaEncoder,
+    decoder: MAMIMDecoder,
+    x: torch.Tensor,
+    ratio: float = 0.75,
+    patch_tokens: int = 4,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """MAMIM loss of a (B, 3, H, W) batch (H, W multiples of 32): MSE of the reconstruction
     against per-patch normalised pixels, on masked patches only."""
     b, _, h, w = x.shape

@@ -60,7 +60,9 @@ class AmambaMoE(nn.Module):
 def split_config(cfg: dict) -> tuple[dict, dict]:
     """Mamba and MoE keyword arguments from a flat model config."""
     mamba = {
-        "d_state": cfg["d_state"], "d_conv": cfg["d_conv"], "expand": cfg["expand"],
+        "d_state": cfg["d_state"],
+        "d_conv": cfg["d_conv"],
+        "expand": cfg["expand"],
         "backend": cfg["backend"],
     }
     moe = {"n_experts": cfg["n_experts"], "top_k": cfg["top_k"], "hidden": cfg["expert_hidden"]}

@@ -205,8 +205,9 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
     return out
 
 
-def extract(image, labels, schema=None, backend: str = "auto", device: str = "auto", progress=None, stain=None,
-            cancel=None):
+def extract(
+    image, labels, schema=None, backend: str = "auto", device: str = "auto", progress=None, stain=None, cancel=None
+):
     """Per-cell features of every nucleus in ``labels``.
 
     Args:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-import numpy as np
 
 from . import _numba, _shape
 from ._colours import _lut, _pack_rgb
@@ -218,8 +217,25 @@ def extract_cuda(xp, rgb, lab, ids, stack_shape, schema: FeatureSchema, col_of, 
 
     sf = torch.empty((n_cells, len(_numba.SHAPE_NAMES)), dtype=f64, device=dev)
     iwork = torch.empty(total["shape_i"], dtype=i64, device=dev)
-    launch(ks["shape"], n_cells, order, starts, pix, lab32, wp, float(schema.mpp), float(schema.mpp), const["area"],
-           const["perim"], const["corners"], const["dys"], const["dxs"], off["shape_i"], iwork, sf)
+    launch(
+        ks["shape"],
+        n_cells,
+        order,
+        starts,
+        pix,
+        lab32,
+        wp,
+        float(schema.mpp),
+        float(schema.mpp),
+        const["area"],
+        const["perim"],
+        const["corners"],
+        const["dys"],
+        const["dxs"],
+        off["shape_i"],
+        iwork,
+        sf,
+    )
     put(("", "shape2D"), sf)
 
     for ch in schema.channels:
@@ -232,16 +248,46 @@ def extract_cuda(xp, rgb, lab, ids, stack_shape, schema: FeatureSchema, col_of, 
             iw = torch.empty(n_cells * 256, dtype=i64, device=dev)
             io = torch.arange(0, (n_cells + 1) * 256, 256, dtype=i64, device=dev)
             ff = torch.empty((n_cells, len(_numba.FIRSTORDER_NAMES)), dtype=f64, device=dev)
-            launch(ks["firstorder"], n_cells, order, starts, values, level, n_lv, schema.mpp * schema.mpp * 1.0, io,
-                   iw, off[ch, "first_f"], fwork, ff)
+            launch(
+                ks["firstorder"],
+                n_cells,
+                order,
+                starts,
+                values,
+                level,
+                n_lv,
+                schema.mpp * schema.mpp * 1.0,
+                io,
+                iw,
+                off[ch, "first_f"],
+                fwork,
+                ff,
+            )
             put((ch, "firstorder"), ff)
         # GLCM, one thread per (cell, angle); its valid angles also select GLRLM's.
         fwork = torch.empty(total[ch, "glcm_f"], dtype=f64, device=dev)
         iwork = torch.empty(total[ch, "glcm_i"], dtype=i64, device=dev)
         g4 = torch.empty((n_cells, 4, len(_numba.GLCM_NAMES)), dtype=f64, device=dev)
         status = torch.empty((n_cells, 4), dtype=torch.int8, device=dev)
-        launch(ks["glcm"], 4 * n_cells, order, starts, pix, level, levimg, lab32, ng, const["offs4"], lg,
-               off[ch, "glcm_i"], iwork, off[ch, "glcm_f"], fwork, g4, status)
+        launch(
+            ks["glcm"],
+            4 * n_cells,
+            order,
+            starts,
+            pix,
+            level,
+            levimg,
+            lab32,
+            ng,
+            const["offs4"],
+            lg,
+            off[ch, "glcm_i"],
+            iwork,
+            off[ch, "glcm_f"],
+            fwork,
+            g4,
+            status,
+        )
         valid = status > 0
         if "glcm" in fam_set:
             gf = _angle_mean(torch, g4, valid)
@@ -253,23 +299,70 @@ def extract_cuda(xp, rgb, lab, ids, stack_shape, schema: FeatureSchema, col_of, 
         if "glrlm" in fam_set:
             fwork = torch.empty(total[ch, "glrlm_f"], dtype=f64, device=dev)
             r4 = torch.empty((n_cells, 4, len(_numba.GLRLM_NAMES)), dtype=f64, device=dev)
-            launch(ks["glrlm"], 4 * n_cells, order, starts, pix, level, levimg, lab32, ng, rmax, const["offs4"], valid,
-                   lg, off[ch, "glrlm_f"], fwork, r4)
+            launch(
+                ks["glrlm"],
+                4 * n_cells,
+                order,
+                starts,
+                pix,
+                level,
+                levimg,
+                lab32,
+                ng,
+                rmax,
+                const["offs4"],
+                valid,
+                lg,
+                off[ch, "glrlm_f"],
+                fwork,
+                r4,
+            )
             put((ch, "glrlm"), _angle_mean(torch, r4, valid))
         if "glszm" in fam_set:
             seen = torch.zeros(lab.shape[0], dtype=torch.bool, device=dev)
             iwork = torch.empty(total[ch, "glszm_i"], dtype=i64, device=dev)
             fwork = torch.zeros(total[ch, "glszm_f"], dtype=f64, device=dev)  # hist: zero on entry
             zf = torch.empty((n_cells, len(_numba.GLSZM_NAMES)), dtype=f64, device=dev)
-            launch(ks["glszm"], n_cells, order, starts, pix, level, levimg, lab32, ng, const["offs8"], seen, lg,
-                   off[ch, "glszm_i"], iwork, off[ch, "glszm_f"], fwork, zf)
+            launch(
+                ks["glszm"],
+                n_cells,
+                order,
+                starts,
+                pix,
+                level,
+                levimg,
+                lab32,
+                ng,
+                const["offs8"],
+                seen,
+                lg,
+                off[ch, "glszm_i"],
+                iwork,
+                off[ch, "glszm_f"],
+                fwork,
+                zf,
+            )
             put((ch, "glszm"), zf)
         if "gldm" in fam_set or "ngtdm" in fam_set:
             fwork = torch.empty(total[ch, "gldm_f"], dtype=f64, device=dev)
             df = torch.empty((n_cells, len(_numba.GLDM_NAMES)), dtype=f64, device=dev)
             tf = torch.empty((n_cells, len(_numba.NGTDM_NAMES)), dtype=f64, device=dev)
-            launch(ks["gldm_ngtdm"], n_cells, order, starts, pix, level, levimg, lab32, ng, const["offs8"],
-                   off[ch, "gldm_f"], fwork, df, tf)
+            launch(
+                ks["gldm_ngtdm"],
+                n_cells,
+                order,
+                starts,
+                pix,
+                level,
+                levimg,
+                lab32,
+                ng,
+                const["offs8"],
+                off[ch, "gldm_f"],
+                fwork,
+                df,
+                tf,
+            )
             if "gldm" in fam_set:
                 put((ch, "gldm"), df)
             if "ngtdm" in fam_set:

@@ -53,8 +53,15 @@ def _view2d_intrinsic():
             r = context.cast(builder, args[1], sig.args[1], intp)
             c = context.cast(builder, args[2], sig.args[2], intp)
             item = context.get_constant(intp, context.get_abi_sizeof(context.get_data_type(a.dtype)))
-            populate_array(out, data=src.data, shape=[r, c], strides=[builder.mul(c, item), item], itemsize=item,
-                           meminfo=src.meminfo, parent=src.parent)
+            populate_array(
+                out,
+                data=src.data,
+                shape=[r, c],
+                strides=[builder.mul(c, item), item],
+                itemsize=item,
+                meminfo=src.meminfo,
+                parent=src.parent,
+            )
             return impl_ret_borrowed(context, builder, ret, out._getvalue())
 
         return ret(a, rows, cols), codegen
@@ -72,8 +79,25 @@ def shape_k(order, starts, pix, lab, width, sy, sx, area_lut, perim_lut, corners
     i = cuda.grid(1)
     if i < order.shape[0]:
         c = order[i]
-        _numba.shape_cell(c, c + 1, starts[c], starts[c + 1], pix, lab, width, sy, sx, area_lut, perim_lut, corners,
-                      dys, dxs, iwork[ioff[c] : ioff[c + 1]], feats)
+        _numba.shape_cell(
+            c,
+            c + 1,
+            starts[c],
+            starts[c + 1],
+            pix,
+            lab,
+            width,
+            sy,
+            sx,
+            area_lut,
+            perim_lut,
+            corners,
+            dys,
+            dxs,
+            iwork[ioff[c] : ioff[c + 1]],
+            feats,
+        )
+
 
 @cuda.jit
 def first_order_k(order, starts, values, level, n_levels, voxel_area, ioff, iwork, foff, fwork, feats):
@@ -82,9 +106,21 @@ def first_order_k(order, starts, values, level, n_levels, voxel_area, ioff, iwor
         c = order[i]
         s0, s1 = starts[c], starts[c + 1]
         f0 = foff[c]
-        _numba.first_order_cell(c, s0, s1, values, level, n_levels, voxel_area, iwork[ioff[c] : ioff[c] + 256],
-                            fwork[f0 : f0 + n_levels], fwork[f0 + n_levels : f0 + n_levels + (s1 - s0)],
-                            fwork[f0 + n_levels + (s1 - s0) : foff[c + 1]], feats)
+        _numba.first_order_cell(
+            c,
+            s0,
+            s1,
+            values,
+            level,
+            n_levels,
+            voxel_area,
+            iwork[ioff[c] : ioff[c] + 256],
+            fwork[f0 : f0 + n_levels],
+            fwork[f0 + n_levels : f0 + n_levels + (s1 - s0)],
+            fwork[f0 + n_levels + (s1 - s0) : foff[c + 1]],
+            feats,
+        )
+
 
 @cuda.jit
 def glcm_k(order, starts, pix, level, levimg, lab, ng, offs, lg, ioff, iwork, foff, fwork, feats, status):
@@ -102,10 +138,28 @@ def glcm_k(order, starts, pix, level, levimg, lab, ng, offs, lg, ioff, iwork, fo
         M = view2d(f[o:], g, g)
         o += g * g
         i0 = ioff[c] + a * G
-        status[c, a] = _numba.glcm_angle(c + 1, starts[c], starts[c + 1], g, offs[a], pix, level, levimg, lab, lg, Pa,
-                                         f[o : o + G], f[o + G : o + 3 * G], f[o + 3 * G : o + 4 * G],
-                                         iwork[i0 : i0 + G], M, f[o + 4 * G : o + 5 * G], f[o + 5 * G : o + 6 * G],
-                                         f[o + 6 * G : o + 7 * G], feats[c, a])
+        status[c, a] = _numba.glcm_angle(
+            c + 1,
+            starts[c],
+            starts[c + 1],
+            g,
+            offs[a],
+            pix,
+            level,
+            levimg,
+            lab,
+            lg,
+            Pa,
+            f[o : o + G],
+            f[o + G : o + 3 * G],
+            f[o + 3 * G : o + 4 * G],
+            iwork[i0 : i0 + G],
+            M,
+            f[o + 4 * G : o + 5 * G],
+            f[o + 5 * G : o + 6 * G],
+            f[o + 6 * G : o + 7 * G],
+            feats[c, a],
+        )
 
 
 @cuda.jit
@@ -121,8 +175,23 @@ def glrlm_k(order, starts, pix, level, levimg, lab, ng, rmax, offs, valid, lg, f
             f0 = foff[c] + a * (foff[c + 1] - foff[c]) // 4
             nj = (g + 1) * rm
             f = fwork[f0 : f0 + nj + rm + g + 1]
-            _numba.glrlm_angle(c + 1, starts[c], starts[c + 1], g, rm, offs[a], pix, level, levimg, lab, lg, f[:nj],
-                               f[nj : nj + rm], f[nj + rm :], feats[c, a])
+            _numba.glrlm_angle(
+                c + 1,
+                starts[c],
+                starts[c + 1],
+                g,
+                rm,
+                offs[a],
+                pix,
+                level,
+                levimg,
+                lab,
+                lg,
+                f[:nj],
+                f[nj : nj + rm],
+                f[nj + rm :],
+                feats[c, a],
+            )
 
 
 @cuda.jit
@@ -134,8 +203,27 @@ def glszm_k(order, starts, pix, level, levimg, lab, ng, offs, seen, lg, ioff, iw
         n = s1 - s0
         w = iwork[ioff[c] : ioff[c + 1]]
         f = fwork[foff[c] : foff[c + 1]]
-        _numba.glszm_cell(c, c + 1, s0, s1, ng[c], pix, level, levimg, lab, offs, seen, lg, w[:n], w[n : 2 * n],
-                      w[2 * n : 3 * n], f[: n + 1], f[n + 1 :], feats)
+        _numba.glszm_cell(
+            c,
+            c + 1,
+            s0,
+            s1,
+            ng[c],
+            pix,
+            level,
+            levimg,
+            lab,
+            offs,
+            seen,
+            lg,
+            w[:n],
+            w[n : 2 * n],
+            w[2 * n : 3 * n],
+            f[: n + 1],
+            f[n + 1 :],
+            feats,
+        )
+
 
 @cuda.jit
 def gldm_ngtdm_k(order, starts, pix, level, levimg, lab, ng, offs, foff, fwork, gldm, ngtdm):
@@ -145,9 +233,25 @@ def gldm_ngtdm_k(order, starts, pix, level, levimg, lab, ng, offs, foff, fwork, 
         g = ng[c]
         G = g + 1
         f = fwork[foff[c] : foff[c + 1]]
-        _numba.gldm_ngtdm_cell(c, c + 1, starts[c], starts[c + 1], g, pix, level, levimg, lab, offs, f[: 9 * G],
-                           f[9 * G : 10 * G], f[10 * G : 11 * G], f[11 * G : 11 * G + 9], f[11 * G + 9 :], gldm,
-                           ngtdm)
+        _numba.gldm_ngtdm_cell(
+            c,
+            c + 1,
+            starts[c],
+            starts[c + 1],
+            g,
+            pix,
+            level,
+            levimg,
+            lab,
+            offs,
+            f[: 9 * G],
+            f[9 * G : 10 * G],
+            f[10 * G : 11 * G],
+            f[11 * G : 11 * G + 9],
+            f[11 * G + 9 :],
+            gldm,
+            ngtdm,
+        )
 
 
 def _enable_disk_cache(kernels) -> bool:
@@ -178,6 +282,12 @@ def _enable_disk_cache(kernels) -> bool:
     return True
 
 
-KERNELS = {"shape": shape_k, "firstorder": first_order_k, "glcm": glcm_k, "glrlm": glrlm_k, "glszm": glszm_k,
-        "gldm_ngtdm": gldm_ngtdm_k}
+KERNELS = {
+    "shape": shape_k,
+    "firstorder": first_order_k,
+    "glcm": glcm_k,
+    "glrlm": glrlm_k,
+    "glszm": glszm_k,
+    "gldm_ngtdm": gldm_ngtdm_k,
+}
 DISK_CACHE = _enable_disk_cache(KERNELS)

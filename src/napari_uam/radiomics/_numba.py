@@ -573,8 +573,33 @@ def glcm_angle(own, s0, s1, g, off, pix, level, levimg, lab, lg, Pa, r, psum, pd
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def glcm_cell(c, own, s0, s1, g, n_present, pix, level, levimg, lab, offs, lg, P, r, psum, pdiff, idx, M, vv, d,
-              e, acc, tmp, feats, valid):
+def glcm_cell(
+    c,
+    own,
+    s0,
+    s1,
+    g,
+    n_present,
+    pix,
+    level,
+    levimg,
+    lab,
+    offs,
+    lg,
+    P,
+    r,
+    psum,
+    pdiff,
+    idx,
+    M,
+    vv,
+    d,
+    e,
+    acc,
+    tmp,
+    feats,
+    valid,
+):
     """GLCM features of one cell (pixels ``pix[s0:s1]``, levels 1..g) into ``feats[c]`` and
     its valid angles into ``valid[c]``: the mean of :func:`glcm_angle` over the non-empty
     angles (pyradiomics deletes empty ones).
@@ -589,8 +614,9 @@ def glcm_cell(c, own, s0, s1, g, n_present, pix, level, levimg, lab, offs, lg, P
     nv = 0
     settled = True
     for a in range(4):
-        st = glcm_angle(own, s0, s1, g, offs[a], pix, level, levimg, lab, lg, P[a], r, psum, pdiff, idx, M, vv, d, e,
-                        tmp)
+        st = glcm_angle(
+            own, s0, s1, g, offs[a], pix, level, levimg, lab, lg, P[a], r, psum, pdiff, idx, M, vv, d, e, tmp
+        )
         valid[c, a] = st > 0
         if st > 0:
             nv += 1
@@ -660,8 +686,33 @@ def glcm_cells(starts, pix, level, levimg, lab, own0, width, ng, n_present, feat
     e = np.empty(gmax)
     for c in range(n_cells):
         g = ng[c]
-        if not glcm_cell(c, own0 + c, starts[c], starts[c + 1], g, n_present[c], pix, level, levimg, lab, offs, lg,
-                         P, r, psum, pdiff, idx, M, vv, d, e, acc, tmp, feats, valid):
+        if not glcm_cell(
+            c,
+            own0 + c,
+            starts[c],
+            starts[c + 1],
+            g,
+            n_present[c],
+            pix,
+            level,
+            levimg,
+            lab,
+            offs,
+            lg,
+            P,
+            r,
+            psum,
+            pdiff,
+            idx,
+            M,
+            vv,
+            d,
+            e,
+            acc,
+            tmp,
+            feats,
+            valid,
+        ):
             feats[c, 15] = _glcm_mcc_lapack(g, P, r, idx, M)
 
 
@@ -823,8 +874,9 @@ def glrlm_cells(starts, pix, level, levimg, lab, own0, width, ng, valid, feats):
             jbuf = np.zeros(2 * (g + 1) * rmax)
         if rmax > prbuf.shape[0]:
             prbuf = np.zeros(2 * rmax)
-        glrlm_cell(c, own0 + c, s0, s1, g, rmax, pix, level, levimg, lab, offs, valid, lg, jbuf, prbuf, pg, acc, tmp,
-                   feats)
+        glrlm_cell(
+            c, own0 + c, s0, s1, g, rmax, pix, level, levimg, lab, offs, valid, lg, jbuf, prbuf, pg, acc, tmp, feats
+        )
 
 
 GLSZM_NAMES = (
@@ -994,8 +1046,26 @@ def glszm_cells(starts, pix, level, levimg, lab, own0, width, ng, feats):
     lg = _log2_table(nmax + 1)
     pg = np.zeros(gmax + 1)  # zones per level
     for c in range(n_cells):
-        glszm_cell(c, own0 + c, starts[c], starts[c + 1], ng[c], pix, level, levimg, lab, offs, seen, lg, stack, zs,
-                   zl, hist, pg, feats)
+        glszm_cell(
+            c,
+            own0 + c,
+            starts[c],
+            starts[c + 1],
+            ng[c],
+            pix,
+            level,
+            levimg,
+            lab,
+            offs,
+            seen,
+            lg,
+            stack,
+            zs,
+            zl,
+            hist,
+            pg,
+            feats,
+        )
 
 
 SHAPE_NAMES = (
@@ -1408,5 +1478,22 @@ def gldm_ngtdm_cells(starts, pix, level, levimg, lab, own0, width, ng, gldm, ngt
     pd = np.zeros(9)
     pg = np.zeros(gmax + 1)
     for c in range(n_cells):
-        gldm_ngtdm_cell(c, own0 + c, starts[c], starts[c + 1], ng[c], pix, level, levimg, lab, offs, P, n_i, s_i, pd,
-                        pg, gldm, ngtdm)
+        gldm_ngtdm_cell(
+            c,
+            own0 + c,
+            starts[c],
+            starts[c + 1],
+            ng[c],
+            pix,
+            level,
+            levimg,
+            lab,
+            offs,
+            P,
+            n_i,
+            s_i,
+            pd,
+            pg,
+            gldm,
+            ngtdm,
+        )

@@ -217,7 +217,8 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
     fi, fj = xp.f(i), xp.f(j)
     # Segment sums in two scatters (those needing the means after those giving them).
     ux, uy, hxy, autocorr, contrast, energy = xp.segment_sums(
-        seg, [p * fi, p * fj, p * xp.log2(p + EPS), p * fi * fj, p * (fi - fj) ** 2, p * p], CA)
+        seg, [p * fi, p * fj, p * xp.log2(p + EPS), p * fi * fj, p * (fi - fj) ** 2, p * p], CA
+    )
     hxy = -hxy
     px = xp.bincount(seg * L + i, weights=p, minlength=CA * L)  # (CA * L,) marginals
     py = xp.bincount(seg * L + j, weights=p, minlength=CA * L)
@@ -233,8 +234,18 @@ def glcm(xp, cell, level, levimg, pairs, n_cells, n_levels, ng, n_present, rank=
     di = fi - ux[seg]
     dj = fj - uy[seg]
     sumsq, sigy2, corm, prominence, shade, tendency, hxy1 = xp.segment_sums(
-        seg, [p * di * di, p * dj * dj, p * di * dj, p * sum2 * sum2, p * sum2 * sum_ij, p * sum2,
-              p * xp.log2(px[seg * L + i] * py[seg * L + j] + EPS)], CA)
+        seg,
+        [
+            p * di * di,
+            p * dj * dj,
+            p * di * dj,
+            p * sum2 * sum2,
+            p * sum2 * sum_ij,
+            p * sum2,
+            p * xp.log2(px[seg * L + i] * py[seg * L + j] + EPS),
+        ],
+        CA,
+    )
     hxy1 = -hxy1
     sigx = sumsq**0.5
     sigy = sigy2**0.5
@@ -558,8 +569,18 @@ def glrlm_pixels(xp, lab, pix, cell, level, levimg, width, n_cells, n_levels, va
     rc = cell[px_i]
     ok = (q < xp.i(st).sum()) & valid.reshape(-1)[rc * A + ang]  # runs past the count: empty slots
     # Empty slots (weight 0) are spread over the segments: all on one would serialise atomics.
-    return _glrlm_runs(xp, xp.where(ok, rc * A + ang, q % (C * A)), xp.where(ok, level[px_i], 1), xp.where(ok, eq - sq + 1, 1), ok,
-                       C, L, rmax, valid)
+    return _glrlm_runs(
+        xp,
+        xp.where(ok, rc * A + ang, q % (C * A)),
+        xp.where(ok, level[px_i], 1),
+        xp.where(ok, eq - sq + 1, 1),
+        ok,
+        C,
+        L,
+        rmax,
+        valid,
+    )
+
 
 def _group_counts(xp, key, ok):
     """Counts of equal ``key`` among the ``ok`` entries, by sorting, with no data-dependent size.
@@ -588,8 +609,21 @@ def _glrlm_runs(xp, seg, rl, rj, ok, C, L, rmax, valid):
     inv_i2, inv_j2 = 1 / i2, 1 / j2
     # Every per-run sum in one scatter.
     nr, n_pix, sre, lre, lgl, hgl, srlgl, srhgl, lrlgl, lrhgl = xp.segment_sums(
-        seg, [w, j * w, inv_j2 * w, j2 * w, inv_i2 * w, i2 * w, inv_i2 * inv_j2 * w, i2 * inv_j2 * w,
-              j2 * inv_i2 * w, i2 * j2 * w], CA)
+        seg,
+        [
+            w,
+            j * w,
+            inv_j2 * w,
+            j2 * w,
+            inv_i2 * w,
+            i2 * w,
+            inv_i2 * inv_j2 * w,
+            i2 * inv_j2 * w,
+            j2 * inv_i2 * w,
+            i2 * j2 * w,
+        ],
+        CA,
+    )
     nrs = xp.where(nr > 0, nr, float("nan"))
     g = xp.f(xp.arange(L))
     pg = xp.bincount(seg * L + rl, weights=w, minlength=CA * L).reshape(CA, L)
@@ -599,7 +633,9 @@ def _glrlm_runs(xp, seg, rl, rj, ok, C, L, rmax, valid):
     pg2 = (pg * pg).sum(axis=1)
     # sum_j pr(j)^2: counts of equal (segment, length)
     sk, cnt, fst = _group_counts(xp, seg * rmax + rj, ok)
-    pr2 = xp.bincount(xp.where(fst, sk // rmax, xp.arange(sk.shape[0]) % CA), weights=xp.where(fst, xp.f(cnt) ** 2, 0.0), minlength=CA)
+    pr2 = xp.bincount(
+        xp.where(fst, sk // rmax, xp.arange(sk.shape[0]) % CA), weights=xp.where(fst, xp.f(cnt) ** 2, 0.0), minlength=CA
+    )
     # RunEntropy over the (level, length) distribution of each segment
     sk, cnt, fst = _group_counts(xp, (seg * L + rl) * rmax + rj, ok)
     sg = xp.where(fst, sk // (L * rmax), xp.arange(sk.shape[0]) % CA)
@@ -625,6 +661,7 @@ def _glrlm_runs(xp, seg, rl, rj, ok, C, L, rmax, valid):
         "LongRunHighGrayLevelEmphasis": lrhgl / nrs,
     }
     return _angle_means(xp, feats, valid)
+
 
 def glszm(xp, zone, cell, level, n_cells, n_levels):
     """pyradiomics ``glszm`` from 8-connected same-level zones.
@@ -677,7 +714,6 @@ def glszm(xp, zone, cell, level, n_cells, n_levels):
     }
 
 
-
 def glszm_roots(xp, root, cell, level, n_cells, n_levels):
     """:func:`glszm` with zones given by a root pixel index (``root`` (N,) in 0..N-1, from the
     torch union-find) instead of consecutive ids: every table is sized by the pixel count,
@@ -693,13 +729,16 @@ def glszm_roots(xp, root, cell, level, n_cells, n_levels):
     zc = cell
     s2, i2 = s * s, i * i
     nz, n_pix, sum_i, sae, lae, lgl, hgl, salgl, sahgl, lalgl, lahgl = xp.segment_sums(
-        zc, [w, s * w, i * w, w / s2, s2 * w, w / i2, i2 * w, w / (i2 * s2), i2 / s2 * w, s2 / i2 * w, i2 * s2 * w], C)
+        zc, [w, s * w, i * w, w / s2, s2 * w, w / i2, i2 * w, w / (i2 * s2), i2 / s2 * w, s2 / i2 * w, i2 * s2 * w], C
+    )
     nz1 = xp.where(nz == 0, 1.0, nz)
     pg = xp.bincount(zc * L + level, weights=w, minlength=C * L).reshape(C, L)
     si = xp.i(s)
     smax = n + 1
     sk, cnt, fst = _group_counts(xp, zc * smax + si, ok)
-    ps2 = xp.bincount(xp.where(fst, sk // smax, xp.arange(sk.shape[0]) % C), weights=xp.where(fst, xp.f(cnt) ** 2, 0.0), minlength=C)
+    ps2 = xp.bincount(
+        xp.where(fst, sk // smax, xp.arange(sk.shape[0]) % C), weights=xp.where(fst, xp.f(cnt) ** 2, 0.0), minlength=C
+    )
     sk, cnt, fst = _group_counts(xp, (zc * L + level) * smax + si, ok)
     sg = xp.where(fst, sk // (L * smax), xp.arange(sk.shape[0]) % C)
     q = xp.f(cnt) / nz1[sg]
@@ -726,6 +765,7 @@ def glszm_roots(xp, root, cell, level, n_cells, n_levels):
         "LargeAreaLowGrayLevelEmphasis": lalgl / nz1,
         "LargeAreaHighGrayLevelEmphasis": lahgl / nz1,
     }
+
 
 def neighbour_stats(xp, lab, pix, cell, level, levimg, width):
     """Per pixel: same-level 8-neighbours in the cell, all 8-neighbours in the cell, and the

@@ -40,7 +40,7 @@ from ..errors import raise_if_cancelled as check_cancel
 from . import _cuda, _numba, _shape, _texture
 from ._colours import _lut, _pack_rgb
 from ._ops import NumpyOps, TorchOps
-from .schema import FeatureSchema, channel_lut
+from .schema import FeatureSchema
 
 
 #: Cell pixels per chunk of the per-cell families (memory bound on very large inputs; a
@@ -118,7 +118,8 @@ def _stack(xp, images, labels, pack: bool = True):
         rgb_d = torch.zeros((nb, h, w, 3), dtype=torch.uint8, device=xp.device)
         lab_d = torch.zeros((nb, h, w), dtype=torch.int64, device=xp.device)
         if all(tuple(im.shape) == tuple(images[0].shape) for im in images) and all(
-                tuple(lb.shape) == tuple(images[0].shape[:2]) for lb in labels):  # one copy each
+            tuple(lb.shape) == tuple(images[0].shape[:2]) for lb in labels
+        ):  # one copy each
             rgb_d[:, 1:-1, 1:-1] = torch.stack([im.to(xp.device) for im in images])
             lab_d[:, 1:-1, 1:-1] = torch.stack([lb.to(xp.device) for lb in labels])
         else:
@@ -365,7 +366,9 @@ def _zones_torch(xp, key, pix, width):
     while True:
         for _ in range(4):
             cu, cv = comp[u], comp[v]
-            comp = comp.scatter_reduce(0, torch.maximum(cu, cv), torch.minimum(cu, cv), reduce="amin", include_self=True)
+            comp = comp.scatter_reduce(
+                0, torch.maximum(cu, cv), torch.minimum(cu, cv), reduce="amin", include_self=True
+            )
             for _ in range(3):
                 comp = comp[comp]
         nxt = comp[comp]
@@ -485,7 +488,9 @@ def _extract_numba(images, labels, schema: FeatureSchema, progress=None, chunk_p
     if n_cells == 0:
         return [(i, np.empty((0, n_feat))) for i in ids]
     starts, pix = _numba.group_pixels(lab, n_cells)
-    chan = {ch: _numba.discretise(starts, pix, rgb, _lut(xp, ch), schema.bin_width, lab.shape[0]) for ch in schema.channels}
+    chan = {
+        ch: _numba.discretise(starts, pix, rgb, _lut(xp, ch), schema.bin_width, lab.shape[0]) for ch in schema.channels
+    }
     del rgb
     out = np.empty((n_cells, n_feat), dtype=np.float64)
 
@@ -542,8 +547,16 @@ def _extract_cuda(xp, images, labels, schema: FeatureSchema, progress=None, canc
     return results
 
 
-def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None,
-                  cuda_kernels: bool | None = None, cancel=None):
+def extract_batch(
+    images,
+    labels,
+    schema: FeatureSchema,
+    device: str = "numpy",
+    progress=None,
+    chunk_pixels=None,
+    cuda_kernels: bool | None = None,
+    cancel=None,
+):
     """Features of every cell of every patch (see :func:`_extract_batch`)."""
     # The engine computes a schema's plain radiomics (shape + its channels); the views of a v2
     # schema (stain-normalised image, ring, context) are assembled by radiomics.extract.
@@ -553,8 +566,16 @@ def extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", 
         return _extract_batch(images, labels, schema, device, progress, chunk_pixels, cuda_kernels, cancel)
 
 
-def _extract_batch(images, labels, schema: FeatureSchema, device: str = "numpy", progress=None, chunk_pixels=None,
-                   cuda_kernels: bool | None = None, cancel=None):
+def _extract_batch(
+    images,
+    labels,
+    schema: FeatureSchema,
+    device: str = "numpy",
+    progress=None,
+    chunk_pixels=None,
+    cuda_kernels: bool | None = None,
+    cancel=None,
+):
     """Features of every cell of every patch.
 
     Args:
@@ -699,7 +720,9 @@ def _extract_arrays(xp, images, labels, schema, device, progress, chunk_pixels, 
             if "glcm" in schema.families:
                 put((ch, "glcm"), c0, c1, glcm)
             if "glrlm" in schema.families and xp.name == "torch":  # runs from the pixel list
-                runs = _texture.glrlm_pixels(xp, lab_c, pix_c, cell_c, l_c, levimg, wp, nc, n_levels, valid, max(hp, wp))
+                runs = _texture.glrlm_pixels(
+                    xp, lab_c, pix_c, cell_c, l_c, levimg, wp, nc, n_levels, valid, max(hp, wp)
+                )
                 put((ch, "glrlm"), c0, c1, runs)
             if "gldm" in schema.families or "ngtdm" in schema.families:
                 same, cnt, tot = _texture.neighbour_stats(xp, lab_c, pix_c, cell_c, l_c, levimg, wp)

@@ -300,7 +300,12 @@ def schema_serves(table_schema: str, model_schema: str) -> bool:
     t, m = _SCHEMAS.get(table_schema), _SCHEMAS.get(model_schema)
     if t is None or m is None:
         return False
-    same_measure = (t.bin_width, t.glcm_distance, t.mpp, t.families) == (m.bin_width, m.glcm_distance, m.mpp, m.families)
+    same_measure = (t.bin_width, t.glcm_distance, t.mpp, t.families) == (
+        m.bin_width,
+        m.glcm_distance,
+        m.mpp,
+        m.families,
+    )
     return same_measure and set(m.feature_names) <= set(t.feature_names)
 
 

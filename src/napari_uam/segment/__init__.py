@@ -109,7 +109,11 @@ from .learned import segment_learned, unavailable_reason  # noqa: E402
 # recording nothing get this too: the first network over-split 20x breast fields, point F1
 # 0.70 vs 0.84). Asking for "learned" by name still runs it at any scale.
 register_backend(
-    "learned", segment_learned, _learned_available, priority=10, reason=unavailable_reason,
+    "learned",
+    segment_learned,
+    _learned_available,
+    priority=10,
+    reason=unavailable_reason,
     mpp_range=_learned_auto_range,
 )
 
@@ -160,9 +164,7 @@ def resolve_backend(name: str = "auto", mpp: float | None = None) -> str:
         suited = [n for n in available if _BACKENDS[n].suits(mpp)]
         return (suited or available)[0]
     if name not in _BACKENDS:
-        raise UAMError(
-            f"Unknown segmentation backend {name!r}; available: {', '.join(['auto', *available])}."
-        )
+        raise UAMError(f"Unknown segmentation backend {name!r}; available: {', '.join(['auto', *available])}.")
     if name not in available:
         why = backend_unavailable_reason(name) or "weights or package missing"
         raise UAMError(
@@ -248,10 +250,7 @@ def segment(
 
         raise CancelledError("Segmentation cancelled; no result was produced.")
     if labels.shape != rgb.shape[:2]:
-        raise UAMError(
-            f"Backend {name!r} returned labels of shape {labels.shape} for an image of "
-            f"{rgb.shape[:2]}."
-        )
+        raise UAMError(f"Backend {name!r} returned labels of shape {labels.shape} for an image of {rgb.shape[:2]}.")
     # Backends may leave gaps in ids (size filters); the contract is 1..N consecutive.
     ids = np.unique(labels)
     ids = ids[ids > 0]

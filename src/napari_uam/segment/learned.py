@@ -70,6 +70,7 @@ def load_checkpoint(path: Path | str | None = None) -> dict:
     except OSError:
         raise UAMError(f"Nuclei segmentation weights not found at {path}.") from None
     import torch  # after the cheap existence check: "auto" asks this on every call
+
     with _LOCK:
         if key not in _CACHE:
             try:
@@ -297,9 +298,7 @@ def segment_learned(
     device = resolve_device(device)
     model, ckpt = _model(device)
     post = PostParams.from_kwargs(PostParams.from_kwargs(**ckpt.get("postprocess", {})), **params)
-    return segment_with_model(
-        model, image, mpp, float(ckpt["net_mpp"]), device, post, tile_px, progress, cancel
-    )
+    return segment_with_model(model, image, mpp, float(ckpt["net_mpp"]), device, post, tile_px, progress, cancel)
 
 
 def segment_with_model(

@@ -76,9 +76,7 @@ class WatershedParams:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - names)
         if unknown:
-            raise UAMError(
-                f"Unknown watershed parameter(s) {unknown}; valid ones are {sorted(names)}."
-            )
+            raise UAMError(f"Unknown watershed parameter(s) {unknown}; valid ones are {sorted(names)}.")
         out = replace(cls(), **{k: float(v) for k, v in params.items()})
         for k, v in asdict(out).items():
             if not np.isfinite(v) or v < 0:

@@ -187,7 +187,9 @@ def cells_from_annotation(
     return cells
 
 
-def cells_from_projects(paths: Iterable, device: str = "cpu", cancel=None, log: Callable[[str], None] = lambda s: None) -> pd.DataFrame:
+def cells_from_projects(
+    paths: Iterable, device: str = "cpu", cancel=None, log: Callable[[str], None] = lambda s: None
+) -> pd.DataFrame:
     """Training cells of every project folder under ``paths`` (see :func:`~napari_uam.io.project.find_projects`)."""
     from ..io.project import find_projects, load_project
 
@@ -243,7 +245,9 @@ def _start(config: FinetuneConfig, n_features: int):
         return build_model(config.arch, n_features, 2), None, {"kind": "scratch", "arch": config.arch}
     path = default_weights_path() if init == INIT_DEFAULT else Path(init)
     if init == INIT_DEFAULT and not path.is_file():
-        raise CheckpointError(f"The shipped weights are not installed ({path}); start from scratch or a checkpoint file.")
+        raise CheckpointError(
+            f"The shipped weights are not installed ({path}); start from scratch or a checkpoint file."
+        )
     from ..classify.checkpoint import build_from_checkpoint
 
     ckpt = read_checkpoint(path)
@@ -489,8 +493,11 @@ def card_markdown(card: dict, sha256: str) -> str:
     """Model card (markdown) of a fine-tuned checkpoint's metadata."""
     tr, m = card.get("training", {}), card.get("metrics", {})
     init = tr.get("init", {})
-    start = "trained from scratch" if init.get("kind") == "scratch" else (
-        f"fine-tuned from `{init.get('model_id')}` (sha256 `{str(init.get('sha256'))[:12]}`)")
+    start = (
+        "trained from scratch"
+        if init.get("kind") == "scratch"
+        else (f"fine-tuned from `{init.get('model_id')}` (sha256 `{str(init.get('sha256'))[:12]}`)")
+    )
     cfg = tr.get("config", {})
     lines = [
         f"# Model card: `{card['model_id']}`",
@@ -582,7 +589,9 @@ def _is_shipped(path: Path) -> bool:
     return path.resolve().parent == weights_dir
 
 
-def save_finetuned(result: FinetuneResult, path, overwrite: bool = False, model_id: Optional[str] = None) -> tuple[Path, Path]:
+def save_finetuned(
+    result: FinetuneResult, path, overwrite: bool = False, model_id: Optional[str] = None
+) -> tuple[Path, Path]:
     """Write the checkpoint and its ``.md`` model card, both or neither.
 
     Both files are first written under temporary names in the target folder, then renamed.
@@ -601,7 +610,9 @@ def save_finetuned(result: FinetuneResult, path, overwrite: bool = False, model_
         path = path.with_suffix(".pt")
     card_path = path.with_suffix(".md")
     if _is_shipped(path):
-        raise CheckpointError(f"{path} is in napari-uam's shipped weights folder, which is never overwritten; choose another file.")
+        raise CheckpointError(
+            f"{path} is in napari-uam's shipped weights folder, which is never overwritten; choose another file."
+        )
     taken = [p for p in (path, card_path) if p.exists()]
     if taken and not overwrite:
         raise FileExistsError(f"{', '.join(map(str, taken))} exists; choose another file name or allow overwriting.")
@@ -640,8 +651,12 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to the ``napari-uam`` parser."""
     text = "fine-tune (or train from scratch) the cell classifier on annotated projects"
     c = sub.add_parser("train", help=text, description=text + " (the same run as the napari Train dock)")
-    c.add_argument("inputs", nargs="+", help="project folders saved by the Annotate dock, folders of them, "
-                                             "or cell-table .parquet files (image, target, features)")
+    c.add_argument(
+        "inputs",
+        nargs="+",
+        help="project folders saved by the Annotate dock, folders of them, "
+        "or cell-table .parquet files (image, target, features)",
+    )
     c.add_argument("--out", required=True, help="checkpoint to write (.pt; a .md model card is written beside it)")
     c.add_argument("--init", default=INIT_DEFAULT, help="'default' (shipped weights), 'scratch' or a checkpoint file")
     c.add_argument("--arch", default=FinetuneConfig.arch, help="architecture when training from scratch")
@@ -649,8 +664,12 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     c.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     c.add_argument("--patience", type=int, default=FinetuneConfig.patience, help="early stopping patience (0: off)")
-    c.add_argument("--val-fraction", type=float, default=FinetuneConfig.val_fraction,
-                   help="share of the images held out for validation")
+    c.add_argument(
+        "--val-fraction",
+        type=float,
+        default=FinetuneConfig.val_fraction,
+        help="share of the images held out for validation",
+    )
     c.add_argument("--seed", type=int, default=FinetuneConfig.seed)
     c.add_argument("--device", default="cpu", choices=["auto", "cuda", "cpu"])
     c.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest and repeatable)")

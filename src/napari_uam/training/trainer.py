@@ -209,7 +209,11 @@ def _train_model(
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(
-        model=model, history=history, best_epoch=best_epoch, val_metrics=best_metrics,
-        seconds=time.perf_counter() - t0, epoch_seconds=float(np.mean(epoch_times)),
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        val_metrics=best_metrics,
+        seconds=time.perf_counter() - t0,
+        epoch_seconds=float(np.mean(epoch_times)),
         config=config.to_dict(),
     )

@@ -119,7 +119,9 @@ def _hidden_layer(cls, data, features, colormap, geometry):
     return layer
 
 
-def prepare(labels: np.ndarray, table: pd.DataFrame, tumor: Optional[np.ndarray], geometry: Optional[dict] = None) -> Prepared:
+def prepare(
+    labels: np.ndarray, table: pd.DataFrame, tumor: Optional[np.ndarray], geometry: Optional[dict] = None
+) -> Prepared:
     """Build the layers' data, features, colour maps and checksums (worker thread)."""
     labels, tumor = compact_labels(labels), None if tumor is None else compact_labels(tumor)
     features = L.to_features(table)

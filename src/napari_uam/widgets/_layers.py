@@ -231,10 +231,7 @@ def describe_layer(layer) -> str:
     """Why a layer cannot be classified, or "" when it is an RGB image layer."""
     kind = type(layer).__name__
     if kind != "Image":
-        return (
-            f"'{layer.name}' is a {kind} layer, not an image: choose an RGB H&E image layer "
-            "in the Image list."
-        )
+        return f"'{layer.name}' is a {kind} layer, not an image: choose an RGB H&E image layer in the Image list."
     if not getattr(layer, "rgb", False):
         shape = tuple(np.shape(layer.data))
         return (

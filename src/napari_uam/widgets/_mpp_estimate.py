@@ -39,8 +39,7 @@ class MppEstimateRow(QWidget):
         self.label.setWordWrap(True)
         self.label.setStyleSheet("color: #d08000;")
         self.button = QPushButton(self.BUTTON_TEXT)
-        self.button.setToolTip("Put the pixel size the nuclei suggest into the Pixel size field; "
-                               "then run again.")
+        self.button.setToolTip("Put the pixel size the nuclei suggest into the Pixel size field; then run again.")
         self.button.clicked.connect(self._on_click)
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)

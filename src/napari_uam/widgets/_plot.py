@@ -80,7 +80,9 @@ class TrainingPlot(QWidget):
                    f"epoch (0-{x_max})")  # fmt: skip
 
         def to_px(x: float, y: float, y_max: float) -> QPointF:
-            return QPointF(area.left() + area.width() * x / max(x_max, 1), area.bottom() - area.height() * min(y / y_max, 1.0))
+            return QPointF(
+                area.left() + area.width() * x / max(x_max, 1), area.bottom() - area.height() * min(y / y_max, 1.0)
+            )
 
         legend_x = area.left() + 4
         for key, name, color, axis in SERIES:

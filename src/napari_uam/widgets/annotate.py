@@ -131,7 +131,9 @@ class AnnotateWidget(QWidget):
     def _build(self) -> None:
         form = QFormLayout()
         self.layer_combo = QComboBox()
-        self.layer_combo.setToolTip("The nuclei (Labels) layer to annotate, e.g. '<image> nuclei' after Classify cells.")
+        self.layer_combo.setToolTip(
+            "The nuclei (Labels) layer to annotate, e.g. '<image> nuclei' after Classify cells."
+        )
         self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
         form.addRow("Nuclei", self.layer_combo)
 
@@ -265,8 +267,10 @@ class AnnotateWidget(QWidget):
             return
         before = layer.features
         table = self._table(layer)
-        if "label" not in before.columns or len(before) != len(table) or not np.array_equal(
-            before["label"].to_numpy(np.int64), table["label"].to_numpy(np.int64)
+        if (
+            "label" not in before.columns
+            or len(before) != len(table)
+            or not np.array_equal(before["label"].to_numpy(np.int64), table["label"].to_numpy(np.int64))
         ):
             self._write_table(layer, table)
 
@@ -277,7 +281,9 @@ class AnnotateWidget(QWidget):
             return
         table = annotated_table(layer)
         if table is None:
-            self.status.setText(f"'{layer.name}' has no classes yet: turn on Annotation mode and click nuclei, or classify it.")
+            self.status.setText(
+                f"'{layer.name}' has no classes yet: turn on Annotation mode and click nuclei, or classify it."
+            )
             return
         c = A.counts(table)
         self.status.setText(
@@ -480,7 +486,9 @@ class AnnotateWidget(QWidget):
             self.status.setText(f"Cannot tell which image '{layer.name}' belongs to; keep its image open.")
             return None
         if folder is None:
-            folder = QFileDialog.getSaveFileName(self, "Save annotation project (a folder)", L.export_stem(image.name, image.metadata))[0]
+            folder = QFileDialog.getSaveFileName(
+                self, "Save annotation project (a folder)", L.export_stem(image.name, image.metadata)
+            )[0]
             if not folder:
                 return None
         from ..validation import as_rgb_uint8
@@ -488,7 +496,11 @@ class AnnotateWidget(QWidget):
         table = self._table(layer)
         data = image.data[0] if getattr(image, "multiscale", False) else image.data
         region = None
-        src = self.viewer.layers[self.source_combo.currentText()] if self.source_combo.currentText() in self.viewer.layers else None
+        src = (
+            self.viewer.layers[self.source_combo.currentText()]
+            if self.source_combo.currentText() in self.viewer.layers
+            else None
+        )
         if isinstance(src, Shapes):
             region = src.to_labels(labels_shape=np.shape(layer.data)) > 0
         elif isinstance(src, (Labels, Image)) and np.shape(src.data) == np.shape(layer.data):
@@ -528,7 +540,9 @@ class AnnotateWidget(QWidget):
             show_warning(str(err))
             return None
         name = L.unique_name(self.viewer.layers, proj.name)
-        image = self.viewer.add_image(proj.image, name=name, rgb=True, metadata={"mpp": proj.mpp, "source": str(proj.path)})
+        image = self.viewer.add_image(
+            proj.image, name=name, rgb=True, metadata={"mpp": proj.mpp, "source": str(proj.path)}
+        )
         nuclei = self.viewer.add_layer(D.CellLabels(
             proj.labels, name=L.unique_name(self.viewer.layers, f"{name} nuclei"),
             features=L.to_features(A.with_annotation_columns(proj.table)),

@@ -158,8 +158,14 @@ def _stages(job: _Job, cancelled, report):
 
             out.backend = resolve_backend(job.backend, job.mpp)
             labels, out.backend = pipeline.segment_nuclei(
-                rgb, job.mpp, backend=job.backend, device=job.device, progress=report, cancel=cancelled,
-                return_backend=True)
+                rgb,
+                job.mpp,
+                backend=job.backend,
+                device=job.device,
+                progress=report,
+                cancel=cancelled,
+                return_backend=True,
+            )
             out.ran.append("segment")
             yield ("segment", 1.0)
             checkpoint()
@@ -346,8 +352,9 @@ class ClassifierWidget(QWidget):
         self.model_combo = QComboBox()
         self.model_combo.addItems([_DEFAULT_MODEL, _CHECKPOINT_MODEL])
         self.model_combo.currentTextChanged.connect(self._on_model_changed)
-        self.checkpoint_edit, self.checkpoint_browse, ckpt_row = path_row(self._browse_checkpoint,
-                                                                          "path/to/checkpoint.pt")
+        self.checkpoint_edit, self.checkpoint_browse, ckpt_row = path_row(
+            self._browse_checkpoint, "path/to/checkpoint.pt"
+        )
         form.addRow("Model", self.model_combo)
         form.addRow("", ckpt_row)
         self.region_combo = QComboBox()
@@ -396,7 +403,9 @@ class ClassifierWidget(QWidget):
             fmt_row.addWidget(cb)
         self.export_dir_edit, self.export_browse, dir_row = path_row(self._browse_export_dir, "output folder")
         self.export_btn = QPushButton("Export")
-        self.export_btn.setToolTip("Write the cell table, nuclei polygons and labels of the image; never overwrites without asking.")
+        self.export_btn.setToolTip(
+            "Write the cell table, nuclei polygons and labels of the image; never overwrites without asking."
+        )
         self.export_btn.clicked.connect(self.export)
         ex.addLayout(fmt_row)
         ex.addLayout(dir_row)
@@ -404,7 +413,9 @@ class ClassifierWidget(QWidget):
 
         self.current_label = QLabel("Current results: none yet for this image.")
         self.current_label.setWordWrap(True)
-        self.current_label.setToolTip("The nuclei layer that Export, Measure cells and Classify cells use for this image.")
+        self.current_label.setToolTip(
+            "The nuclei layer that Export, Measure cells and Classify cells use for this image."
+        )
         self.legend = QLabel(D.legend_html())
         self.legend.setWordWrap(True)
         self.legend.setTextFormat(Qt.TextFormat.RichText)
@@ -532,7 +543,9 @@ class ClassifierWidget(QWidget):
         self._say(f"Classify cells will use the model {Path(path).name}.")
 
     def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a UAM checkpoint", "", "Checkpoints (*.pt *.pth);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a UAM checkpoint", "", "Checkpoints (*.pt *.pth);;All files (*)"
+        )
         if path:
             self.checkpoint_edit.setText(path)
 
@@ -654,7 +667,11 @@ class ClassifierWidget(QWidget):
         self._say(f"{action.capitalize()}: working on '{job.source}'...")
         ended = self._guard.begin(self._cancel)
         worker = create_worker(
-            _compute, job, self._cancel.is_set, _reporter(self._relay.progressed.emit, self._cancel.is_set), ended,
+            _compute,
+            job,
+            self._cancel.is_set,
+            _reporter(self._relay.progressed.emit, self._cancel.is_set),
+            ended,
             _ignore_errors=True,
         )
         # Bound methods only: Qt drops them if the dock is closed while the worker runs.
@@ -718,7 +735,9 @@ class ClassifierWidget(QWidget):
             if isinstance(out.error, UAMError):
                 self._fail(str(out.error))
             else:
-                self._fail(f"Unexpected error ({type(out.error).__name__}: {out.error}); details are in the log.", error=True)
+                self._fail(
+                    f"Unexpected error ({type(out.error).__name__}: {out.error}); details are in the log.", error=True
+                )
             return
         source = out.job.source
         if source not in self.viewer.layers:
@@ -762,7 +781,9 @@ class ClassifierWidget(QWidget):
         if plan.layer is None and replace_edited:
             mine = L.current_layer(self.viewer.layers, image_layer.name, kind)
             if mine is not None:
-                return L.OutputPlan(layer=mine, name=mine.name, note=f"Replaced your edited '{mine.name}' as you confirmed.")
+                return L.OutputPlan(
+                    layer=mine, name=mine.name, note=f"Replaced your edited '{mine.name}' as you confirmed."
+                )
         return plan
 
     def _edited_targets(self, image_layer, kinds) -> list:
@@ -843,8 +864,14 @@ class ClassifierWidget(QWidget):
             cmap = Colormap([[1.0, 1.0, 1.0, 1.0], list(D.REGION_RGBA)], name="uam tumor probability")
             show = True
             layer = self.viewer.add_image(
-                region, name=plan.name, colormap=cmap, contrast_limits=(0.0, 1.0),
-                blending="multiplicative", opacity=D.REGION_OPACITY, visible=False, **geometry,
+                region,
+                name=plan.name,
+                colormap=cmap,
+                contrast_limits=(0.0, 1.0),
+                blending="multiplicative",
+                opacity=D.REGION_OPACITY,
+                visible=False,
+                **geometry,
             )
         L.stamp(layer, image_layer.name, _KIND_REGION, **params)
         return plan.note, layer, show
@@ -945,7 +972,9 @@ class ClassifierWidget(QWidget):
             return
         labels = np.asarray(nuclei.data)
         rec = L.owner_record(nuclei)
-        table = L.from_features(nuclei.features, {k: rec.get(k) for k in ("schema_id", "model_id", "tumor_class") if rec.get(k)})
+        table = L.from_features(
+            nuclei.features, {k: rec.get(k) for k in ("schema_id", "model_id", "tumor_class") if rec.get(k)}
+        )
         ids = np.unique(labels)
         if set(ids[ids > 0].tolist()) != set(table["label"].astype(int).tolist()):
             self._fail(

@@ -101,7 +101,9 @@ def _train_body(job: _TrainJob, cancelled, report) -> _TrainOutcome:
 
     try:
         report({"event": "status", "text": "Measuring the annotated nuclei..."})
-        parts = [cells_from_annotation(img, lab, tab, mpp, name, cancel=cancelled) for name, img, lab, tab, mpp in job.layers]
+        parts = [
+            cells_from_annotation(img, lab, tab, mpp, name, cancel=cancelled) for name, img, lab, tab, mpp in job.layers
+        ]
         if job.folders:
             parts.append(cells_from_projects(job.folders, cancel=cancelled))
         cells = _concat(parts)
@@ -230,7 +232,9 @@ class TrainWidget(QWidget):
         from ..models import list_models
 
         self.sources = QListWidget()
-        self.sources.setToolTip("Tick the annotated images to train on: open nuclei layers with classes, and project folders.")
+        self.sources.setToolTip(
+            "Tick the annotated images to train on: open nuclei layers with classes, and project folders."
+        )
         self.sources.setMaximumHeight(110)
         self.sources_note = QLabel("")
         self.sources_note.setWordWrap(True)
@@ -270,8 +274,10 @@ class TrainWidget(QWidget):
         self.val_spin.setRange(0.0, 0.5)
         self.val_spin.setSingleStep(0.05)
         self.val_spin.setValue(0.2)
-        self.val_spin.setToolTip("Share held out to validate and stop early: whole images, or with one or two "
-                                 "images a share of each image's cells.")
+        self.val_spin.setToolTip(
+            "Share held out to validate and stop early: whole images, or with one or two "
+            "images a share of each image's cells."
+        )
         form.addRow("Validation share", self.val_spin)
         self.patience_spin = QSpinBox()
         self.patience_spin.setRange(0, 100)
@@ -347,7 +353,9 @@ class TrainWidget(QWidget):
             self.init_edit.setText(path)
 
     def _browse_out(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the trained model as", self.out_edit.text(), "Checkpoints (*.pt)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the trained model as", self.out_edit.text(), "Checkpoints (*.pt)"
+        )
         if path:
             self.out_edit.setText(path)
 
@@ -360,7 +368,9 @@ class TrainWidget(QWidget):
         nobody reviewed are stale predictions (Classify cells kept them beside the new ones
         because they had been edited, e.g. painted), and training on them teaches nothing.
         """
-        ticked = {self.sources.item(i).data(_ROLE): self.sources.item(i).checkState() for i in range(self.sources.count())}
+        ticked = {
+            self.sources.item(i).data(_ROLE): self.sources.item(i).checkState() for i in range(self.sources.count())
+        }
         folders = [k for k in ticked if k and k[0] == "folder"]
         self.sources.clear()
         hidden = []
@@ -485,7 +495,9 @@ class TrainWidget(QWidget):
         if out_path.suffix not in (".pt", ".pth"):
             out_path = out_path.with_suffix(".pt")
         if _is_shipped(out_path):
-            self._fail(f"{out_path} is napari-uam's shipped weights folder, which is never overwritten; choose another file.")
+            self._fail(
+                f"{out_path} is napari-uam's shipped weights folder, which is never overwritten; choose another file."
+            )
             return None
         taken = [p for p in (out_path, out_path.with_suffix(".md")) if p.exists()]
         if taken:
@@ -519,7 +531,9 @@ class TrainWidget(QWidget):
         n = len(job.layers) + len(job.folders)
         self.status.setText(f"Training on {n} source(s)...")
         ended = self._guard.begin(self._cancel)
-        worker = create_worker(_train, job, self._cancel.is_set, self._relay.progressed.emit, ended, _ignore_errors=True)
+        worker = create_worker(
+            _train, job, self._cancel.is_set, self._relay.progressed.emit, ended, _ignore_errors=True
+        )
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -541,19 +555,26 @@ class TrainWidget(QWidget):
         elif event == "validation":
             self.validation_label.setText(rec["text"])
         elif event == "start":
-            self.status.setText(f"Training on {rec['n_train']} cells, validating on {rec['n_val']} ({rec['device']})...")
+            self.status.setText(
+                f"Training on {rec['n_train']} cells, validating on {rec['n_val']} ({rec['device']})..."
+            )
         elif event == "step":
             value = int(1000 * (rec["epoch"] - 1 + rec["fraction"]) / max(self._epochs, 1))
             self.progress.setValue(max(self.progress.value(), min(value, 999)))
         elif event == "epoch":
             self._history.append(rec)
             self.plot.set_history(self._history, self._epochs)
-            self.progress.setValue(max(self.progress.value(), min(int(1000 * rec["epoch"] / max(self._epochs, 1)), 999)))
+            self.progress.setValue(
+                max(self.progress.value(), min(int(1000 * rec["epoch"] / max(self._epochs, 1)), 999))
+            )
             if rec["epoch"] == 0:
                 self.status.setText(f"Starting model: validation accuracy {rec['val_accuracy']:.3f}.")
             else:
-                val = "" if not np.isfinite(rec["val_accuracy"]) else (
-                    f", validation accuracy {rec['val_accuracy']:.3f}, F1 {rec['val_f1']:.3f}")
+                val = (
+                    ""
+                    if not np.isfinite(rec["val_accuracy"])
+                    else (f", validation accuracy {rec['val_accuracy']:.3f}, F1 {rec['val_f1']:.3f}")
+                )
                 self.status.setText(f"Epoch {rec['epoch']}/{self._epochs}: loss {rec['loss']:.3f}{val}")
 
     def _on_finished(self) -> None:
@@ -576,16 +597,23 @@ class TrainWidget(QWidget):
             self.progress.setValue(0)
             err = out.error
             known = isinstance(err, (UAMError, OSError))
-            self._fail(str(err) if known else f"Unexpected error ({type(err).__name__}: {err}); details are in the log.")
+            self._fail(
+                str(err) if known else f"Unexpected error ({type(err).__name__}: {err}); details are in the log."
+            )
             return
         res = out.result
         self.progress.setValue(self.progress.maximum())
         self.last_checkpoint = out.path
         vm = res.val_metrics
-        val = f" Validation accuracy {vm['accuracy']:.3f} (start {res.start_metrics['accuracy']:.3f})." if vm and res.start_metrics else (
-            f" Validation accuracy {vm['accuracy']:.3f}." if vm else "")
+        val = (
+            f" Validation accuracy {vm['accuracy']:.3f} (start {res.start_metrics['accuracy']:.3f})."
+            if vm and res.start_metrics
+            else (f" Validation accuracy {vm['accuracy']:.3f}." if vm else "")
+        )
         worse = res.start_metrics and vm and res.start_metrics["accuracy"] > vm["accuracy"]
-        kept = " (the starting model scored higher on the validation images: annotate more, or keep it)" if worse else ""
+        kept = (
+            " (the starting model scored higher on the validation images: annotate more, or keep it)" if worse else ""
+        )
         from ..training.calibration import describe
         from ..training.finetune import trust_sentence
 

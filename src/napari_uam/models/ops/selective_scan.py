@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
+
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
     """Cast to fp32 (as the CUDA kernel computes) and apply the bias/softplus to delta."""
     u = u.float()
@@ -193,10 +194,16 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     """Selective scan by ``mamba_ssm``'s fused CUDA kernel (same arguments as the others)."""
     if not mamba_ssm_available():
         raise RuntimeError(
-            "mamba_ssm is not importable here; install mamba-ssm on a CUDA machine or use "
-            "backend='torch'."
+            "mamba_ssm is not importable here; install mamba-ssm on a CUDA machine or use backend='torch'."
         )
     return _MAMBA_SSM.selective_scan_fn(
-        u, delta, A, B.contiguous(), C.contiguous(), D, z=z, delta_bias=delta_bias,
+        u,
+        delta,
+        A,
+        B.contiguous(),
+        C.contiguous(),
+        D,
+        z=z,
+        delta_bias=delta_bias,
         delta_softplus=delta_softplus,
     )
