@@ -2,6 +2,7 @@
 
 from .selective_scan import (
     mamba_ssm_available,
+    selective_scan_chunked,
     selective_scan_parallel,
     selective_scan_recurrent,
     selective_scan_cuda,
@@ -10,6 +11,7 @@ from .selective_scan import (
 
 __all__ = [
     "mamba_ssm_available",
+    "selective_scan_chunked",
     "selective_scan_parallel",
     "selective_scan_recurrent",
     "selective_scan_cuda",
