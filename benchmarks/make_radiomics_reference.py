@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))  # research/
 sys.path.insert(0, str(REPO / "tests"))
 
-from napari_uam.radiomics import DEFAULT_SCHEMA as SCHEMA  # noqa: E402
+from napari_uam.radiomics.schema import SCHEMA_V1 as SCHEMA  # noqa: E402  (the parity tests' schema)
 from napari_uam.radiomics.pyradiomics_backend import extract_pyradiomics  # noqa: E402
 from test_radiomics_parity import _edge_cases, _load_consep  # noqa: E402  (the tests' own inputs)
 

@@ -50,9 +50,35 @@ def test_encoder_torch_scan_forms_agree():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         a = [f.clone() for f in set_ssm_backend(enc, "torch", "recurrent")(x)]
-        b = set_ssm_backend(enc, "torch", "parallel")(x)
-    for fa, fb in zip(a, b):
+        b = [f.clone() for f in set_ssm_backend(enc, "torch", "parallel")(x)]
+        c = set_ssm_backend(enc, "torch", "chunked")(x)  # the CPU form of long sequences
+    for fa, fb, fc in zip(a, b, c):
         torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fa, fc, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and mamba_ssm")
+def test_shipped_tumor_mask_is_the_same_on_cpu_and_gpu():
+    """What the CPU computes (chunked torch scan) and what the GPU computes (mamba_ssm kernel)
+    for the shipped tumor-mask weights on the shipped sample: one function."""
+    import numpy as np
+
+    from napari_uam.models.ops import mamba_ssm_available
+    from napari_uam.sample_data import sample_image
+    from napari_uam.tumor import default_tumor_weights_path, predict_tumor_mask, read_tumor_checkpoint
+    from napari_uam.tumor import TumorMaskModel
+
+    if not mamba_ssm_available():
+        pytest.skip("mamba_ssm not installed")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    image = sample_image()
+    ckpt = read_tumor_checkpoint(str(default_tumor_weights_path()))
+    cpu = predict_tumor_mask(image, 0.5, model=TumorMaskModel(ckpt, device="cpu"), device="cpu")
+    gpu = predict_tumor_mask(image, 0.5, model=TumorMaskModel(ckpt, device="cuda"), device="cuda")
+    assert np.abs(cpu - gpu).max() < 1e-4
+    assert ((cpu > 0.5) == (gpu > 0.5)).mean() > 0.9999
 
 
 @pytest.mark.gpu
