@@ -174,3 +174,37 @@ def test_the_wheel_holds_the_product_only(tmp_path):
         "napari_uam/weights/tumor_mask.pt",
     ):
         assert data in names, f"{data} missing from the wheel"
+
+
+def test_pixel_size_rules_have_one_home():
+    """The range, the default and the missing-pixel-size message are written once
+    (``napari_uam.pixel_size``); they used to be four copies with two different ranges."""
+    import re
+
+    rules = {
+        "range": re.compile(r"0\.0[15]\s*<=|<=\s*20(\.0)?\b|MIN_MPP\s*=|MAX_MPP\s*="),
+        "default": re.compile(r"DEFAULT_MPP\s*=\s*0\.5"),
+        "message": re.compile(r"does not record its pixel size"),
+    }
+    for path in PKG.rglob("*.py"):
+        if path.name == "pixel_size.py" and path.parent == PKG:
+            continue
+        text = path.read_text()
+        for rule, pattern in rules.items():
+            assert not pattern.search(text), f"{path.relative_to(PKG)} restates the pixel-size {rule}"
+
+
+def test_every_reader_of_a_pixel_size_applies_the_one_range(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from napari_uam.io.reader import read_image
+    from napari_uam.pixel_size import MAX_MPP, MIN_MPP, plausible
+    from napari_uam.widgets._layers import mpp_from_metadata
+
+    for mpp in (MIN_MPP / 2, MAX_MPP * 1.25, 0.25):
+        tifffile.imwrite(tmp_path / "a.tif", np.zeros((40, 40, 3), np.uint8),
+                         resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")  # fmt: skip
+        _, read = read_image(tmp_path / "a.tif")
+        assert (read is not None) == plausible(mpp) == (mpp == 0.25)
+        assert mpp_from_metadata({"mpp": mpp})[1] == plausible(mpp)

@@ -103,7 +103,7 @@ def test_resampling_limits_are_checked_on_the_shape_alone():
 
 
 def test_one_pixel_size_rule_for_pipeline_and_segmenter():
-    from napari_uam import pipeline, validation
+    from napari_uam import pipeline, pixel_size
     from napari_uam.errors import InvalidImageError
     from napari_uam.segment import segment
 
@@ -113,7 +113,7 @@ def test_one_pixel_size_rule_for_pipeline_and_segmenter():
             segment(rgb, bad, backend="watershed")
         with pytest.raises(InvalidImageError, match="Pixel size"):
             pipeline.segment_nuclei(rgb, bad)
-    assert validation.check_mpp(0.05) == 0.05 and validation.check_mpp("20") == 20.0
+    assert pixel_size.check_mpp(0.05) == 0.05 and pixel_size.check_mpp("20") == 20.0
 
 
 # ------------------------------------------------------------ 2. one run per output folder

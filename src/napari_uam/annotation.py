@@ -21,6 +21,8 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from .pixel_size import DEFAULT_MPP
+
 TUMOR = "tumor"
 NON_TUMOR = "non-tumor"
 #: Class of a nucleus that has no label yet; such cells are left out of training.
@@ -172,7 +174,7 @@ def classes_from_points(
     labels: np.ndarray,
     points_yx: np.ndarray,
     point_classes: Optional[Iterable] = None,
-    mpp: float = 0.5,
+    mpp: float = DEFAULT_MPP,
     radius_um: float = POINT_RADIUS_UM,
 ) -> pd.Series:
     """Class of the nuclei marked by points: the nucleus under a point, else the nearest centroid.

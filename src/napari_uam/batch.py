@@ -44,6 +44,7 @@ from .io.atomic import atomic_path
 from .io.export import FORMATS, TUMOR_OUTPUTS, export_cells, output_paths
 from .io.lock import FolderLock
 from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
+from .pixel_size import check_mpp, choose_mpp, missing_mpp_message
 from .validation import as_rgb_uint8
 
 #: The batch commands, in pipeline order.
@@ -485,7 +486,7 @@ def run_batch(
             f"Unknown output format(s) {sorted(unknown) or '(none)'}; choose from {', '.join(FORMATS)}."
         )
     if mpp is not None:
-        mpp = pipeline._check_mpp(mpp)
+        mpp = check_mpp(mpp)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BatchArgumentError(f"--out {out} is a file, not a folder.")
@@ -799,7 +800,7 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
     tiled = (height > tile or width > tile) if tile else height * width > tiling.TILE_ABOVE_PIXELS
     scale_mpp = ctx["mpp"] or file_mpp or default_mpp
     if scale_mpp is not None:  # a file's own pixel size is checked here, before decoding it
-        _check_scale(path, (height, width), pipeline._check_mpp(scale_mpp), command, ctx["segmenter"], tile)
+        _check_scale(path, (height, width), check_mpp(scale_mpp), command, ctx["segmenter"], tile)
     plan = {
         "tiled": tiled,
         "shape": (height, width),
@@ -817,9 +818,9 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
         plan["write_formats"] = tuple(f for f in formats if f != "tif")
         plan["labels_source"] = paths["tif"].name
     if tiled:
-        mpp = ctx["mpp"] or file_mpp or default_mpp
+        mpp = choose_mpp(ctx["mpp"], file_mpp, default_mpp)
         if mpp is None:
-            raise UAMError(f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x).")
+            raise UAMError(missing_mpp_message(path.name))
         plan["mpp"] = mpp
     return plan
 
@@ -943,9 +944,9 @@ def compute_image(path: Path, default_mpp, plan: dict, cfg: dict) -> dict:
     timings = {}
     t = t_start = time.perf_counter()
     image, file_mpp = read_image(path)
-    mpp = cfg["mpp"] or file_mpp or default_mpp
+    mpp = choose_mpp(cfg["mpp"], file_mpp, default_mpp)
     if mpp is None:
-        raise UAMError(f"{path.name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x).")
+        raise UAMError(missing_mpp_message(path.name))
     timings["read_s"] = time.perf_counter() - t
     command = cfg["command"]
     t = time.perf_counter()
@@ -1089,7 +1090,7 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
                 f"Not overwriting existing output(s): {', '.join(existing)}. "
                 "Choose another folder or allow overwriting."
             )
-    mpp = pipeline._check_mpp(plan["mpp"])
+    mpp = check_mpp(plan["mpp"])
     backend = resolve_backend(ctx["segmenter"], mpp)
     clf = ctx["clf"]
     prov = {

@@ -28,7 +28,7 @@ from . import __version__
 from .classify.cache import weights_cache
 from .classify.checkpoint import default_weights_path, load_classifier
 from .errors import CancelledError, InvalidLabelsError, NoNucleiError
-from .pixel_size import PixelSizeWarning, estimate_mpp
+from .pixel_size import PixelSizeWarning, check_mpp, estimate_mpp
 from .scale import rescale_image, resize_labels, scale_factor
 from .validation import as_labels, as_rgb_uint8, check_brightfield, check_he_stain, check_he_tissue
 
@@ -65,13 +65,6 @@ class PipelineResult:
     def tumor_cells(self) -> np.ndarray:
         """(H, W) int32 labels keeping only the nuclei classified as tumor."""
         return tumor_cell_labels(self.labels, self.table)
-
-
-def _check_mpp(mpp) -> float:
-    # One rule for every entry point: napari_uam.validation.check_mpp.
-    from .validation import check_mpp
-
-    return check_mpp(mpp)
 
 
 def _tick(progress: Progress, stage: str, fraction: float) -> None:
@@ -120,7 +113,7 @@ def segment_nuclei(
     from .segment import segment
 
     rgb = as_rgb_uint8(image)
-    mpp = _check_mpp(mpp)
+    mpp = check_mpp(mpp)
     # The H&E segmenters would take a fluorescence image's black background for stain.
     check_brightfield(rgb)
     # Blank, noise, underexposed or grey input gets a clear refusal, never a confident table.
@@ -210,7 +203,7 @@ def measure_cells(
     schema = schema or DEFAULT_SCHEMA
     rgb = as_rgb_uint8(image)
     lab = as_labels(labels, rgb.shape)
-    mpp = _check_mpp(mpp)
+    mpp = check_mpp(mpp)
     # Features of a fluorescence image mean nothing to a classifier trained on H&E.
     check_brightfield(rgb)
     check_he_stain(rgb)
@@ -447,7 +440,7 @@ def run(
     from .segment import resolve_backend
 
     rgb = as_rgb_uint8(image)
-    mpp = _check_mpp(mpp)
+    mpp = check_mpp(mpp)
     timings = {}
     t0 = time.perf_counter()
     if labels is None:

@@ -11,6 +11,12 @@ On every image of the 8 sources (``docs/segmentation.md``, *Pixel-size check*, w
 of the recorded pixel size, single images 0.55-2.01x.
 
 The estimate is a warning, never a silent change: the caller's pixel size is what runs.
+
+This module is also the one home of the pixel-size rules every entry point uses: the accepted
+range (:data:`MIN_MPP`-:data:`MAX_MPP`, :func:`check_mpp`, :func:`plausible`), the default
+the dock proposes (:data:`DEFAULT_MPP`), the order in which a pixel size is chosen
+(:func:`choose_mpp`: the user's, else the file's, else the default) and the message when
+there is none (:func:`missing_mpp_message`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,67 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import InvalidImageError
+
+#: What the dock proposes for an image that records no pixel size: 20x.
+DEFAULT_MPP = 0.5
+
+#: Pixel sizes (um/px) napari-uam accepts at all: from 200x (0.05) to a 20 um/px overview.
+#: Whether a pixel size is usable for a given image also depends on how far the pipeline must
+#: resample it (:func:`napari_uam.scale.check_resample`).
+MIN_MPP = 0.05
+MAX_MPP = 20.0
+
+
+def check_mpp(mpp) -> float:
+    """Return ``mpp`` as a float, or raise :class:`InvalidImageError` when it is no pixel size.
+
+    The one rule for every entry point (pipeline, segmenters, command line, dock, file
+    metadata, projects): a finite number
+    of microns per pixel within :data:`MIN_MPP`-:data:`MAX_MPP`; booleans are refused
+    (``float(True)`` is 1.0, a flag passed by mistake must not become a pixel size).
+    """
+    if isinstance(mpp, (bool, np.bool_)):
+        raise InvalidImageError(
+            f"Pixel size mpp={mpp!r} is a boolean, not a number; give microns per pixel, e.g. 0.5 at 20x."
+        )
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        raise InvalidImageError(
+            f"Pixel size mpp={mpp!r} is not a number; give microns per pixel (0.25 at 40x, 0.5 at 20x)."
+        ) from None
+    if not np.isfinite(value) or not (MIN_MPP <= value <= MAX_MPP):
+        raise InvalidImageError(
+            f"Pixel size mpp={value:g} um/px is implausible (accepted: {MIN_MPP:g}-{MAX_MPP:g}); give "
+            "microns per pixel (0.25 at 40x, 0.5 at 20x), not pixels per micron."
+        )
+    return value
+
+
+def plausible(mpp) -> bool:
+    """Whether ``mpp`` passes :func:`check_mpp` (for metadata, which is advisory: an
+    implausible value in a file is ignored rather than refused)."""
+    try:
+        check_mpp(mpp)
+    except InvalidImageError:
+        return False
+    return True
+
+
+def choose_mpp(user=None, file=None, default=None) -> float | None:
+    """The pixel size an image runs at: the user's when given, else the file's, else ``default``
+    (None when none is known: the caller says so with :func:`missing_mpp_message`)."""
+    for value in (user, file, default):
+        if value is not None:
+            return check_mpp(value)
+    return None
+
+
+def missing_mpp_message(name: str) -> str:
+    return f"{name} does not record its pixel size; pass --mpp (0.25 at 40x, 0.5 at 20x)."
+
 
 #: The 75th percentile of nucleus area (um^2) at the true pixel size, typical of H&E tissue.
 REFERENCE_P75_AREA_UM2 = 38.0

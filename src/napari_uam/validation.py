@@ -19,38 +19,6 @@ MIN_SIDE = 8
 MAX_PIXELS = 100_000_000
 
 
-#: Pixel sizes (um/px) napari-uam accepts at all: from 200x (0.05) to a 20 um/px overview.
-#: Whether a pixel size is usable for a given image also depends on how far the pipeline must
-#: resample it (:func:`napari_uam.scale.check_resample`).
-MIN_MPP = 0.05
-MAX_MPP = 20.0
-
-
-def check_mpp(mpp) -> float:
-    """Return ``mpp`` as a float, or raise :class:`InvalidImageError` when it is no pixel size.
-
-    The one rule for every entry point (pipeline, segmenters, command line): a finite number
-    of microns per pixel within :data:`MIN_MPP`-:data:`MAX_MPP`; booleans are refused
-    (``float(True)`` is 1.0, a flag passed by mistake must not become a pixel size).
-    """
-    if isinstance(mpp, (bool, np.bool_)):
-        raise InvalidImageError(
-            f"Pixel size mpp={mpp!r} is a boolean, not a number; give microns per pixel, e.g. 0.5 at 20x."
-        )
-    try:
-        value = float(mpp)
-    except (TypeError, ValueError):
-        raise InvalidImageError(
-            f"Pixel size mpp={mpp!r} is not a number; give microns per pixel (0.25 at 40x, 0.5 at 20x)."
-        ) from None
-    if not np.isfinite(value) or not (MIN_MPP <= value <= MAX_MPP):
-        raise InvalidImageError(
-            f"Pixel size mpp={value:g} um/px is implausible (accepted: {MIN_MPP:g}-{MAX_MPP:g}); give "
-            "microns per pixel (0.25 at 40x, 0.5 at 20x), not pixels per micron."
-        )
-    return value
-
-
 def as_rgb_uint8(image) -> np.ndarray:
     """Return ``image`` as an (H, W, 3) uint8 RGB array, or raise :class:`InvalidImageError`.
 

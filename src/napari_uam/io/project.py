@@ -219,7 +219,7 @@ def load_project(folder) -> Project:
     for key in ("image", "labels", "table"):
         if not (folder / _FILES[key]).is_file():
             raise ProjectError(f"{folder} lacks {_FILES[key]}; the project is incomplete. Save it again.")
-    from ..validation import check_mpp
+    from ..pixel_size import check_mpp
 
     try:
         mpp = check_mpp(meta.get("mpp"))

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InvalidImageError
+from ..pixel_size import plausible
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -52,7 +53,7 @@ def _mpp_from_tiff(tif) -> Optional[float]:
                     mpp = 25400.0 / px_per_unit
                 else:
                     return None
-                return mpp if 0.05 <= mpp <= 20 else None
+                return mpp if plausible(mpp) else None
     except Exception:  # metadata is advisory: a malformed tag never blocks reading pixels
         return None
     return None
@@ -137,6 +138,7 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
                 dpi = im.info.get("dpi")
                 if dpi and dpi[0] and dpi[0] > 1000:  # only microscope-scale dpi is meaningful
                     mpp = 25400.0 / float(dpi[0])
+                    mpp = mpp if plausible(mpp) else None
             return data, mpp
     except InvalidImageError:
         raise

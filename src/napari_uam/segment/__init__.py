@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UAMError
+from ..pixel_size import check_mpp
 from ..validation import as_rgb_uint8
 from .watershed import WatershedParams, segment_watershed
 
@@ -174,13 +175,6 @@ def resolve_backend(name: str = "auto", mpp: float | None = None) -> str:
     return name
 
 
-def _check_mpp(mpp) -> float:
-    # The same rule as the pipeline's: napari_uam.validation.check_mpp.
-    from ..validation import check_mpp
-
-    return check_mpp(mpp)
-
-
 def segment(
     image,
     mpp: float,
@@ -227,7 +221,7 @@ def segment(
         CancelledError: ``cancel()`` returned True.
     """
     rgb = as_rgb_uint8(image)
-    mpp = _check_mpp(mpp)
+    mpp = check_mpp(mpp)
     name = resolve_backend(backend, mpp)
     run = _BACKENDS[name].run
     if device is not None and _accepts_device(run):

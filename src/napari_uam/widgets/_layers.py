@@ -18,6 +18,8 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from ..pixel_size import DEFAULT_MPP, plausible
+
 #: Key of the plugin's record in ``layer.metadata``.
 OWNER_KEY = "napari_uam"
 #: Layer kinds the dock writes (also the suffix of the layer names).
@@ -25,8 +27,6 @@ KIND_NUCLEI = "nuclei"
 KIND_TUMOR = "tumor cells"
 #: One clear green for tumor cells (the UAM paper's figures paint tumor cells green).
 TUMOR_GREEN = (0.0, 1.0, 0.0, 1.0)
-#: Pixel size assumed when the image does not say (20x scanners).
-DEFAULT_MPP = 0.5
 
 
 def data_checksum(data) -> str:
@@ -208,13 +208,9 @@ def mpp_from_metadata(metadata: Optional[dict], default: float = DEFAULT_MPP) ->
         number, else ``(default, False)``.
     """
     value = (metadata or {}).get("mpp")
-    try:
-        mpp = float(value)
-    except (TypeError, ValueError):
+    if value is None or not plausible(value):
         return default, False
-    if not np.isfinite(mpp) or not (0.05 <= mpp <= 20.0):
-        return default, False
-    return mpp, True
+    return float(value), True
 
 
 def export_stem(layer_name: str, metadata: Optional[dict] = None) -> str:

@@ -42,7 +42,7 @@ from qtpy.QtWidgets import (
 from .. import pipeline
 from ..domain import OutOfDomainWarning, UnknownDomainWarning
 from ..errors import CancelledError, NoNucleiError, UAMError
-from ..pixel_size import estimate_mpp
+from ..pixel_size import MAX_MPP, MIN_MPP, estimate_mpp
 from ..validation import as_rgb_uint8
 from . import _display as D
 from . import _layers as L
@@ -325,7 +325,7 @@ class ClassifierWidget(QWidget):
         form.addRow("Image", self.image_combo)
 
         self.mpp_spin = QDoubleSpinBox()
-        self.mpp_spin.setRange(0.05, 20.0)
+        self.mpp_spin.setRange(MIN_MPP, MAX_MPP)
         self.mpp_spin.setDecimals(4)
         self.mpp_spin.setSingleStep(0.05)
         self.mpp_spin.setSuffix(" um/px")
