@@ -1,6 +1,6 @@
 """Precompute the pyradiomics reference table for the GPU parity test.
 
-The GPU machine has no pyradiomics/SimpleITK, so ``tests/test_radiomics_parity.py`` compares
+The GPU machine has no pyradiomics/SimpleITK, so ``tests/radiomics/test_radiomics_parity.py`` compares
 the CUDA engine with a table computed here, on the exact inputs it was computed from.
 
 Usage:
@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))  # research/
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "radiomics"))
 
 from napari_uam.radiomics.schema import SCHEMA_V1 as SCHEMA  # noqa: E402  (the parity tests' schema)
 from napari_uam.radiomics.pyradiomics_backend import extract_pyradiomics  # noqa: E402

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         "", " ".join(f"On {dev}, schema v2 costs {r:.1f}x v1 per cell." for dev, r in ratios.items())
         + " v2 runs three engine passes (nucleus, stain-normalised image, ring) plus the Macenko estimate and "
         "the context (NumPy on every engine). The pyradiomics comparison rows above are for v1's columns; v2's "
-        "views are each pyradiomics-exact (tests/test_radiomics_v2.py).",
+        "views are each pyradiomics-exact (tests/radiomics/test_radiomics_v2.py).",
     ])  # fmt: skip
     if not a.no_docs:
         print("wrote", write_section("radiomics-schema", md))

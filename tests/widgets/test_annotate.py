@@ -18,7 +18,7 @@ import pytest
 
 from napari_uam import annotation as A
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot_annotate.png"
 RUN_TIMEOUT_MS = 120_000
 

@@ -24,7 +24,7 @@ from napari_uam.training.finetune import (
     save_finetuned,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def annotated_project(image_path: Path, folder: Path):

@@ -17,7 +17,7 @@ import pytest
 
 from napari_uam.widgets import _layers as L
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot_classify.png"
 #: Worker runs of a patch take a few seconds on 2 cores; this bounds a hung run.
 RUN_TIMEOUT_MS = 120_000

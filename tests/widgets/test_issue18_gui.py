@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "_close_napari_midrun.py"
 RUN_TIMEOUT_MS = 240_000
 #: Cancel must act within about a second; the bound leaves room for a shared 2-core machine.

@@ -17,7 +17,7 @@ import pytest
 
 from test_annotate import RUN_TIMEOUT_MS, _click, centre_of, classify_patch, click
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot_train.png"
 
 

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_parity.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_parity.py"
 _spec = importlib.util.spec_from_file_location("gpu_parity", _PATH)
 parity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(parity)

@@ -31,7 +31,7 @@ HAVE_PYRADIOMICS = (
     importlib.util.find_spec("radiomics") is not None and importlib.util.find_spec("SimpleITK") is not None
 )
 needs_pyradiomics = pytest.mark.skipif(not HAVE_PYRADIOMICS, reason="pyradiomics (and SimpleITK) not installed")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STORED = Path(os.environ.get("NAPARI_UAM_RADIOMICS_REF", REPO / ".gpu_data" / "radiomics_reference.parquet"))
 GPU_DEVICE = os.environ.get("NAPARI_UAM_GPU_TEST_DEVICE", "cuda")
 
@@ -226,7 +226,7 @@ def test_cuda_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     _cuda_engine("kernels")
     script = tmp_path / "cached.py"
     here = Path(__file__).resolve().parent
-    script.write_text(_CACHE_SCRIPT.format(src=str(here.parent / "src"), tests=str(here), device=device))
+    script.write_text(_CACHE_SCRIPT.format(src=str(REPO / "src"), tests=str(here), device=device))
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")}
     runs = []
     for _ in range(2):

@@ -21,7 +21,7 @@ from research.regions import loso as L
 from research.regions import sources as S
 from research.regions.pack import resample_target, subsample
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("NAPARI_UAM_DATA", REPO.parent / "shared" / "data"))
 
 

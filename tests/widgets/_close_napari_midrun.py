@@ -1,4 +1,4 @@
-"""Run by tests/test_issue18_gui.py in a subprocess: open napari, start a run, close napari.
+"""Run by tests/widgets/test_issue18_gui.py in a subprocess: open napari, start a run, close napari.
 
     python _close_napari_midrun.py classify IMAGE
     python _close_napari_midrun.py train IMAGE POINTS_CSV CHECKPOINT
