@@ -197,10 +197,6 @@ def measure_cells(
         One row per label: ``label, y, x, area_um2`` then one column per schema feature.
         ``table.attrs["schema_id"]`` names the schema.
     """
-    from . import radiomics
-    from .radiomics.schema import DEFAULT_SCHEMA
-
-    schema = schema or DEFAULT_SCHEMA
     rgb = as_rgb_uint8(image)
     lab = as_labels(labels, rgb.shape)
     mpp = check_mpp(mpp)
@@ -209,20 +205,51 @@ def measure_cells(
     check_he_stain(rgb)
     _check_cancel(cancel)
     _tick(progress, "measure", 0.0)
-    geom = cell_geometry(lab, mpp)
-    if len(geom) == 0:
+    if not lab.any():
         raise NoNucleiError("The labels contain no nucleus (all zero): segment or paint nuclei first.")
+    return measure_features(rgb, lab, mpp, schema=schema, backend=backend, device=device, progress=progress,
+                            cancel=cancel)  # fmt: skip
+
+
+def measure_features(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    mpp: float,
+    *,
+    schema=None,
+    backend: str = "auto",
+    device: str = "auto",
+    stain=None,
+    progress: Progress = None,
+    cancel: Cancel = None,
+) -> pd.DataFrame:
+    """:func:`measure_cells` on inputs already checked: geometry, then the schema's features
+    at the schema's pixel size (the one home of "rescale to the feature pixel size, then
+    measure"). Tiles call it directly: the whole-image checks ran once on the overview, and
+    on a tile of background they would misfire.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB.
+        labels: (H, W) int labels with at least one nucleus.
+        stain: the image's stain estimate (tiles pass the whole image's), else estimated here.
+        schema, backend, device, progress, cancel: as in :func:`measure_cells`.
+    """
+    from . import radiomics
+    from .radiomics.schema import DEFAULT_SCHEMA
+
+    schema = schema or DEFAULT_SCHEMA
+    geom = cell_geometry(labels, mpp)
     _check_cancel(cancel)
-    factor = scale_factor(mpp, schema.mpp)
-    work = rescale_image(rgb, factor)
+    work = rescale_image(rgb, scale_factor(mpp, schema.mpp))
     _check_cancel(cancel)
-    lab_w = resize_labels(lab, work.shape[:2])
+    lab_w = resize_labels(labels, work.shape[:2])
     feats = radiomics.extract(
         work,
         lab_w,
         schema=schema,
         backend=backend,
         device=device,
+        stain=stain,
         progress=(lambda f: _tick(progress, "measure", f)),
         cancel=cancel,
     )
@@ -231,7 +258,8 @@ def measure_cells(
     feats = feats.reindex(geom["label"].to_numpy())
     table = pd.concat([geom.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
     table.attrs["schema_id"] = schema.schema_id
-    if feats.attrs.get("stain") is not None:  # the image's stain estimate: the trust signal needs it
+    if stain is None and feats.attrs.get("stain") is not None:
+        # The image's stain estimate: the trust signal needs it (tiles keep the whole image's).
         table.attrs["stain"] = feats.attrs["stain"]
     _tick(progress, "measure", 1.0)
     return table

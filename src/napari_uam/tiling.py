@@ -51,6 +51,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from .errors import InvalidImageError
+from .pipeline import cell_geometry, classify_cells, feature_columns, get_classifier, measure_features, record_domain
 
 #: Images with more pixels than this are processed in tiles by the command line by default.
 TILE_ABOVE_PIXELS = 4096 * 4096
@@ -401,30 +402,6 @@ def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params
     return segment_watershed(rgb, mpp, params, white=white, threshold=threshold)
 
 
-def measure_tile(
-    rgb: np.ndarray, labels: np.ndarray, mpp: float, backend: str, device: str, stain=None
-) -> pd.DataFrame:
-    """:func:`napari_uam.pipeline.measure_cells` without the whole-image checks.
-
-    The brightfield / stain checks describe the whole image and ran once on its overview; on
-    a tile of background or slide label they would misfire.
-    """
-    from . import radiomics
-    from .pipeline import cell_geometry
-    from .radiomics.schema import DEFAULT_SCHEMA
-    from .scale import rescale_image, resize_labels, scale_factor
-
-    geom = cell_geometry(labels, mpp)
-    work = rescale_image(rgb, scale_factor(mpp, DEFAULT_SCHEMA.mpp))
-    feats = radiomics.extract(
-        work, resize_labels(labels, work.shape[:2]), schema=DEFAULT_SCHEMA, backend=backend, device=device, stain=stain
-    )
-    feats = feats.reindex(geom["label"].to_numpy())
-    table = pd.concat([geom.reset_index(drop=True), feats.reset_index(drop=True)], axis=1)
-    table.attrs["schema_id"] = DEFAULT_SCHEMA.schema_id
-    return table
-
-
 def process_tile(job: TileJob, tile: Tile) -> TileResult:
     """Segment an extended tile, keep the nuclei centred in its core, measure and classify them."""
     t0 = time.perf_counter()
@@ -436,13 +413,12 @@ def process_tile(job: TileJob, tile: Tile) -> TileResult:
     kept = np.zeros(0, np.int64)
     n_cut = 0
     if ids.size:
-        area = ndi.sum_labels(np.ones(labels.shape), labels, ids)
-        yy, xx = np.indices(labels.shape, dtype=np.float64)
-        cy = ndi.sum_labels(yy, labels, ids) / np.maximum(area, 1) + Y0
-        cx = ndi.sum_labels(xx, labels, ids) / np.maximum(area, 1) + X0
+        # Centroids as the whole image's table computes them (one rule: pipeline.cell_geometry).
+        geom = cell_geometry(labels, job.mpp)
+        cy, cx = geom["y"].to_numpy() + Y0, geom["x"].to_numpy() + X0
         y0, y1, x0, x1 = tile.core
-        inside = (area > 0) & (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
-        kept = ids[inside]
+        inside = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+        kept = geom["label"].to_numpy()[inside]
         # A kept nucleus reaching an edge of the extended tile that is not the image's edge may
         # be cut by it: the halo would be too narrow. Counted so the caller can report it.
         edge = np.zeros(labels.shape, bool)
@@ -467,20 +443,17 @@ def process_tile(job: TileJob, tile: Tile) -> TileResult:
         # Every nucleus of the extended tile is measured, so that a kept nucleus' ring and
         # neighbourhood see its neighbours in the halo as they are in the whole image; then
         # only the kept ones stay, renumbered as in ``local``.
-        table = measure_tile(rgb, labels.astype(np.int32), job.mpp, job.radiomics_backend, job.device, job.stain)
+        table = measure_features(rgb, labels.astype(np.int32), job.mpp, backend=job.radiomics_backend,
+                                 device=job.device, stain=job.stain)  # fmt: skip
         table = table[table["label"].isin(kept)].copy()
         table["label"] = lut[table["label"].to_numpy(np.int64)]
         table = table.sort_values("label").reset_index(drop=True)
         table["y"] += Y0
         table["x"] += X0
         if job.command == "classify":
-            from .pipeline import classify_cells, get_classifier
-
             clf = get_classifier(job.model, job.device)
             table = classify_cells(table, model=clf, device=job.device)
     elif kept.size:
-        from .pipeline import cell_geometry
-
         table = cell_geometry(local.astype(np.int32), job.mpp)
         table["y"] += Y0
         table["x"] += X0
@@ -515,7 +488,6 @@ class DomainSums:
     n_cells: int = 0
 
     def add(self, table: pd.DataFrame) -> None:
-        from .pipeline import feature_columns
 
         if getattr(self.clf, "domain", None) is None or table is None or not len(table):
             return
@@ -529,7 +501,6 @@ class DomainSums:
 
     def record(self, stain: Optional[dict], prov: dict) -> None:
         """``prov["domain"]`` and the warnings, by the rule of :func:`napari_uam.pipeline.record_domain`."""
-        from .pipeline import record_domain
 
         check = None
         if getattr(self.clf, "domain", None) is not None:
@@ -681,8 +652,6 @@ def run_tiled(
     done = 0
     trust = None
     if command == "classify":
-        from .pipeline import get_classifier
-
         trust = DomainSums(get_classifier(model, device))
     for i, res in executor.map(process_tile, [(job, t) for t in tiles]):
         counts[i] = res.n
