@@ -45,7 +45,6 @@ from .io.export import FORMATS, TUMOR_OUTPUTS, export_cells, output_paths
 from .io.lock import FolderLock
 from .io.reader import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
 from .pixel_size import check_mpp, choose_mpp, missing_mpp_message
-from .validation import as_rgb_uint8
 
 #: The batch commands, in pipeline order.
 COMMANDS = ("segment", "measure", "classify")
@@ -950,43 +949,24 @@ def compute_image(path: Path, default_mpp, plan: dict, cfg: dict) -> dict:
     timings["read_s"] = time.perf_counter() - t
     command = cfg["command"]
     t = time.perf_counter()
-    tumor_mask = None
-    if command == "segment":
-        from .segment import resolve_backend
-
-        rgb = as_rgb_uint8(image)
-        resolve_backend(cfg["segmenter"], mpp)
-        labels, backend = pipeline.segment_nuclei(
-            rgb, mpp, backend=cfg["segmenter"], device=cfg["device"], return_backend=True
-        )
-        table = pipeline.cell_geometry(labels, mpp)
-        timings["segment_s"] = time.perf_counter() - t
-        provenance = {
-            "versions": pipeline._versions(),
-            "image_sha256_16": pipeline.image_hash(rgb),
-            "image_shape": list(rgb.shape),
-            "mpp": mpp,
-            "segment_backend": backend,
-            "n_cells": int(len(table)),
-            "time_utc": _utc(),
-        }
-    else:
-        model = cfg["model"]
-        if command == "classify" and not hasattr(model, "predict_proba"):
-            model = pipeline.get_classifier(model, cfg["device"])
-        res = pipeline.run(
-            image,
-            mpp,
-            labels=plan["labels"],
-            segment_backend=cfg["segmenter"],
-            radiomics_backend=cfg["radiomics_backend"],
-            model=model,
-            device=cfg["device"],
-            classify=command == "classify",
-        )
-        labels, table, provenance = res.labels, res.table, res.provenance
-        tumor_mask = getattr(res, "tumor_mask", None)
-        timings.update(provenance.get("timings", {}))
+    model = cfg["model"]
+    if command == "classify" and not hasattr(model, "predict_proba"):
+        model = pipeline.get_classifier(model, cfg["device"])
+    # The one stage runner: segment stops after the nuclei, measure after the features.
+    res = pipeline.run(
+        image,
+        mpp,
+        labels=plan["labels"],
+        segment_backend=cfg["segmenter"],
+        radiomics_backend=cfg["radiomics_backend"],
+        model=model,
+        device=cfg["device"],
+        classify=command == "classify",
+        measure=command != "segment",
+    )
+    labels, table, provenance = res.labels, res.table, res.provenance
+    tumor_mask = getattr(res, "tumor_mask", None)
+    timings.update(provenance.get("timings", {}))
     provenance["labels_source"] = plan["labels_source"]
     return {
         "labels": labels,

@@ -438,6 +438,7 @@ def run(
     model=None,
     device: str = "auto",
     classify: bool = True,
+    measure: bool = True,
     tumor_mask="auto",
     tumor_model=None,
     progress: Progress = None,
@@ -454,6 +455,8 @@ def run(
         model: None (shipped default weights), a checkpoint path or a loaded classifier.
         device: ``"auto"``, ``"cuda"`` or ``"cpu"``.
         classify: False stops after measuring.
+        measure: False stops after segmenting: the table holds the geometry only
+            (``napari-uam segment``); implies ``classify=False``.
         tumor_mask: tumor-region mask after classifying: ``"auto"`` when tumor-mask weights
             are installed (or ``tumor_model`` is given), True (required), False (never).
         tumor_model: None (shipped ``tumor_mask.pt``), a checkpoint path or a loaded
@@ -480,6 +483,19 @@ def run(
     else:
         labels = as_labels(labels, rgb.shape)
         seg_used = "given"
+    if not measure:
+        table = cell_geometry(labels, mpp)
+        prov = {
+            "versions": _versions(),
+            "image_sha256_16": image_hash(rgb),
+            "image_shape": list(rgb.shape),
+            "mpp": mpp,
+            "segment_backend": seg_used,
+            "n_cells": int(len(table)),
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "timings": timings,
+        }
+        return PipelineResult(labels=labels, table=table, provenance=prov)
     t1 = time.perf_counter()
     table = measure_cells(rgb, labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel)
     timings["measure_s"] = time.perf_counter() - t1
