@@ -636,7 +636,7 @@ def _run_locked(
             manifest["finished_utc"] = _utc()
         _write_json(manifest_path, manifest)
 
-    ctx = dict(
+    ctx = RunContext(
         command=command,
         out=out,
         formats=formats,
@@ -655,7 +655,7 @@ def _run_locked(
         inputs={p.resolve() for p, _ in jobs},
     )
     # Read before this run's manifest replaces it: what a killed run was writing.
-    _clear_killed_writes(out, _is_own_manifest(manifest_path), command, ctx["inputs"])
+    _clear_killed_writes(out, _is_own_manifest(manifest_path), command, ctx.inputs)
     save("running")
     n = len(jobs)
     finished = [0]
@@ -675,7 +675,7 @@ def _run_locked(
         statuses[k].reason = _one_line(err)
 
     # Client side, cheap: skip finished images, look at sizes; nothing is decoded yet.
-    plans: dict[int, dict] = {}
+    plans: dict[int, ImagePlan] = {}
     for k, (path, default_mpp) in enumerate(jobs):
         try:
             plan = _plan_image(path, default_mpp, statuses[k], ctx)
@@ -687,8 +687,8 @@ def _run_locked(
             report(k)
         else:
             plans[k] = plan
-    small = [k for k, p in plans.items() if not p["tiled"]]
-    large = [k for k, p in plans.items() if p["tiled"]]
+    small = [k for k, p in plans.items() if not p.tiled]
+    large = [k for k, p in plans.items() if p.tiled]
     started: dict[int, float] = {}
     try:
         tasks = []
@@ -710,7 +710,7 @@ def _run_locked(
             begun = max(started[k], last[0])
             statuses[k].seconds = round(time.perf_counter() - begun, 3)
             if not isinstance(outcome, BaseException) and not isinstance(executor, SerialExecutor):
-                statuses[k].seconds = round(outcome["seconds"] + time.perf_counter() - last[0], 3)
+                statuses[k].seconds = round(outcome.seconds + time.perf_counter() - last[0], 3)
             report(k)
         for k in large:
             started[k] = time.perf_counter()
@@ -768,7 +768,66 @@ def _describe(st: ImageStatus) -> str:
     return f"{counts}, {st.seconds:.1f} s"
 
 
-def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional[dict]:
+@dataclass
+class RunContext:
+    """What every step of one :func:`run_batch` call shares (was a 13-key dict)."""
+
+    command: str
+    out: Path
+    formats: tuple
+    mpp: Optional[float]
+    clf: object
+    model: object
+    device: str
+    segmenter: str
+    radiomics_backend: str
+    overwrite: bool
+    labels_from_out: bool
+    parameters: dict
+    tile_size: Optional[int]
+    executor: object
+    save: Callable[[str], None]
+    inputs: set
+
+
+@dataclass
+class ImagePlan:
+    """How one image is processed, decided on the client before its pixels are decoded."""
+
+    tiled: bool
+    shape: tuple
+    labels: Optional[np.ndarray] = None
+    write_formats: tuple = ()
+    labels_source: str = "segmented"
+    mpp: Optional[float] = None  # tiled images only: the pixel size the tiles run at
+
+
+@dataclass
+class ComputeConfig:
+    """What an image task needs (picklable: it travels to Dask workers)."""
+
+    command: str
+    mpp: Optional[float]
+    segmenter: str
+    radiomics_backend: str
+    device: str
+    model: object  # a loaded classifier in this process, else a checkpoint path or None
+
+
+@dataclass
+class ImageResult:
+    """What :func:`compute_image` returns for one image processed in one piece."""
+
+    labels: np.ndarray
+    table: pd.DataFrame
+    provenance: dict
+    mpp: float
+    timings: dict
+    tumor_mask: Optional[np.ndarray]
+    seconds: float
+
+
+def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: RunContext) -> Optional[ImagePlan]:
     """Decide how one image is processed; None when it is skipped (``st`` filled in).
 
     Only the file's header is read here (size, pixel size); the pixels are decoded by the
@@ -776,10 +835,10 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
     """
     from . import tiling
 
-    command, out, formats = ctx["command"], ctx["out"], ctx["formats"]
+    command, out, formats = ctx.command, ctx.out, ctx.formats
     stem = st.stem
     paths = output_paths(out, stem)
-    if not ctx["overwrite"]:
+    if not ctx.overwrite:
         info = read_done(out, stem, command, formats)
         if info is not None:
             st.status = "skipped"
@@ -788,39 +847,33 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: dict) -> Optional
             st.tumor_area_fraction = (info.get("provenance") or {}).get("tumor_area_fraction")
             return None
     _remove_stale_staging(out, stem)
-    protected = _protected_targets(out, stem, (*formats, "tumor_mask"), ctx["inputs"])
+    protected = _protected_targets(out, stem, (*formats, "tumor_mask"), ctx.inputs)
     if protected:
         raise UAMError(
             f"{', '.join(p.name for p in protected)} in {out} is not a napari-uam output (an input "
             "image?) and is never replaced, --overwrite or not; rename it or choose another --out."
         )
     height, width, file_mpp = tiling.probe(path)
-    tile = ctx["tile_size"]
+    tile = ctx.tile_size
     tiled = (height > tile or width > tile) if tile else height * width > tiling.TILE_ABOVE_PIXELS
-    scale_mpp = ctx["mpp"] or file_mpp or default_mpp
+    scale_mpp = choose_mpp(ctx.mpp, file_mpp, default_mpp)
     if scale_mpp is not None:  # a file's own pixel size is checked here, before decoding it
-        _check_scale(path, (height, width), check_mpp(scale_mpp), command, ctx["segmenter"], tile)
-    plan = {
-        "tiled": tiled,
-        "shape": (height, width),
-        "labels": None,
-        "write_formats": formats,
-        "labels_source": "segmented",
-    }
-    if ctx["labels_from_out"] and command != "segment" and paths["tif"].is_file():
+        _check_scale(path, (height, width), check_mpp(scale_mpp), command, ctx.segmenter, tile)
+    plan = ImagePlan(tiled=tiled, shape=(height, width), write_formats=formats)
+    if ctx.labels_from_out and command != "segment" and paths["tif"].is_file():
         if tiled:
             raise UAMError(
                 f"{path.name} is processed in tiles ({height}x{width} pixels); --labels-from-out "
                 "only works for images processed in one piece."
             )
-        plan["labels"] = _read_labels_tiff(paths["tif"])
-        plan["write_formats"] = tuple(f for f in formats if f != "tif")
-        plan["labels_source"] = paths["tif"].name
+        plan.labels = _read_labels_tiff(paths["tif"])
+        plan.write_formats = tuple(f for f in formats if f != "tif")
+        plan.labels_source = paths["tif"].name
     if tiled:
-        mpp = choose_mpp(ctx["mpp"], file_mpp, default_mpp)
+        mpp = choose_mpp(ctx.mpp, file_mpp, default_mpp)
         if mpp is None:
             raise UAMError(missing_mpp_message(path.name))
-        plan["mpp"] = mpp
+        plan.mpp = mpp
     return plan
 
 
@@ -897,19 +950,19 @@ def _read_labels_tiff(path):
     return tifffile.imread(path)
 
 
-def _compute_config(ctx: dict, executor) -> dict:
+def _compute_config(ctx: RunContext, executor) -> ComputeConfig:
     """What an image task needs (picklable; a loaded classifier only runs in this process)."""
     from .distributed import SerialExecutor
 
     local = isinstance(executor, SerialExecutor)
-    return {
-        "command": ctx["command"],
-        "mpp": ctx["mpp"],
-        "segmenter": ctx["segmenter"],
-        "radiomics_backend": ctx["radiomics_backend"],
-        "device": ctx["device"],
-        "model": ctx["clf"] if local else ctx["model"],
-    }
+    return ComputeConfig(
+        command=ctx.command,
+        mpp=ctx.mpp,
+        segmenter=ctx.segmenter,
+        radiomics_backend=ctx.radiomics_backend,
+        device=ctx.device,
+        model=ctx.clf if local else ctx.model,
+    )
 
 
 @contextlib.contextmanager
@@ -925,7 +978,7 @@ def _named_warnings(name: str):
             warnings.warn_explicit(f"{name}: {c.message}", c.category, c.filename, c.lineno)
 
 
-def _compute_safe(path: Path, default_mpp, plan: dict, cfg: dict):
+def _compute_safe(path: Path, default_mpp, plan: ImagePlan, cfg: ComputeConfig):
     """:func:`compute_image` returning an exception instead of raising (one image's failure)."""
     try:
         with _named_warnings(Path(path).name):
@@ -934,105 +987,105 @@ def _compute_safe(path: Path, default_mpp, plan: dict, cfg: dict):
         return err
 
 
-def compute_image(path: Path, default_mpp, plan: dict, cfg: dict) -> dict:
+def compute_image(path: Path, default_mpp, plan: ImagePlan, cfg: ComputeConfig) -> ImageResult:
     """Read and process one image in one piece (the task run in this process or on a worker).
 
     Returns:
-        ``{"labels", "table", "provenance", "mpp", "timings"}``.
+        :class:`ImageResult`.
     """
     timings = {}
     t = t_start = time.perf_counter()
     image, file_mpp = read_image(path)
-    mpp = choose_mpp(cfg["mpp"], file_mpp, default_mpp)
+    mpp = choose_mpp(cfg.mpp, file_mpp, default_mpp)
     if mpp is None:
         raise UAMError(missing_mpp_message(path.name))
     timings["read_s"] = time.perf_counter() - t
-    command = cfg["command"]
+    command = cfg.command
     t = time.perf_counter()
-    model = cfg["model"]
+    model = cfg.model
     if command == "classify" and not hasattr(model, "predict_proba"):
-        model = pipeline.get_classifier(model, cfg["device"])
+        model = pipeline.get_classifier(model, cfg.device)
     # The one stage runner: segment stops after the nuclei, measure after the features.
     res = pipeline.run(
         image,
         mpp,
-        labels=plan["labels"],
-        segment_backend=cfg["segmenter"],
-        radiomics_backend=cfg["radiomics_backend"],
+        labels=plan.labels,
+        segment_backend=cfg.segmenter,
+        radiomics_backend=cfg.radiomics_backend,
         model=model,
-        device=cfg["device"],
+        device=cfg.device,
         classify=command == "classify",
         measure=command != "segment",
     )
     labels, table, provenance = res.labels, res.table, res.provenance
     tumor_mask = getattr(res, "tumor_mask", None)
     timings.update(provenance.get("timings", {}))
-    provenance["labels_source"] = plan["labels_source"]
-    return {
-        "labels": labels,
-        "table": table,
-        "provenance": provenance,
-        "mpp": mpp,
-        "timings": timings,
-        "tumor_mask": tumor_mask if command == "classify" else None,
-        "seconds": time.perf_counter() - t_start,
-    }
+    provenance["labels_source"] = plan.labels_source
+    return ImageResult(
+        labels=labels,
+        table=table,
+        provenance=provenance,
+        mpp=mpp,
+        timings=timings,
+        tumor_mask=tumor_mask if command == "classify" else None,
+        seconds=time.perf_counter() - t_start,
+    )
 
 
-def _finish_image(path: Path, st: ImageStatus, ctx: dict, plan: dict, res: dict) -> None:
+def _finish_image(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan, res: ImageResult) -> None:
     """Write one image's outputs (all or none), then its done marker."""
-    out, stem, formats = ctx["out"], st.stem, ctx["formats"]
+    out, stem, formats = ctx.out, st.stem, ctx.formats
     paths = output_paths(out, stem)
     marker = done_path(out, stem)
     # A marker from an earlier run must not vouch for outputs this run is replacing.
-    if ctx["overwrite"]:
+    if ctx.overwrite:
         marker.unlink(missing_ok=True)
     t = time.perf_counter()
-    _record_writing(st, ctx, [*formats, *(["tumor_mask"] if res.get("tumor_mask") is not None else [])])
+    _record_writing(st, ctx, [*formats, *(["tumor_mask"] if res.tumor_mask is not None else [])])
     export_cells(
-        res["labels"],
-        res["table"],
+        res.labels,
+        res.table,
         out,
         stem,
-        formats=plan["write_formats"],
-        overwrite=ctx["overwrite"],
-        provenance=res["provenance"],
-        mpp=res["mpp"],
-        tumor_mask=res.get("tumor_mask"),
+        formats=plan.write_formats,
+        overwrite=ctx.overwrite,
+        provenance=res.provenance,
+        mpp=res.mpp,
+        tumor_mask=res.tumor_mask,
     )
-    timings = dict(res["timings"])
+    timings = dict(res.timings)
     timings["export_s"] = time.perf_counter() - t
-    table = res["table"]
+    table = res.table
     st.n_cells = int(len(table))
     st.n_tumor = _tumor_count(table)
     st.outputs = {k: paths[k].name for k in formats}
-    if res.get("tumor_mask") is not None:
+    if res.tumor_mask is not None:
         for kind in TUMOR_OUTPUTS:
             st.outputs[kind] = paths[kind].name
-    st.tumor_area_fraction = res["provenance"].get("tumor_area_fraction")
+    st.tumor_area_fraction = res.provenance.get("tumor_area_fraction")
     st.status = "done"
-    _write_marker(path, st, ctx, res["mpp"], res["provenance"], timings)
+    _write_marker(path, st, ctx, res.mpp, res.provenance, timings)
 
 
-def _record_writing(st: ImageStatus, ctx: dict, kinds) -> None:
+def _record_writing(st: ImageStatus, ctx: RunContext, kinds) -> None:
     """Say in the manifest which outputs of ``st`` are about to be renamed into place.
 
     If the run is killed before the done marker, the next run knows from this that the
     files are its own (see :func:`_clear_killed_writes`).
     """
-    paths = output_paths(ctx["out"], st.stem)
+    paths = output_paths(ctx.out, st.stem)
     st.status = "writing"
     st.outputs = {k: paths[k].name for k in kinds}
-    ctx["save"]("running")
+    ctx.save("running")
 
 
-def _write_marker(path: Path, st: ImageStatus, ctx: dict, mpp, provenance: dict, timings: dict) -> None:
+def _write_marker(path: Path, st: ImageStatus, ctx: RunContext, mpp, provenance: dict, timings: dict) -> None:
     # Written last: its presence is what makes the image count as done.
     _write_json(
-        done_path(ctx["out"], st.stem),
+        done_path(ctx.out, st.stem),
         {
             "schema": MANIFEST_SCHEMA,
-            "command": ctx["command"],
+            "command": ctx.command,
             "image": str(path),
             "stem": st.stem,
             "outputs": st.outputs,
@@ -1045,7 +1098,7 @@ def _write_marker(path: Path, st: ImageStatus, ctx: dict, mpp, provenance: dict,
                 "sha256": provenance.get("model_sha256"),
             },
             "schema_id": provenance.get("schema_id"),
-            "parameters": ctx["parameters"],
+            "parameters": ctx.parameters,
             "provenance": provenance,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "finished_utc": _utc(),
@@ -1053,7 +1106,7 @@ def _write_marker(path: Path, st: ImageStatus, ctx: dict, mpp, provenance: dict,
     )
 
 
-def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
+def _process_tiled(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan) -> None:
     """Process one large image in tiles (see :mod:`napari_uam.tiling`), all outputs or none."""
     import tempfile
 
@@ -1061,25 +1114,25 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
     from .radiomics.schema import DEFAULT_SCHEMA
     from .segment import resolve_backend
 
-    out, stem, formats, command = ctx["out"], st.stem, ctx["formats"], ctx["command"]
+    out, stem, formats, command = ctx.out, st.stem, ctx.formats, ctx.command
     paths = output_paths(out, stem)
-    if not ctx["overwrite"]:
+    if not ctx.overwrite:
         existing = [str(paths[k]) for k in formats if paths[k].exists()]
         if existing:
             raise FileExistsError(
                 f"Not overwriting existing output(s): {', '.join(existing)}. "
                 "Choose another folder or allow overwriting."
             )
-    mpp = check_mpp(plan["mpp"])
-    backend = resolve_backend(ctx["segmenter"], mpp)
-    clf = ctx["clf"]
+    mpp = check_mpp(plan.mpp)
+    backend = resolve_backend(ctx.segmenter, mpp)
+    clf = ctx.clf
     prov = {
         "versions": pipeline._versions(),
         "mpp": mpp,
         "working_mpp": pipeline.working_mpp(),
-        "radiomics_backend": ctx["radiomics_backend"] if command != "segment" else None,
+        "radiomics_backend": ctx.radiomics_backend if command != "segment" else None,
         "schema_id": DEFAULT_SCHEMA.schema_id if command != "segment" else None,
-        "device": ctx["device"],
+        "device": ctx.device,
         "time_utc": _utc(),
         "labels_source": "segmented",
     }
@@ -1087,9 +1140,9 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
         prov.update(model_id=clf.model_id, model_arch=clf.arch, model_sha256=clf.sha256, model_schema_id=clf.schema_id)
     from .distributed import SerialExecutor
 
-    executor = ctx["executor"]
-    model = clf if isinstance(executor, SerialExecutor) else ctx["model"]
-    if ctx["overwrite"]:
+    executor = ctx.executor
+    model = clf if isinstance(executor, SerialExecutor) else ctx.model
+    if ctx.overwrite:
         done_path(out, stem).unlink(missing_ok=True)
     # Same staging name as export_cells: a killed run's leftovers are removed on the next run.
     stage = Path(tempfile.mkdtemp(prefix=f".{stem}.export.", dir=out))
@@ -1104,9 +1157,9 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
                 formats=formats,
                 backend=backend,
                 executor=executor,
-                tile=ctx["tile_size"] or tiling.DEFAULT_TILE,
-                radiomics_backend=ctx["radiomics_backend"],
-                device=ctx["device"],
+                tile=ctx.tile_size or tiling.DEFAULT_TILE,
+                radiomics_backend=ctx.radiomics_backend,
+                device=ctx.device,
                 model=model,
                 provenance=prov,
             )
@@ -1117,7 +1170,7 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: dict, plan: dict) -> None:
                 os.replace(res.outputs[kind], paths[kind])
                 written.append(paths[kind])
         except BaseException:
-            if not ctx["overwrite"]:
+            if not ctx.overwrite:
                 for p in written:
                     p.unlink(missing_ok=True)
             raise
