@@ -325,7 +325,7 @@ from napari_uam import batch, cli
 def die(*args, **kwargs):  # the outputs are renamed into place; the marker is next
     os.kill(os.getpid(), signal.SIGKILL)
 
-batch._write_marker = die
+batch.runner._write_marker = die
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -566,7 +566,7 @@ def test_dask_address_of_another_service_is_one_clear_line(patch, tmp_path, nons
 
 def test_real_scheduler_passes_the_probe():
     distributed = pytest.importorskip("distributed")
-    from napari_uam.distributed import probe_scheduler
+    from napari_uam.batch.executors import probe_scheduler
 
     with distributed.LocalCluster(
         n_workers=0, processes=False, dashboard_address=None, protocol="tcp://", scheduler_port=0, host="127.0.0.1"

@@ -27,7 +27,7 @@ neighbouring tiles, which cover it since ``halo <= tile``). Cell tables are writ
 tile size, not on the image size.
 
 Each tile is an independent task (:func:`tile_statistics`, :func:`tile_histogram`,
-:func:`process_tile`) run by an executor of :mod:`napari_uam.distributed` (in this process,
+:func:`process_tile`) run by an executor of :mod:`napari_uam.batch.executors` (in this process,
 or on Dask workers).
 """
 
@@ -604,7 +604,7 @@ def run_tiled(
         command: ``segment``, ``measure`` or ``classify``.
         formats: output kinds (tif, csv, parquet, geojson).
         backend: concrete segmentation backend (see :func:`napari_uam.segment.resolve_backend`).
-        executor: a :mod:`napari_uam.distributed` executor (serial when None).
+        executor: a :mod:`napari_uam.batch.executors` executor (serial when None).
         tile: core side in pixels (rounded up by :func:`plan`).
         halo_um: halo in microns.
         radiomics_backend, device, model: as in :func:`napari_uam.pipeline.run`.
@@ -617,7 +617,7 @@ def run_tiled(
     Raises:
         NoNucleiError: no nucleus in the whole image.
     """
-    from .distributed import SerialExecutor
+    from .batch.executors import SerialExecutor
     from .errors import NoNucleiError
     from .io.export import output_paths
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from napari_uam import batch
 from napari_uam.cli import main
-from napari_uam.distributed import dask_available, make_executor
+from napari_uam.batch.executors import dask_available, make_executor
 
 pytestmark = pytest.mark.skipif(
     not dask_available(),

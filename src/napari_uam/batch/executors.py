@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
-from .errors import UAMError
+from ..errors import UAMError
 
 
 class SerialExecutor:
