@@ -149,7 +149,7 @@ def check_checkpoint_transfer(tables: Path) -> list[dict]:
     from napari_uam.classify.checkpoint import load_classifier, save_checkpoint
     from napari_uam.classify.normalize import Normalizer
     from napari_uam.training.splits import CLASS_NAMES
-    from napari_uam.training.trainer import TrainConfig, train_model
+    from research.cells.trainer import TrainConfig, train_model
     from napari_uam.radiomics.schema import DEFAULT_SCHEMA
 
     import pandas as pd

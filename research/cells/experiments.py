@@ -62,7 +62,7 @@ def run_job(job: dict) -> dict:
 
     from napari_uam.training.metrics import classification_metrics
     from research.cells.protocol import CLASS_NAMES, TUMOR_CLASS, arrays, subsample, within_splits
-    from napari_uam.training.trainer import TrainConfig, predict_proba, train_model
+    from research.cells.trainer import TrainConfig, predict_proba, train_model
 
     torch.set_num_threads(1)
     tables = _tables(job["tables"])
@@ -445,7 +445,7 @@ def main(argv=None) -> int:
         import torch
 
         from research.cells.train_default import train_default
-        from napari_uam.training.trainer import TrainConfig
+        from research.cells.trainer import TrainConfig
 
         torch.set_num_threads(1)
         cfg = TrainConfig(arch=shipped, lr=a.lr, batch_size=a.batch_size, max_epochs=max(a.epochs, 2),

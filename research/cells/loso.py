@@ -219,7 +219,7 @@ def run_nn(job: NnJob) -> dict:
     import torch
 
     from napari_uam.classify.normalize import Normalizer
-    from napari_uam.training.trainer import TrainConfig, predict_proba, train_model
+    from research.cells.trainer import TrainConfig, predict_proba, train_model
 
     torch.set_num_threads(1)
     table = _table(job.tables)

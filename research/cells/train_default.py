@@ -18,7 +18,7 @@ import pandas as pd
 from napari_uam.classify.checkpoint import default_weights_path, save_checkpoint
 from research.cells.datasets import DATASETS, DEFAULT_TABLES, load_table
 from research.cells.protocol import CLASS_NAMES, TUMOR_CLASS, arrays, group_split, summary
-from napari_uam.training.trainer import TrainConfig, train_model
+from research.cells.trainer import TrainConfig, train_model
 
 
 def all_cells_split(tables: dict[str, pd.DataFrame], val_fraction: float = 0.1):

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     from napari_uam.classify.checkpoint import save_checkpoint
     from napari_uam.classify.normalize import Normalizer
-    from napari_uam.training.trainer import TrainConfig, predict_proba, train_model
+    from research.cells.trainer import TrainConfig, predict_proba, train_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tables", type=Path, default=Path(".gpu_data/cells"))

@@ -16,7 +16,8 @@ from napari_uam.classify.checkpoint import load_classifier, read_checkpoint, sav
 from napari_uam.training.metrics import classification_metrics
 from napari_uam.classify.normalize import Normalizer
 from napari_uam.training.splits import CLASS_NAMES, group_split
-from napari_uam.training.trainer import TrainConfig, TrainingCancelled, train_model
+from napari_uam.errors import CancelledError
+from research.cells.trainer import TrainConfig, train_model
 
 IMAGES = ["train_1", "train_2", "train_3"]
 
@@ -91,7 +92,7 @@ def test_training_is_deterministic_and_cancellable(arrays):
     for k, v in r1.model.state_dict().items():
         assert torch.equal(v, r2.model.state_dict()[k]), k
     seen = []
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(CancelledError):
         train_model(
             a["x"][idx], a["y"][idx], a["x"][idx], a["y"][idx], 2, cfg, cancel=lambda: seen.append(1) or len(seen) > 2
         )
@@ -230,7 +231,7 @@ def test_metrics_binary():
 def test_training_leaves_subnormal_floats_working():
     """Training flushes denormals for speed; the process (a napari session) must get IEEE
     arithmetic back afterwards, or later float code silently loses tiny values."""
-    from napari_uam.training.trainer import TrainConfig, train_model
+    from research.cells.trainer import TrainConfig, train_model
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(128, 8)).astype(np.float32)
