@@ -108,6 +108,18 @@ def test_the_import_walk_sees_imports_inside_functions():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
+def test_every_import_of_the_package_names_a_module_that_exists():
+    """Imports inside functions run only when called: a moved module must not leave one
+    pointing nowhere (``from .io.reader`` inside ``io/`` is ``napari_uam.io.io.reader``)."""
+    packages = {".".join(_module_name(p).split(".")) for p in PKG.rglob("__init__.py")}
+    modules = set(_imports()) | packages
+    missing = {
+        m: sorted(t for t in targets if t.startswith("napari_uam") and t not in modules)
+        for m, targets in _imports().items()
+    }
+    assert not {m: t for m, t in missing.items() if t}
+
+
 def test_no_import_cycle_between_modules():
     cycle = _cycle(_imports())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)

@@ -16,12 +16,13 @@ from PIL import Image
 # ---------------------------------------------------------------- 3. Pillow's pixel limit
 def test_tiled_read_keeps_pillow_pixel_limit(tmp_path):
     from napari_uam import tiling
+    from napari_uam.io import region_reader
 
     path = tmp_path / "patch.png"
     Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(path)
     before = Image.MAX_IMAGE_PIXELS
     assert before is not None  # Pillow's default guard is on in a fresh process
-    tiling._whole.cache_clear()
+    region_reader._whole.cache_clear()
     assert tiling.probe(path)[:2] == (64, 80)
     region = tiling.RegionReader(str(path)).read(0, 32, 0, 40)  # a PNG is decoded whole
     assert region.shape == (32, 40, 3)

@@ -1,0 +1,144 @@
+"""Reading large images lazily: their size and pixel size without decoding (:func:`probe`), and
+regions of them (:class:`RegionReader`: tiled TIFF pages by tile, other files decoded once and
+cached), for the tiled path (:mod:`napari_uam.tiling`)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InvalidImageError
+
+
+# --------------------------------------------------------------------------------- reading
+def probe(path) -> tuple[int, int, Optional[float]]:
+    """Height, width and pixel size of an image file, without decoding its pixels.
+
+    Raises:
+        InvalidImageError: the file cannot be opened as an image.
+    """
+    from .reader import PIL_SUFFIXES, TIFF_SUFFIXES, _mpp_from_tiff, is_channels_first, largest_level
+
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(TIFF_SUFFIXES):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = largest_level(tif).shape
+                mpp = _mpp_from_tiff(tif)
+            dims = list(shape)
+            if is_channels_first(dims):
+                dims = dims[1:]
+            return int(dims[0]), int(dims[1]), mpp
+        if name.endswith(PIL_SUFFIXES):
+            from PIL import Image
+
+            # Only the header is read; a file too large for Pillow's default limit is what the
+            # tiled path is for, so the limit is lifted for this open alone.
+            with _pil_pixel_limit_off(), Image.open(path) as im:
+                dpi = im.info.get("dpi")
+                # As read_image: only microscope-scale dpi is a pixel size.
+                mpp = 25400.0 / float(dpi[0]) if dpi and dpi[0] and dpi[0] > 1000 else None
+                return int(im.size[1]), int(im.size[0]), mpp
+    except Exception as err:
+        raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
+    raise InvalidImageError(f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG.")
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit_off():
+    """Lift Pillow's decompression-bomb limit for the ``with`` block only, then restore it.
+
+    The caller chose to process this file in tiles, so its size is intended; but the limit is
+    a process-wide setting, and leaving it off would let any later image opened in this
+    process (napari, another plugin, a batch's next file) decode unchecked.
+    """
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+@functools.lru_cache(maxsize=1)
+def _whole(path: str, mtime: int) -> np.ndarray:
+    # PNG/JPEG and TIFF layouts without random access are decoded once per process.
+    import tifffile
+    from PIL import Image
+
+    if path.lower().endswith((".png", ".jpg", ".jpeg")):
+        with _pil_pixel_limit_off(), Image.open(path) as im:
+            return np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im)
+    from .reader import channels_last, largest_level
+
+    with tifffile.TiffFile(path) as tif:
+        data = largest_level(tif).asarray()
+    return channels_last(data)
+
+
+@dataclass(frozen=True)
+class RegionReader:
+    """Reads rectangular regions of one image file, decoding only what a region overlaps.
+
+    Picklable (it holds only the path), so Dask workers each open the file themselves.
+
+    Attributes:
+        path: image file. An uncompressed TIFF is memory-mapped; a tiled or striped
+            compressed TIFF (RGB, interleaved) is read segment by segment; anything else
+            (PNG, JPEG, planar TIFF) is decoded whole once per process.
+    """
+
+    path: str
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The pixels ``[y0:y1, x0:x1]`` as stored, (h, w, C)."""
+        p = self.path
+        if p.lower().endswith((".tif", ".tiff", ".svs")):
+            out = _read_tiff_region(p, y0, y1, x0, x1)
+            if out is not None:
+                return out
+        return np.array(_whole(p, os.stat(p).st_mtime_ns)[y0:y1, x0:x1])
+
+
+def _read_tiff_region(path: str, y0: int, y1: int, x0: int, x1: int) -> Optional[np.ndarray]:
+    """Region of the first page of a TIFF, or None when its layout needs a whole read."""
+    import tifffile
+
+    from .reader import largest_level
+
+    with tifffile.TiffFile(path) as tif:
+        level = largest_level(tif)
+        if len(level.pages) != 1 or level.pages[0] is None:
+            return None
+        page = level.pages[0]
+        if page.planarconfig != 1 or page.imagedepth != 1 or page.ndim != 3:
+            return None
+        if page.is_memmappable:
+            mm = tifffile.memmap(path, page=page.index, mode="r")
+            return np.array(mm[y0:y1, x0:x1])
+        ch, cw = int(page.chunks[0]), int(page.chunks[1])
+        ny, nx = int(page.chunked[0]), int(page.chunked[1])
+        out = np.zeros((y1 - y0, x1 - x0, page.samplesperpixel), page.dtype)
+        fh = tif.filehandle
+        for iy in range(y0 // ch, min(ny, (y1 - 1) // ch + 1)):
+            for ix in range(x0 // cw, min(nx, (x1 - 1) // cw + 1)):
+                k = iy * nx + ix
+                fh.seek(page.dataoffsets[k])
+                seg, _, _ = page.decode(fh.read(page.databytecounts[k]), k, jpegtables=page.jpegtables)
+                seg = np.asarray(seg).reshape(seg.shape[-3:])
+                sy, sx = iy * ch, ix * cw
+                a0, a1 = max(y0, sy), min(y1, sy + seg.shape[0], page.imagelength)
+                b0, b1 = max(x0, sx), min(x1, sx + seg.shape[1], page.imagewidth)
+                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = seg[a0 - sy : a1 - sy, b0 - sx : b1 - sx]
+        return out

@@ -1,0 +1,176 @@
+"""Writing a tiled image's results as the tiles finish: the labels as a tiled (Big)TIFF, the cell
+table as parquet row groups and CSV, cells as GeoJSON, from the per-tile parts of
+:mod:`napari_uam.tiling`."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+
+def _load_kept(parts: Path, i: int, tile) -> np.ndarray:  # tile: a tiling.Tile (its .ext)
+    meta = json.loads((parts / f"{i}.json").read_text())
+    y0, y1, x0, x1 = tile.ext
+    raw = zlib.decompress((parts / f"{i}.lab").read_bytes())
+    return np.frombuffer(raw, meta["dtype"]).reshape(y1 - y0, x1 - x0)
+
+
+def _write_labels(path, tiles, parts, offsets, height, width, tile, n_cells, mpp) -> int:
+    """Write the global labels as a tiled BigTIFF, one output tile at a time.
+
+    Returns:
+        Pixels claimed by two kept nuclei of different tiles (0 when the halo suffices; the
+        first tile in row-major order keeps such a pixel).
+    """
+    import tifffile
+
+    gy = max(t.iy for t in tiles) + 1
+    gx = max(t.ix for t in tiles) + 1
+    dtype = np.uint16 if n_cells < 65536 else np.uint32
+    cache: dict[int, np.ndarray] = {}
+    conflicts = [0]
+
+    def kept(i):
+        if i not in cache:
+            if len(cache) >= 9:
+                cache.pop(next(iter(cache)))
+            cache[i] = _load_kept(parts, i, tiles[i])
+        return cache[i]
+
+    def blocks():
+        for iy in range(gy):
+            for ix in range(gx):
+                y0, x0 = iy * tile, ix * tile
+                out = np.zeros((tile, tile), dtype)
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        jy, jx = iy + dy, ix + dx
+                        if not (0 <= jy < gy and 0 <= jx < gx):
+                            continue
+                        j = jy * gx + jx
+                        if offsets[j + 1] == offsets[j]:
+                            continue
+                        t = tiles[j]
+                        Y0, Y1, X0, X1 = t.ext
+                        a0, a1 = max(Y0, y0), min(Y1, y0 + tile, height)
+                        b0, b1 = max(X0, x0), min(X1, x0 + tile, width)
+                        if a0 >= a1 or b0 >= b1:
+                            continue
+                        sub = kept(j)[a0 - Y0 : a1 - Y0, b0 - X0 : b1 - X0]
+                        dst = out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0]
+                        m = sub > 0
+                        clash = m & (dst > 0)
+                        conflicts[0] += int(clash.sum())
+                        put = m & ~clash
+                        dst[put] = (sub[put].astype(np.int64) + offsets[j]).astype(dtype)
+                yield out
+
+    kwargs = {}
+    if mpp:
+        kwargs = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(
+        path,
+        blocks(),
+        shape=(height, width),
+        dtype=dtype,
+        tile=(tile, tile),
+        compression="zlib",
+        bigtiff=True,
+        **kwargs,
+    )
+    return conflicts[0]
+
+
+def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Optional[int]:
+    """Stream the per-tile tables into the CSV and parquet outputs with global label ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .writers import csv_safe
+
+    writer = None
+    csv = open(targets["csv"], "w") if "csv" in formats else None
+    n_tumor = None
+    try:
+        for i in range(len(tiles)):
+            p = parts / f"{i}.parquet"
+            if not p.is_file():
+                continue
+            df = pd.read_parquet(p)
+            df["label"] = df["label"].astype(np.int64) + int(offsets[i])
+            attrs = json.loads((parts / f"{i}.json").read_text())["attrs"]
+            if "class" in df.columns:
+                tumor = attrs.get("tumor_class", "tumor")
+                n_tumor = (n_tumor or 0) + int((df["class"] == tumor).sum())
+            if csv is not None:
+                # As write_cells_csv: class names from the checkpoint never run as formulas.
+                csv_safe(df).to_csv(csv, header=csv.tell() == 0, index=False, float_format="%.9g")
+            if "parquet" in formats:
+                tab = pa.Table.from_pandas(df, preserve_index=False)
+                if writer is None:
+                    schema = tab.schema
+                    extra = {"attrs": attrs, "provenance": prov}
+                    meta = dict(schema.metadata or {})
+                    meta[b"napari_uam"] = json.dumps(extra, default=str).encode()
+                    schema = schema.with_metadata(meta)
+                    writer = pq.ParquetWriter(targets["parquet"], schema)
+                writer.write_table(tab.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+        if csv is not None:
+            csv.close()
+    if "parquet" in formats:
+        written["parquet"] = targets["parquet"]
+    if csv is not None:
+        written["csv"] = targets["csv"]
+    return n_tumor
+
+
+def _write_geojson(path, tiles, parts, offsets) -> None:
+    """Stream the nuclei polygons (QuPath detections) of every tile into one GeoJSON file."""
+    from .writers import CLASS_COLOURS
+
+    keep = ("label", "y", "x", "area_um2", "tumor_probability")
+    with open(path, "w") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [')
+        first = True
+        for i in range(len(tiles)):
+            rp = parts / f"{i}.rings.json"
+            if not rp.is_file():
+                continue
+            rings = json.loads(rp.read_text())
+            tp = parts / f"{i}.parquet"
+            table = pd.read_parquet(tp).set_index("label", drop=False) if tp.is_file() else None
+            for key, ring in rings.items():
+                lab = int(key)
+                props: dict = {"objectType": "detection", "isLocked": False}
+                gid = lab + int(offsets[i])
+                if table is not None and lab in table.index:
+                    row = table.loc[lab]
+                    props["measurements"] = {
+                        k: (gid if k == "label" else float(row[k]))
+                        for k in keep
+                        if k in table.columns and pd.notna(row[k])
+                    }
+                    if "class" in table.columns and isinstance(row["class"], str):
+                        props["classification"] = {
+                            "name": row["class"],
+                            "color": list(CLASS_COLOURS.get(row["class"], (128, 128, 128))),
+                        }
+                else:
+                    props["measurements"] = {"label": gid}
+                feature = {
+                    "type": "Feature",
+                    "id": f"nucleus-{gid}",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": props,
+                }
+                fh.write(("" if first else ", ") + json.dumps(feature))
+                first = False
+        fh.write("]}")
