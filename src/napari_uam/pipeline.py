@@ -27,6 +27,7 @@ import pandas as pd
 from . import __version__
 from .classify.cache import weights_cache
 from .classify.checkpoint import default_weights_path, load_classifier
+from .domain import OutOfDomainWarning, UnknownDomainWarning
 from .errors import CancelledError, InvalidLabelsError, NoNucleiError
 from .pixel_size import PixelSizeWarning, check_mpp, estimate_mpp
 from .scale import rescale_image, resize_labels, scale_factor
@@ -428,6 +429,126 @@ def image_hash(image: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
 
 
+@dataclass
+class StageState:
+    """What :func:`run_stages` has computed so far (one object, filled stage by stage)."""
+
+    labels: Optional[np.ndarray] = None
+    table: Optional[pd.DataFrame] = None
+    segment_backend: str = "given"
+    classifier: object = None
+    domain: object = None  # the DomainCheck of check_domain (None: no trust statistics)
+    provenance: dict = field(default_factory=dict)  # check_domain's records ("stain", "domain")
+    tumor_model: object = None
+    tumor_probability: Optional[np.ndarray] = None
+    ran: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def run_stages(
+    rgb: np.ndarray,
+    mpp: float,
+    *,
+    labels=None,
+    table=None,
+    measure: bool = True,
+    classify: bool = True,
+    model=None,
+    segment_backend: str = "auto",
+    radiomics_backend: str = "auto",
+    device: str = "auto",
+    tumor_mask="auto",
+    tumor_model=None,
+    provenance: Optional[dict] = None,
+    domain_warnings: bool = True,
+    check_labels: Optional[Callable[[np.ndarray], None]] = None,
+    progress: Progress = None,
+    cancel: Cancel = None,
+):
+    """The one stage runner: load the classifier, segment, measure, classify, judge the domain,
+    predict the tumor region, in that order, skipping what is given or not asked for.
+
+    A generator, so that a caller can act between stages (the dock reports progress and lets
+    Cancel act; :func:`run` records provenance): it yields ``(stage, state)`` after each stage
+    that ran (``"load"``, ``"segment"``, ``"measure"``, ``"classify"``, ``"tumor mask"``) and
+    returns the :class:`StageState`. :func:`run`, the dock's worker and the batch runner all
+    go through it.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB (validated by the caller).
+        labels, table: given nuclei labels / measured table (their stages are skipped).
+        measure: False stops after the nuclei (geometry only); implies no classification.
+        classify: False stops after measuring.
+        model: classifier (None: shipped weights, a path, or loaded); loaded first, so that a
+            broken checkpoint is reported before minutes of segmenting and measuring.
+        tumor_mask: ``"auto"`` (when weights are installed or ``tumor_model`` is given), True, False.
+        provenance: dict that :func:`check_domain` records into (default: a new one).
+        domain_warnings: False: the domain check records, but issues no warning (the dock
+            says it in its status instead).
+        check_labels: called with the labels before measuring (the dock's own messages).
+        segment_backend, radiomics_backend, device, progress, cancel: as in :func:`run`.
+    """
+    from .segment import resolve_backend
+
+    st = StageState(labels=labels, table=table, provenance={} if provenance is None else provenance)
+    classify = classify and measure
+    if classify:
+        _tick(progress, "load", 0.0)
+        st.classifier = get_classifier(model, device)
+        yield "load", st
+        _check_cancel(cancel)
+    if st.labels is None:
+        st.segment_backend = resolve_backend(segment_backend, mpp)  # an unknown name fails before any work
+        t = time.perf_counter()
+        st.labels, st.segment_backend = segment_nuclei(
+            rgb, mpp, backend=segment_backend, device=device, progress=progress, cancel=cancel, return_backend=True
+        )
+        st.timings["segment_s"] = time.perf_counter() - t
+        st.ran.append("segment")
+        yield "segment", st
+        _check_cancel(cancel)
+    else:
+        st.labels = as_labels(st.labels, rgb.shape)
+    if check_labels is not None:
+        check_labels(st.labels)
+    if st.table is None:
+        if not measure:
+            st.table = cell_geometry(st.labels, mpp)
+        else:
+            t = time.perf_counter()
+            st.table = measure_cells(
+                rgb, st.labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel
+            )
+            st.timings["measure_s"] = time.perf_counter() - t
+            st.ran.append("measure")
+            yield "measure", st
+            _check_cancel(cancel)
+    if not classify:
+        return st
+    t = time.perf_counter()
+    st.table = classify_cells(st.table, model=st.classifier, device=device, progress=progress, cancel=cancel)
+    st.timings["classify_s"] = time.perf_counter() - t
+    st.ran.append("classify")
+    yield "classify", st
+    with warnings.catch_warnings():
+        if not domain_warnings:
+            warnings.simplefilter("ignore", OutOfDomainWarning)
+            warnings.simplefilter("ignore", UnknownDomainWarning)
+        st.domain = check_domain(st.classifier, st.table, st.provenance)
+    _check_cancel(cancel)
+    if tumor_mask is True or (tumor_mask == "auto" and _tumor_model_available(tumor_model)):
+        from .tumor import load_tumor_model, predict_tumor_mask
+
+        t = time.perf_counter()
+        st.tumor_model = tumor_model if hasattr(tumor_model, "predict") else load_tumor_model(tumor_model, device)
+        st.tumor_probability = predict_tumor_mask(rgb, mpp, st.table, model=st.tumor_model, progress=progress)
+        st.timings["tumor_mask_s"] = time.perf_counter() - t
+        st.ran.append("tumor mask")
+        yield "tumor mask", st
+        _check_cancel(cancel)
+    return st
+
+
 def run(
     image,
     mpp: float,
@@ -444,7 +565,7 @@ def run(
     progress: Progress = None,
     cancel: Cancel = None,
 ) -> PipelineResult:
-    """Run the whole pipeline on one image.
+    """Run the whole pipeline on one image (through :func:`run_stages`).
 
     Args:
         image: (H, W, 3) RGB H&E image.
@@ -468,88 +589,79 @@ def run(
         :class:`PipelineResult`.
     """
     from .radiomics.schema import DEFAULT_SCHEMA
-    from .segment import resolve_backend
 
     rgb = as_rgb_uint8(image)
     mpp = check_mpp(mpp)
-    timings = {}
-    t0 = time.perf_counter()
-    if labels is None:
-        resolve_backend(segment_backend, mpp)  # an unknown name fails before any work
-        labels, seg_used = segment_nuclei(
-            rgb, mpp, backend=segment_backend, device=device, progress=progress, cancel=cancel, return_backend=True
-        )
-        timings["segment_s"] = time.perf_counter() - t0
-    else:
-        labels = as_labels(labels, rgb.shape)
-        seg_used = "given"
-    if not measure:
-        table = cell_geometry(labels, mpp)
-        prov = {
-            "versions": _versions(),
-            "image_sha256_16": image_hash(rgb),
-            "image_shape": list(rgb.shape),
-            "mpp": mpp,
-            "segment_backend": seg_used,
-            "n_cells": int(len(table)),
-            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "timings": timings,
-        }
-        return PipelineResult(labels=labels, table=table, provenance=prov)
-    t1 = time.perf_counter()
-    table = measure_cells(rgb, labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel)
-    timings["measure_s"] = time.perf_counter() - t1
-    prov = {
-        "versions": _versions(),
-        "image_sha256_16": image_hash(rgb),
-        "image_shape": list(rgb.shape),
-        "mpp": mpp,
-        "working_mpp": working_mpp(),
-        "segment_backend": seg_used,
-        "radiomics_backend": radiomics_backend,
-        "schema_id": DEFAULT_SCHEMA.schema_id,
-        "device": device,
-        "n_cells": int(len(table)),
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    estimate = estimate_mpp(labels, mpp)
-    if estimate is not None:
-        prov["mpp_estimate"] = round(estimate.estimate, 4)
-    if classify:
-        t2 = time.perf_counter()
-        clf = get_classifier(model, device)
-        table = classify_cells(table, model=clf, device=device, progress=progress, cancel=cancel)
-        timings["classify_s"] = time.perf_counter() - t2
-        prov.update(
-            model_id=clf.model_id,
-            model_arch=clf.arch,
-            model_sha256=clf.sha256,
-            model_schema_id=clf.schema_id,
-            model_device=str(clf.device),
-            calibration_temperature=clf.temperature,
-        )
-        check_domain(clf, table, prov)
-    prob = None
-    if classify and (tumor_mask is True or (tumor_mask == "auto" and _tumor_model_available(tumor_model))):
-        from .tumor import load_tumor_model, predict_tumor_mask
+    prov: dict = {}
 
-        _check_cancel(cancel)
-        t3 = time.perf_counter()
-        tm = tumor_model if hasattr(tumor_model, "predict") else load_tumor_model(tumor_model, device)
-        prob = predict_tumor_mask(rgb, mpp, table, model=tm, progress=progress)
-        timings["tumor_mask_s"] = time.perf_counter() - t3
-        prov.update(tumor_model_id=tm.model_id, tumor_model_path=tm.path)
+    def base(st: StageState) -> None:
+        prov.update(
+            versions=_versions(),
+            image_sha256_16=image_hash(rgb),
+            image_shape=list(rgb.shape),
+            mpp=mpp,
+        )
+        if measure:
+            prov.update(working_mpp=working_mpp())
+        prov.update(segment_backend=st.segment_backend)
+        if measure:
+            prov.update(radiomics_backend=radiomics_backend, schema_id=DEFAULT_SCHEMA.schema_id, device=device)
+        prov.update(n_cells=int(len(st.table)), time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if measure:
+            estimate = estimate_mpp(st.labels, mpp)
+            if estimate is not None:
+                prov["mpp_estimate"] = round(estimate.estimate, 4)
+
+    stages = run_stages(
+        rgb,
+        mpp,
+        labels=labels,
+        measure=measure,
+        classify=classify,
+        model=model,
+        segment_backend=segment_backend,
+        radiomics_backend=radiomics_backend,
+        device=device,
+        tumor_mask=tumor_mask,
+        tumor_model=tumor_model,
+        provenance=prov,
+        progress=progress,
+        cancel=cancel,
+    )
+    while True:
+        try:
+            stage, st = next(stages)
+        except StopIteration as done:
+            st = done.value
+            break
+        if stage == "measure":
+            base(st)
+        elif stage == "classify":
+            clf = st.classifier
+            prov.update(
+                model_id=clf.model_id,
+                model_arch=clf.arch,
+                model_sha256=clf.sha256,
+                model_schema_id=clf.schema_id,
+                model_device=str(clf.device),
+                calibration_temperature=clf.temperature,
+            )
+    if "n_cells" not in prov:  # nothing was measured (segment only)
+        base(st)
+    prob = st.tumor_probability
+    if prob is not None:
         from .io.regions import tumor_area
 
+        prov.update(tumor_model_id=st.tumor_model.model_id, tumor_model_path=st.tumor_model.path)
         # Per-image tumor burden, in the provenance (parquet metadata, done marker) and the
         # table's attrs (stored with the parquet), so a cohort can be summarised from files.
         area = tumor_area(prob > 0.5, rgb, mpp).as_dict()
         prov.update(area)
-        table.attrs.update({k: v for k, v in area.items() if v is not None})
-    prov["timings"] = timings
+        st.table.attrs.update({k: v for k, v in area.items() if v is not None})
+    prov["timings"] = st.timings
     return PipelineResult(
-        labels=labels,
-        table=table,
+        labels=st.labels,
+        table=st.table,
         tumor_mask=None if prob is None else (prob > 0.5).astype(np.uint8),
         provenance=prov,
         tumor_probability=prob,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -40,7 +39,6 @@ from qtpy.QtWidgets import (
 )
 
 from .. import pipeline
-from ..domain import OutOfDomainWarning, UnknownDomainWarning
 from ..errors import CancelledError, NoNucleiError, UAMError
 from ..pixel_size import MAX_MPP, MIN_MPP, estimate_mpp
 from ..validation import as_rgb_uint8
@@ -142,35 +140,10 @@ def _stages(job: _Job, cancelled, report):
         if cancelled():
             raise CancelledError("Run cancelled.")
 
-    try:
-        rgb = as_rgb_uint8(job.image)
-        clf = None
-        if job.action == "classify":
-            # Load the model first: a missing or broken checkpoint is reported before
-            # minutes are spent segmenting and measuring.
-            report("load", 0.0)
-            clf = pipeline.get_classifier(job.model, job.device)
-            yield ("load", 1.0)
-            checkpoint()
-        labels, table = job.labels, job.table
-        if labels is None:
-            from ..segment import resolve_backend
-
-            out.backend = resolve_backend(job.backend, job.mpp)
-            labels, out.backend = pipeline.segment_nuclei(
-                rgb,
-                job.mpp,
-                backend=job.backend,
-                device=job.device,
-                progress=report,
-                cancel=cancelled,
-                return_backend=True,
-            )
-            out.ran.append("segment")
-            yield ("segment", 1.0)
-            checkpoint()
+    def check_labels(labels):
+        # The dock's own words: the user segments or paints the nuclei here.
         if labels.size == 0 or int(labels.max()) == 0:
-            if "segment" in out.ran:
+            if job.labels is None:
                 raise NoNucleiError(
                     f"No nuclei found in '{job.source}'. Check that it shows H&E-stained tissue and "
                     f"that the pixel size ({job.mpp:g} um/px) is right (0.25 at 40x, 0.5 at 20x)."
@@ -178,42 +151,52 @@ def _stages(job: _Job, cancelled, report):
             raise NoNucleiError(f"The nuclei layer of '{job.source}' has no nuclei left; click Segment nuclei.")
         # What the nuclei say about the pixel size (the dock offers it when they disagree).
         out.mpp_estimate = estimate_mpp(labels, job.mpp)
-        if table is None:
-            if job.action == "segment":
-                table = pipeline.cell_geometry(labels, job.mpp)
-            else:
-                table = pipeline.measure_cells(
-                    rgb, labels, job.mpp, device=job.device, progress=report, cancel=cancelled
-                )
-                out.ran.append("measure")
-                yield ("measure", 1.0)
-                checkpoint()
-        if clf is not None:
-            table = pipeline.classify_cells(table, model=clf, device=job.device, progress=report, cancel=cancelled)
+
+    try:
+        rgb = as_rgb_uint8(job.image)
+        # The one stage runner; the dock only chooses inputs (which stages, what is given) and
+        # outputs (layers), and between stages lets the worker report progress and Cancel act.
+        stages = pipeline.run_stages(
+            rgb,
+            job.mpp,
+            labels=job.labels,
+            table=job.table,
+            measure=job.action != "segment",
+            classify=job.action == "classify",
+            model=job.model,
+            segment_backend=job.backend,
+            device=job.device,
+            tumor_mask="auto" if job.region != "off" else False,
+            domain_warnings=False,
+            check_labels=check_labels,
+            progress=report,
+            cancel=cancelled,
+        )
+        while True:
+            try:
+                stage, st = next(stages)
+            except StopIteration as done:
+                st = done.value
+                break
+            yield (stage, 1.0)
+            checkpoint()
+        labels, table = st.labels, st.table
+        out.ran = list(st.ran)
+        if "segment" in st.ran:
+            out.backend = st.segment_backend
+        if st.classifier is not None:
+            check, dom = st.domain, st.provenance
             # The trust signal: an image unlike every training hospital is said so in the dock.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OutOfDomainWarning)
-                warnings.simplefilter("ignore", UnknownDomainWarning)
-                dom = {}
-                check = pipeline.check_domain(clf, table, dom)
             if check is not None and not check.in_domain:
                 job.notes.append("Caution: " + check.message())
             elif (dom.get("domain") or {}).get("status") == "unknown" and check is None:
                 job.notes.append("Caution: trust unknown: " + dom["domain"]["reason"] + "; its calls are unchecked.")
             out.tumor = pipeline.tumor_cell_labels(labels, table)
-            out.model_id = clf.model_id
-            out.ran.append("classify")
-            yield ("classify", 1.0)
-            checkpoint()
+            out.model_id = st.classifier.model_id
             if job.region != "off":
-                from ..tumor import predict_tumor_mask, tumor_weights_available
-
-                if tumor_weights_available():
-                    prob = predict_tumor_mask(rgb, job.mpp, table, device=job.device, progress=report)
+                prob = st.tumor_probability
+                if prob is not None:
                     out.region = prob if job.region == "probability" else (prob > 0.5).astype(np.int32)
-                    out.ran.append("tumor mask")
-                    yield ("tumor mask", 1.0)
-                    checkpoint()
                 else:
                     job.notes.append("No tumor-region weights are installed: no tumor region layer.")
         checkpoint()
