@@ -10,7 +10,6 @@ signal, and Cancel sets a flag the pipeline checks between steps.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import pandas as pd
 from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -44,9 +43,9 @@ from ..pixel_size import MAX_MPP, MIN_MPP, estimate_mpp
 from ..validation import as_rgb_uint8
 from . import _display as D
 from . import _layers as L
-from ._lifecycle import RunGuard
 from ._mpp_estimate import MppEstimateRow
 from ._rows import path_row, scroll_wrap
+from ._worker import BackgroundRun, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +99,9 @@ class _Job:
 
 
 @dataclass
-class _Outcome:
-    """What a run gives back to the GUI thread: results, or why there are none."""
+class _Outcome(Outcome):
+    """What a run gives back to the GUI thread: results, or why there are none
+    (``cancelled`` / ``error``, see :class:`~._worker.Outcome`)."""
 
     job: _Job
     labels: Optional[np.ndarray] = None
@@ -112,28 +112,23 @@ class _Outcome:
     backend: Optional[str] = None
     model_id: Optional[str] = None
     seconds: float = 0.0
-    cancelled: bool = False
-    error: Optional[BaseException] = None
     mpp_estimate: Optional[object] = None  # PixelSizeEstimate of the nuclei at job.mpp
     prepared: Optional[D.Prepared] = None  # layer data built in the worker (see _display.prepare)
 
 
-def _compute(job: _Job, cancelled, report, ended=lambda: None):
+#: How the dock's run reports a failure: only a UAMError has a message for the user; the
+#: status line says "details are in the log" for anything else (OSError too), so it is logged.
+_EXPECTED = (UAMError,)
+
+
+def _compute(job: _Job, cancelled, emit):
     """Worker body: run the missing stages of ``job``; yields (stage, fraction) between them.
 
-    Every exception is turned into an :class:`_Outcome` so that napari never shows a
-    traceback dialog for a bad image or a missing model. ``ended()`` is called last, whatever
-    happened, so that closing napari can wait for this body to be over.
+    Raises what the stages raise (the :class:`~._worker.BackgroundRun` turns it into an
+    outcome); ``emit((stage, fraction))`` relays progress to the GUI thread.
     """
-    try:
-        out = yield from _stages(job, cancelled, report)
-    finally:
-        ended()
-    return out
-
-
-def _stages(job: _Job, cancelled, report):
     t0 = time.perf_counter()
+    report = _reporter(emit, cancelled)
     out = _Outcome(job=job)
 
     def checkpoint():
@@ -152,65 +147,57 @@ def _stages(job: _Job, cancelled, report):
         # What the nuclei say about the pixel size (the dock offers it when they disagree).
         out.mpp_estimate = estimate_mpp(labels, job.mpp)
 
-    try:
-        rgb = as_rgb_uint8(job.image)
-        # The one stage runner; the dock only chooses inputs (which stages, what is given) and
-        # outputs (layers), and between stages lets the worker report progress and Cancel act.
-        stages = pipeline.run_stages(
-            rgb,
-            job.mpp,
-            labels=job.labels,
-            table=job.table,
-            measure=job.action != "segment",
-            classify=job.action == "classify",
-            model=job.model,
-            segment_backend=job.backend,
-            device=job.device,
-            tumor_mask="auto" if job.region != "off" else False,
-            domain_warnings=False,
-            check_labels=check_labels,
-            progress=report,
-            cancel=cancelled,
-        )
-        while True:
-            try:
-                stage, st = next(stages)
-            except StopIteration as done:
-                st = done.value
-                break
-            yield (stage, 1.0)
-            checkpoint()
-        labels, table = st.labels, st.table
-        out.ran = list(st.ran)
-        if "segment" in st.ran:
-            out.backend = st.segment_backend
-        if st.classifier is not None:
-            check, dom = st.domain, st.provenance
-            # The trust signal: an image unlike every training hospital is said so in the dock.
-            if check is not None and not check.in_domain:
-                job.notes.append("Caution: " + check.message())
-            elif (dom.get("domain") or {}).get("status") == "unknown" and check is None:
-                job.notes.append("Caution: trust unknown: " + dom["domain"]["reason"] + "; its calls are unchecked.")
-            out.tumor = pipeline.tumor_cell_labels(labels, table)
-            out.model_id = st.classifier.model_id
-            if job.region != "off":
-                prob = st.tumor_probability
-                if prob is not None:
-                    out.region = prob if job.region == "probability" else (prob > 0.5).astype(np.int32)
-                else:
-                    job.notes.append("No tumor-region weights are installed: no tumor region layer.")
+    rgb = as_rgb_uint8(job.image)
+    # The one stage runner; the dock only chooses inputs (which stages, what is given) and
+    # outputs (layers), and between stages lets the worker report progress and Cancel act.
+    stages = pipeline.run_stages(
+        rgb,
+        job.mpp,
+        labels=job.labels,
+        table=job.table,
+        measure=job.action != "segment",
+        classify=job.action == "classify",
+        model=job.model,
+        segment_backend=job.backend,
+        device=job.device,
+        tumor_mask="auto" if job.region != "off" else False,
+        domain_warnings=False,
+        check_labels=check_labels,
+        progress=report,
+        cancel=cancelled,
+    )
+    while True:
+        try:
+            stage, st = next(stages)
+        except StopIteration as done:
+            st = done.value
+            break
+        yield (stage, 1.0)
         checkpoint()
-        # Features, colour maps and checksums are built here, not in the GUI thread: with
-        # thousands of cells that work froze napari for seconds when the results were added.
-        out.prepared = D.prepare(labels, table, out.tumor, job.geometry)
-        out.labels, out.table = labels, table
-    except CancelledError:
-        out = _Outcome(job=job, cancelled=True)
-    except UAMError as err:
-        out = _Outcome(job=job, error=err)
-    except Exception as err:  # noqa: BLE001 - a bug must not take napari down; log it, say it
-        logger.exception("napari-uam run failed")
-        out = _Outcome(job=job, error=err)
+    labels, table = st.labels, st.table
+    out.ran = list(st.ran)
+    if "segment" in st.ran:
+        out.backend = st.segment_backend
+    if st.classifier is not None:
+        check, dom = st.domain, st.provenance
+        # The trust signal: an image unlike every training hospital is said so in the dock.
+        if check is not None and not check.in_domain:
+            job.notes.append("Caution: " + check.message())
+        elif (dom.get("domain") or {}).get("status") == "unknown" and check is None:
+            job.notes.append("Caution: trust unknown: " + dom["domain"]["reason"] + "; its calls are unchecked.")
+        out.tumor = pipeline.tumor_cell_labels(labels, table)
+        out.model_id = st.classifier.model_id
+        if job.region != "off":
+            prob = st.tumor_probability
+            if prob is not None:
+                out.region = prob if job.region == "probability" else (prob > 0.5).astype(np.int32)
+            else:
+                job.notes.append("No tumor-region weights are installed: no tumor region layer.")
+    checkpoint()
+    # Features, colour maps and checksums are built here, not in the GUI thread: with
+    # thousands of cells that work froze napari for seconds when the results were added.
+    out.prepared = D.prepare(labels, table, out.tumor, job.geometry)
+    out.labels, out.table = labels, table
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -242,14 +229,9 @@ def _export(labels, table, out_dir, stem, formats, overwrite, provenance, mpp):
     return written, None
 
 
-class _ProgressRelay(QObject):
-    """Carries ``progress(stage, fraction)`` calls from the worker thread to the GUI thread."""
-
-    progressed = Signal(str, float)
-
-
 def _reporter(emit, cancelled):
-    """``report(stage, fraction)`` for the worker: raises once cancelled, else relays.
+    """``report(stage, fraction)`` for the worker: raises once cancelled, else relays
+    ``(stage, fraction)`` through ``emit``.
 
     Every stage reports progress (per network tile, per chunk of measured cells), so raising
     here stops a cancelled run at its next report even inside code that takes no cancel flag.
@@ -258,7 +240,7 @@ def _reporter(emit, cancelled):
     def report(stage: str, fraction: float) -> None:
         if cancelled():
             raise CancelledError("Run cancelled.")
-        emit(stage, float(fraction))
+        emit((stage, float(fraction)))
 
     return report
 
@@ -279,18 +261,12 @@ class ClassifierWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._worker = None
         self._job: Optional[_Job] = None
         self._stage: Optional[str] = None  # the stage the status line names
-        self._cancel = threading.Event()
         self._export_target = ""
         self._mpp_edits: dict[str, float] = {}
-        # No Qt parent: the worker holds the relay's emit, so the relay must outlive this dock
-        # when napari closes mid-run (a parented relay is deleted with the dock, and the next
-        # progress report from the worker thread crashed the process).
-        self._relay = _ProgressRelay()
-        self._relay.progressed.connect(self._on_stage_progress)
-        self._guard = RunGuard(self)
+        # The run of Segment / Measure / Classify and of Export; closing napari cancels it.
+        self._run = BackgroundRun(self, self._on_yielded)
         self._warm_worker = None
         self._staging = None  # the steps adding a finished run's layers, one per event-loop turn
         self._build()
@@ -570,7 +546,7 @@ class ClassifierWidget(QWidget):
     @property
     def busy(self) -> bool:
         """True while a computation or an export runs, or its results are being added."""
-        return self._worker is not None or self._staging is not None
+        return self._run.active or self._staging is not None
 
     def _selected_image(self):
         """The chosen RGB image layer, or None after telling the user what is wrong."""
@@ -644,30 +620,15 @@ class ClassifierWidget(QWidget):
             return
         self._job = job
         self._stage = None
-        # A fresh flag per run: a run still winding down never sees the next run's state.
-        self._cancel = threading.Event()
         self._set_busy(True, cancellable=True)
         self._say(f"{action.capitalize()}: working on '{job.source}'...")
-        ended = self._guard.begin(self._cancel)
-        worker = create_worker(
-            _compute,
-            job,
-            self._cancel.is_set,
-            _reporter(self._relay.progressed.emit, self._cancel.is_set),
-            ended,
-            _ignore_errors=True,
-        )
         # Bound methods only: Qt drops them if the dock is closed while the worker runs.
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
+        self._run.start(_compute, job, _Outcome, returned=self._on_returned, finished=self._on_finished,
+                        yielded=self._on_yielded, expected=_EXPECTED, log="napari-uam run failed")  # fmt: skip
 
     def cancel(self) -> None:
         """Ask the running computation to stop at its next step; nothing of it will be added."""
-        if self._worker is not None and self._job is not None:
-            self._cancel.set()
+        if self._job is not None and self._run.cancel():
             self.cancel_btn.setEnabled(False)
             self._say("Cancelling...")
 
@@ -680,14 +641,14 @@ class ClassifierWidget(QWidget):
 
     def _on_stage_progress(self, stage: str, fraction: float) -> None:
         job = self._job
-        if self._guard.closed or job is None or stage not in job.stages:
+        if self._run.closed or job is None or stage not in job.stages:
             return
         stages = job.stages
         total = sum(_STAGE_WEIGHT[s] for s in stages)
         done = sum(_STAGE_WEIGHT[s] for s in stages[: stages.index(stage)])
         value = int(round(100 * (done + _STAGE_WEIGHT[stage] * min(max(fraction, 0.0), 1.0)) / total))
         self.progress.setValue(max(self.progress.value(), value))
-        if stage != self._stage and fraction < 1.0 and not self._cancel.is_set():
+        if stage != self._stage and fraction < 1.0 and not self._run.cancelled:
             self._stage = stage  # say which stage runs ("Classify 'x': measuring cells...")
             self._say(f"{job.action.capitalize()} '{job.source}': {_STAGE_TEXT[stage]}...")
 
@@ -695,18 +656,16 @@ class ClassifierWidget(QWidget):
         self._on_stage_progress(*step)
 
     def _on_finished(self) -> None:
-        if self._worker is None or self.sender() is not self._worker.signals:
-            return  # an export that was already handed over to its overwrite re-run
-        self._guard.finish()
-        if self._guard.closed:
-            return  # napari is closing: the dock's widgets may be gone
-        self._worker = None
+        # False for an export already handed over to its overwrite re-run, and while napari
+        # closes (the dock's widgets may be gone).
+        if not self._run.finish(self.sender()):
+            return
         self._job = None
         if self._staging is None:
             self._set_busy(False)
 
     def _on_returned(self, out: _Outcome) -> None:
-        if self._guard.closed:
+        if self._run.closed:
             return  # napari closed during the run: add nothing, write nothing
         if out.cancelled:
             self.progress.setValue(0)
@@ -738,7 +697,7 @@ class ClassifierWidget(QWidget):
         steps = self._staging
         if steps is None:
             return
-        if self._guard.closed:  # napari closed while the layers were being added
+        if self._run.closed:  # napari closed while the layers were being added
             self._staging = None
             return
         try:
@@ -753,7 +712,7 @@ class ClassifierWidget(QWidget):
         else:
             QTimer.singleShot(_STEP_PAUSE_MS, self._advance)
             return
-        if self._worker is None:
+        if not self._run.active:
             self._set_busy(False)
 
     # ------------------------------------------------------------------------ results
@@ -981,12 +940,10 @@ class ClassifierWidget(QWidget):
         args = (labels.copy(), table, out_dir, stem, formats, overwrite, provenance, rec.get("mpp"))
         self._set_busy(True)
         self._say(f"Exporting '{stem}' to {out_dir}...")
-        worker = create_worker(_export, *args, _ignore_errors=True)
         self._export_target = out_dir
-        worker.returned.connect(self._on_exported)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
+        # Not cancellable (no cancel flag, no guard.begin): a few files, written in seconds.
+        worker = create_worker(_export, *args, _ignore_errors=True)
+        self._run.launch(worker, returned=self._on_exported, finished=self._on_finished)
 
     def _confirm_overwrite(self, message: str) -> bool:
         answer = QMessageBox.question(
@@ -999,13 +956,13 @@ class ClassifierWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     def _on_exported(self, result) -> None:
-        if self._guard.closed:
+        if self._run.closed:
             return
         out_dir = self._export_target
         written, err = result
         if isinstance(err, FileExistsError):
             # Ask after the worker has finished so the overwrite run can start right away.
-            self._worker = None
+            self._run.release()
             self._set_busy(False)
             if self._confirm_overwrite(str(err)):
                 self.export(overwrite=True)

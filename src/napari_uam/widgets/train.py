@@ -15,17 +15,14 @@ classifier dock at the new checkpoint.
 from __future__ import annotations
 
 import datetime as _dt
-import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from napari.layers import Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -45,12 +42,10 @@ from qtpy.QtWidgets import (
 
 from ..errors import CancelledError, UAMError
 from . import _layers as L
-from ._lifecycle import RunGuard
 from ._rows import path_row, scroll_wrap
 from ._plot import TrainingPlot
+from ._worker import BackgroundRun, Outcome
 from .annotate import annotated_table, source_of
-
-logger = logging.getLogger(__name__)
 
 START_DEFAULT = "Shipped default model"
 START_FILE = "Checkpoint file..."
@@ -76,51 +71,38 @@ class _TrainJob:
 
 
 @dataclass
-class _TrainOutcome:
+class _TrainOutcome(Outcome):
+    """The saved checkpoint and its model card, or why there are none (``cancelled`` /
+    ``error``, see :class:`~._worker.Outcome`)."""
+
     job: _TrainJob
     path: Optional[Path] = None
     card: Optional[Path] = None
     result: object = None
-    cancelled: bool = False
-    error: Optional[BaseException] = None
 
 
-def _train(job: _TrainJob, cancelled, report, ended=lambda: None) -> _TrainOutcome:
-    """Worker body: measure the annotated cells, fine-tune, save; exceptions become an outcome.
+def _train(job: _TrainJob, cancelled, report) -> _TrainOutcome:
+    """Worker body: measure the annotated cells, fine-tune, save.
 
-    ``ended()`` is called last, whatever happened (closing napari waits for it).
+    Raises what training raises (the :class:`~._worker.BackgroundRun` turns it into an
+    outcome); ``report(dict)`` relays progress to the GUI thread.
     """
-    try:
-        return _train_body(job, cancelled, report)
-    finally:
-        ended()
-
-
-def _train_body(job: _TrainJob, cancelled, report) -> _TrainOutcome:
     from ..training.finetune import _concat, cells_from_annotation, cells_from_projects, finetune, save_finetuned
 
-    try:
-        report({"event": "status", "text": "Measuring the annotated nuclei..."})
-        parts = [
-            cells_from_annotation(img, lab, tab, mpp, name, cancel=cancelled) for name, img, lab, tab, mpp in job.layers
-        ]
-        if job.folders:
-            parts.append(cells_from_projects(job.folders, cancel=cancelled))
-        cells = _concat(parts)
-        cells, val_note = validation_groups(cells, job.config.val_fraction, job.config.seed)
-        report({"event": "validation", "text": val_note})
-        result = finetune(cells, job.config, progress=report, cancel=cancelled)
-        if cancelled():
-            raise CancelledError("Training cancelled; nothing was saved.")
-        path, card = save_finetuned(result, job.out, overwrite=job.overwrite)
-        return _TrainOutcome(job=job, path=path, card=card, result=result)
-    except CancelledError:
-        return _TrainOutcome(job=job, cancelled=True)
-    except (UAMError, OSError) as err:
-        return _TrainOutcome(job=job, error=err)
-    except Exception as err:  # noqa: BLE001 - a bug must not take napari down; log it, say it
-        logger.exception("napari-uam training failed")
-        return _TrainOutcome(job=job, error=err)
+    report({"event": "status", "text": "Measuring the annotated nuclei..."})
+    parts = [
+        cells_from_annotation(img, lab, tab, mpp, name, cancel=cancelled) for name, img, lab, tab, mpp in job.layers
+    ]
+    if job.folders:
+        parts.append(cells_from_projects(job.folders, cancel=cancelled))
+    cells = _concat(parts)
+    cells, val_note = validation_groups(cells, job.config.val_fraction, job.config.seed)
+    report({"event": "validation", "text": val_note})
+    result = finetune(cells, job.config, progress=report, cancel=cancelled)
+    if cancelled():
+        raise CancelledError("Training cancelled; nothing was saved.")
+    path, card = save_finetuned(result, job.out, overwrite=job.overwrite)
+    return _TrainOutcome(job=job, path=path, card=card, result=result)
 
 
 #: With this many annotated images or fewer, validation holds out cells, not whole images.
@@ -167,12 +149,6 @@ def validation_groups(cells, val_fraction: float, seed: int = 0):
     return cells, f"Validating on the images {', '.join(names)} ({int(held.sum())} cells); the others train."
 
 
-class _Relay(QObject):
-    """Carries progress dicts from the worker thread to the GUI thread."""
-
-    progressed = Signal(object)
-
-
 #: Annotation sources that mean a person (or their region / points layer) set the class.
 _CORRECTED = ("user", "region", "points")
 
@@ -192,17 +168,11 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._worker = None
-        self._cancel = threading.Event()
         self._history: list[dict] = []
         self._epochs = 1
         self.last_checkpoint: Optional[Path] = None
-        # No Qt parent: the worker holds the relay's emit, so it must outlive this dock if the
-        # dock is closed mid-run (Qt drops the connection to the deleted dock by itself).
-        self._relay = _Relay()
-        self._relay.progressed.connect(self._on_progress)
         # Closing napari cancels the run and waits for it: no checkpoint is written afterwards.
-        self._guard = RunGuard(self)
+        self._run = BackgroundRun(self, self._on_progress)
         self._build()
         # The list is refreshed in the next turn of the event loop: the classifier dock stamps
         # a result layer as its own right after inserting it, and "current" is read off that.
@@ -434,7 +404,7 @@ class TrainWidget(QWidget):
     @property
     def busy(self) -> bool:
         """True while a training run is in progress."""
-        return self._worker is not None
+        return self._run.active
 
     def _fail(self, text: str) -> None:
         self.status.setText(text)
@@ -520,7 +490,6 @@ class TrainWidget(QWidget):
         job = self._make_job()
         if job is None:
             return
-        self._cancel = threading.Event()
         self._history = []
         self._epochs = job.config.epochs
         self.plot.set_history([], self._epochs)
@@ -530,24 +499,18 @@ class TrainWidget(QWidget):
         self.cancel_btn.setEnabled(True)
         n = len(job.layers) + len(job.folders)
         self.status.setText(f"Training on {n} source(s)...")
-        ended = self._guard.begin(self._cancel)
-        worker = create_worker(
-            _train, job, self._cancel.is_set, self._relay.progressed.emit, ended, _ignore_errors=True
-        )
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
+        # Bound methods only: Qt drops them if the dock is closed while the worker runs.
+        self._run.start(_train, job, _TrainOutcome, returned=self._on_returned, finished=self._on_finished,
+                        log="napari-uam training failed")  # fmt: skip
 
     def cancel(self) -> None:
         """Stop training at the next step; nothing is saved."""
-        if self._worker is not None:
-            self._cancel.set()
+        if self._run.cancel():
             self.cancel_btn.setEnabled(False)
             self.status.setText("Cancelling...")
 
     def _on_progress(self, rec: dict) -> None:
-        if self._guard.closed:
+        if self._run.closed:
             return
         event = rec.get("event")
         if event == "status":
@@ -578,15 +541,13 @@ class TrainWidget(QWidget):
                 self.status.setText(f"Epoch {rec['epoch']}/{self._epochs}: loss {rec['loss']:.3f}{val}")
 
     def _on_finished(self) -> None:
-        self._guard.finish()
-        if self._guard.closed:
-            return
-        self._worker = None
+        if not self._run.finish(self.sender()):
+            return  # napari is closing: the dock's widgets may be gone
         self.train_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
     def _on_returned(self, out: _TrainOutcome) -> None:
-        if self._guard.closed:
+        if self._run.closed:
             return
         if out.cancelled:
             self.progress.setValue(0)
