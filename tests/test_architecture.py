@@ -31,7 +31,7 @@ INFERENCE = (
     "models",
     "io",
     "batch",
-    "tiling",
+    "provenance",
     "validation",
     "domain",
     "scale",

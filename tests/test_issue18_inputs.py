@@ -15,7 +15,7 @@ from PIL import Image
 
 # ---------------------------------------------------------------- 3. Pillow's pixel limit
 def test_tiled_read_keeps_pillow_pixel_limit(tmp_path):
-    from napari_uam import tiling
+    from napari_uam.batch import tiles
     from napari_uam.io import region_reader
 
     path = tmp_path / "patch.png"
@@ -23,8 +23,8 @@ def test_tiled_read_keeps_pillow_pixel_limit(tmp_path):
     before = Image.MAX_IMAGE_PIXELS
     assert before is not None  # Pillow's default guard is on in a fresh process
     region_reader._whole.cache_clear()
-    assert tiling.probe(path)[:2] == (64, 80)
-    region = tiling.RegionReader(str(path)).read(0, 32, 0, 40)  # a PNG is decoded whole
+    assert tiles.probe(path)[:2] == (64, 80)
+    region = tiles.RegionReader(str(path)).read(0, 32, 0, 40)  # a PNG is decoded whole
     assert region.shape == (32, 40, 3)
     assert Image.MAX_IMAGE_PIXELS == before
 

@@ -14,8 +14,6 @@ stopped between steps through ``cancel() -> bool`` (raises :class:`CancelledErro
 
 from __future__ import annotations
 
-import hashlib
-import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,10 +22,17 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from . import provenance as P
+from . import radiomics
 from .classify.cache import weights_cache
 from .classify.checkpoint import default_weights_path, load_classifier
+from .device import resolve_device
 from .domain import OutOfDomainWarning, UnknownDomainWarning
+from .io.regions import tumor_area
+from .radiomics.schema import DEFAULT_SCHEMA
+from .sample_data import SAMPLE_MPP, sample_image
+from .segment import resolve_backend, segment
+from .tumor import load_tumor_model, predict_tumor_mask, tumor_weights_available
 from .errors import CancelledError, InvalidLabelsError, NoNucleiError
 from .pixel_size import PixelSizeWarning, check_mpp, estimate_mpp
 from .scale import rescale_image, resize_labels, scale_factor
@@ -78,13 +83,6 @@ def _check_cancel(cancel: Cancel) -> None:
         raise CancelledError("Run cancelled; no result was produced.")
 
 
-def working_mpp() -> float:
-    """The pixel size (um/px) at which nuclei are measured: the feature schema's."""
-    from .radiomics.schema import DEFAULT_SCHEMA
-
-    return float(DEFAULT_SCHEMA.mpp)
-
-
 def segment_nuclei(
     image,
     mpp: float,
@@ -111,8 +109,6 @@ def segment_nuclei(
         (H, W) int32 labels, 0 = background, nuclei numbered 1..N
         (``(labels, backend_name)`` when ``return_backend``).
     """
-    from .segment import segment
-
     rgb = as_rgb_uint8(image)
     mpp = check_mpp(mpp)
     # The H&E segmenters would take a fluorescence image's black background for stain.
@@ -235,9 +231,6 @@ def measure_features(
         stain: the image's stain estimate (tiles pass the whole image's), else estimated here.
         schema, backend, device, progress, cancel: as in :func:`measure_cells`.
     """
-    from . import radiomics
-    from .radiomics.schema import DEFAULT_SCHEMA
-
     schema = schema or DEFAULT_SCHEMA
     geom = cell_geometry(labels, mpp)
     _check_cancel(cancel)
@@ -282,8 +275,6 @@ def get_classifier(model=None, device: str = "auto"):
     """
     if model is not None and hasattr(model, "predict_proba"):
         return model
-    from .device import resolve_device
-
     path = None if model is None else str(model)
     device = resolve_device(device)
     # Keyed on the file's identity (the default weights' file when ``path`` is None).
@@ -357,8 +348,6 @@ def record_domain(clf, check, prov: dict):
     """Record a :class:`~napari_uam.domain.DomainCheck` (None: the model has no trust model)
     in ``prov["domain"]`` and warn as :func:`check_domain` says; the one home of that rule for
     whole images and tiled ones."""
-    from .domain import OutOfDomainWarning, UnknownDomainWarning
-
     if check is None:
         reason = untrusted_reason(clf)
         prov["domain"] = {"status": "unknown", "in_domain": None, "reason": reason}
@@ -403,32 +392,6 @@ def tumor_cell_labels(labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     return lut[labels]
 
 
-def _versions() -> dict:
-    import scipy
-    import skimage
-
-    v = {
-        "napari_uam": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "scipy": scipy.__version__,
-        "scikit-image": skimage.__version__,
-    }
-    try:
-        import torch
-
-        v["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return v
-
-
-def image_hash(image: np.ndarray) -> str:
-    """Short SHA-256 of an image's pixels (to tie outputs to their input)."""
-    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
-
-
 @dataclass
 class StageState:
     """What :func:`run_stages` has computed so far (one object, filled stage by stage)."""
@@ -443,6 +406,25 @@ class StageState:
     tumor_probability: Optional[np.ndarray] = None
     ran: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TileContext:
+    """What a tile of a larger image takes from the whole image (see :mod:`napari_uam.batch.tiles`).
+
+    The whole-image checks (brightfield, tissue, stain) and statistics ran once on the image's
+    overview; on a tile of background they would misfire, and a per-tile estimate would make a
+    tile's result depend on what else it holds. So a tile is segmented by ``segment`` (which
+    carries the image-level statistics), measured with the image's ``stain`` estimate, and its
+    domain is judged over all tiles by the caller.
+    """
+
+    segment: Callable[[np.ndarray], np.ndarray]  # (h, w, 3) uint8 -> (h, w) int32 labels
+    stain: object = None  # the whole image's StainEstimate
+
+
+#: The last item every :func:`run_stages` run yields.
+DONE = "done"
 
 
 def run_stages(
@@ -462,6 +444,7 @@ def run_stages(
     provenance: Optional[dict] = None,
     domain_warnings: bool = True,
     check_labels: Optional[Callable[[np.ndarray], None]] = None,
+    tile: Optional[TileContext] = None,
     progress: Progress = None,
     cancel: Cancel = None,
 ):
@@ -469,10 +452,12 @@ def run_stages(
     predict the tumor region, in that order, skipping what is given or not asked for.
 
     A generator, so that a caller can act between stages (the dock reports progress and lets
-    Cancel act; :func:`run` records provenance): it yields ``(stage, state)`` after each stage
-    that ran (``"load"``, ``"segment"``, ``"measure"``, ``"classify"``, ``"tumor mask"``) and
-    returns the :class:`StageState`. :func:`run`, the dock's worker and the batch runner all
-    go through it.
+    Cancel act; :func:`run` records provenance; a tile keeps only the nuclei of its core): it
+    yields ``(stage, state)`` after each stage that ran (``"load"``, ``"segment"``,
+    ``"measure"``, ``"classify"``, ``"tumor mask"``), then ``(DONE, state)``, and returns the
+    :class:`StageState`. A caller may replace ``state.labels`` / ``state.table`` between stages
+    (the next stage uses them) and may stop iterating at any point. :func:`run` (so the batch
+    runner), the dock's worker and every tile of a large image go through it.
 
     Args:
         rgb: (H, W, 3) uint8 RGB (validated by the caller).
@@ -486,10 +471,11 @@ def run_stages(
         domain_warnings: False: the domain check records, but issues no warning (the dock
             says it in its status instead).
         check_labels: called with the labels before measuring (the dock's own messages).
+        tile: ``rgb`` is a tile of a larger image (:class:`TileContext`): segmented and
+            measured with the image's statistics, no per-image checks, no domain check and
+            no tumor mask (the caller judges the image as a whole).
         segment_backend, radiomics_backend, device, progress, cancel: as in :func:`run`.
     """
-    from .segment import resolve_backend
-
     st = StageState(labels=labels, table=table, provenance={} if provenance is None else provenance)
     classify = classify and measure
     if classify:
@@ -498,11 +484,14 @@ def run_stages(
         yield "load", st
         _check_cancel(cancel)
     if st.labels is None:
-        st.segment_backend = resolve_backend(segment_backend, mpp)  # an unknown name fails before any work
         t = time.perf_counter()
-        st.labels, st.segment_backend = segment_nuclei(
-            rgb, mpp, backend=segment_backend, device=device, progress=progress, cancel=cancel, return_backend=True
-        )
+        if tile is not None:
+            st.labels, st.segment_backend = tile.segment(rgb), segment_backend
+        else:
+            st.segment_backend = resolve_backend(segment_backend, mpp)  # an unknown name fails before any work
+            st.labels, st.segment_backend = segment_nuclei(
+                rgb, mpp, backend=segment_backend, device=device, progress=progress, cancel=cancel, return_backend=True
+            )
         st.timings["segment_s"] = time.perf_counter() - t
         st.ran.append("segment")
         yield "segment", st
@@ -516,29 +505,34 @@ def run_stages(
             st.table = cell_geometry(st.labels, mpp)
         else:
             t = time.perf_counter()
-            st.table = measure_cells(
-                rgb, st.labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel
-            )
+            if tile is not None:
+                st.table = measure_features(rgb, st.labels, mpp, backend=radiomics_backend, device=device,
+                                            stain=tile.stain, progress=progress, cancel=cancel)  # fmt: skip
+            else:
+                st.table = measure_cells(
+                    rgb, st.labels, mpp, backend=radiomics_backend, device=device, progress=progress, cancel=cancel
+                )
             st.timings["measure_s"] = time.perf_counter() - t
             st.ran.append("measure")
             yield "measure", st
             _check_cancel(cancel)
     if not classify:
+        yield DONE, st
         return st
     t = time.perf_counter()
     st.table = classify_cells(st.table, model=st.classifier, device=device, progress=progress, cancel=cancel)
     st.timings["classify_s"] = time.perf_counter() - t
     st.ran.append("classify")
     yield "classify", st
-    with warnings.catch_warnings():
-        if not domain_warnings:
-            warnings.simplefilter("ignore", OutOfDomainWarning)
-            warnings.simplefilter("ignore", UnknownDomainWarning)
-        st.domain = check_domain(st.classifier, st.table, st.provenance)
-    _check_cancel(cancel)
-    if tumor_mask is True or (tumor_mask == "auto" and _tumor_model_available(tumor_model)):
-        from .tumor import load_tumor_model, predict_tumor_mask
-
+    if tile is None:
+        with warnings.catch_warnings():
+            if not domain_warnings:
+                warnings.simplefilter("ignore", OutOfDomainWarning)
+                warnings.simplefilter("ignore", UnknownDomainWarning)
+            st.domain = check_domain(st.classifier, st.table, st.provenance)
+        _check_cancel(cancel)
+    wants_mask = tumor_mask is True or (tumor_mask == "auto" and _tumor_model_available(tumor_model))
+    if tile is None and wants_mask:
         t = time.perf_counter()
         st.tumor_model = tumor_model if hasattr(tumor_model, "predict") else load_tumor_model(tumor_model, device)
         st.tumor_probability = predict_tumor_mask(rgb, mpp, st.table, model=st.tumor_model, progress=progress)
@@ -546,6 +540,7 @@ def run_stages(
         st.ran.append("tumor mask")
         yield "tumor mask", st
         _check_cancel(cancel)
+    yield DONE, st
     return st
 
 
@@ -588,25 +583,14 @@ def run(
     Returns:
         :class:`PipelineResult`.
     """
-    from .radiomics.schema import DEFAULT_SCHEMA
-
     rgb = as_rgb_uint8(image)
     mpp = check_mpp(mpp)
     prov: dict = {}
 
     def base(st: StageState) -> None:
-        prov.update(
-            versions=_versions(),
-            image_sha256_16=image_hash(rgb),
-            image_shape=list(rgb.shape),
-            mpp=mpp,
-        )
-        if measure:
-            prov.update(working_mpp=working_mpp())
-        prov.update(segment_backend=st.segment_backend)
-        if measure:
-            prov.update(radiomics_backend=radiomics_backend, schema_id=DEFAULT_SCHEMA.schema_id, device=device)
-        prov.update(n_cells=int(len(st.table)), time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        prov.update(versions=P.versions(), image_sha256_16=P.image_hash(rgb), image_shape=list(rgb.shape))
+        prov.update(P.settings(mpp, measured=measure, radiomics_backend=radiomics_backend, device=device))
+        prov.update(segment_backend=st.segment_backend, n_cells=int(len(st.table)), time_utc=P.utc_now())
         if measure:
             estimate = estimate_mpp(st.labels, mpp)
             if estimate is not None:
@@ -628,31 +612,17 @@ def run(
         progress=progress,
         cancel=cancel,
     )
-    while True:
-        try:
-            stage, st = next(stages)
-        except StopIteration as done:
-            st = done.value
-            break
+    for stage, st in stages:
         if stage == "measure":
             base(st)
         elif stage == "classify":
             clf = st.classifier
-            prov.update(
-                model_id=clf.model_id,
-                model_arch=clf.arch,
-                model_sha256=clf.sha256,
-                model_schema_id=clf.schema_id,
-                model_device=str(clf.device),
-                calibration_temperature=clf.temperature,
-            )
+            prov.update(P.model_fields(clf), model_device=str(clf.device), calibration_temperature=clf.temperature)
     if "n_cells" not in prov:  # nothing was measured (segment only)
         base(st)
     prob = st.tumor_probability
     if prob is not None:
-        from .io.regions import tumor_area
-
-        prov.update(tumor_model_id=st.tumor_model.model_id, tumor_model_path=st.tumor_model.path)
+        prov.update(P.tumor_model_fields(st.tumor_model))
         # Per-image tumor burden, in the provenance (parquet metadata, done marker) and the
         # table's attrs (stored with the parquet), so a cohort can be summarised from files.
         area = tumor_area(prob > 0.5, rgb, mpp).as_dict()
@@ -669,8 +639,6 @@ def run(
 
 
 def _tumor_model_available(tumor_model) -> bool:
-    from .tumor import tumor_weights_available
-
     return tumor_model is not None or tumor_weights_available()
 
 
@@ -695,9 +663,6 @@ def warm_up(device: str = "auto") -> dict:
         {"device": the resolved device, "seconds": time taken, "cells": cells classified in
         the crop}.
     """
-    from .device import resolve_device
-    from .sample_data import SAMPLE_MPP, sample_image
-
     dev = resolve_device(device)
     t = time.perf_counter()
     crop = np.ascontiguousarray(sample_image()[:WARM_UP_PX, :WARM_UP_PX])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -272,10 +271,6 @@ def _finished_elsewhere(out: Path, command: str, stems: set) -> list[tuple[str, 
         if read_done(out, stem, command, ["parquet"]) is not None:
             parts.append((stem, output_paths(out, stem)["parquet"]))
     return parts
-
-
-def _utc() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _tumor_count(table: Optional[pd.DataFrame]) -> Optional[int]:

@@ -15,7 +15,7 @@ per-image status and totals) is rewritten atomically after every image, so that 
 killed run says how far it got, and ``cohort_cells.parquet`` (every image's cell table with
 an ``image`` column) is written at the end from the per-image parquet files.
 
-Images larger than :data:`napari_uam.tiling.TILE_ABOVE_PIXELS` (or than ``tile_size``) are
+Images larger than :data:`.tiles.TILE_ABOVE_PIXELS` (or than ``tile_size``) are
 processed in tiles with halos (:mod:`napari_uam.tiling`). Images and tiles are tasks of an
 executor (:mod:`napari_uam.batch.executors`): in this process, or on Dask workers; outputs,
 markers and the manifest are always written here, as results arrive.
@@ -26,20 +26,28 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+import tifffile
 
 from .. import pipeline
-from .executors import SerialExecutor
+from .. import provenance as P
 from ..errors import UAMError
 from ..io.export import FORMATS, TUMOR_OUTPUTS, export_cells, output_paths
 from ..io.lock import FolderLock
 from ..io.reader import read_image
 from ..pixel_size import check_mpp, choose_mpp, missing_mpp_message
+from ..radiomics.schema import DEFAULT_SCHEMA, schema_serves
+from ..scale import ResampleWarning, check_resample
+from ..segment import resolve_backend
+from ..segment.learned import load_checkpoint
+from . import tiles
+from .executors import SerialExecutor, make_executor
 from .folder import (
     COMMANDS,
     COMMAND_FORMATS,
@@ -52,7 +60,6 @@ from .folder import (
     _refuse_foreign_run_files,
     _remove_stale_staging,
     _tumor_count,
-    _utc,
     _write_json,
     collect_images,
     done_path,
@@ -118,7 +125,7 @@ def run_batch(
             output folder when it exists instead of segmenting again.
         tile_size: process images taller or wider than this in tiles of this side (see
             :mod:`napari_uam.tiling`); None tiles only images above
-            :data:`napari_uam.tiling.TILE_ABOVE_PIXELS`, with the default tile.
+            :data:`.tiles.TILE_ABOVE_PIXELS`, with the default tile.
         dask: None (this process), ``"local"`` (a local Dask cluster) or a scheduler address;
             images (and the tiles of large images) are then tasks on the Dask workers, and
             the outputs are written here as results arrive.
@@ -181,7 +188,6 @@ def run_batch(
     clf = pipeline.get_classifier(model, device) if command == "classify" else None
     if clf is not None:
         _check_model_schema(clf)
-    from .executors import make_executor
 
     executor = make_executor(dask, workers)
     try:
@@ -239,7 +245,6 @@ def _run_locked(
     executor,
 ) -> BatchResult:
     """The body of :func:`run_batch`, run while the output folder's lock is held."""
-    from ..radiomics.schema import DEFAULT_SCHEMA
 
     parameters = {
         "mpp": mpp,
@@ -260,10 +265,10 @@ def _run_locked(
         "argv": list(argv) if argv is not None else None,
         "cwd": os.getcwd(),
         "out_dir": str(out.resolve()),
-        "started_utc": _utc(),
+        "started_utc": P.utc_now(),
         "finished_utc": None,
         "state": "running",
-        "versions": pipeline._versions(),
+        "versions": P.versions(),
         "model": None
         if clf is None
         else {
@@ -294,7 +299,7 @@ def _run_locked(
             "seconds": round(time.perf_counter() - t_run, 3),
         }
         if state != "running":
-            manifest["finished_utc"] = _utc()
+            manifest["finished_utc"] = P.utc_now()
         _write_json(manifest_path, manifest)
 
     ctx = RunContext(
@@ -435,7 +440,6 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: RunContext) -> Op
     Only the file's header is read here (size, pixel size); the pixels are decoded by the
     task that processes the image.
     """
-    from .. import tiling
 
     command, out, formats = ctx.command, ctx.out, ctx.formats
     stem = st.stem
@@ -455,9 +459,9 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: RunContext) -> Op
             f"{', '.join(p.name for p in protected)} in {out} is not a napari-uam output (an input "
             "image?) and is never replaced, --overwrite or not; rename it or choose another --out."
         )
-    height, width, file_mpp = tiling.probe(path)
+    height, width, file_mpp = tiles.probe(path)
     tile = ctx.tile_size
-    tiled = (height > tile or width > tile) if tile else height * width > tiling.TILE_ABOVE_PIXELS
+    tiled = (height > tile or width > tile) if tile else height * width > tiles.TILE_ABOVE_PIXELS
     scale_mpp = choose_mpp(ctx.mpp, file_mpp, default_mpp)
     if scale_mpp is not None:  # a file's own pixel size is checked here, before decoding it
         _check_scale(path, (height, width), check_mpp(scale_mpp), command, ctx.segmenter, tile)
@@ -482,7 +486,6 @@ def _plan_image(path: Path, default_mpp, st: ImageStatus, ctx: RunContext) -> Op
 def _check_model_schema(clf) -> None:
     """Refuse, before any image is segmented, a model trained on other features than the
     pipeline measures (it would otherwise fail every image after measuring it)."""
-    from ..radiomics.schema import DEFAULT_SCHEMA, schema_serves
 
     names = DEFAULT_SCHEMA.feature_names
     names = names() if callable(names) else names
@@ -499,9 +502,8 @@ def _check_model_schema(clf) -> None:
 
 
 def _probe_shape(path: Path) -> tuple[int, int]:
-    from .. import tiling
 
-    h, w, _ = tiling.probe(path)
+    h, w, _ = tiles.probe(path)
     return h, w
 
 
@@ -509,16 +511,12 @@ def _working_mpps(command: str, segmenter: str, mpp: float) -> list[tuple[float,
     """The pixel sizes an image at ``mpp`` is resampled to, with the stage that does it."""
     out = []
     try:
-        from ..segment import resolve_backend
-
         if resolve_backend(segmenter, mpp) == "learned":
-            from ..segment.learned import load_checkpoint
-
             out.append((float(load_checkpoint()["net_mpp"]), "the nuclei segmenter"))
     except UAMError:  # an unusable backend is reported by the image's own run
         pass
     if command != "segment":
-        out.append((pipeline.working_mpp(), "the measurement"))
+        out.append((P.working_mpp(), "the measurement"))
     return out
 
 
@@ -527,14 +525,10 @@ def _check_scale(path: Path, shape, mpp: float, command: str, segmenter: str, ti
 
     A tiled image is resampled tile by tile, so there the limit applies to one tile.
     """
-    import warnings
-
-    from .. import tiling
-    from ..scale import ResampleWarning, check_resample
 
     h, w = int(shape[0]), int(shape[1])
-    tile = tile_size or tiling.DEFAULT_TILE
-    tiled = (h > tile or w > tile) if tile_size else h * w > tiling.TILE_ABOVE_PIXELS
+    tile = tile_size or tiles.DEFAULT_TILE
+    tiled = (h > tile or w > tile) if tile_size else h * w > tiles.TILE_ABOVE_PIXELS
     if tiled:
         h, w = min(h, tile), min(w, tile)
     for target, what in _working_mpps(command, segmenter, mpp):
@@ -547,14 +541,12 @@ def _check_scale(path: Path, shape, mpp: float, command: str, segmenter: str, ti
 
 def _read_labels_tiff(path):
     """A TIFF's pixels (labels written by an earlier run)."""
-    import tifffile
 
     return tifffile.imread(path)
 
 
 def _compute_config(ctx: RunContext, executor) -> ComputeConfig:
     """What an image task needs (picklable; a loaded classifier only runs in this process)."""
-    from .executors import SerialExecutor
 
     local = isinstance(executor, SerialExecutor)
     return ComputeConfig(
@@ -703,18 +695,13 @@ def _write_marker(path: Path, st: ImageStatus, ctx: RunContext, mpp, provenance:
             "parameters": ctx.parameters,
             "provenance": provenance,
             "timings": {k: round(v, 4) for k, v in timings.items()},
-            "finished_utc": _utc(),
+            "finished_utc": P.utc_now(),
         },
     )
 
 
 def _process_tiled(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan) -> None:
     """Process one large image in tiles (see :mod:`napari_uam.tiling`), all outputs or none."""
-    import tempfile
-
-    from .. import tiling
-    from ..radiomics.schema import DEFAULT_SCHEMA
-    from ..segment import resolve_backend
 
     out, stem, formats, command = ctx.out, st.stem, ctx.formats, ctx.command
     paths = output_paths(out, stem)
@@ -728,19 +715,11 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan
     mpp = check_mpp(plan.mpp)
     backend = resolve_backend(ctx.segmenter, mpp)
     clf = ctx.clf
-    prov = {
-        "versions": pipeline._versions(),
-        "mpp": mpp,
-        "working_mpp": pipeline.working_mpp(),
-        "radiomics_backend": ctx.radiomics_backend if command != "segment" else None,
-        "schema_id": DEFAULT_SCHEMA.schema_id if command != "segment" else None,
-        "device": ctx.device,
-        "time_utc": _utc(),
-        "labels_source": "segmented",
-    }
+    measured = command != "segment"
+    prov = {"versions": P.versions(), "time_utc": P.utc_now(), "labels_source": "segmented"}
+    prov.update(P.settings(mpp, measured=measured, radiomics_backend=ctx.radiomics_backend, device=ctx.device))
     if clf is not None:
-        prov.update(model_id=clf.model_id, model_arch=clf.arch, model_sha256=clf.sha256, model_schema_id=clf.schema_id)
-    from .executors import SerialExecutor
+        prov.update(P.model_fields(clf))
 
     executor = ctx.executor
     model = clf if isinstance(executor, SerialExecutor) else ctx.model
@@ -750,7 +729,7 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan
     stage = Path(tempfile.mkdtemp(prefix=f".{stem}.export.", dir=out))
     try:
         with _named_warnings(path.name):
-            res = tiling.run_tiled(
+            res = tiles.run_tiled(
                 path,
                 mpp,
                 stage,
@@ -759,7 +738,7 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan
                 formats=formats,
                 backend=backend,
                 executor=executor,
-                tile=ctx.tile_size or tiling.DEFAULT_TILE,
+                tile=ctx.tile_size or tiles.DEFAULT_TILE,
                 radiomics_backend=ctx.radiomics_backend,
                 device=ctx.device,
                 model=model,

@@ -15,7 +15,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_uam import batch, pipeline, tiling
+from napari_uam import batch, pipeline
+from napari_uam.batch import tiles
 from napari_uam.cli import main
 from napari_uam.segment import segment
 
@@ -51,7 +52,7 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> dict:
 
 def _run(path, stage_dir, stem, backend, tile, command="measure", formats=("tif", "parquet", "geojson")):
     stage_dir.mkdir()
-    return tiling.run_tiled(
+    return tiles.run_tiled(
         path, MPP, stage_dir, stem, command=command, formats=formats, backend=backend, tile=tile, device="cpu"
     )
 
@@ -64,10 +65,10 @@ def test_region_reader_reads_what_the_file_holds(tmp_path, consep_dir):
         "strips.tif": {"compression": "zlib", "rowsperstrip": 37},
     }.items():
         tifffile.imwrite(tmp_path / name, img, **kw)
-        reader = tiling.RegionReader(str(tmp_path / name))
+        reader = tiles.RegionReader(str(tmp_path / name))
         for box in [(0, 300, 0, 600), (17, 211, 59, 401), (250, 300, 590, 600)]:
             np.testing.assert_array_equal(reader.read(*box), img[box[0] : box[1], box[2] : box[3]])
-    assert tiling.probe(tmp_path / "tiled.tif")[:2] == (300, 600)
+    assert tiles.probe(tmp_path / "tiled.tif")[:2] == (300, 600)
 
 
 def test_watershed_tiled_equals_one_piece(tmp_path, consep_dir):
@@ -79,7 +80,7 @@ def test_watershed_tiled_equals_one_piece(tmp_path, consep_dir):
     assert prov["n_tiles"] == 16 and prov["cut_nuclei"] == 0 and prov["seam_conflict_pixels"] == 0
     tiled = tifffile.imread(res.outputs["tif"])
     # One piece with the same image-level white level and threshold: the very same nuclei.
-    whole = tiling.watershed_fixed(img, MPP, prov["watershed_white"], prov["watershed_threshold"])
+    whole = tiles.watershed_fixed(img, MPP, prov["watershed_white"], prov["watershed_threshold"])
     cmp = _same_partition(tiled, whole)
     assert cmp["identical"], cmp
     assert res.n_cells == cmp["n_b"] > 200
@@ -136,7 +137,7 @@ def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, conse
         resolutionunit="CENTIMETER",
     )
     out = tmp_path / "out"
-    real = tiling.process_tile
+    real = tiles.process_tile
     calls = []
 
     def dies_on_third(job, tile):
@@ -145,7 +146,7 @@ def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, conse
             raise KeyboardInterrupt
         return real(job, tile)
 
-    monkeypatch.setattr(tiling, "process_tile", dies_on_third)
+    monkeypatch.setattr(tiles, "process_tile", dies_on_third)
     argv = [
         "classify",
         str(folder),
@@ -161,7 +162,7 @@ def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, conse
     ]
     assert main(argv) == 130
     assert sorted(p.name for p in out.iterdir()) == [batch.MANIFEST_NAME]  # no staging left
-    monkeypatch.setattr(tiling, "process_tile", real)
+    monkeypatch.setattr(tiles, "process_tile", real)
     assert main(argv) == 0
     done = json.loads((out / "big.done.json").read_text())
     assert done["provenance"]["tiled"] and done["provenance"]["n_tiles"] == 8

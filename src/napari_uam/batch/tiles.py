@@ -27,8 +27,10 @@ neighbouring tiles, which cover it since ``halo <= tile``). Cell tables are writ
 tile size, not on the image size.
 
 Each tile is an independent task (:func:`tile_statistics`, :func:`tile_histogram`,
-:func:`process_tile`) run by an executor of :mod:`napari_uam.batch.executors` (in this process,
-or on Dask workers).
+:func:`process_tile`) run by an executor of :mod:`.executors` (in this process, or on Dask
+workers). A tile's compute is the pipeline's one stage runner
+(:func:`napari_uam.pipeline.run_stages` with a :class:`~napari_uam.pipeline.TileContext`), so
+a tiled image is segmented, measured and classified by the same code as a whole one.
 """
 
 from __future__ import annotations
@@ -39,17 +41,30 @@ import shutil
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 
-from .io.region_reader import RegionReader, probe
-from .io.tiled_writer import _write_geojson, _write_labels, _write_tables
-from .pipeline import cell_geometry, classify_cells, feature_columns, get_classifier, measure_features, record_domain
+from ..errors import NoNucleiError
+from ..io.export import output_paths
+from ..io.region_reader import RegionReader, probe
+from ..io.tiled_writer import _write_geojson, _write_labels, _write_tables
+from ..io.writers import label_polygons
+from ..pipeline import TileContext, cell_geometry, feature_columns, get_classifier, record_domain, run_stages
+from ..radiomics.schema import DEFAULT_SCHEMA
+from ..radiomics.stain_norm import estimate_stains
+from ..scale import scale_factor
+from ..segment import segment
+from ..segment.learned import NET_MPP
+from ..segment.stain import hematoxylin, white_level
+from ..segment.watershed import WatershedParams, segment_watershed
+from ..validation import as_rgb_uint8, check_brightfield, check_he_stain, check_he_tissue
+from .executors import SerialExecutor
 
 #: Images with more pixels than this are processed in tiles by the command line by default.
 TILE_ABOVE_PIXELS = 4096 * 4096
@@ -86,8 +101,6 @@ def alignment(mpp: float, targets: Sequence[float]) -> int:
     near a kept nucleus are the same. Pixel sizes without a small common step get 1
     (then tiled and one-piece results agree only approximately).
     """
-    from .scale import scale_factor
-
     q = 1
     for t in targets:
         f = scale_factor(mpp, t)
@@ -117,12 +130,8 @@ def plan(mpp: float, backend: str, tile: int = DEFAULT_TILE, halo_um: float = HA
     ``halo_um`` and never larger than the core (each output tile then only needs its 8
     neighbours).
     """
-    from .radiomics.schema import DEFAULT_SCHEMA
-
     targets = [DEFAULT_SCHEMA.mpp]
     if backend == "learned":
-        from .segment.learned import NET_MPP
-
         targets.append(NET_MPP)
     q = alignment(mpp, targets)
     step = 16 * q // math.gcd(16, q)
@@ -195,8 +204,6 @@ class TileResult:
 
 
 def _rgb(job: TileJob, box) -> np.ndarray:
-    from .validation import as_rgb_uint8
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return as_rgb_uint8(job.reader.read(*box))
@@ -220,8 +227,6 @@ def tile_histogram(job: TileJob, tile: Tile, edges: np.ndarray, white, params) -
 
     The smoothing needs a few pixels of context, so the core is read with a margin.
     """
-    from .segment.stain import hematoxylin
-
     sigma = params.smooth_sigma_um / job.mpp
     m = int(math.ceil(4 * sigma)) + 1
     y0, y1, x0, x1 = tile.core
@@ -240,8 +245,6 @@ def _image_hw(job: TileJob, tile: Tile) -> tuple[int, int]:
 
 def segment_tile(job: TileJob, rgb: np.ndarray) -> np.ndarray:
     """Segment one extended tile with the image-level statistics of ``job``."""
-    from .segment import segment
-
     if job.backend == "watershed" and job.white is not None:
         return watershed_fixed(rgb, job.mpp, job.white, job.threshold)
     return (
@@ -267,69 +270,60 @@ def watershed_fixed(rgb: np.ndarray, mpp: float, white, threshold: float, params
     Returns:
         (H, W) int32 labels 1..N.
     """
-    from .segment.watershed import segment_watershed
-
     return segment_watershed(rgb, mpp, params, white=white, threshold=threshold)
 
 
 def process_tile(job: TileJob, tile: Tile) -> TileResult:
-    """Segment an extended tile, keep the nuclei centred in its core, measure and classify them."""
+    """Segment an extended tile, keep the nuclei centred in its core, measure and classify them.
+
+    Through the one stage runner: between its stages this keeps the kept nuclei (after
+    segmenting) and renumbers the measured table to them (before classifying).
+    """
     t0 = time.perf_counter()
-    H, W = _image_hw(job, tile)
     Y0, Y1, X0, X1 = tile.ext
     rgb = _rgb(job, tile.ext)
-    labels = segment_tile(job, rgb)
-    ids = np.arange(1, int(labels.max()) + 1)
-    kept = np.zeros(0, np.int64)
-    n_cut = 0
-    if ids.size:
-        # Centroids as the whole image's table computes them (one rule: pipeline.cell_geometry).
-        geom = cell_geometry(labels, job.mpp)
-        cy, cx = geom["y"].to_numpy() + Y0, geom["x"].to_numpy() + X0
-        y0, y1, x0, x1 = tile.core
-        inside = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
-        kept = geom["label"].to_numpy()[inside]
-        # A kept nucleus reaching an edge of the extended tile that is not the image's edge may
-        # be cut by it: the halo would be too narrow. Counted so the caller can report it.
-        edge = np.zeros(labels.shape, bool)
-        if Y0 > 0:
-            edge[0] = True
-        if Y1 < H:
-            edge[-1] = True
-        if X0 > 0:
-            edge[:, 0] = True
-        if X1 < W:
-            edge[:, -1] = True
-        on_edge = np.unique(labels[edge])
-        n_cut = int(np.isin(kept, on_edge).sum())
-    lut = np.zeros(int(labels.max()) + 1, np.int64)
-    lut[kept] = np.arange(1, kept.size + 1)
-    local = lut[labels]
+    # Every nucleus of the extended tile is measured, so that a kept nucleus' ring and
+    # neighbourhood see its neighbours in the halo as they are in the whole image; then only
+    # the kept ones stay, renumbered as in ``local``.
+    stages = run_stages(
+        rgb,
+        job.mpp,
+        measure=job.command != "segment",
+        classify=job.command == "classify",
+        model=job.model,
+        segment_backend=job.backend,
+        radiomics_backend=job.radiomics_backend,
+        device=job.device,
+        tumor_mask=False,
+        tile=TileContext(segment=lambda img: np.asarray(segment_tile(job, img), np.int32), stain=job.stain),
+    )
+    kept, n_cut, lut, st = np.zeros(0, np.int64), 0, np.zeros(1, np.int64), None
+    for stage, st in stages:
+        if stage == "segment":
+            kept, n_cut = _kept_nuclei(job, tile, st.labels)
+            lut = np.zeros(int(st.labels.max()) + 1, np.int64)
+            lut[kept] = np.arange(1, kept.size + 1)
+            if not kept.size:
+                break  # nothing of this tile's core to measure or classify
+        elif stage == "measure":
+            table = st.table[st.table["label"].isin(kept)].copy()
+            table["label"] = lut[table["label"].to_numpy(np.int64)]
+            table = table.sort_values("label").reset_index(drop=True)
+            table["y"] += Y0
+            table["x"] += X0
+            st.table = table
+    local = lut[st.labels]
     dtype = np.uint16 if kept.size < 65536 else np.uint32
     local = local.astype(dtype)
     table = None
-    rings = {}
     if kept.size and job.command != "segment":
-        # Every nucleus of the extended tile is measured, so that a kept nucleus' ring and
-        # neighbourhood see its neighbours in the halo as they are in the whole image; then
-        # only the kept ones stay, renumbered as in ``local``.
-        table = measure_features(rgb, labels.astype(np.int32), job.mpp, backend=job.radiomics_backend,
-                                 device=job.device, stain=job.stain)  # fmt: skip
-        table = table[table["label"].isin(kept)].copy()
-        table["label"] = lut[table["label"].to_numpy(np.int64)]
-        table = table.sort_values("label").reset_index(drop=True)
-        table["y"] += Y0
-        table["x"] += X0
-        if job.command == "classify":
-            clf = get_classifier(job.model, job.device)
-            table = classify_cells(table, model=clf, device=job.device)
+        table = st.table
     elif kept.size:
         table = cell_geometry(local.astype(np.int32), job.mpp)
         table["y"] += Y0
         table["x"] += X0
+    rings = {}
     if kept.size and job.polygons:
-        from .io.writers import label_polygons
-
         rings = {k: [[x + X0, y + Y0] for x, y in r] for k, r in label_polygons(local.astype(np.int32)).items()}
     return TileResult(
         tile=tile,
@@ -341,6 +335,33 @@ def process_tile(job: TileJob, tile: Tile) -> TileResult:
         n_cut=n_cut,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _kept_nuclei(job: TileJob, tile: Tile, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Ids of the nuclei whose centroid lies in the core, and how many of them the halo may cut."""
+    if not labels.max():
+        return np.zeros(0, np.int64), 0
+    H, W = _image_hw(job, tile)
+    Y0, Y1, X0, X1 = tile.ext
+    # Centroids as the whole image's table computes them (one rule: pipeline.cell_geometry).
+    geom = cell_geometry(labels, job.mpp)
+    cy, cx = geom["y"].to_numpy() + Y0, geom["x"].to_numpy() + X0
+    y0, y1, x0, x1 = tile.core
+    inside = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+    kept = geom["label"].to_numpy()[inside]
+    # A kept nucleus reaching an edge of the extended tile that is not the image's edge may
+    # be cut by it: the halo would be too narrow. Counted so the caller can report it.
+    edge = np.zeros(labels.shape, bool)
+    if Y0 > 0:
+        edge[0] = True
+    if Y1 < H:
+        edge[-1] = True
+    if X0 > 0:
+        edge[:, 0] = True
+    if X1 < W:
+        edge[:, -1] = True
+    on_edge = np.unique(labels[edge])
+    return kept, int(np.isin(kept, on_edge).sum())
 
 
 @dataclass
@@ -407,9 +428,6 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
         ``{"white": (3,) tuple, "threshold": float, "overview_step": int}`` (white/threshold
         only for the watershed).
     """
-    from .segment.stain import white_level
-    from .validation import check_brightfield, check_he_stain, check_he_tissue
-
     step = overview_step(height, width, tile)
     pieces = dict(executor.map(tile_statistics, [(job, t, step) for t in tiles]))
     rows = []
@@ -420,16 +438,10 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
     check_brightfield(overview)
     check_he_tissue(overview)
     check_he_stain(overview)
-    from .radiomics.stain_norm import estimate_stains
-
     # One stain estimate for the whole image, so that a tile of pure stroma and a tile of
     # tumor are normalised alike (a per-tile estimate would depend on what the tile holds).
     out = {"overview_step": step, "stain": estimate_stains(overview)}
     if job.backend == "watershed":
-        from skimage.filters import threshold_otsu
-
-        from .segment.watershed import WatershedParams
-
         params = WatershedParams()
         white = white_level(overview)
         edges = np.linspace(0.0, 4.0, 4097)
@@ -487,10 +499,6 @@ def run_tiled(
     Raises:
         NoNucleiError: no nucleus in the whole image.
     """
-    from .batch.executors import SerialExecutor
-    from .errors import NoNucleiError
-    from .io.export import output_paths
-
     executor = executor or SerialExecutor()
     t_start = time.perf_counter()
     height, width, _ = probe(path)
@@ -508,8 +516,6 @@ def run_tiled(
         polygons="geojson" in formats,
     )
     levels = image_levels(job, tiles, executor, height, width, tile)
-    from dataclasses import replace
-
     job = replace(job, stain=levels["stain"])
     if "white" in levels:
         job = replace(job, white=levels["white"], threshold=levels["threshold"])
