@@ -2,7 +2,7 @@
 
 The device tool carries at most 64 MiB, and the shared data's nucleus sets are ~90 MB of
 JPEG q95 4:4:4. Images are re-encoded at JPEG ``--quality`` (a little extra JPEG loss; note that
-the v3 recipe has no JPEG augmentation of its own); masks and points are copied as they are;
+the v3 recipe has no JPEG augmentation of its own, v4 has); masks and points are copied as they are;
 ``meta.json`` files too.
 
 Usage::

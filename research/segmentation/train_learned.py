@@ -331,6 +331,134 @@ def colour_jitter(x, gen, strong: bool = True):
     return x.clamp(0.0, 1.0)
 
 
+# --- JPEG compression (recipe v4) --------------------------------------------------------------
+
+#: The JPEG standard's example quantisation tables (ITU-T T.81 Annex K.1), luminance and
+#: chrominance, in row-major order of the 8x8 DCT coefficients.
+JPEG_LUMA = np.array(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ],
+    np.float32,
+)
+JPEG_CHROMA = np.full((8, 8), 99, np.float32)
+JPEG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
+
+
+def jpeg_tables(quality) -> tuple[np.ndarray, np.ndarray]:
+    """libjpeg's quality scaling of the standard tables (``jpeg_set_quality``, baseline).
+
+    Args:
+        quality: int or array of ints in 1..100.
+
+    Returns:
+        (luma, chroma): (..., 8, 8) float32 quantisation steps, as PIL / libjpeg write them.
+    """
+    q = np.clip(np.asarray(quality, np.int64), 1, 100)
+    scale = np.where(q < 50, 5000 // q, 200 - 2 * q)[..., None, None]
+
+    def one(base):
+        return np.clip((base.astype(np.int64) * scale + 50) // 100, 1, 255).astype(np.float32)
+
+    return one(JPEG_LUMA), one(JPEG_CHROMA)
+
+
+def _dct_matrix(device, dtype):
+    import torch
+
+    k = torch.arange(8, dtype=torch.float64)
+    c = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    c[0] /= math.sqrt(2)
+    return c.to(device, dtype)  # orthonormal DCT-II: coefficients = C @ block @ C.T
+
+
+def _quantise_blocks(plane, q, C):
+    """Round-trip one (B, H, W) plane (H, W multiples of 8, level-shifted) through the DCT."""
+    b, h, w = plane.shape
+    blk = plane.reshape(b, h // 8, 8, w // 8, 8).transpose(2, 3)  # (B, h/8, w/8, 8, 8)
+    coef = C @ blk @ C.T
+    q = q[:, None, None]
+    coef = (coef / q).round() * q
+    return (C.T @ coef @ C).transpose(2, 3).reshape(b, h, w)
+
+
+def jpeg_compress(x, quality):
+    """A simulation of a baseline JPEG round trip (PIL / libjpeg defaults).
+
+    RGB -> YCbCr (JFIF, full range), 4:2:0 chroma subsampling (2x2 means), 8x8 block DCT,
+    quantisation with the standard tables scaled for ``quality`` as libjpeg does, inverse DCT,
+    chroma upsampling as libjpeg's "fancy" (triangle, i.e. bilinear at half-pixel centres)
+    upsampling, YCbCr -> RGB, rounding to 8 bits. Sides that are not multiples of 16 are
+    padded (edge replicate) and cropped back.
+
+    Args:
+        x: (B, 3, H, W) float RGB in [0, 1].
+        quality: (B,) ints in 1..100 (one JPEG quality per image), or one int.
+
+    Returns:
+        (B, 3, H, W) float RGB in [0, 1], multiples of 1/255.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    b, _, h, w = x.shape
+    dev = x.device
+    dt = torch.float32
+    qual = np.broadcast_to(np.asarray(quality if np.ndim(quality) else [quality] * b), (b,))
+    ql, qc = (torch.from_numpy(t).to(dev, dt) for t in jpeg_tables(qual))
+    C = _dct_matrix(dev, dt)
+    ph, pw = (-h) % 16, (-w) % 16
+    v = torch.round(x.to(dt).clamp(0, 1) * 255.0)
+    if ph or pw:
+        v = F.pad(v, (0, pw, 0, ph), mode="replicate")
+    r, g, bl = v[:, 0], v[:, 1], v[:, 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * bl
+    cb = -0.168735892 * r - 0.331264108 * g + 0.5 * bl
+    cr = 0.5 * r - 0.418687589 * g - 0.081312411 * bl
+    chroma = F.avg_pool2d(torch.stack([cb, cr], 1), 2)  # (B, 2, H/2, W/2), centred at 0
+    y = _quantise_blocks(y - 128.0, ql, C) + 128.0
+    y = torch.round(y).clamp(0, 255)
+    cbcr = torch.stack([_quantise_blocks(chroma[:, i], qc, C) for i in range(2)], 1)
+    cbcr = torch.round(cbcr + 128.0).clamp(0, 255) - 128.0
+    cbcr = F.interpolate(cbcr, scale_factor=2, mode="bilinear", align_corners=False)
+    cb, cr = cbcr[:, 0], cbcr[:, 1]
+    rgb = torch.stack([y + 1.402 * cr, y - 0.344136286 * cb - 0.714136286 * cr, y + 1.772 * cb], 1)
+    rgb = torch.round(rgb).clamp(0, 255)[:, :, :h, :w] / 255.0
+    return rgb.to(x.dtype)
+
+
+def jpeg_augment(x, gen, p: float = 0.5, quality=(30, 95)):
+    """JPEG-compress a share ``p`` of the crops, each at a random quality in ``quality``.
+
+    Args:
+        x: (B, 3, H, W) float RGB in [0, 1].
+        gen: CPU ``torch.Generator``.
+        p: share of crops compressed.
+        quality: (lo, hi) inclusive range of JPEG qualities, drawn uniformly.
+
+    Returns:
+        (B, 3, H, W) float RGB in [0, 1].
+    """
+    import torch
+
+    b = x.shape[0]
+    pick = torch.rand(b, generator=gen) < p
+    q = torch.randint(quality[0], quality[1] + 1, (b,), generator=gen)
+    if not bool(pick.any()):
+        return x
+    i = torch.nonzero(pick).flatten()
+    out = x.clone()
+    out[i.to(x.device)] = jpeg_compress(x[i.to(x.device)], q[i].numpy())
+    return out
+
+
 # --- loss ------------------------------------------------------------------------------------
 
 
