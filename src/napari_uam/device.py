@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from .errors import DeviceError
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -42,8 +44,6 @@ def retry_smaller_on_oom(run, size: int, min_size: int, retry_message, fallback)
         retry_message: ``retry_message(size) -> str`` for the warning of each retry.
         fallback: ``fallback(size, error) -> result`` called after the last failure.
     """
-    import warnings
-
     import torch
 
     while True:

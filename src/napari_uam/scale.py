@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import validation  # the module: MAX_PIXELS is read at call time (tests lower it)
 from .errors import InvalidImageError
 
 #: Relative difference of pixel sizes under which no resampling is done.
@@ -58,8 +59,6 @@ def check_resample(shape, mpp: float, target_mpp: float, what: str = "the pipeli
     Warns:
         ResampleWarning: the enlargement exceeds :data:`SLOW_ENLARGE`.
     """
-    from . import validation  # read at call time: tests lower the limit
-
     factor = scale_factor(mpp, target_mpp)
     h, w = int(shape[0]), int(shape[1])
     oh, ow = resampled_shape(shape, factor)
@@ -118,8 +117,6 @@ def _check_output_size(shape, factor: float) -> None:
     guard for any path that did not (a 491x491 patch said to be at 20 um/px once asked for
     17 GiB here).
     """
-    from . import validation
-
     oh, ow = resampled_shape(shape, factor)
     if oh * ow > validation.MAX_PIXELS:
         raise InvalidImageError(

@@ -6,7 +6,10 @@ and what to do, so a widget can show it and a script can catch it.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from skimage.color import rgb2hed
 
 from .errors import InvalidImageError, InvalidLabelsError, NoNucleiError
 
@@ -200,10 +203,6 @@ def check_he_stain(rgb: np.ndarray) -> bool:
     Args:
         rgb: (H, W, 3) uint8 RGB.
     """
-    import warnings
-
-    from skimage.color import rgb2hed
-
     step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
     sample = rgb[::step, ::step]
     hed = rgb2hed(sample)

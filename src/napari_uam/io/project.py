@@ -27,8 +27,11 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import tifffile
 
+from ..annotation import counts
 from ..errors import UAMError
+from ..pixel_size import check_mpp
 
 FORMAT = "napari-uam/annotation-project"
 FORMAT_VERSION = 1
@@ -111,10 +114,6 @@ def save_project(
     Returns:
         The project folder.
     """
-    import tifffile
-
-    from ..annotation import counts
-
     folder = Path(folder)
     _check(image, labels, table, region)
     if folder.exists() and not overwrite:
@@ -195,8 +194,6 @@ def load_project(folder) -> Project:
         ProjectError: not a project, of an unknown format version, a file missing or
             the files disagreeing with each other.
     """
-    import tifffile
-
     folder = Path(folder)
     if not is_project(folder):
         raise ProjectError(f"{folder} is not a napari-uam annotation project (no {MANIFEST}).")
@@ -219,8 +216,6 @@ def load_project(folder) -> Project:
     for key in ("image", "labels", "table"):
         if not (folder / _FILES[key]).is_file():
             raise ProjectError(f"{folder} lacks {_FILES[key]}; the project is incomplete. Save it again.")
-    from ..pixel_size import check_mpp
-
     try:
         mpp = check_mpp(meta.get("mpp"))
     except UAMError as err:

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import tifffile
+from PIL import Image
 
+from .. import validation  # the module: MAX_PIXELS is read at call time (tests lower it)
 from ..errors import InvalidImageError
 from ..pixel_size import plausible
 
@@ -82,8 +85,6 @@ def _check_file_size(path: Path, shape) -> None:
         path: the file (for the message).
         shape: the stored array shape; a leading or trailing axis of 3 or 4 is channels.
     """
-    from .. import validation  # read at call time: tests lower the limit
-
     dims = [int(d) for d in shape]
     if len(dims) > 2 and dims[-1] in (3, 4):
         dims = dims[:-1]
@@ -115,8 +116,6 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
     name = path.name.lower()
     try:
         if name.endswith(TIFF_SUFFIXES):
-            import tifffile
-
             with tifffile.TiffFile(path) as tif:
                 level = largest_level(tif)
                 _check_file_size(path, level.shape)
@@ -124,8 +123,6 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
                 mpp = _mpp_from_tiff(tif)
             return channels_last(data), mpp
         if name.endswith(PIL_SUFFIXES):
-            from PIL import Image
-
             with Image.open(path) as im:
                 _check_file_size(path, (im.size[1], im.size[0]))
                 im.load()

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from ..errors import InvalidImageError
+from .reader import PIL_SUFFIXES, TIFF_SUFFIXES, _mpp_from_tiff, channels_last, is_channels_first, largest_level
 
 
 # --------------------------------------------------------------------------------- reading
@@ -23,14 +26,10 @@ def probe(path) -> tuple[int, int, Optional[float]]:
     Raises:
         InvalidImageError: the file cannot be opened as an image.
     """
-    from .reader import PIL_SUFFIXES, TIFF_SUFFIXES, _mpp_from_tiff, is_channels_first, largest_level
-
     path = Path(path)
     name = path.name.lower()
     try:
         if name.endswith(TIFF_SUFFIXES):
-            import tifffile
-
             with tifffile.TiffFile(path) as tif:
                 shape = largest_level(tif).shape
                 mpp = _mpp_from_tiff(tif)
@@ -39,8 +38,6 @@ def probe(path) -> tuple[int, int, Optional[float]]:
                 dims = dims[1:]
             return int(dims[0]), int(dims[1]), mpp
         if name.endswith(PIL_SUFFIXES):
-            from PIL import Image
-
             # Only the header is read; a file too large for Pillow's default limit is what the
             # tiled path is for, so the limit is lifted for this open alone.
             with _pil_pixel_limit_off(), Image.open(path) as im:
@@ -61,8 +58,6 @@ def _pil_pixel_limit_off():
     a process-wide setting, and leaving it off would let any later image opened in this
     process (napari, another plugin, a batch's next file) decode unchecked.
     """
-    from PIL import Image
-
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -74,14 +69,9 @@ def _pil_pixel_limit_off():
 @functools.lru_cache(maxsize=1)
 def _whole(path: str, mtime: int) -> np.ndarray:
     # PNG/JPEG and TIFF layouts without random access are decoded once per process.
-    import tifffile
-    from PIL import Image
-
     if path.lower().endswith((".png", ".jpg", ".jpeg")):
         with _pil_pixel_limit_off(), Image.open(path) as im:
             return np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im)
-    from .reader import channels_last, largest_level
-
     with tifffile.TiffFile(path) as tif:
         data = largest_level(tif).asarray()
     return channels_last(data)
@@ -113,10 +103,6 @@ class RegionReader:
 
 def _read_tiff_region(path: str, y0: int, y1: int, x0: int, x1: int) -> Optional[np.ndarray]:
     """Region of the first page of a TIFF, or None when its layout needs a whole read."""
-    import tifffile
-
-    from .reader import largest_level
-
     with tifffile.TiffFile(path) as tif:
         level = largest_level(tif)
         if len(level.pages) != 1 or level.pages[0] is None:

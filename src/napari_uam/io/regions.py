@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.measure import find_contours
 
 from .atomic import atomic_path
 
@@ -38,7 +39,7 @@ def _signed_area(ring: np.ndarray) -> float:
 
 
 def _ring(contour: np.ndarray, y0: int, x0: int, tolerance: float, ccw: bool) -> list[list[float]]:
-    from skimage.measure import approximate_polygon
+    from skimage.measure import approximate_polygon  # scipy.signal: ~0.5 s, off napari's reader import
 
     c = contour
     if tolerance > 0:
@@ -59,8 +60,6 @@ def mask_polygons(mask: np.ndarray, tolerance: float = SIMPLIFY_PX) -> list[list
 
     Parts are 4-connected (the marching squares' reading of diagonal touches), largest first.
     """
-    from skimage.measure import find_contours
-
     mask = np.asarray(mask) > 0
     parts, n = ndi.label(mask)
     out = []

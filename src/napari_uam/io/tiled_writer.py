@@ -11,6 +11,9 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import tifffile
+
+from .writers import CLASS_COLOURS, csv_safe
 
 
 def _load_kept(parts: Path, i: int, tile) -> np.ndarray:  # tile: a tiling.Tile (its .ext)
@@ -27,8 +30,6 @@ def _write_labels(path, tiles, parts, offsets, height, width, tile, n_cells, mpp
         Pixels claimed by two kept nuclei of different tiles (0 when the halo suffices; the
         first tile in row-major order keeps such a pixel).
     """
-    import tifffile
-
     gy = max(t.iy for t in tiles) + 1
     gx = max(t.ix for t in tiles) + 1
     dtype = np.uint16 if n_cells < 65536 else np.uint32
@@ -91,8 +92,6 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .writers import csv_safe
-
     writer = None
     csv = open(targets["csv"], "w") if "csv" in formats else None
     n_tumor = None
@@ -134,8 +133,6 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
 
 def _write_geojson(path, tiles, parts, offsets) -> None:
     """Stream the nuclei polygons (QuPath detections) of every tile into one GeoJSON file."""
-    from .writers import CLASS_COLOURS
-
     keep = ("label", "y", "x", "area_um2", "tumor_probability")
     with open(path, "w") as fh:
         fh.write('{"type": "FeatureCollection", "features": [')

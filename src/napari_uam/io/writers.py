@@ -14,7 +14,9 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import tifffile
 from scipy import ndimage as ndi
+from skimage.measure import find_contours
 
 from .atomic import atomic_path
 
@@ -79,8 +81,6 @@ def write_labels_tiff(labels: np.ndarray, path, overwrite: bool = False, mpp: Op
     The smallest unsigned integer type holding the ids is used (uint8 for masks, uint16 for
     most label images) so that ImageJ/QuPath open it; ``mpp`` is stored as resolution in cm.
     """
-    import tifffile
-
     arr = np.asarray(labels)
     top = int(arr.max()) if arr.size else 0
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
@@ -106,8 +106,6 @@ def label_polygons(labels: np.ndarray) -> dict[int, list[list[float]]]:
     nucleus mask), so a polygon encloses its pixel centres; the longest contour is kept
     when a nucleus has holes or several parts.
     """
-    from skimage.measure import find_contours
-
     out: dict[int, list[list[float]]] = {}
     for idx, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:

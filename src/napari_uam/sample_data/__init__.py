@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 SAMPLE_PATH = Path(__file__).with_name("brca_m2c_TCGA-A8-A082.jpg")
 #: Microns per pixel of the sample (BRCA-M2C fields are 20x).
@@ -13,8 +14,6 @@ SAMPLE_MPP = 0.5
 
 def sample_image() -> np.ndarray:
     """The sample patch as an (H, W, 3) uint8 RGB array."""
-    from PIL import Image
-
     with Image.open(SAMPLE_PATH) as im:
         return np.asarray(im.convert("RGB"))
 
