@@ -166,14 +166,10 @@ def _compute(job: _Job, cancelled, emit):
         progress=report,
         cancel=cancelled,
     )
-    while True:
-        try:
-            stage, st = next(stages)
-        except StopIteration as done:
-            st = done.value
-            break
-        yield (stage, 1.0)
-        checkpoint()
+    for stage, st in stages:
+        if stage != pipeline.DONE:
+            yield (stage, 1.0)
+            checkpoint()
     labels, table = st.labels, st.table
     out.ran = list(st.ran)
     if "segment" in st.ran:
