@@ -22,13 +22,21 @@ filters nuclei under its minimum area, so this only concerns synthetic or sliver
 
 from __future__ import annotations
 
-import numpy as np
+import warnings
 
-from ..device import resolve_device
+import numpy as np
+import pandas as pd
+from skimage.segmentation import expand_labels
+
+from ..device import resolve_device, retry_smaller_on_oom
 from ..errors import UAMError
 from ..errors import raise_if_cancelled as check_cancel
+from ..segment.metrics import centroids
 from ..validation import as_labels, as_rgb_uint8
+from .context import context_features
+from .pyradiomics_backend import extract_pyradiomics
 from .schema import DEFAULT_SCHEMA, FeatureSchema, get_schema
+from .stain_norm import estimate_stains, normalise_stain
 
 __all__ = ["extract", "extract_many", "FeatureSchema", "DEFAULT_SCHEMA", "get_schema"]
 
@@ -36,8 +44,6 @@ BACKENDS = ("auto", "fast", "pyradiomics")
 
 
 def _frame(ids: np.ndarray, values: np.ndarray, schema: FeatureSchema):
-    import pandas as pd
-
     index = pd.Index(np.asarray(ids, dtype=np.int64), name="label")
     df = pd.DataFrame(np.asarray(values, dtype=np.float64), index=index, columns=list(schema.feature_names))
     df.attrs["schema_id"] = schema.schema_id
@@ -62,13 +68,10 @@ def _run_engine(images, labels, schema: FeatureSchema, engine: str, progress=Non
     to :data:`MIN_OOM_CHUNK_PIXELS`, then the NumPy engine runs the whole batch on the CPU.
     Each step issues a ``RuntimeWarning`` saying so. The NumPy engine is run as is.
     """
-    import warnings
-
     from .fast_backend import _CHUNK_PIXELS, extract_batch
 
     if engine == "numpy":
         return extract_batch(images, labels, schema, engine, progress, cancel=cancel)
-    from ..device import retry_smaller_on_oom
 
     def on_cpu(chunk, _err):
         warnings.warn(
@@ -94,7 +97,6 @@ def _base_values(img, lab, schema: FeatureSchema, backend: str, device: str, pro
     if not np.any(lab > 0):
         return np.empty(0, np.int64), np.empty((0, schema.n_features))
     if backend == "pyradiomics":
-        from .pyradiomics_backend import extract_pyradiomics
 
         def tick(fraction):  # pyradiomics reports per cell: poll the cancel there
             check_cancel(cancel)
@@ -129,8 +131,6 @@ def ring_labels(labels: np.ndarray, ring_px: int, cancel=None) -> np.ndarray:
     pixels, more than any pixel within reach of the tile needs), polling ``cancel`` between
     tiles: the same labels as growing the whole image at once (tested), in less time.
     """
-    from skimage.segmentation import expand_labels
-
     lab = np.asarray(labels)
     d = max(1, int(ring_px))
     margin, tile = 2 * d + 2, RING_TILE_PX
@@ -154,8 +154,6 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
     one of its tiles); None estimates it from ``img``. ``progress`` covers every view (each
     engine run gets its share of [0, 1]); ``cancel`` is polled inside each engine run (between
     chunks of cells) and between the steps."""
-    import pandas as pd
-
     base = schema.base
     views = 1 + (schema.normalised_view is not None) + (schema.ring_view is not None)
     share = [(k / views, (k + 1) / views) for k in range(views)]
@@ -167,8 +165,6 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
     source = img
     step = 1
     if schema.normalised_view is not None:
-        from .stain_norm import estimate_stains, normalise_stain
-
         check_cancel(cancel)
         estimate = stain if stain is not None else estimate_stains(img)
         check_cancel(cancel)
@@ -191,9 +187,6 @@ def _measure(img, lab, schema: FeatureSchema, backend: str, device: str, progres
     check_cancel(cancel)
     out = pd.concat(parts, axis=1)
     if schema.context:
-        from ..segment.metrics import centroids
-        from .context import context_features
-
         # Rows of ``out`` are the labels present, in increasing order: centroids() gives that order.
         cents = centroids(lab) * schema.mpp
         check_cancel(cancel)

@@ -6,6 +6,7 @@ padded by one background pixel on every side, so that every 8-neighbour lookup i
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -93,10 +94,6 @@ def shape_features(xp, lab, pix, cell, n_cells, width, spacing):
 
 
 def _errstate(xp):
-    import contextlib
-
-    import numpy as np
-
     return np.errstate(divide="ignore", invalid="ignore") if xp.name == "numpy" else contextlib.nullcontext()
 
 

@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 #: Neighbours averaged per nucleus.
 K = 8
@@ -66,8 +67,6 @@ def context_features(centroids_um: np.ndarray, table: pd.DataFrame, schema) -> p
     Returns:
         DataFrame (n, len(context_names(schema))) float64 with ``table``'s index.
     """
-    from scipy.spatial import cKDTree
-
     names = context_names(schema)
     base = _base_present(schema)
     n = len(table)

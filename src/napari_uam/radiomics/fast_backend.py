@@ -34,7 +34,12 @@ already on the device (no upload).
 
 from __future__ import annotations
 
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from skimage.measure import label
 
 from ..errors import raise_if_cancelled as check_cancel
 from . import _cuda, _numba, _shape, _texture
@@ -61,8 +66,6 @@ def _timed_chunks(starts, n_cells, most, seconds=CHUNK_SECONDS):
     that it takes about ``seconds`` at the pace measured so far, never above ``most`` cell
     pixels (the memory bound) and always at least one cell.
     """
-    import time
-
     budget, c0 = min(most, _FIRST_CHUNK_PIXELS), 0
     while c0 < n_cells:
         c1 = int(np.searchsorted(starts, starts[c0] + budget, side="right")) - 1
@@ -244,9 +247,6 @@ def _copy_pool():
     """A small shared thread pool for the host-side batch copies (created on first use; its
     size is ``_POOL[1]``)."""
     if not _POOL:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
         n = max(1, min(8, (os.cpu_count() or 2) // 2))
         _POOL.extend([ThreadPoolExecutor(max_workers=n), n])
     return _POOL[0]
@@ -327,8 +327,6 @@ def _img(xp, a):
 
 def _zones_numpy(key_img):
     """8-connected components of equal non-zero keys, per patch; (B, Hp, Wp) ids from 1."""
-    from skimage.measure import label
-
     if key_img.shape[0] == 1:
         return label(key_img[0], connectivity=2, background=0)[None]
     out = np.zeros(key_img.shape, dtype=np.int64)

@@ -18,6 +18,7 @@ import logging
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .schema import FeatureSchema, to_channel
 
@@ -60,8 +61,6 @@ def _feature_classes():
 
 def crop_boxes(labels: np.ndarray, ids: np.ndarray, margin: int = MARGIN) -> np.ndarray:
     """Bounding boxes (n, 4) = (y0, y1, x0, x1), half-open, grown by ``margin``, clipped."""
-    from scipy import ndimage as ndi
-
     slices = ndi.find_objects(labels)
     h, w = labels.shape
     out = np.empty((len(ids), 4), dtype=np.int64)

@@ -18,7 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..errors import UAMError
+from ..errors import SchemaMismatchError, UAMError
+from .context import context_names
 
 #: pyradiomics' 2-D shape features (deprecated SphericalDisproportion left out), in order.
 SHAPE_FEATURES = (
@@ -243,8 +244,6 @@ class FeatureSchema:
         for ch in self.ring_channels:
             names += [f"ring_{ch}_firstorder_{f}" for f in fams.get("firstorder", FAMILY_FEATURES["firstorder"])]
         if self.context:
-            from .context import context_names
-
             names += list(context_names(self))
         return tuple(names)
 
@@ -315,8 +314,6 @@ def get_schema(schema_id: str | FeatureSchema | None = None) -> FeatureSchema:
     Raises:
         SchemaMismatchError: for an id this version of napari-uam does not know.
     """
-    from ..errors import SchemaMismatchError
-
     if schema_id is None:
         return DEFAULT_SCHEMA
     if isinstance(schema_id, FeatureSchema):

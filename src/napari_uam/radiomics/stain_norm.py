@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import raise_if_cancelled
 from .schema import _od
 
 #: A pixel is tissue when its OD exceeds this in at least one channel (Macenko's beta).
@@ -119,8 +120,6 @@ def normalise_stain(rgb: np.ndarray, estimate: StainEstimate | None = None, canc
     without a usable estimate is returned unchanged. ``cancel() -> bool`` (optional) is polled
     between row blocks (:class:`~napari_uam.errors.CancelledError`).
     """
-    from ..errors import raise_if_cancelled
-
     est = estimate if estimate is not None else estimate_stains(rgb)
     if not est.ok:
         return rgb

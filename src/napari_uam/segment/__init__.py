@@ -12,12 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..errors import UAMError
+from ..errors import CancelledError, UAMError
 from ..pixel_size import check_mpp
 from ..validation import as_rgb_uint8
 from .watershed import WatershedParams, segment_watershed
@@ -121,8 +123,6 @@ register_backend(
 
 def _accepts_device(fn, name: str = "device") -> bool:
     """Whether a backend function takes keyword ``name`` (``device``: networks do, the watershed not)."""
-    import inspect
-
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -229,8 +229,6 @@ def segment(
     if cancel is not None and _accepts_device(run, "cancel"):
         params = {**params, "cancel": cancel}
     if backend == "auto" and name == "watershed" and "learned" in _BACKENDS:
-        import warnings
-
         why = backend_unavailable_reason("learned") or "not validated at this pixel size"
         warnings.warn(
             f"The learned nuclei segmenter is not available ({why}); the classical watershed "
@@ -240,8 +238,6 @@ def segment(
         )
     labels = np.asarray(run(rgb, mpp, progress=progress, **params))
     if cancel is not None and cancel():
-        from ..errors import CancelledError
-
         raise CancelledError("Segmentation cancelled; no result was produced.")
     if labels.shape != rgb.shape[:2]:
         raise UAMError(f"Backend {name!r} returned labels of shape {labels.shape} for an image of {rgb.shape[:2]}.")

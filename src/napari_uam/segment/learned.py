@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..device import resolve_device
 from ..errors import CancelledError, UAMError
 from ..scale import rescale_image, resize_labels, scale_factor
 from .postprocess import PostParams, instances
@@ -293,8 +294,6 @@ def segment_learned(
     Returns:
         (H, W) int32 labels at the input's resolution, 0 background, ids 1..N.
     """
-    from ..device import resolve_device
-
     device = resolve_device(device)
     model, ckpt = _model(device)
     post = PostParams.from_kwargs(PostParams.from_kwargs(**ckpt.get("postprocess", {})), **params)

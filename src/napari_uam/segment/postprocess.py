@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
-from ..errors import UAMError
+from ..errors import CancelledError, UAMError
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,6 @@ def instances(maps: np.ndarray, mpp: float, params: PostParams | None = None, ca
     Returns:
         (H, W) int32 labels, 0 background, ids 1..N.
     """
-    from ..errors import CancelledError
 
     def check():
         if cancel is not None and cancel():

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 #: Names of the output channels, in order.
 OUTPUTS = ("fg", "h", "v", "dist")
@@ -137,8 +138,6 @@ def fold_batchnorm(model: NucleiUNet) -> NucleiUNet:
     Returns:
         The same model, with each ``ConvBlock.bn*`` replaced by ``nn.Identity``.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     for block in model.modules():
         if isinstance(block, ConvBlock) and isinstance(block.bn1, nn.BatchNorm2d):
             block.conv1 = fuse_conv_bn_eval(block.conv1, block.bn1)

@@ -30,7 +30,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 from skimage.segmentation import relabel_sequential, watershed
 
-from ..errors import UAMError
+from ..errors import CancelledError, UAMError
 from .stain import hematoxylin
 
 
@@ -203,8 +203,6 @@ def segment_watershed(
     Returns:
         (H, W) int32 instance labels, 0 background, ids 1..N.
     """
-    from ..errors import CancelledError
-
     params = params or WatershedParams()
     quiet = progress or (lambda f, m: None)
 
