@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NAPARI_UAM_DATA", REPO.parent / "shared" / "data"))
@@ -40,3 +42,16 @@ def brca_dir() -> Path:
 @pytest.fixture(scope="session")
 def regions_dir() -> Path:
     return _need("regions")
+
+
+@pytest.fixture(scope="session")
+def consep_mosaic(consep_dir):
+    """``make(ids, crop, per_row=2)``: real CoNSeP training fields (40x, 0.25 um/px) cropped to
+    ``crop`` x ``crop`` and laid out ``per_row`` to a row: the large images of the tiled tests."""
+
+    def make(ids, crop: int, per_row: int = 2) -> np.ndarray:
+        ims = [np.asarray(Image.open(consep_dir / f"train_{i}.jpg").convert("RGB"))[:crop, :crop] for i in ids]
+        rows = [np.concatenate(ims[k : k + per_row], axis=1) for k in range(0, len(ims), per_row)]
+        return np.ascontiguousarray(np.concatenate(rows, axis=0))
+
+    return make

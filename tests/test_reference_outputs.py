@@ -24,7 +24,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import tifffile
-from PIL import Image
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "outputs.json"
 WRITE = os.environ.get("NAPARI_UAM_WRITE_REFERENCE") == "1"
@@ -102,11 +101,9 @@ def test_cli_sample_outputs_match_the_reference(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiled_mosaic_outputs_match_the_reference(tmp_path, consep_dir):
+def test_tiled_mosaic_outputs_match_the_reference(tmp_path, consep_mosaic):
     """A 4096 x 4096 mosaic of 16 real CoNSeP fields through the tiled path (tiles of 1024)."""
-    fields = [np.asarray(Image.open(consep_dir / f"train_{i}.jpg").convert("RGB"))[:1000, :1000] for i in range(1, 17)]
-    rows = [np.concatenate(fields[k : k + 4], axis=1) for k in range(0, 16, 4)]
-    mosaic = np.pad(np.concatenate(rows, axis=0), ((48, 48), (48, 48), (0, 0)), mode="reflect")
+    mosaic = np.pad(consep_mosaic(range(1, 17), 1000, per_row=4), ((48, 48), (48, 48), (0, 0)), mode="reflect")
     assert mosaic.shape == (4096, 4096, 3)
     folder = tmp_path / "in"
     folder.mkdir()

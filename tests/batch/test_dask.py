@@ -29,13 +29,12 @@ def _tiff(path, rgb, mpp):
 
 
 @pytest.fixture
-def folder(tmp_path, brca_dir, consep_dir):
+def folder(tmp_path, brca_dir, consep_mosaic):
     d = tmp_path / "in"
     d.mkdir()
     for p in sorted((brca_dir / "val").glob("*.jpg"), key=lambda p: p.stat().st_size)[:2]:
         _tiff(d / f"{batch.image_stem(p)}.tif", np.asarray(Image.open(p).convert("RGB")), 0.5)
-    ims = [np.asarray(Image.open(consep_dir / f"train_{i}.jpg").convert("RGB"))[:500, :500] for i in (9, 10)]
-    _tiff(d / "mosaic.tif", np.concatenate(ims, axis=1), 0.25)
+    _tiff(d / "mosaic.tif", consep_mosaic((9, 10), 500), 0.25)
     return d
 
 

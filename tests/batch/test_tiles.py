@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from PIL import Image
 
 from napari_uam import batch, pipeline
 from napari_uam.batch import tiles
@@ -21,13 +20,6 @@ from napari_uam.cli import main
 from napari_uam.segment import segment
 
 MPP = 0.25  # CoNSeP
-
-
-def _mosaic(consep_dir, ids, crop):
-    """Real CoNSeP fields cropped to ``crop`` and laid side by side (one row per pair)."""
-    ims = [np.asarray(Image.open(consep_dir / f"train_{i}.jpg").convert("RGB"))[:crop, :crop] for i in ids]
-    rows = [np.concatenate(ims[k : k + 2], axis=1) for k in range(0, len(ims), 2)]
-    return np.ascontiguousarray(np.concatenate(rows, axis=0))
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> dict:
@@ -57,8 +49,8 @@ def _run(path, stage_dir, stem, backend, tile, command="measure", formats=("tif"
     )
 
 
-def test_region_reader_reads_what_the_file_holds(tmp_path, consep_dir):
-    img = _mosaic(consep_dir, [1, 2], 300)
+def test_region_reader_reads_what_the_file_holds(tmp_path, consep_mosaic):
+    img = consep_mosaic([1, 2], 300)
     for name, kw in {
         "plain.tif": {},
         "tiled.tif": {"tile": (64, 64), "compression": "zlib"},
@@ -71,8 +63,8 @@ def test_region_reader_reads_what_the_file_holds(tmp_path, consep_dir):
     assert tiles.probe(tmp_path / "tiled.tif")[:2] == (300, 600)
 
 
-def test_watershed_tiled_equals_one_piece(tmp_path, consep_dir):
-    img = _mosaic(consep_dir, [1, 2, 3, 4], 700)  # 1400 x 1400, 16 tiles of 352 + halo 192
+def test_watershed_tiled_equals_one_piece(tmp_path, consep_mosaic):
+    img = consep_mosaic([1, 2, 3, 4], 700)  # 1400 x 1400, 16 tiles of 352 + halo 192
     path = tmp_path / "mosaic.tif"
     tifffile.imwrite(path, img, tile=(256, 256), compression="zlib")
     res = _run(path, tmp_path / "stage", "mosaic", "watershed", tile=352)
@@ -108,13 +100,13 @@ def test_watershed_tiled_equals_one_piece(tmp_path, consep_dir):
     assert sorted(f["properties"]["measurements"]["label"] for f in gj["features"]) == sorted(table.index)
 
 
-def test_learned_tiled_equals_one_piece(tmp_path, consep_dir):
+def test_learned_tiled_equals_one_piece(tmp_path, consep_mosaic):
     pytest.importorskip("torch")
     from napari_uam.segment import available_backends
 
     if "learned" not in available_backends():
         pytest.skip("learned segmentation weights not available")
-    img = _mosaic(consep_dir, [5, 6], 560)  # 560 x 1120: 2 x 4 tiles of 288 + halo 192
+    img = consep_mosaic([5, 6], 560)  # 560 x 1120: 2 x 4 tiles of 288 + halo 192
     path = tmp_path / "mosaic.tif"
     tifffile.imwrite(path, img)  # uncompressed: read through a memory map
     res = _run(path, tmp_path / "stage", "mosaic", "learned", tile=288, command="segment", formats=("tif",))
@@ -124,8 +116,8 @@ def test_learned_tiled_equals_one_piece(tmp_path, consep_dir):
     assert cmp["n_a"] > 200
 
 
-def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, consep_dir, monkeypatch):
-    img = _mosaic(consep_dir, [7, 8], 640)
+def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, consep_mosaic, monkeypatch):
+    img = consep_mosaic([7, 8], 640)
     folder = tmp_path / "in"
     folder.mkdir()
     tifffile.imwrite(
@@ -179,14 +171,14 @@ def test_cli_tiles_large_images_and_a_stopped_run_leaves_nothing(tmp_path, conse
     assert json.loads((out / batch.MANIFEST_NAME).read_text())["images"][0]["status"] == "skipped"
 
 
-def test_tiled_image_is_judged_for_domain_like_a_whole_one(tmp_path, consep_dir):
+def test_tiled_image_is_judged_for_domain_like_a_whole_one(tmp_path, consep_mosaic):
     """The trust check ran only on images processed in one piece: a tiled image came back with
     no ``domain`` at all, so a slide from a hospital the model never saw got confident calls
     and no warning. Now the tiles' mean features give the same check as the whole image."""
     import subprocess
     import sys
 
-    img = _mosaic(consep_dir, [7, 8], 640)
+    img = consep_mosaic([7, 8], 640)
     odd = np.ascontiguousarray(img[..., [2, 0, 1]])  # a stain no hospital uses, same tissue
     folder = tmp_path / "in"
     folder.mkdir()
