@@ -20,8 +20,11 @@ from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .pixel_size import DEFAULT_MPP
+from .tumor import cells_in_mask
 
 TUMOR = "tumor"
 NON_TUMOR = "non-tumor"
@@ -83,8 +86,6 @@ def with_annotation_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 def centroids(labels: np.ndarray, ids: Optional[Iterable[int]] = None) -> pd.DataFrame:
     """(y, x) centroid in pixels of each label id (all non-zero ids by default)."""
-    from scipy import ndimage
-
     labels = np.asarray(labels)
     if ids is None:
         ids = np.unique(labels)
@@ -159,8 +160,6 @@ def classes_from_mask(labels: np.ndarray, mask: np.ndarray) -> pd.Series:
     Raises:
         ValueError: the mask does not have the labels' shape.
     """
-    from .tumor import cells_in_mask
-
     if np.shape(mask) != np.shape(labels):
         raise ValueError(
             f"The region mask is {np.shape(mask)} pixels but the nuclei are {np.shape(labels)}; "
@@ -190,8 +189,6 @@ def classes_from_points(
         Series label -> class for the nuclei that a point marks (a nucleus marked by several
         points takes the first one's class).
     """
-    from scipy.spatial import cKDTree
-
     labels = np.asarray(labels)
     pts = np.asarray(points_yx, dtype=float).reshape(-1, 2)
     classes = [TUMOR] * len(pts) if point_classes is None else [class_of(c) for c in point_classes]

@@ -32,7 +32,9 @@ import pandas as pd
 
 from .classify.cache import weights_cache
 from .classify.checkpoint import CellClassifier, _plain, _versions, file_sha256, load_checkpoint_dict
+from .device import resolve_device
 from .errors import CheckpointError, InvalidLabelsError, WeightsNotFoundError
+from .validation import as_rgb_uint8
 
 FORMAT = "napari-uam/tumor-mask"
 FORMAT_VERSION = 1
@@ -145,7 +147,6 @@ class TumorMaskModel:
     """
 
     def __init__(self, ckpt: dict, device: str = "auto", backend: str | None = None, path=None):
-        from .device import resolve_device
         from .models.multimodal import TumorRegionNet
         from .models.ssm import set_ssm_backend
 
@@ -194,8 +195,6 @@ class TumorMaskModel:
         Returns:
             (H, W) float32 probabilities in [0, 1].
         """
-        from .validation import as_rgb_uint8
-
         rgb = as_rgb_uint8(image)
         if self.uses_cells and cell_vectors is None:
             cell_vectors, cell_yx = self.cell_inputs(table)
@@ -256,8 +255,6 @@ def load_tumor_model(path=None, device: str = "auto") -> TumorMaskModel:
         WeightsNotFoundError: no path given and no shipped weights.
         CheckpointError: damaged or foreign file.
     """
-    from .device import resolve_device
-
     if path is None:
         path = default_tumor_weights_path()
         if not path.is_file():

@@ -52,7 +52,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
+from ..device import resolve_device, retry_smaller_on_oom
+from ..domain import DomainModel
 from ..errors import CheckpointError, SchemaMismatchError, WeightsNotFoundError
+from ..radiomics.schema import CLASSIFIER_SCHEMAS, schema_serves
 from .normalize import Normalizer
 
 FORMAT = "napari-uam/cell-classifier"
@@ -100,8 +104,6 @@ def file_identity(path: str | os.PathLike) -> tuple[int, int, str] | None:
 
 def _versions() -> dict:
     import torch
-
-    from .. import __version__
 
     return {"napari_uam": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
 
@@ -386,8 +388,6 @@ class CellClassifier:
     """
 
     def __init__(self, ckpt: dict, device: str = "auto", path=None, sha256=None, backend=None):
-        from ..device import resolve_device
-
         self.device = resolve_device(device)
         self.model = build_from_checkpoint(ckpt, backend=backend).to(self.device)
         self.normalizer = Normalizer.from_dict(ckpt["normalization"])
@@ -406,8 +406,6 @@ class CellClassifier:
                 f"Checkpoint {self.model_id!r} has an invalid calibration temperature {temperature!r}."
             )
         self.temperature = temperature
-        from ..domain import DomainModel
-
         self.domain = DomainModel.from_dict(ckpt["domain"]) if ckpt.get("domain") else None
 
     def check_domain(self, features, stain: dict | None):
@@ -431,8 +429,6 @@ class CellClassifier:
             SchemaMismatchError: missing or extra feature columns, or a table tagged with
                 another schema id (``features.attrs["schema_id"]``).
         """
-        from ..radiomics.schema import schema_serves
-
         cols = [str(c) for c in features.columns]
         table_schema = getattr(features, "attrs", {}).get("schema_id")
         missing = [f for f in self.feature_names if f not in set(cols)]
@@ -480,7 +476,6 @@ class CellClassifier:
         x = self.normalizer.transform(self.check_features(features))
         if batch_size is None:
             batch_size = 65536 if self.device.startswith("cuda") else 1024
-        from ..device import retry_smaller_on_oom
 
         def retry_message(size):
             return f"{self.device} ran out of memory classifying {len(x)} cells; retrying with batches of {size} cells."
@@ -550,8 +545,6 @@ def load_classifier(
                 "file (Model: in the dock, --model on the command line)."
             )
     ckpt = read_checkpoint(path)
-    from ..radiomics.schema import CLASSIFIER_SCHEMAS
-
     if ckpt["schema_id"] not in CLASSIFIER_SCHEMAS:
         raise SchemaMismatchError(
             f"{path} was trained on feature schema {ckpt['schema_id']!r}, which this napari-uam no "

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .moe import MoE
+
 
 class RadiomicsTokenizer(nn.Module):
     """Eq. 1 of the UAM paper: a cell's F features as a sequence of l tokens, linearly embedded.
@@ -135,8 +137,6 @@ class CellClassifierNet(nn.Module):
         self.aux_loss = torch.zeros(())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .moe import MoE  # noqa: PLC0415  (moe imports layers)
-
         h = self.tokenizer(x)
         for block in self.blocks:
             h = block(h)

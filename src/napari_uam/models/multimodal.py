@@ -24,6 +24,7 @@ Shapes (working resolution, H and W multiples of 32):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -170,7 +171,7 @@ def joint_loss(
     return loss
 
 
-def uam_cell_inputs(classifier, features) -> "np.ndarray":  # noqa: F821
+def uam_cell_inputs(classifier, features) -> np.ndarray:
     """UAM cell vectors for the multimodal model: the pooled UAM embedding (the input of the
     classifier's linear head) and the UAM tumor probability.
 
@@ -181,8 +182,6 @@ def uam_cell_inputs(classifier, features) -> "np.ndarray":  # noqa: F821
     Returns:
         (n_cells, d_model + 1) float32.
     """
-    import numpy as np
-
     x = classifier.normalizer.transform(classifier.check_features(features))
     model = classifier.model
     out = np.zeros((len(x), model.head.in_features + 1), dtype=np.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 #: Fewest validation cells for a fitted temperature.
 MIN_CELLS = 100
@@ -90,8 +91,6 @@ def fit_temperature(
         "nll_before", "nll_after", "ece_before", "ece_after"}``; ``temperature`` is 1.0 and
         ``reason`` says why when the validation set is too small, else ``reason`` is None.
     """
-    from scipy.optimize import minimize_scalar
-
     logits = np.asarray(logits, np.float64)
     y = np.asarray(y, np.int64)
     counts = np.bincount(y, minlength=len(class_names)) if len(y) else np.zeros(len(class_names), np.int64)

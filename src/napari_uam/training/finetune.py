@@ -43,7 +43,24 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from .. import pipeline
+from ..annotation import TUMOR, UNLABELLED, class_of, with_annotation_columns
+from ..classify.checkpoint import (
+    build_from_checkpoint,
+    default_weights_path,
+    file_sha256,
+    read_checkpoint,
+    save_checkpoint,
+)
+from ..classify.normalize import Normalizer
+from ..device import resolve_device
+from ..domain import MIN_CELLS, STAIN_COLUMNS, DomainModel, stain_from_values, stain_vector
 from ..errors import CancelledError, CheckpointError, SchemaMismatchError, UAMError
+from ..io.project import find_projects, load_project
+from ..radiomics import DEFAULT_SCHEMA
+from ..radiomics.schema import CLASSIFIER_SCHEMAS
+from .calibration import describe, fit_temperature, model_logits
+from .splits import CLASS_NAMES, TUMOR_CLASS, group_split
 
 #: Starting points besides a checkpoint path.
 INIT_DEFAULT = "default"
@@ -164,15 +181,10 @@ def cells_from_annotation(
         One row per labelled nucleus: ``image, label, class, target`` then the features;
         unlabelled nuclei are left out.
     """
-    from .. import pipeline
-    from ..annotation import TUMOR, UNLABELLED, with_annotation_columns
-
     ann = with_annotation_columns(table)[["label", "class"]]
     ann = ann[ann["class"] != UNLABELLED]
     if ann.empty:
         return pd.DataFrame(columns=["image", "label", "class", "target"])
-    from ..domain import STAIN_COLUMNS, stain_vector
-
     feats = pipeline.measure_cells(image, labels, mpp, device=device, cancel=cancel)
     stain = feats.attrs.get("stain")
     feats = feats.drop(columns=[c for c in ("y", "x", "area_um2") if c in feats.columns])
@@ -191,8 +203,6 @@ def cells_from_projects(
     paths: Iterable, device: str = "cpu", cancel=None, log: Callable[[str], None] = lambda s: None
 ) -> pd.DataFrame:
     """Training cells of every project folder under ``paths`` (see :func:`~napari_uam.io.project.find_projects`)."""
-    from ..io.project import find_projects, load_project
-
     parts = []
     for path in paths:
         for folder in find_projects(path):
@@ -205,8 +215,6 @@ def cells_from_projects(
 
 def cells_from_table(path, split: Optional[str] = None) -> pd.DataFrame:
     """Training cells from a cell-table parquet (``image`` and ``target`` or ``class`` columns)."""
-    from ..annotation import TUMOR, class_of
-
     table = pd.read_parquet(path)
     if split is not None and "split" in table.columns:
         table = table[table["split"] == split]
@@ -238,7 +246,6 @@ def _summary(df: pd.DataFrame) -> dict:
 def _start(config: FinetuneConfig, n_features: int):
     """(model, checkpoint dict or None, init description) of the starting point."""
     from ..models import build_model
-    from ..classify.checkpoint import default_weights_path, file_sha256, read_checkpoint
 
     init = str(config.init)
     if init == INIT_SCRATCH:
@@ -248,11 +255,7 @@ def _start(config: FinetuneConfig, n_features: int):
         raise CheckpointError(
             f"The shipped weights are not installed ({path}); start from scratch or a checkpoint file."
         )
-    from ..classify.checkpoint import build_from_checkpoint
-
     ckpt = read_checkpoint(path)
-    from ..radiomics.schema import CLASSIFIER_SCHEMAS
-
     if ckpt["schema_id"] not in CLASSIFIER_SCHEMAS:
         raise SchemaMismatchError(
             f"{path} was trained on feature schema {ckpt['schema_id']!r}, which this napari-uam no longer "
@@ -293,11 +296,7 @@ def finetune(
     import torch
     import torch.nn.functional as F
 
-    from ..device import resolve_device
-    from ..radiomics import DEFAULT_SCHEMA
     from .metrics import classification_metrics
-    from ..classify.normalize import Normalizer
-    from .splits import CLASS_NAMES, TUMOR_CLASS, group_split
     from .trainer import predict_proba, set_seed
 
     if cells is None or len(cells) == 0:
@@ -413,8 +412,6 @@ def finetune(
                 if config.patience and bad >= config.patience:
                     break
         model.load_state_dict(best_state)
-        from .calibration import fit_temperature, model_logits
-
         calibration = fit_temperature(
             model_logits(model, x_va, device), y_va, classes, tumor,
             why_none="no validation cells (validation share 0, or a single annotated image)",
@@ -448,8 +445,6 @@ def trust_model(ckpt: Optional[dict], init: dict, cells: pd.DataFrame, x: np.nda
     Returns:
         (:class:`~napari_uam.domain.DomainModel` or None, record for the checkpoint).
     """
-    from ..domain import MIN_CELLS, STAIN_COLUMNS, DomainModel, stain_from_values
-
     if ckpt is None:
         return None, {"reason": "trained from scratch: there are no base training statistics to judge new images by"}
     if not ckpt.get("domain"):
@@ -583,8 +578,6 @@ def trust_card_lines(card: dict) -> list:
 
 
 def _is_shipped(path: Path) -> bool:
-    from ..classify.checkpoint import default_weights_path
-
     weights_dir = default_weights_path().parent.resolve()
     return path.resolve().parent == weights_dir
 
@@ -603,8 +596,6 @@ def save_finetuned(
         CheckpointError: ``path`` is in the shipped weights folder (never replaced).
         FileExistsError: ``path`` or its card exists and ``overwrite`` is False.
     """
-    from ..classify.checkpoint import read_checkpoint, save_checkpoint
-
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):
         path = path.with_suffix(".pt")
@@ -711,8 +702,6 @@ def run_cli(a) -> int:
     ckpt, card = save_finetuned(result, out, overwrite=a.overwrite)
     vm = result.val_metrics
     acc = f", validation accuracy {vm['accuracy']:.3f}" if vm else ""
-    from .calibration import describe
-
     say(f"kept epoch {result.best_epoch}{acc}; wrote {ckpt} and {card}")
     say(describe(result.calibration))
     say(trust_sentence(result))
