@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import UAMError
+from .io.atomic import atomic_path
+from .pipeline import BASE_COLUMNS, CLASS_COLUMNS, get_classifier
 
 #: Columns of a cell table that are neither features nor ground truth.
 META_COLUMNS = {"dataset", "split", "image", "patient", "cell_class", "index"}
@@ -74,7 +76,6 @@ def evaluate_tables(model, tables: Sequence, target: str = "target", device: str
     """
     from sklearn.metrics import confusion_matrix
 
-    from .pipeline import BASE_COLUMNS, CLASS_COLUMNS, get_classifier
     from .training.metrics import classification_metrics
 
     clf = get_classifier(None if model in (None, "default") else model, device)
@@ -149,8 +150,6 @@ def add_evaluate_parser(sub) -> None:
 
 def run_cli(args) -> int:
     """Run ``napari-uam evaluate`` (errors propagate to the command line's handler)."""
-    from .io.atomic import atomic_path
-
     result = evaluate_tables(args.model, args.tables, args.target, args.device)
     print(render(result))
     if args.out:
