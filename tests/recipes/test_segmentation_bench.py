@@ -44,3 +44,49 @@ def test_page_prints_the_json_numbers():
     assert "in distribution (trained on CoNSeP 1-20)" in text
     assert "**not met**" in text or "**no**" in text  # the colon target is not met by LOSO
     assert "No JPEG-compression augmentation" in text
+
+
+def test_v4_section_comes_from_its_json():
+    """The recipe-v4 section is computed from a LOSO JSON: rows, mean / worst, the rule's verdict; absent, no section."""
+    import copy
+
+    import _segmentation_doc as D
+
+    if not (REPO / "docs" / "segmentation_bench_cpu.json").is_file():
+        pytest.skip("docs/segmentation_bench_cpu.json not written yet")
+    inp = D.Inputs()
+    inp.v4 = None
+    text = D.page(inp)
+    assert "## Recipe v4" not in text and "Recipe v4 (v3 + JPEG" not in text
+
+    def section(v4):
+        inp.v4 = v4
+        lines = D.page(inp).splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("## Recipe v4"))
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("## "))
+        return lines[start:end], "\n".join(lines)
+
+    v3 = inp.loso
+    per3 = v3["loso_tables"][v3["post_choice"]]["per_source"]
+    worse = copy.deepcopy(v3)  # v3's own numbers, CoNSeP 0.02 lower: worst AJI below v3's, so v3 stays
+    per = worse["loso_tables"][worse["post_choice"]]["per_source"]
+    per["consep"]["aji"] -= 0.02
+    sec, page = section(worse)
+    assert sec[0].endswith("measured, not shipped")
+    row = next(line for line in sec if line.startswith("| consep |"))
+    assert f"| {per3['consep']['aji']:.3f} | {per['consep']['aji']:.3f} | -0.020 |" in row
+    assert f"| {per['consep']['recall']:.3f} |" in row
+    worst = next(line for line in sec if line.startswith("| **worst** |"))
+    assert f"{per['consep']['aji']:.3f} | -0.020 |" in worst
+    assert "**Decision: v3 stays.**" in "\n".join(sec)
+    assert "changes none of these verdicts" in page and "so it did not ship" in page
+
+    better = copy.deepcopy(v3)  # every source 0.05 higher: passes the rule
+    for s in better["loso_tables"][better["post_choice"]]["per_source"].values():
+        if "aji" in s:
+            s["aji"] += 0.05
+    sec, page = section(better)
+    assert sec[0].endswith("passes the shipping rule, not shipped yet")
+    assert "**Decision: v4 passes the rule**" in "\n".join(sec)
+    mean = next(line for line in sec if line.startswith("| **mean** |"))
+    assert "| +0.050 |" in mean
