@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..io.atomic import atomic_path
 from ..io.export import FORMATS, TUMOR_OUTPUTS, output_paths
-from ..io.reader import PIL_SUFFIXES, TIFF_SUFFIXES
+from ..io.reader import IMAGE_SUFFIXES
 from .records import BatchArgumentError
 
 
@@ -52,7 +52,7 @@ def image_stem(path) -> str:
 
 def _is_image_name(name: str) -> bool:
     low = name.lower()
-    return low.endswith(TIFF_SUFFIXES) or low.endswith(PIL_SUFFIXES)
+    return low.endswith(IMAGE_SUFFIXES)
 
 
 def _own_output(path: Path, out_dir: Optional[Path]) -> bool:

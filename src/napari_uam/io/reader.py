@@ -1,8 +1,9 @@
-"""Reading H&E patches: TIFF family through tifffile, PNG/JPEG through Pillow.
+"""Reading H&E patches: TIFF family through tifffile, vendor slides through OpenSlide
+(:mod:`.slide`), PNG/JPEG through Pillow.
 
 The microns-per-pixel of the image is read from the file where it says so (OME physical
-size, Aperio SVS ``MPP =`` description, TIFF resolution tags in cm or inch) and returned
-with the pixels, so the pipeline and napari know the scale.
+size, Aperio SVS ``MPP =`` description, TIFF resolution tags in cm or inch, a slide's
+OpenSlide properties) and returned with the pixels, so the pipeline and napari know the scale.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from PIL import Image
 from .. import validation  # the module: MAX_PIXELS is read at call time (tests lower it)
 from ..errors import InvalidImageError
 from ..pixel_size import plausible
+from . import slide
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Every suffix :func:`read_image` reads.
+IMAGE_SUFFIXES = (*TIFF_SUFFIXES, *slide.VENDOR_SUFFIXES, *PIL_SUFFIXES)
+UNSUPPORTED = "unsupported file type; napari-uam reads TIFF/OME-TIFF, slides (SVS, NDPI, MRXS, SCN, BIF, Philips TIFF), PNG and JPEG."
 
 
 def _suffix_ok(path: str) -> bool:
     p = path.lower()
-    return p.endswith(TIFF_SUFFIXES) or p.endswith(PIL_SUFFIXES)
+    return p.endswith(IMAGE_SUFFIXES)
 
 
 def _mpp_from_tiff(tif) -> Optional[float]:
@@ -104,7 +109,8 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
     """Read an RGB H&E patch and its pixel size.
 
     Args:
-        path: a .tif/.tiff/.ome.tif/.svs (largest level, first series) or .png/.jpg file.
+        path: a .tif/.tiff/.ome.tif (largest level, first series), a slide OpenSlide reads
+            (level 0, see :func:`.slide.uses_openslide`) or a .png/.jpg file.
 
     Returns:
         (image, mpp): the pixels as stored (H, W, C) and microns per pixel, or None when the
@@ -115,6 +121,10 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
         raise InvalidImageError(f"{path} does not exist or is not a file.")
     name = path.name.lower()
     try:
+        if slide.uses_openslide(path):
+            info = slide.slide_info(path)
+            _check_file_size(path, (info.height, info.width))
+            return slide.read_region(path, 0, info.height, 0, info.width), info.mpp
         if name.endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tif:
                 level = largest_level(tif)
@@ -141,7 +151,7 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
         raise
     except Exception as err:  # any decoder failure becomes one actionable message
         raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
-    raise InvalidImageError(f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG.")
+    raise InvalidImageError(f"{path.name}: {UNSUPPORTED}")
 
 
 def get_reader(path):

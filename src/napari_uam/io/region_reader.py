@@ -1,6 +1,6 @@
 """Reading large images lazily: their size and pixel size without decoding (:func:`probe`), and
-regions of them (:class:`RegionReader`: tiled TIFF pages by tile, other files decoded once and
-cached), for the tiled path (:mod:`napari_uam.tiling`)."""
+regions of them (:class:`RegionReader`: vendor slides through OpenSlide, tiled TIFF pages by
+tile, other files decoded once and cached), for the tiled path (:mod:`napari_uam.batch.tiles`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ import tifffile
 from PIL import Image
 
 from ..errors import InvalidImageError
-from .reader import PIL_SUFFIXES, TIFF_SUFFIXES, _mpp_from_tiff, channels_last, is_channels_first, largest_level
+from . import slide
+from .reader import (
+    PIL_SUFFIXES,
+    TIFF_SUFFIXES,
+    UNSUPPORTED,
+    _mpp_from_tiff,
+    channels_last,
+    is_channels_first,
+    largest_level,
+)
 
 
 # --------------------------------------------------------------------------------- reading
@@ -29,6 +38,9 @@ def probe(path) -> tuple[int, int, Optional[float]]:
     path = Path(path)
     name = path.name.lower()
     try:
+        if slide.uses_openslide(path):
+            info = slide.slide_info(path)
+            return info.height, info.width, info.mpp
         if name.endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tif:
                 shape = largest_level(tif).shape
@@ -45,9 +57,11 @@ def probe(path) -> tuple[int, int, Optional[float]]:
                 # As read_image: only microscope-scale dpi is a pixel size.
                 mpp = 25400.0 / float(dpi[0]) if dpi and dpi[0] and dpi[0] > 1000 else None
                 return int(im.size[1]), int(im.size[0]), mpp
+    except InvalidImageError:
+        raise
     except Exception as err:
         raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
-    raise InvalidImageError(f"{path.name}: unsupported file type; napari-uam reads TIFF/OME-TIFF/SVS, PNG and JPEG.")
+    raise InvalidImageError(f"{path.name}: {UNSUPPORTED}")
 
 
 @contextlib.contextmanager
@@ -84,9 +98,10 @@ class RegionReader:
     Picklable (it holds only the path), so Dask workers each open the file themselves.
 
     Attributes:
-        path: image file. An uncompressed TIFF is memory-mapped; a tiled or striped
-            compressed TIFF (RGB, interleaved) is read segment by segment; anything else
-            (PNG, JPEG, planar TIFF) is decoded whole once per process.
+        path: image file. A vendor slide is read through OpenSlide (level 0, RGB over
+            white); an uncompressed TIFF is memory-mapped; a tiled or striped compressed TIFF
+            (RGB, interleaved) is read segment by segment; anything else (PNG, JPEG, planar
+            TIFF) is decoded whole once per process.
     """
 
     path: str
@@ -94,6 +109,8 @@ class RegionReader:
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The pixels ``[y0:y1, x0:x1]`` as stored, (h, w, C)."""
         p = self.path
+        if slide.uses_openslide(p):
+            return slide.read_region(p, y0, y1, x0, x1)
         if p.lower().endswith((".tif", ".tiff", ".svs")):
             out = _read_tiff_region(p, y0, y1, x0, x1)
             if out is not None:

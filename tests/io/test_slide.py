@@ -1,0 +1,165 @@
+"""Whole-slide files: OpenSlide beside tifffile, on slide-like files the tests make themselves.
+
+A pyramidal tiled TIFF (generic: tifffile reads it, OpenSlide too) and an SVS-style file (a
+tiled TIFF whose description is Aperio's: OpenSlide reads it, tifffile too) must give the same
+pixels and pixel size through both libraries; a slide must go through the command line's
+tiled path with its own pixel size.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_uam.batch.folder import _is_image_name
+from napari_uam.cli import main
+from napari_uam.errors import InvalidImageError
+from napari_uam.io import read_image, slide
+from napari_uam.io.region_reader import RegionReader, _read_tiff_region, probe
+from napari_uam.io.slide import composite_on_white, mpp_from_properties
+
+pytest.importorskip("openslide")
+
+APERIO = "Aperio Image Library v12.0.15 \n{w}x{h} [0,0 {w}x{h}] (256x256) RGB|AppMag = 40|MPP = {mpp:.4f}"
+
+
+def _image(h=700, w=900, seed=0) -> np.ndarray:
+    # Smooth colour with noise: compressible like tissue, and every region is distinct.
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    base = np.stack([(yy * 0.3) % 256, (xx * 0.2) % 256, ((yy + xx) * 0.1) % 256], -1)
+    return np.clip(base + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def write_svs(path, img: np.ndarray, mpp: float = 0.252) -> None:
+    """An SVS-style slide: tiled level 0 with Aperio's description, and a 4x-reduced level."""
+    h, w = img.shape[:2]
+    with tifffile.TiffWriter(path) as tw:
+        kw = {"tile": (256, 256), "compression": "zlib", "photometric": "rgb", "metadata": None}
+        tw.write(img, description=APERIO.format(w=w, h=h, mpp=mpp), **kw)
+        tw.write(img[::4, ::4], subfiletype=1, **kw)
+
+
+def write_pyramid(path, img: np.ndarray, mpp: float = 0.5, subifds: bool = True) -> None:
+    """A generic pyramidal tiled TIFF with resolution tags: levels as SubIFDs or as pages."""
+    kw = {"tile": (128, 128), "compression": "zlib", "photometric": "rgb"}
+    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, subifds=2 if subifds else None, **kw, **res)
+        for f in (2, 4):
+            tw.write(img[::f, ::f], subfiletype=1, **kw)
+
+
+@pytest.mark.parametrize("subifds", [True, False])
+def test_pyramidal_tiff_reads_alike_through_tifffile_and_openslide(tmp_path, subifds):
+    img = _image()
+    path = tmp_path / "pyramid.tif"
+    write_pyramid(path, img, subifds=subifds)
+    # A generic tiled TIFF stays with tifffile (byte for byte as before this reader existed).
+    assert not slide.uses_openslide(path)
+    tiff_region = _read_tiff_region(str(path), 100, 420, 250, 777)
+    np.testing.assert_array_equal(tiff_region, img[100:420, 250:777])
+    np.testing.assert_array_equal(slide.read_region(path, 100, 420, 250, 777), tiff_region)
+    info = slide.slide_info(path)
+    assert (info.height, info.width) == img.shape[:2] == probe(path)[:2]
+    assert info.mpp == pytest.approx(0.5) and probe(path)[2] == pytest.approx(0.5)
+    if not subifds:  # OpenSlide sees pages as levels (SubIFD levels are tifffile's alone)
+        assert info.levels == ((700, 900), (350, 450), (175, 225))
+
+
+def test_svs_reads_through_openslide_with_its_pixel_size(tmp_path):
+    img = _image(seed=1)
+    path = tmp_path / "slide.svs"
+    write_svs(path, img)
+    assert slide.uses_openslide(path)
+    info = slide.slide_info(path)
+    assert info.vendor == "aperio" and info.mpp == pytest.approx(0.252)
+    assert info.levels == ((700, 900), (175, 225)) and info.downsamples == (1.0, 4.0)
+    assert probe(path) == (700, 900, pytest.approx(0.252))
+    region = RegionReader(str(path)).read(37, 555, 301, 899)
+    assert region.dtype == np.uint8 and region.shape == (518, 598, 3)
+    # The same pixels as tifffile decodes them, and the same pixel size as its description says.
+    with tifffile.TiffFile(path) as tif:
+        np.testing.assert_array_equal(tif.pages[0].asarray()[37:555, 301:899], region)
+    data, mpp = read_image(path)
+    np.testing.assert_array_equal(data, img)
+    assert mpp == pytest.approx(0.252)
+
+
+def test_a_vendor_tiff_under_a_tif_name_goes_to_openslide(tmp_path):
+    path = tmp_path / "renamed.tif"
+    write_svs(path, _image(200, 300))
+    assert slide.uses_openslide(path)
+    assert probe(path)[2] == pytest.approx(0.252)
+
+
+def test_transparent_pixels_are_white_glass():
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 255)  # opaque: unchanged
+    rgba[0, 1] = (0, 0, 0, 0)  # nothing scanned: glass
+    rgba[0, 2] = (0, 0, 0, 128)  # half covered: halfway to white
+    rgb = composite_on_white(rgba)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[0, 0]) == (10, 20, 30) and tuple(rgb[0, 1]) == (255, 255, 255)
+    assert tuple(rgb[0, 2]) == (127, 127, 127)
+    np.testing.assert_array_equal(composite_on_white(np.full((2, 2, 4), 255, np.uint8)), 255)
+
+
+def test_pixel_size_from_slide_properties():
+    assert mpp_from_properties({"openslide.mpp-x": "0.2431", "aperio.MPP": "0.5"}) == pytest.approx(0.2431)
+    assert mpp_from_properties({"aperio.MPP": "0.4990"}) == pytest.approx(0.499)
+    cm = {"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"}
+    assert mpp_from_properties(cm) == pytest.approx(0.25)
+    inch = {"tiff.XResolution": str(25400 / 0.5), "tiff.ResolutionUnit": "inch"}
+    assert mpp_from_properties(inch) == pytest.approx(0.5)
+    # Placeholders are no pixel size: 1 px per unit, 72 dpi, zero, junk, nothing.
+    for props in (
+        {"tiff.XResolution": "1", "tiff.ResolutionUnit": "none"},
+        {"tiff.XResolution": "72", "tiff.ResolutionUnit": "inch"},
+        {"openslide.mpp-x": "0"},
+        {"aperio.MPP": "n/a"},
+        {},
+    ):
+        assert mpp_from_properties(props) is None
+
+
+def test_without_openslide_vendor_files_say_what_to_install(tmp_path, monkeypatch):
+    def missing(name="this slide"):
+        raise InvalidImageError(f"Reading {name} needs OpenSlide. Install it with `{slide.INSTALL_HINT}`")
+
+    monkeypatch.setattr(slide, "openslide_module", missing)
+    ndpi = tmp_path / "scan.ndpi"
+    ndpi.write_bytes(b"II*\x00")
+    with pytest.raises(InvalidImageError, match="openslide-bin openslide-python"):
+        probe(ndpi)
+    with pytest.raises(InvalidImageError, match="scan.ndpi needs OpenSlide"):
+        read_image(ndpi)
+    # An SVS still opens: tifffile reads Aperio files (and their MPP) itself.
+    svs = tmp_path / "slide.svs"
+    write_svs(svs, _image(300, 300))
+    assert probe(svs) == (300, 300, pytest.approx(0.252))
+
+
+def test_vendor_suffixes_are_images_for_folders():
+    for name in ("a.svs", "b.NDPI", "c.mrxs", "d.scn", "e.bif", "f.tif", "g.png"):
+        assert _is_image_name(name)
+    assert not _is_image_name("h.json")
+
+
+def test_classify_a_slide_through_the_tiled_path(tmp_path, consep_mosaic):
+    """A small SVS-style slide of real CoNSeP fields: tiled (tiles of 512), at the slide's pixel size."""
+    path = tmp_path / "consep.svs"
+    write_svs(path, consep_mosaic([1, 2, 3, 4], 512), mpp=0.252)
+    out = tmp_path / "out"
+    rc = main(["classify", str(path), "--out", str(out), "--tile-size", "512", "--device", "cpu", "--quiet"])
+    assert rc == 0
+    done = json.loads((out / "consep.done.json").read_text())
+    prov = done["provenance"]
+    assert prov["tiled"] and prov["n_tiles"] == 4 and prov["image_shape"] == [1024, 1024, 3]
+    assert done["mpp"] == pytest.approx(0.252) and prov["mpp"] == pytest.approx(0.252)
+    assert done["n_cells"] > 100
+    for kind in ("nuclei.tif", "cells.csv", "cells.parquet", "cells.geojson"):
+        assert (out / f"consep_{kind}").stat().st_size > 0
