@@ -22,8 +22,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
+from .batch import run_batch
+from .classify.checkpoint import read_checkpoint
 from .errors import CancelledError, UAMError
+from .evaluation import add_evaluate_parser
+from .evaluation import run_cli as run_evaluate
+from .io.project import find_projects, load_project
+from .sample_data import SAMPLE_MPP, SAMPLE_PATH
+from .training.finetune import add_train_parser, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,8 +90,6 @@ def _parser() -> argparse.ArgumentParser:
             "--overwrite", action="store_true", help="recompute images already done and replace their outputs"
         )
         c.add_argument("--quiet", action="store_true", help="no progress lines (failures still go to stderr)")
-    from .evaluation import add_evaluate_parser
-    from .training.finetune import add_train_parser
 
     add_evaluate_parser(sub)  # napari-uam evaluate: metrics of a checkpoint on cell tables
     add_train_parser(sub)  # napari-uam train: the Train dock's fine-tuning, headless
@@ -91,8 +97,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args, argv) -> int:
-    from .batch import run_batch
-    from .sample_data import SAMPLE_MPP, SAMPLE_PATH
 
     def progress(line: str, status: str) -> None:
         # Failures always reach stderr so that a quiet run still says what went wrong.
@@ -133,7 +137,6 @@ def _run(args, argv) -> int:
 def _check_train_inputs(args) -> None:
     """Read every project, table and the --init checkpoint before training starts, so that a
     damaged one is one line (exit 2) instead of a traceback after minutes of feature work."""
-    from .io.project import find_projects, load_project
 
     for inp in args.inputs:
         if str(inp).endswith(".parquet"):
@@ -149,8 +152,6 @@ def _check_train_inputs(args) -> None:
             for folder in find_projects(inp):
                 load_project(folder)
     if args.init not in ("default", "scratch"):
-        from .classify.checkpoint import read_checkpoint
-
         read_checkpoint(args.init)
 
 
@@ -160,7 +161,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv=None) -> int:
-    import warnings
 
     previous = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
@@ -175,12 +175,8 @@ def _main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "evaluate":
-            from .evaluation import run_cli as run_evaluate
-
             return run_evaluate(args)
         if args.command == "train":
-            from .training.finetune import run_cli
-
             _check_train_inputs(args)
             return run_cli(args)
         return _run(args, argv)

@@ -300,8 +300,8 @@ def test_classify_sample_end_to_end(make_napari_viewer, qtbot, tmp_path, monkeyp
 def test_dock_prepares_the_gpu_in_the_background(make_napari_viewer, qtbot, monkeypatch):
     """On a GPU machine the dock starts pipeline.warm_up('cuda') in a worker when it opens
     and says when the GPU is ready; on a CPU-only machine it starts nothing."""
-    import napari_uam.device as device
     from napari_uam import pipeline
+    from napari_uam.widgets import classifier as device  # the dock asks its resolve_device
 
     calls = []
     monkeypatch.setattr(

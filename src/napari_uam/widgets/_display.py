@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from napari.layers import Labels
+from napari.utils.colormaps import DirectLabelColormap
 
 from .. import annotation as A
 from . import _layers as L
@@ -66,7 +67,6 @@ def class_color_dict(table: pd.DataFrame, tumor_class: Optional[str] = None) -> 
 
 
 def class_colormap(table: pd.DataFrame, tumor_class: Optional[str] = None):
-    from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict=class_color_dict(table, tumor_class))
 

@@ -17,7 +17,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
+from napari.utils.colormaps import DirectLabelColormap
 
+from ..io.export import output_stem, safe_stem
 from ..pixel_size import DEFAULT_MPP, plausible
 
 #: Key of the plugin's record in ``layer.metadata``.
@@ -195,7 +197,6 @@ def tumor_colormap():
     The tumor layer holds only tumor nuclei (others are 0), so one default colour for all
     labels is the whole map; background stays transparent.
     """
-    from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict={None: TUMOR_GREEN, 0: (0.0, 0.0, 0.0, 0.0)})
 
@@ -215,7 +216,6 @@ def mpp_from_metadata(metadata: Optional[dict], default: float = DEFAULT_MPP) ->
 
 def export_stem(layer_name: str, metadata: Optional[dict] = None) -> str:
     """File-name stem for an image's exports: its source file's stem, else its layer name."""
-    from ..io.export import output_stem, safe_stem
 
     source = (metadata or {}).get("source")
     if isinstance(source, str) and source.strip():

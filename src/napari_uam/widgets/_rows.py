@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QHBoxLayout, QLineEdit, QPushButton, QScrollArea, QStyle, QVBoxLayout
 
 
@@ -33,7 +34,6 @@ def scroll_wrap(outer, inner):
     napari stacks docks in one column; without scrolling, each dock's minimum height adds up
     and on a 1000-px screen the lower buttons were cut off. Returns the QScrollArea.
     """
-    from qtpy.QtCore import Qt
 
     area = QScrollArea(outer)
     area.setWidgetResizable(True)

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes  # isinstance: plugins get proxies of layers
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -48,6 +49,8 @@ from qtpy.QtWidgets import (
 )
 
 from .. import annotation as A
+from ..io.project import ProjectError, load_project, save_project
+from ..validation import as_rgb_uint8
 from . import _display as D
 from . import _layers as L
 from ._rows import scroll_wrap
@@ -345,7 +348,6 @@ class AnnotateWidget(QWidget):
         self._saved_colormap = None
 
     def _recolor(self) -> None:
-        from napari.utils.colormaps import DirectLabelColormap
 
         layer = self._layer
         table = annotated_table(layer)
@@ -475,7 +477,6 @@ class AnnotateWidget(QWidget):
     # ------------------------------------------------------------------------ projects
     def save_project(self, folder: Optional[str] = None, overwrite: bool = False) -> Optional[Path]:
         """Save image + nuclei + cell table (+ the chosen region layer) as a project folder."""
-        from ..io.project import save_project
 
         layer = self._layer or self.layer
         if layer is None:
@@ -491,7 +492,6 @@ class AnnotateWidget(QWidget):
             )[0]
             if not folder:
                 return None
-        from ..validation import as_rgb_uint8
 
         table = self._table(layer)
         data = image.data[0] if getattr(image, "multiscale", False) else image.data
@@ -527,7 +527,6 @@ class AnnotateWidget(QWidget):
 
     def open_project(self, folder: Optional[str] = None):
         """Add a saved project's image, nuclei (with classes) and region to the viewer."""
-        from ..io.project import ProjectError, load_project
 
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Open annotation project")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Labels
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -38,8 +39,12 @@ from qtpy.QtWidgets import (
 )
 
 from .. import pipeline
+from ..device import resolve_device
 from ..errors import CancelledError, NoNucleiError, UAMError
+from ..io.export import export_cells
+from ..io.lock import FolderLock, FolderLockedError
 from ..pixel_size import MAX_MPP, MIN_MPP, estimate_mpp
+from ..segment import available_backends
 from ..validation import as_rgb_uint8
 from . import _display as D
 from . import _layers as L
@@ -204,8 +209,6 @@ def _export(labels, table, out_dir, stem, formats, overwrite, provenance, mpp):
     The exception is returned inside a tuple, not raised nor returned bare (a worker treats a
     returned exception as a crash), so the GUI thread can ask before overwriting.
     """
-    from ..io.export import export_cells
-    from ..io.lock import FolderLock
 
     try:
         folder = Path(out_dir).expanduser()
@@ -405,7 +408,6 @@ class ClassifierWidget(QWidget):
         self.device_combo.setToolTip("auto: the GPU when PyTorch sees one, else the CPU.")
 
     def _setup_backends(self) -> None:
-        from ..segment import available_backends
 
         names = ["auto"] + [n for n in available_backends() if n != "auto"]
         self.backend_combo.addItems(names)
@@ -515,7 +517,6 @@ class ClassifierWidget(QWidget):
         mamba_ssm, weights: tens of seconds) in the background while the user opens an image
         (:func:`napari_uam.pipeline.warm_up`); best effort, its errors are ignored (the real
         run reports them)."""
-        from ..device import resolve_device
 
         if resolve_device("auto") != "cuda":
             return
@@ -797,7 +798,6 @@ class ClassifierWidget(QWidget):
             # White (p = 0) to light orange (p = 1), multiplied onto the H&E at a low opacity:
             # non-tumor tissue keeps its colours and tumor is tinted, while nuclei and their
             # class outlines stay readable underneath.
-            from napari.utils.colormaps import Colormap
 
             cmap = Colormap([[1.0, 1.0, 1.0, 1.0], list(D.REGION_RGBA)], name="uam tumor probability")
             show = True
@@ -966,8 +966,6 @@ class ClassifierWidget(QWidget):
                 self._say("Export cancelled: existing files were kept.")
             return
         if err is not None:
-            from ..io.lock import FolderLockedError
-
             if isinstance(err, FolderLockedError):
                 self._fail(f"Not exported: {err}")
                 return

@@ -41,9 +41,26 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import CancelledError, UAMError
+from ..io.project import ProjectError, find_projects
+from ..training.calibration import describe
+from ..training.finetune import (
+    INIT_DEFAULT,
+    INIT_SCRATCH,
+    SOURCE_IMAGE,
+    FinetuneConfig,
+    _concat,
+    _is_shipped,
+    cells_from_annotation,
+    cells_from_projects,
+    finetune,
+    save_finetuned,
+    trust_sentence,
+)
+from ..training.splits import group_split
+from ..validation import as_rgb_uint8
 from . import _layers as L
-from ._rows import path_row, scroll_wrap
 from ._plot import TrainingPlot
+from ._rows import path_row, scroll_wrap
 from ._worker import BackgroundRun, Outcome
 from .annotate import annotated_table, source_of
 
@@ -87,7 +104,6 @@ def _train(job: _TrainJob, cancelled, report) -> _TrainOutcome:
     Raises what training raises (the :class:`~._worker.BackgroundRun` turns it into an
     outcome); ``report(dict)`` relays progress to the GUI thread.
     """
-    from ..training.finetune import _concat, cells_from_annotation, cells_from_projects, finetune, save_finetuned
 
     report({"event": "status", "text": "Measuring the annotated nuclei..."})
     parts = [
@@ -121,7 +137,6 @@ def validation_groups(cells, val_fraction: float, seed: int = 0):
     Returns:
         (cells with possibly renamed ``image`` groups, sentence for the dock's status line).
     """
-    from ..training.splits import group_split
 
     if len(cells) == 0 or val_fraction <= 0:
         return cells, "No validation (validation share 0): every annotated cell trains."
@@ -130,7 +145,6 @@ def validation_groups(cells, val_fraction: float, seed: int = 0):
         k = int(min(10, max(2, round(1.0 / val_fraction))))
         rng = np.random.default_rng(seed)
         cells = cells.copy()
-        from ..training.finetune import SOURCE_IMAGE
 
         if SOURCE_IMAGE not in cells.columns:  # the trust model anchors whole images, not groups
             cells[SOURCE_IMAGE] = cells["image"].astype(str)
@@ -385,7 +399,6 @@ class TrainWidget(QWidget):
 
     def add_folder(self, folder: Optional[str] = None) -> bool:
         """Add a project folder (or a folder of projects) to the training data."""
-        from ..io.project import ProjectError, find_projects
 
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Folder of annotation projects")
@@ -411,7 +424,6 @@ class TrainWidget(QWidget):
         show_warning(text)
 
     def _config(self):
-        from ..training.finetune import INIT_DEFAULT, INIT_SCRATCH, FinetuneConfig
 
         start = self.start_combo.currentText()
         if start == START_FILE:
@@ -428,7 +440,6 @@ class TrainWidget(QWidget):
         )  # fmt: skip
 
     def _make_job(self) -> Optional[_TrainJob]:
-        from ..training.finetune import _is_shipped
 
         job = _TrainJob()
         for i in range(self.sources.count()):
@@ -446,7 +457,6 @@ class TrainWidget(QWidget):
             if image is None:
                 self._fail(f"Cannot tell which image '{name}' belongs to; keep its image open.")
                 return None
-            from ..validation import as_rgb_uint8
 
             data = image.data[0] if getattr(image, "multiscale", False) else image.data
             job.layers.append((image.name, as_rgb_uint8(np.asarray(data)), np.array(layer.data, copy=True),
@@ -575,8 +585,6 @@ class TrainWidget(QWidget):
         kept = (
             " (the starting model scored higher on the validation images: annotate more, or keep it)" if worse else ""
         )
-        from ..training.calibration import describe
-        from ..training.finetune import trust_sentence
 
         self.status.setText(f"Saved {out.path} and its model card; kept epoch {res.best_epoch}{kept}.{val} "
                             f"{describe(res.calibration)} {trust_sentence(res)} "
