@@ -28,14 +28,14 @@ from .classify.cache import weights_cache
 from .classify.checkpoint import default_weights_path, load_classifier
 from .device import resolve_device
 from .domain import OutOfDomainWarning, UnknownDomainWarning
+from .errors import CancelledError, InvalidLabelsError, NoNucleiError
 from .io.regions import tumor_area
+from .pixel_size import PixelSizeWarning, check_mpp, estimate_mpp
 from .radiomics.schema import DEFAULT_SCHEMA
 from .sample_data import SAMPLE_MPP, sample_image
+from .scale import rescale_image, resize_labels, scale_factor
 from .segment import resolve_backend, segment
 from .tumor import load_tumor_model, predict_tumor_mask, tumor_weights_available
-from .errors import CancelledError, InvalidLabelsError, NoNucleiError
-from .pixel_size import PixelSizeWarning, check_mpp, estimate_mpp
-from .scale import rescale_image, resize_labels, scale_factor
 from .validation import as_labels, as_rgb_uint8, check_brightfield, check_he_stain, check_he_tissue
 
 Progress = Optional[Callable[[str, float], None]]

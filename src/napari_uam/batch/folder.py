@@ -17,7 +17,6 @@ from ..io.export import FORMATS, TUMOR_OUTPUTS, output_paths
 from ..io.reader import IMAGE_SUFFIXES
 from .records import BatchArgumentError
 
-
 #: The batch commands, in pipeline order.
 COMMANDS = ("segment", "measure", "classify")
 

@@ -12,7 +12,6 @@ import pandas as pd
 
 from ..errors import UAMError
 
-
 Progress = Optional[Callable[[str, str], None]]
 
 

@@ -49,8 +49,8 @@ from ..segment.learned import load_checkpoint
 from . import tiles
 from .executors import SerialExecutor, make_executor
 from .folder import (
-    COMMANDS,
     COMMAND_FORMATS,
+    COMMANDS,
     MANIFEST_NAME,
     MANIFEST_SCHEMA,
     _clear_killed_writes,
