@@ -19,7 +19,7 @@ from skimage.measure import points_in_poly
 
 from napari_uam.io.regions import mask_polygons, tumor_area, tumor_geojson, write_tumor_geojson
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _signed_area(ring) -> float:
