@@ -59,10 +59,6 @@ HEAVY = frozenset(
 DEFERRED = {
     "skimage.measure.approximate_polygon": "imports scipy.signal (~0.5 s) into napari's reader import",
 }
-#: Files (relative to ``src/napari_uam``; a trailing ``/`` is a folder) that another change of
-#: issue 19 is rewriting right now, so the function-local import rule skips them for now.
-#: That change empties this set when it lands (``tiling.py`` is ``batch/tiles.py`` by then).
-NOT_YET_TOP_LEVEL = {"pipeline.py", "cli.py", "batch/", "widgets/"}
 
 
 def _module_name(path: Path) -> str:
@@ -190,8 +186,6 @@ def test_imports_inside_functions_defer_only_heavy_or_optional_ones():
     bad = []
     for name, path in sorted(modules.items()):
         rel = path.relative_to(PKG).as_posix()
-        if any(rel == s or (s.endswith("/") and rel.startswith(s)) for s in NOT_YET_TOP_LEVEL):
-            continue
         for node, in_function in _import_nodes(path):
             if not in_function:
                 continue

@@ -24,7 +24,10 @@ trust), never to an address someone else gives you.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from typing import Callable, Iterator, Optional, Sequence
+from urllib.parse import urlsplit
 
 from ..errors import UAMError
 
@@ -143,9 +146,6 @@ def probe_scheduler(address: str, timeout: float = 5.0) -> None:
     Raises:
         UAMError: nothing listens there, or something that is not a Dask scheduler does.
     """
-    import socket
-    import struct
-    from urllib.parse import urlsplit
 
     if "://" in address and not address.startswith("tcp://"):
         return

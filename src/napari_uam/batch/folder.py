@@ -11,9 +11,10 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import tifffile
 
 from ..io.atomic import atomic_path
-from ..io.export import FORMATS, TUMOR_OUTPUTS, output_paths
+from ..io.export import FORMATS, TUMOR_OUTPUTS, output_paths, output_stem
 from ..io.reader import IMAGE_SUFFIXES
 from .records import BatchArgumentError
 
@@ -44,7 +45,6 @@ MANIFEST_SCHEMA = "napari-uam-run/1"
 
 def image_stem(path) -> str:
     """File-name stem of an image's outputs (see :func:`napari_uam.io.export.output_stem`)."""
-    from ..io.export import output_stem
 
     return output_stem(Path(path).name)
 
@@ -204,7 +204,6 @@ def _is_label_tiff(path: Path) -> bool:
     An H&E image has colour channels, so an input that happens to be named like an output
     (``a_nuclei.tif``) is told apart by its content, not its name.
     """
-    import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
