@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from PIL import Image
 
 from napari_uam.cli import main
 from napari_uam.sample_data import SAMPLE_PATH
@@ -108,3 +111,19 @@ def test_evaluate_reports_checkpoint_metrics(tmp_path, capsys, consep_dir):
     assert "does not match model" in err and "1 missing" in err
     assert main(["evaluate", str(path), "--target", "truth", "--device", "cpu"]) == 2
     assert "no ground-truth column 'truth'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- what is not H&E tissue (issue 15)
+def test_cli_refuses_noise_with_exit_1(tmp_path):
+    rng = np.random.default_rng(1)
+    src = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(src)
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_uam.cli", "classify", str(src), "--mpp", "0.5", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "noise" in proc.stderr + proc.stdout
+    assert not list((tmp_path / "out").glob("noise_cells.*"))

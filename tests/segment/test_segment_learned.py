@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ from napari_uam.segment.unet import NucleiUNet, UNetConfig, fold_batchnorm, n_pa
 #: thread-count differences).
 MIN_AJI_21 = 0.67
 
+REPO = Path(__file__).resolve().parents[2]
 needs_weights = pytest.mark.skipif(not learned.is_available(), reason="shipped nuclei U-Net weights not present")
 
 
@@ -474,3 +476,11 @@ def test_auto_runs_the_network_without_a_watershed_fallback(consep_dir):
         warnings.simplefilter("error", SegmentationFallbackWarning)
         labels, used = segment(img, 0.25, return_backend=True)
     assert used == "learned" and labels.max() > 20
+
+
+# ------------------------------------------------------------------------- the shipped weights file
+def test_shipped_weights_load_weights_only():
+    import torch
+
+    ckpt = torch.load(REPO / "src/napari_uam/weights/nuclei_unet.pt", weights_only=True)
+    assert ckpt["meta"]["recipe"].startswith("v3") and len(ckpt["meta"]["train_sources"]) == 8

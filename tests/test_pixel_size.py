@@ -1,0 +1,32 @@
+"""The pixel size: one rule for every entry point, and its estimate from the nuclei."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_uam import pipeline
+from napari_uam.pixel_size import estimate_mpp
+
+
+@pytest.mark.parametrize("folder,true_mpp", [("brca_m2c/val", 0.5), ("gbm40", 0.25)])
+def test_pixel_size_estimate_on_real_20x_and_40x(shared_data, folder, true_mpp):
+    files = sorted((shared_data / folder).glob("*.jpg"))
+    if not files:
+        pytest.skip(f"{folder} absent from ../shared/data")
+    estimates = []
+    for f in files[:3]:
+        rgb = np.asarray(Image.open(f).convert("RGB"))
+        est = estimate_mpp(pipeline.segment_nuclei(rgb, true_mpp), true_mpp)
+        estimates.append(est.estimate)
+        assert not est.disagrees
+    assert abs(np.median(estimates) / true_mpp - 1) < 0.25, estimates
+
+
+def test_pixel_size_warning_at_twice_the_pixel_size(shared_data):
+    from napari_uam.pixel_size import PixelSizeWarning
+
+    rgb = np.asarray(Image.open(sorted((shared_data / "gbm40").glob("*.jpg"))[0]).convert("RGB"))
+    with pytest.warns(PixelSizeWarning, match="um/px"):
+        pipeline.segment_nuclei(rgb, 0.5)  # a 40x field run as if 20x
