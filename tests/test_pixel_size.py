@@ -30,3 +30,15 @@ def test_pixel_size_warning_at_twice_the_pixel_size(shared_data):
     rgb = np.asarray(Image.open(sorted((shared_data / "gbm40").glob("*.jpg"))[0]).convert("RGB"))
     with pytest.warns(PixelSizeWarning, match="um/px"):
         pipeline.segment_nuclei(rgb, 0.5)  # a 40x field run as if 20x
+
+
+def test_run_refuses_boolean_mpp(tmp_path):
+    from napari_uam import pipeline
+    from napari_uam.errors import InvalidImageError
+    from napari_uam.io.reader import read_image
+
+    path = tmp_path / "patch.png"
+    Image.fromarray(np.full((64, 64, 3), 220, np.uint8)).save(path)
+    image, _ = read_image(path)
+    with pytest.raises(InvalidImageError, match="boolean"):
+        pipeline.run(image, True)
