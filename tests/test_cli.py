@@ -12,8 +12,12 @@ import pytest
 import tifffile
 from PIL import Image
 
+from napari_uam import pipeline
 from napari_uam.cli import main
-from napari_uam.sample_data import SAMPLE_PATH
+from napari_uam.io import atomic
+from napari_uam.sample_data import SAMPLE_PATH, sample_image
+
+from _faults import _enospc, _labels, _table
 
 
 def test_classify_sample_writes_contract(tmp_path, capsys):
@@ -127,3 +131,17 @@ def test_cli_refuses_noise_with_exit_1(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "noise" in proc.stderr + proc.stdout
     assert not list((tmp_path / "out").glob("noise_cells.*"))
+
+
+# ------------------------------------------------------------------- a full disk (issue 9)
+def test_cli_disk_full_exits_with_one_line(tmp_path, monkeypatch, capsys):
+    png = tmp_path / "he.png"
+    Image.fromarray(np.ascontiguousarray(sample_image()[:160, :160])).save(png)
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pipeline.PipelineResult(_labels(), _table(_labels())))
+    monkeypatch.setattr(pipeline, "get_classifier", lambda *a, **k: None)
+    monkeypatch.setattr(atomic.os, "fsync", _enospc)
+    out = tmp_path / "out"
+    assert main(["classify", str(png), "--mpp", "0.5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
+    assert list(out.iterdir()) == []

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
-from napari_uam import pipeline
-from napari_uam.errors import InvalidImageError, InvalidLabelsError
+from napari_uam import pipeline, validation
+from napari_uam.errors import InvalidImageError, InvalidLabelsError, NoNucleiError
+from napari_uam.io import read_image
+from napari_uam.sample_data import sample_image
 from napari_uam.validation import NotTissueError, as_labels, as_rgb_uint8, check_he_tissue
 
 RGB = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -121,3 +126,107 @@ def test_real_he_of_every_source_is_accepted(shared_data, folder):
         pytest.skip(f"{folder} absent from ../shared/data")
     for f in files[:: max(1, len(files) // 8)]:
         check_he_tissue(np.asarray(Image.open(f).convert("RGB")))
+
+
+# --------------------------------------------------------- bad images and faults (issue 9)
+RNG = np.random.default_rng(9)
+
+
+def _fluorescence_like(side: int = 128) -> np.ndarray:
+    """Black background with bright blue (DAPI-like) round nuclei: a dark-field image."""
+    img = RNG.integers(0, 8, (side, side, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:side, :side]
+    for cy, cx in RNG.integers(10, side - 10, (15, 2)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36, 2] = 220
+    return img
+
+
+def test_cmyk_like_four_channel_image_is_refused(tmp_path):
+    rgb = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    cmyk = np.dstack([rgb, RNG.integers(0, 256, (32, 32), dtype=np.uint8)])  # 4th = black ink
+    with pytest.raises(InvalidImageError, match="4 channels.*CMYK"):
+        validation.as_rgb_uint8(cmyk)
+    # A CMYK TIFF is read as stored (4 channels) and refused by the same check.
+    tif = tmp_path / "cmyk.tif"
+    tifffile.imwrite(tif, cmyk, photometric="separated")
+    data, _ = read_image(tif)
+    with pytest.raises(InvalidImageError, match="CMYK"):
+        pipeline.segment_nuclei(data, 0.5)
+    # A CMYK JPEG is converted to RGB by the reader (Pillow knows the colour model).
+    jpg = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(jpg)
+    data, _ = read_image(jpg)
+    assert data.shape == (32, 32, 3) and data.dtype == np.uint8
+
+
+def test_fluorescence_like_image_is_refused_not_segmented():
+    img = _fluorescence_like()
+    # Without the check the watershed finds the bright blobs on "stained" black background.
+    with pytest.raises(InvalidImageError, match="fluorescence"):
+        pipeline.segment_nuclei(img, 0.5)
+    lab = np.zeros(img.shape[:2], np.int32)
+    lab[10:20, 10:20] = 1
+    with pytest.raises(InvalidImageError, match="brightfield H&E"):
+        pipeline.measure_cells(img, lab, 0.5)
+    # Brightfield images pass; an all-black image is not called fluorescence (no nuclei instead).
+    validation.check_brightfield(sample_image())
+    validation.check_brightfield(np.full((64, 64, 3), 245, np.uint8))
+    with pytest.raises(NoNucleiError, match="No nuclei"):
+        pipeline.segment_nuclei(np.zeros((64, 64, 3), np.uint8), 0.5)
+
+
+def test_brightfield_non_he_stain_warns_and_never_crashes():
+    """A DAB-brown (IHC-like) field gets a StainWarning saying so; it is never a crash."""
+    from napari_uam.sample_data import sample_image
+    from napari_uam.validation import StainWarning, check_he_stain
+
+    img = np.full((96, 96, 3), 235, np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    for cy, cx in ((20, 20), (50, 60), (75, 30)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 40] = (140, 90, 40)  # DAB brown
+    with pytest.warns(StainWarning, match="IHC stain, not H&E"):
+        try:
+            labels = pipeline.segment_nuclei(img, 0.5, backend="watershed")
+            assert labels.shape == (96, 96) and labels.dtype == np.int32
+        except NoNucleiError:
+            pass
+    # Real H&E must not warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StainWarning)
+        assert check_he_stain(sample_image()) is False
+
+
+def test_huge_image_is_refused_without_allocating(monkeypatch, tmp_path):
+    huge = np.broadcast_to(np.zeros(3, np.uint8), (20_000, 20_000, 3))  # 400 Mpx, a 3-byte view
+    with pytest.raises(InvalidImageError, match="400 Mpx.*Crop a region"):
+        validation.as_rgb_uint8(huge)
+    with pytest.raises(InvalidImageError, match="Mpx"):
+        pipeline.run(huge, 0.5)
+    # RGBA is checked for size before its alpha channel is scanned.
+    huge4 = np.broadcast_to(np.full(4, 255, np.uint8), (20_000, 20_000, 4))
+    with pytest.raises(InvalidImageError, match="Mpx"):
+        validation.as_rgb_uint8(huge4)
+    # The reader refuses before decoding: shown with the limit lowered to 1000 pixels.
+    monkeypatch.setattr(validation, "MAX_PIXELS", 1000)
+    tif, png = tmp_path / "big.tif", tmp_path / "big.png"
+    tifffile.imwrite(tif, np.zeros((64, 64, 3), np.uint8))
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png)
+    for path in (tif, png):
+        with pytest.raises(InvalidImageError, match=f"{path.name} holds 64x64 pixels.*tiles"):
+            read_image(path)
+
+
+def test_no_stain_warning_on_any_real_he_image(shared_data, monkeypatch):
+    """The IHC check stays silent on every H&E image of the development data (150 fields)."""
+    from PIL import Image
+
+    from napari_uam.validation import StainWarning, check_he_stain
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the BCSS region of interest is one large field
+    paths = sorted(shared_data.glob("**/*.jpg"))
+    assert len(paths) > 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StainWarning)
+        for p in paths:
+            with Image.open(p) as im:
+                assert check_he_stain(np.asarray(im.convert("RGB"))) is False, p.name

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 import pandas as pd
+import pytest
+
+from napari_uam.io import atomic
+from napari_uam.io.writers import write_cells_csv, write_cells_parquet, write_geojson, write_labels_tiff
+
+from _faults import _enospc, _labels, _table
 
 
 def test_csv_export_neutralises_formulas(tmp_path):
@@ -32,3 +40,24 @@ def test_csv_export_neutralises_formulas(tmp_path):
     # Parquet is typed: the names stay verbatim there, and the caller's table is unchanged.
     assert pd.read_parquet(paths["parquet"])["class"].tolist() == names
     assert table["class"].tolist() == names
+
+
+@pytest.mark.parametrize("writer", ["csv", "parquet", "tif", "geojson"])
+def test_disk_full_keeps_the_previous_file(tmp_path, monkeypatch, writer):
+    lab, table = _labels(), _table(_labels())
+    write = {
+        "csv": lambda p: write_cells_csv(table, p, overwrite=True),
+        "parquet": lambda p: write_cells_parquet(table, p, overwrite=True),
+        "tif": lambda p: write_labels_tiff(lab, p, overwrite=True),
+        "geojson": lambda p: write_geojson(lab, table, p, overwrite=True),
+    }[writer]
+    target = tmp_path / f"out.{writer}"
+    write(target)
+    before = target.read_bytes()
+    # A full disk shows at the latest when the data is flushed to it.
+    monkeypatch.setattr(atomic.os, "fsync", _enospc)
+    with pytest.raises(OSError) as info:
+        write(target)
+    assert info.value.errno == errno.ENOSPC
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temp file left

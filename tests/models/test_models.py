@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from napari_uam.models import ssm
 from napari_uam.models import DEFAULT_CONFIG, build_model, count_parameters, list_models, set_ssm_backend
 from napari_uam.models.ops import (
     selective_scan_chunked,
@@ -142,3 +145,14 @@ def test_backend_selection_on_cpu():
 def test_default_config_is_small():
     assert DEFAULT_CONFIG["n_blocks"] == 4
     assert count_parameters(build_model("uam", 102, 2)) < 40_000
+
+
+# ------------------------------------------------ mamba-ssm not installed (issue 9)
+def test_mamba_ssm_missing(monkeypatch):
+    monkeypatch.setattr(ssm, "mamba_ssm_available", lambda: False)
+    on_gpu = SimpleNamespace(is_cuda=True)  # only .is_cuda is consulted
+    with pytest.raises(ValueError, match="mamba_ssm is not installed.*backend 'torch'"):
+        ssm.resolve_backend("mamba_ssm", on_gpu)
+    assert ssm.resolve_backend("auto", on_gpu) == "torch"
+    with pytest.raises(ValueError, match="needs CUDA tensors; use 'torch' on the CPU"):
+        ssm.resolve_backend("mamba_ssm", torch.zeros(1))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from napari_uam.segment import metrics
 from napari_uam.segment import metrics as M
 
 
@@ -192,3 +195,37 @@ def test_centroids():
     c = M.centroids(lab)
     assert c.tolist() == [[5.0, 7.0], [0.5, 0.5]]  # ordered by id: 2 then 5
     assert M.centroids(np.zeros((4, 4), np.int32)).shape == (0, 2)
+
+
+# ------------------------------------------- point matching: odd points and random sets (issue 9)
+def test_points_outside_the_image_are_matched_by_distance():
+    true = np.array([[-5.0, -5.0], [10.0, 10.0], [1e6, 3.0]])
+    pred = np.array([[-4.0, -5.0], [1e6 + 1.0, 3.0], [500.0, 500.0]])
+    p, t = metrics.match_points(pred, true, radius=2.0)
+    assert p.tolist() == [0, 1] and t.tolist() == [0, 2]
+    for bad in (np.array([[np.nan, 1.0]]), np.array([[np.inf, 1.0]])):
+        with pytest.raises(ValueError, match="pred_yx contains NaN or infinite"):
+            metrics.match_points(bad, true, 2.0)
+        with pytest.raises(ValueError, match="true_yx contains NaN or infinite"):
+            metrics.point_detection_scores(pred, bad, 2.0)
+
+
+_points = st.lists(st.tuples(st.floats(-20, 60, allow_nan=False), st.floats(-20, 60, allow_nan=False)), max_size=25)
+
+
+@settings(max_examples=25, deadline=None)
+@given(pred=_points, true=_points, radius=st.floats(0.5, 12.0))
+def test_match_points_properties(pred, true, radius):
+    p = np.array(pred, dtype=float).reshape(-1, 2)
+    t = np.array(true, dtype=float).reshape(-1, 2)
+    pi, tj = metrics.match_points(p, t, radius)
+    assert len(pi) == len(tj) <= min(len(p), len(t))
+    assert len(set(pi.tolist())) == len(pi) and len(set(tj.tolist())) == len(tj)  # one to one
+    if len(pi):
+        assert np.all(np.linalg.norm(p[pi] - t[tj], axis=1) <= radius + 1e-9)
+    # Maximal: no unmatched prediction lies within the radius of an unmatched true point.
+    free_p = np.setdiff1d(np.arange(len(p)), pi)
+    free_t = np.setdiff1d(np.arange(len(t)), tj)
+    if free_p.size and free_t.size:
+        d = np.linalg.norm(p[free_p][:, None] - t[free_t][None], axis=-1)
+        assert d.min() > radius
