@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,11 @@ from napari_uam.cli import main
 from napari_uam.io import atomic
 from napari_uam.sample_data import SAMPLE_PATH, sample_image
 
+import _cli_run
+from _cli_run import _env, _err_lines, cli
 from _faults import _enospc, _labels, _table
+
+patch = _cli_run.patch  # the fixture: a small real H&E patch as a PNG (shared with tests/batch/)
 
 
 def test_classify_sample_writes_contract(tmp_path, capsys):
@@ -145,3 +151,128 @@ def test_cli_disk_full_exits_with_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0]
     assert list(out.iterdir()) == []
+
+
+# ------------------------------------------------ clear errors before any work (issue 18)
+@pytest.fixture(scope="module")
+def project_master(tmp_path_factory):
+    """A real annotation project: the sample segmented, half its nuclei labelled tumor."""
+    from napari_uam import pipeline
+    from napari_uam.io.project import save_project
+
+    rgb = np.asarray(Image.open(SAMPLE_PATH).convert("RGB"))
+    labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
+    table = pipeline.cell_geometry(labels, 0.5)
+    table["class"] = np.where(table["label"] % 2 == 0, "tumor", "non-tumor")
+    return save_project(tmp_path_factory.mktemp("proj") / "good", rgb, labels, table, 0.5)
+
+
+def _damage(folder: Path, how: str) -> None:
+    if how == "manifest_list":
+        (folder / "project.json").write_text("[]")
+    elif how == "mpp_text":
+        meta = json.loads((folder / "project.json").read_text())
+        meta["mpp"] = "abc"
+        (folder / "project.json").write_text(json.dumps(meta))
+    else:
+        name = {"image_cut": "image.tif", "table_cut": "cells.parquet"}[how]
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("how", ["manifest_list", "mpp_text", "image_cut", "table_cut"])
+def test_train_refuses_a_damaged_project_in_one_line(project_master, tmp_path, how):
+    good = shutil.copytree(project_master, tmp_path / "a_good")
+    bad = shutil.copytree(project_master, tmp_path / "b_bad")
+    _damage(Path(bad), how)
+    model = tmp_path / "model.pt"
+    proc = cli("train", good, bad, "--out", model, "--epochs", "1", timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = _err_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("napari-uam: error:") and "b_bad" in lines[0], proc.stderr
+    assert "labelled cells" not in proc.stdout  # refused before any feature was measured
+    assert not model.exists()
+
+
+def _bad_checkpoint(tmp_path: Path, how: str) -> Path:
+    import torch
+
+    from napari_uam.classify.checkpoint import default_weights_path
+
+    if how == "csv":
+        path = tmp_path / "cells.csv"
+        path.write_text("label,y,x,area_um2\n1,2.5,3.5,20.0\n")
+        return path
+    ckpt = torch.load(default_weights_path(), map_location="cpu", weights_only=True)
+    if how == "config5":
+        ckpt["config"] = 5
+    elif how == "normalisation":
+        ckpt["normalization"]["method"] = "zscore_v7"
+    elif how == "tumor_class":
+        ckpt["tumor_class"] = 7
+    elif how == "no_classes":
+        ckpt["class_names"] = []
+    elif how == "schema":
+        ckpt["schema_id"] = "other-radiomics-v9"
+        ckpt["feature_names"] = [f"other_{n}" for n in ckpt["feature_names"]]
+    path = tmp_path / f"{how}.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "how, says",
+    [
+        ("config5", "'config' is 5"),
+        ("normalisation", "unknown feature normalisation 'zscore_v7'"),
+        ("tumor_class", "'tumor_class' 7 is not the index"),
+        ("no_classes", "'class_names' is []"),
+        ("schema", "trained on feature schema 'other-radiomics-v9'"),
+        ("csv", "it is a CSV / text table"),
+    ],
+)
+def test_bad_checkpoint_is_refused_before_any_image(patch, tmp_path, how, says):
+    from napari_uam.classify.checkpoint import default_weights_path
+
+    if not default_weights_path().is_file():
+        pytest.skip("default UAM weights not installed")
+    model = _bad_checkpoint(tmp_path, how)
+    out = tmp_path / "out"
+    proc = cli("classify", patch, "--mpp", "0.5", "--out", out, "--device", "cpu", "--model", model, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = _err_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("napari-uam: error:") and says in lines[0], proc.stderr
+    assert "Weights only load failed" not in proc.stderr
+    assert not out.exists()  # before any image was read, segmented or measured
+
+
+def test_damaged_segmentation_weights_are_reported(patch, tmp_path):
+    bad = tmp_path / "nuclei_unet.pt"
+    bad.write_bytes(b"\x80\x02 not really a pickle")
+    out = tmp_path / "out"
+    env = {**_env(), "NAPARI_UAM_SEG_WEIGHTS": str(bad)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_uam.cli",
+            "segment",
+            str(patch),
+            "--mpp",
+            "0.5",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    warn = [ln for ln in _err_lines(proc) if "segmenter is not available" in ln]
+    assert len(warn) == 1 and warn[0].startswith("napari-uam: warning:") and str(bad) in warn[0], proc.stderr
+    assert len(_err_lines(proc)) == 1  # one line, not a multi-line dump with a source line
+    done = json.loads((out / "patch.done.json").read_text())
+    assert done["provenance"]["segment_backend"] == "watershed"

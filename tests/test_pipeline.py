@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,3 +139,38 @@ def test_warm_up_runs_the_whole_pipeline_and_keeps_the_models():
     assert info["device"] == "cpu" and info["cells"] >= 50, info
     assert weights_cache.size("classifier") == 1
     assert weights_cache.size("tumor_mask") == (1 if tumor_weights_available() else 0)
+
+
+# ------------------------------------------- the classifier cache follows the file (issue 18)
+def test_retrained_checkpoint_at_the_same_path_is_used(tmp_path):
+    import pandas as pd
+    import torch
+
+    from napari_uam import pipeline
+    from napari_uam.classify.checkpoint import default_weights_path
+
+    src = default_weights_path()
+    if not src.is_file():
+        pytest.skip("default UAM weights not installed")
+    path = tmp_path / "model.pt"
+    # Both versions written by torch.save of the same structure: they then have one size.
+    torch.save(torch.load(src, map_location="cpu", weights_only=True), path)
+    clf = pipeline.get_classifier(path, "cpu")
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.normal(size=(200, len(clf.feature_names))), columns=clf.feature_names)
+    before = pipeline.classify_cells(table, model=path, device="cpu")
+
+    # "Retrain" into the same path: the last layer negated swaps the two classes' logits.
+    # Same size, and the modification time set back: only the content differs.
+    st = path.stat()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    last = [k for k, v in ckpt["state_dict"].items() if v.ndim == 2][-1]
+    ckpt["state_dict"][last] = -ckpt["state_dict"][last]
+    ckpt["state_dict"][last.replace("weight", "bias")] = -ckpt["state_dict"][last.replace("weight", "bias")]
+    torch.save(ckpt, path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+
+    after = pipeline.classify_cells(table, model=path, device="cpu")
+    assert pipeline.get_classifier(path, "cpu").sha256 != clf.sha256
+    np.testing.assert_allclose(after["tumor_probability"], 1 - before["tumor_probability"], atol=1e-5)

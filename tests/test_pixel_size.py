@@ -42,3 +42,17 @@ def test_run_refuses_boolean_mpp(tmp_path):
     image, _ = read_image(path)
     with pytest.raises(InvalidImageError, match="boolean"):
         pipeline.run(image, True)
+
+
+def test_one_pixel_size_rule_for_pipeline_and_segmenter():
+    from napari_uam import pipeline, pixel_size
+    from napari_uam.errors import InvalidImageError
+    from napari_uam.segment import segment
+
+    rgb = np.full((32, 32, 3), 255, np.uint8)
+    for bad in (0.02, 25.0, True):  # 0.02 passed the segmenter's old 0.01-20 check
+        with pytest.raises(InvalidImageError, match="Pixel size"):
+            segment(rgb, bad, backend="watershed")
+        with pytest.raises(InvalidImageError, match="Pixel size"):
+            pipeline.segment_nuclei(rgb, bad)
+    assert pixel_size.check_mpp(0.05) == 0.05 and pixel_size.check_mpp("20") == 20.0

@@ -12,7 +12,7 @@ from PIL import Image
 from napari_uam import pipeline, validation
 from napari_uam.errors import InvalidImageError, InvalidLabelsError, NoNucleiError
 from napari_uam.io import read_image
-from napari_uam.sample_data import sample_image
+from napari_uam.sample_data import SAMPLE_PATH, sample_image
 from napari_uam.validation import NotTissueError, as_labels, as_rgb_uint8, check_he_tissue
 
 RGB = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -230,3 +230,29 @@ def test_no_stain_warning_on_any_real_he_image(shared_data, monkeypatch):
         for p in paths:
             with Image.open(p) as im:
                 assert check_he_stain(np.asarray(im.convert("RGB"))) is False, p.name
+
+
+# ------------------------------------------------- messages that describe the image (issue 18)
+def test_misleading_image_messages_describe_the_image(tmp_path):
+    import tifffile
+
+    from napari_uam import pipeline
+    from napari_uam.errors import InvalidImageError
+    from napari_uam.io.reader import read_image
+
+    rgb = np.asarray(Image.open(SAMPLE_PATH).convert("RGB"))
+    grey = rgb.mean(axis=-1).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([grey] * 5))  # 5 grey pages
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA").save(tmp_path / "grey_alpha.png")
+
+    def message(image) -> str:
+        with pytest.raises(InvalidImageError) as err:
+            pipeline.run(image, 0.5, device="cpu")
+        return str(err.value)
+
+    assert "a stack of 5 single-channel 465x465 planes" in message(read_image(tmp_path / "stack.tif")[0])
+    assert "3 channels first" in message(np.moveaxis(rgb, -1, 0))  # a (3, H, W) array
+    assert message(read_image(tmp_path / "grey.png")[0]).startswith("Image is grayscale")
+    # Grey + alpha is grey too: before, it was converted to a colourless RGB image and accepted.
+    assert message(read_image(tmp_path / "grey_alpha.png")[0]).startswith("Image is grayscale with an alpha")
