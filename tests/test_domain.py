@@ -16,19 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import _trust_data
+from _trust_data import _brca_image, _recoloured
 from napari_uam import pipeline
 from napari_uam.domain import MIN_CELLS, DomainModel, OutOfDomainWarning, UnknownDomainWarning
 from napari_uam.classify.checkpoint import default_weights_path, load_classifier
 
-
-def _brca_image(brca_dir):
-    path = sorted((brca_dir / "val").glob("*.jpg"))[0]
-    return path, np.asarray(Image.open(path).convert("RGB"))
-
-
-def _recoloured(rgb):
-    """Channels rotated R->G->B->R: a stain no hospital uses, same tissue and texture."""
-    return np.ascontiguousarray(rgb[..., [2, 0, 1]])
+scratch_checkpoint = _trust_data.scratch_checkpoint  # the fixture (shared with tests/widgets/test_classifier_dock.py)
 
 
 def test_shipped_classifier_carries_domain_statistics_and_calibration():
@@ -100,24 +94,6 @@ def test_domain_model_distance_grows_with_the_shift():
 
 def test_weights_file_is_the_shipped_one():
     assert default_weights_path().is_file()
-
-
-def test_dock_says_so_when_the_image_is_out_of_domain(make_napari_viewer, qtbot, brca_dir):
-    """Click Classify cells on a recoloured image: the dock's status carries the caution."""
-    from qtpy.QtCore import Qt
-
-    from napari_uam.widgets.classifier import ClassifierWidget
-
-    _, rgb = _brca_image(brca_dir)
-    viewer = make_napari_viewer()
-    viewer.add_image(_recoloured(rgb), name="odd", rgb=True, metadata={"mpp": 0.5})
-    widget = ClassifierWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.image_combo.setCurrentText("odd")
-    widget.mpp_spin.setValue(0.5)
-    qtbot.mouseClick(widget.classify_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
-    assert "outside the classifier's training data" in widget.status.text(), widget.status.text()
 
 
 # ------------------------------------------------- the trust model of fine-tuned checkpoints
@@ -195,26 +171,6 @@ def test_an_annotated_image_is_in_domain_for_the_model_fine_tuned_on_it(recolour
     assert odd.provenance["domain"]["status"] == "out of domain"
 
 
-@pytest.fixture(scope="module")
-def scratch_checkpoint(brca_dir, tmp_path_factory):
-    """A model trained from scratch on two annotated patches: it has no training statistics."""
-    import pandas as pd
-
-    from napari_uam.training.finetune import FinetuneConfig, cells_from_annotation, finetune, save_finetuned
-
-    cells = []
-    for p in sorted((brca_dir / "train").glob("*.jpg"))[:2]:
-        rgb = np.asarray(Image.open(p).convert("RGB"))
-        labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
-        table = pipeline.cell_geometry(labels, 0.5)
-        table["class"] = np.where(np.arange(len(table)) % 3 == 0, "tumor", "non-tumor")
-        cells.append(cells_from_annotation(rgb, labels, table, 0.5, p.stem[:23]))
-    res = finetune(pd.concat(cells, ignore_index=True),
-                   FinetuneConfig(init="scratch", arch="trans", epochs=1, lr=1e-3, val_fraction=0.5))  # fmt: skip
-    assert res.domain is None and "from scratch" in res.trust["reason"]
-    return save_finetuned(res, tmp_path_factory.mktemp("scratch") / "scratch.pt")
-
-
 def test_a_checkpoint_without_a_trust_model_is_unknown_never_in_domain(scratch_checkpoint, brca_dir, tmp_path):
     """A model trained from scratch has no training statistics: the domain is "unknown", with
     the reason, on the command line (warning + done marker) and in the provenance."""
@@ -243,27 +199,6 @@ def test_a_checkpoint_without_a_trust_model_is_unknown_never_in_domain(scratch_c
     assert "cannot say whether this image is like its training data" in proc.stderr
     done = json.loads((tmp_path / "out" / "patch.done.json").read_text())
     assert '"status": "unknown"' in json.dumps(done) and '"in_domain": true' not in json.dumps(done)
-
-
-def test_classifier_dock_says_the_trust_is_unknown(scratch_checkpoint, make_napari_viewer, qtbot, brca_dir):
-    """Classify cells with a checkpoint that has no trust model: the status line says so."""
-    from qtpy.QtCore import Qt
-
-    from napari_uam.widgets.classifier import ClassifierWidget
-
-    _, rgb = _brca_image(brca_dir)
-    viewer = make_napari_viewer()
-    viewer.add_image(rgb, name="patch", rgb=True, metadata={"mpp": 0.5})
-    widget = ClassifierWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.image_combo.setCurrentText("patch")
-    widget.mpp_spin.setValue(0.5)
-    widget.use_checkpoint(scratch_checkpoint[0])
-    qtbot.mouseClick(widget.classify_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
-    text = widget.status.text()
-    assert "trust unknown" in text and "from scratch" in text, text
-    assert "outside the classifier's training data" not in text
 
 
 def test_too_few_cells_to_judge_is_unknown_not_out_of_domain(brca_dir):
