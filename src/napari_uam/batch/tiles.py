@@ -18,6 +18,9 @@ into a grid of square *cores* of ``tile`` pixels. Each core is processed with a 
 Image-level statistics that the one-piece segmenters estimate from the whole image (the
 watershed's white level and hematoxylin threshold) are estimated once per image in a first
 pass over the tiles and passed to every tile, so no tile depends on what else it holds.
+The same pass finds the tissue on the overview (:func:`napari_uam.tissue.detect_tissue`):
+tiles whose extended region holds none (glass, pen strokes) are not segmented, and the tissue
+area is recorded.
 
 Outputs are assembled without ever holding the image or its labels: the kept labels of each
 tile are stored compressed in the staging folder, and the labels TIFF is written as a tiled
@@ -63,6 +66,7 @@ from ..segment import segment
 from ..segment.learned import NET_MPP
 from ..segment.stain import hematoxylin, white_level
 from ..segment.watershed import WatershedParams, segment_watershed
+from ..tissue import detect_tissue
 from ..validation import as_rgb_uint8, check_brightfield, check_he_stain, check_he_tissue
 from .executors import SerialExecutor
 
@@ -425,8 +429,8 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
     """First pass: overview checks and, for the watershed, the whole image's white level and threshold.
 
     Returns:
-        ``{"white": (3,) tuple, "threshold": float, "overview_step": int}`` (white/threshold
-        only for the watershed).
+        ``{"overview_step": int, "stain": StainEstimate, "tissue": TissueMask, "white": (3,)
+        tuple, "threshold": float}`` (white/threshold only for the watershed).
     """
     step = overview_step(height, width, tile)
     pieces = dict(executor.map(tile_statistics, [(job, t, step) for t in tiles]))
@@ -441,6 +445,8 @@ def image_levels(job: TileJob, tiles: list, executor, height: int, width: int, t
     # One stain estimate for the whole image, so that a tile of pure stroma and a tile of
     # tumor are normalised alike (a per-tile estimate would depend on what the tile holds).
     out = {"overview_step": step, "stain": estimate_stains(overview)}
+    # Where the tissue is, so that tiles of glass (and of pen strokes) are not segmented.
+    out["tissue"] = detect_tissue(overview, step, job.mpp)
     if job.backend == "watershed":
         params = WatershedParams()
         white = white_level(overview)
@@ -475,6 +481,7 @@ def run_tiled(
     model=None,
     provenance: Optional[dict] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    skip_background: bool = True,
 ) -> TiledResult:
     """Process one large image in tiles and write its outputs into ``stage``.
 
@@ -491,7 +498,10 @@ def run_tiled(
         halo_um: halo in microns.
         radiomics_backend, device, model: as in :func:`napari_uam.pipeline.run`.
         provenance: extra provenance stored in the parquet metadata.
-        progress: ``progress(done_tiles, n_tiles)``.
+        progress: ``progress(done_tiles, n_tiles)`` over the tiles that hold tissue.
+        skip_background: skip the tiles whose extended region holds no tissue
+            (:func:`napari_uam.tissue.detect_tissue` on the overview); they hold no nucleus,
+            and segmenting glass costs as much as segmenting tissue.
 
     Returns:
         :class:`TiledResult` with the staged output paths.
@@ -529,7 +539,10 @@ def run_tiled(
     trust = None
     if command == "classify":
         trust = DomainSums(get_classifier(model, device))
-    for i, res in executor.map(process_tile, [(job, t) for t in tiles]):
+    tissue = levels["tissue"]
+    todo = [i for i, t in enumerate(tiles) if not skip_background or tissue.any_in(t.ext)]
+    for k, res in executor.map(process_tile, [(job, tiles[i]) for i in todo]):
+        i = todo[k]
         counts[i] = res.n
         n_cut += res.n_cut
         if trust is not None:
@@ -546,13 +559,14 @@ def run_tiled(
         )
         done += 1
         if progress is not None:
-            progress(done, len(tiles))
+            progress(done, len(todo))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n_cells = int(offsets[-1])
     if n_cells == 0:
         raise NoNucleiError(
             f"No nuclei found in this {height}x{width} image at {mpp:g} um/px. "
-            "Check that it is an H&E image with tissue and that the pixel size is right."
+            "Check that it is an H&E image with tissue and that the pixel size is right"
+            + ("." if todo else " (no tissue was found on its overview).")
         )
     t_tiles = time.perf_counter() - t_start - t_levels
 
@@ -570,6 +584,7 @@ def run_tiled(
         watershed_white=levels.get("white"),
         watershed_threshold=levels.get("threshold"),
         stain=levels["stain"].as_dict(),
+        tissue_detection={**tissue.summary(), "tiles_skipped": len(tiles) - len(todo)},
     )
     if trust is not None:  # judged like a whole image: distance, threshold, status, warnings
         trust.record(prov["stain"], prov)
