@@ -163,3 +163,18 @@ def test_classify_a_slide_through_the_tiled_path(tmp_path, consep_mosaic):
     assert done["n_cells"] > 100
     for kind in ("nuclei.tif", "cells.csv", "cells.parquet", "cells.geojson"):
         assert (out / f"consep_{kind}").stat().st_size > 0
+
+
+def test_a_slide_without_pixel_size_asks_for_mpp(tmp_path, capsys):
+    """No MPP in the description, no resolution tags: the missing-pixel-size message, nothing written."""
+    path = tmp_path / "nompp.svs"
+    img = _image(600, 600, seed=2)
+    with tifffile.TiffWriter(path) as tw:
+        desc = "Aperio Image Library v12.0.15 \n600x600 [0,0 600x600] (256x256) RGB|AppMag = 40"
+        tw.write(img, tile=(256, 256), compression="zlib", photometric="rgb", metadata=None, description=desc)
+    assert slide.uses_openslide(path) and slide.slide_info(path).mpp is None
+    out = tmp_path / "out"
+    rc = main(["classify", str(path), "--out", str(out), "--tile-size", "512", "--device", "cpu", "--quiet"])
+    assert rc == 1
+    assert "nompp.svs does not record its pixel size; pass --mpp" in capsys.readouterr().err
+    assert not list(out.glob("nompp_*"))
