@@ -7,7 +7,7 @@
     napari-uam evaluate --model CKPT|default TABLE... [--target target] [--out metrics.json]
     napari-uam train    PROJECT... --out MODEL.pt [--init default|scratch|CKPT] [--epochs N]
 
-An INPUT is an image file, a glob pattern or a folder (its TIFF/PNG/JPEG files, sorted).
+An INPUT is an image file, a glob pattern or a folder (its TIFF, slide, PNG and JPEG files, sorted).
 Per image, ``classify`` writes ``DIR/<stem>_nuclei.tif``, ``<stem>_cells.csv``,
 ``<stem>_cells.parquet`` and ``<stem>_cells.geojson`` (see :mod:`napari_uam.io.export`);
 ``segment`` writes the labels TIFF; ``measure`` the labels and the cell table without
@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         c = sub.add_parser(name, help=text, description=text)
-        c.add_argument("images", nargs="*", help="image files (TIFF/OME-TIFF/SVS, PNG, JPEG), glob patterns or folders")
+        c.add_argument(
+            "images",
+            nargs="*",
+            help="image files (TIFF/OME-TIFF, slides: SVS/NDPI/MRXS/SCN/BIF, PNG, JPEG), glob patterns or folders",
+        )
         c.add_argument("--sample", action="store_true", help="also run on the shipped sample patch")
         c.add_argument(
             "--mpp",

@@ -67,8 +67,8 @@ def collect_images(inputs: Iterable, out_dir=None) -> list[Path]:
 
     Args:
         inputs: file paths, glob patterns (``*``, ``?``, ``[``; ``**`` recurses) or folders.
-            A folder stands for its TIFF/OME-TIFF/SVS, PNG and JPEG files (not recursive,
-            hidden files left out), sorted by name.
+            A folder stands for its TIFF/OME-TIFF, slide (SVS, NDPI, MRXS, ...), PNG and JPEG
+            files (not recursive, hidden files left out), sorted by name.
         out_dir: the output folder; label TIFFs written there by an earlier run are left out,
             so that a run whose output folder is its input folder does not take its own
             outputs for images.
