@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _fields import _consep
 from napari_uam.errors import InvalidImageError, UAMError
 from napari_uam.scale import rescale_image
 from napari_uam.segment import available_backends, resolve_backend, segment
@@ -152,3 +153,19 @@ def test_brca_val_points(brca_dir):
     s = M.point_detection_scores(M.centroids(lab), pts.reshape(-1, 2), radius=3.0 / 0.5)
     # Measured: P 0.82, R 0.87, F1 0.85 on this image.
     assert s["f1"] > 0.78
+
+
+# ------------------------------------------------------------------ Cancel (issue 18)
+def test_watershed_polls_cancel_between_steps(consep_dir):
+    from napari_uam.errors import CancelledError
+    from napari_uam.segment import segment
+
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1  # the second poll says stop
+
+    with pytest.raises(CancelledError):
+        segment(_consep(consep_dir), 0.25, backend="watershed", cancel=cancel)
+    assert len(calls) == 2

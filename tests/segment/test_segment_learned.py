@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _fields import _big_field
 from napari_uam.errors import UAMError
 from napari_uam.segment import available_backends, backend_unavailable_reason, resolve_backend, segment
 from napari_uam.segment import learned
@@ -484,3 +487,27 @@ def test_shipped_weights_load_weights_only():
 
     ckpt = torch.load(REPO / "src/napari_uam/weights/nuclei_unet.pt", weights_only=True)
     assert ckpt["meta"]["recipe"].startswith("v3") and len(ckpt["meta"]["train_sources"]) == 8
+
+
+# ------------------------------------------------------------------ Cancel (issue 18)
+def test_segmentation_polls_cancel_per_tile_and_inside_the_network(consep_dir):
+    """pipeline.segment_nuclei on a 3000x3000 field: Cancel one second in raises within a second."""
+    from napari_uam import pipeline
+    from napari_uam.errors import CancelledError
+    from napari_uam.segment import resolve_backend
+
+    if resolve_backend("auto", 0.25) != "learned":
+        pytest.skip("the learned segmenter is not installed")
+    rgb = _big_field(consep_dir)
+    flag = threading.Event()
+    ticks = []
+    timer = threading.Timer(1.0, flag.set)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(CancelledError):
+        pipeline.segment_nuclei(rgb, 0.25, backend="learned", device="cpu", cancel=flag.is_set,
+                                progress=lambda stage, f: ticks.append(f))  # fmt: skip
+    late = time.monotonic() - t0 - 1.0
+    timer.cancel()
+    assert late < 1.0, f"segmentation ran on {late:.1f} s after the cancel"
+    assert len(ticks) < 4, "it got through most tiles: the cancel was not polled"

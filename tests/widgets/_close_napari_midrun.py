@@ -1,4 +1,5 @@
-"""Run by tests/widgets/test_issue18_gui.py in a subprocess: open napari, start a run, close napari.
+"""Run by tests/widgets/test_classifier_dock.py and test_train_dock.py in a subprocess: open napari,
+start a run, close napari.
 
     python _close_napari_midrun.py classify IMAGE
     python _close_napari_midrun.py train IMAGE POINTS_CSV CHECKPOINT

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from _docks import _dock
 from napari_uam import annotation as A
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,7 +233,7 @@ def test_annotation_mode_corrects_saves_and_reloads(make_napari_viewer, qtbot, b
     mouse(nuclei, "mouse_release", centre_of(nuclei, c))
     assert nuclei.features.set_index("label").loc[b, "annotation"] == "model", "a pan changed a class"
     # Shift+drag paints the class over every nucleus crossed. A real event carries vispy's
-    # Key object, not the string "Shift" (test_issue18_gui drives it with real QMouseEvents).
+    # Key object, not the string "Shift" (the Shift+drag test below drives it with real QMouseEvents).
     from vispy.util.keys import SHIFT
 
     mouse(nuclei, "mouse_press", centre_of(nuclei, b), [SHIFT])
@@ -310,3 +312,129 @@ def test_annotation_mode_corrects_saves_and_reloads(make_napari_viewer, qtbot, b
     # The model's predictions are untouched where nobody corrected them.
     model_rows = want[want["annotation"] == "model"].index
     assert (predicted.loc[model_rows].map(A.class_of) == want.loc[model_rows, "class"]).all()
+
+
+# ------------------------------------ Shift+drag with real Qt mouse events, and undo (issue 18)
+def _segmented_patch(viewer, brca_dir, index=0, size=None):
+    """A real BRCA-M2C patch and its watershed nuclei (geometry table) in the viewer."""
+    from napari_uam import annotation as A
+    from napari_uam import pipeline
+    from napari_uam.widgets import _layers as L
+
+    path = sorted((brca_dir / "val").glob("*.jpg"))[index]
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    if size:
+        rgb = np.ascontiguousarray(rgb[:size, :size])
+    labels = pipeline.segment_nuclei(rgb, 0.5, backend="watershed")
+    table = A.with_annotation_columns(pipeline.cell_geometry(labels, 0.5))
+    image = viewer.add_image(rgb, name="he", rgb=True, metadata={"mpp": 0.5})
+    nuclei = viewer.add_labels(labels, name="he nuclei", features=L.to_features(table))
+    return image, nuclei
+
+
+def _canvas_xy(viewer, layer, yx):
+    """Canvas widget pixel of data point ``yx`` of ``layer`` (through vispy's own transform)."""
+    qt_viewer = viewer.window._qt_viewer
+    node = qt_viewer.canvas.layer_to_visual[layer].node
+    tr = node.get_transform("visual", "canvas")
+    x, y = tr.map([yx[1], yx[0], 0, 1])[:2]
+    return float(x), float(y)
+
+
+def _qt_drag(qtbot, viewer, layer, path_yx, modifiers):
+    """Press, move along ``path_yx`` and release the left button on napari's canvas with real
+    QMouseEvents carrying ``modifiers``, as Qt delivers a user's drag."""
+    from qtpy.QtCore import QEvent, QPointF, Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    left = Qt.MouseButton.LeftButton
+    none = Qt.MouseButton.NoButton
+    pts = [QPointF(*_canvas_xy(viewer, layer, p)) for p in path_yx]
+    steps = [(QEvent.Type.MouseButtonPress, pts[0], left, left)]
+    for a, b in zip(pts[:-1], pts[1:]):
+        for t in np.linspace(0.2, 1.0, 5):
+            steps.append((QEvent.Type.MouseMove, a + (b - a) * float(t), none, left))
+    steps.append((QEvent.Type.MouseButtonRelease, pts[-1], left, none))
+    for kind, pos, button, buttons in steps:
+        glob = QPointF(canvas.mapToGlobal(pos.toPoint()))
+        QApplication.sendEvent(canvas, QMouseEvent(kind, pos, glob, button, buttons, modifiers))
+        qtbot.wait(5)
+
+
+def _centre(layer, lab):
+    from scipy import ndimage
+
+    m = np.asarray(layer.data) == lab
+    return np.unravel_index(np.argmax(ndimage.distance_transform_edt(m)), m.shape)
+
+
+@pytest.mark.gui
+def test_shift_drag_with_real_qt_mouse_events_paints_the_class(make_napari_viewer, qtbot, brca_dir):
+    """Shift+drag across nuclei on napari's canvas (real QMouseEvents, Shift modifier): every
+    nucleus crossed gets the current class; the same drag without Shift is a pan and changes
+    nothing."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 900)
+    image, nuclei = _segmented_patch(viewer, brca_dir, size=256)
+    widget = _dock(viewer, "UAM annotate cells")
+    widget.layer_combo.setCurrentText(nuclei.name)
+    widget.set_mode(True)
+    viewer.reset_view()
+    qtbot.wait(100)
+    feats = nuclei.features
+    big = feats.sort_values("area_um2", ascending=False)["label"].tolist()[:3]
+    path = [_centre(nuclei, lab) for lab in big]
+    widget.class_buttons["non-tumor"].setChecked(True)
+
+    # Without Shift: a pan, no class changes.
+    _qt_drag(qtbot, viewer, nuclei, path, Qt.KeyboardModifier.NoModifier)
+    assert set(nuclei.features["class"]) == {"unlabelled"}
+    viewer.reset_view()
+    qtbot.wait(50)
+    # With Shift, as a real event carries it (vispy gives napari <Key 'Shift'>).
+    _qt_drag(qtbot, viewer, nuclei, path, Qt.KeyboardModifier.ShiftModifier)
+    got = nuclei.features.set_index("label")
+    assert (got.loc[big, "class"] == "non-tumor").all(), got.loc[big, ["class", "annotation"]]
+    assert (got.loc[big, "annotation"] == "user").all()
+    assert (got["class"] == "non-tumor").sum() < len(got) // 2  # only the nuclei crossed
+
+
+@pytest.mark.gui
+def test_class_edits_undo_with_ctrl_z(make_napari_viewer, qtbot, brca_dir):
+    """Real Shift+drag and key presses set classes; Ctrl+Z on the canvas (and the button) undo
+    them one by one, newest first."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 900)
+    _, nuclei = _segmented_patch(viewer, brca_dir, size=256)
+    widget = _dock(viewer, "UAM annotate cells")
+    widget.layer_combo.setCurrentText(nuclei.name)
+    widget.set_mode(True)
+    viewer.reset_view()
+    qtbot.wait(100)
+    big = nuclei.features.sort_values("area_um2", ascending=False)["label"].tolist()[:3]
+    widget.class_buttons["tumor"].setChecked(True)
+    _qt_drag(
+        qtbot, viewer, nuclei, [_centre(nuclei, big[0]), _centre(nuclei, big[1])], Qt.KeyboardModifier.ShiftModifier
+    )
+    canvas = viewer.window._qt_viewer.canvas.native
+    viewer.cursor.position = nuclei.data_to_world(_centre(nuclei, big[2]))
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_N)
+    got = nuclei.features.set_index("label")["class"]
+    assert got[big[0]] == got[big[1]] == "tumor" and got[big[2]] == "non-tumor"
+
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    got = nuclei.features.set_index("label")["class"]
+    assert got[big[2]] == "unlabelled" and got[big[0]] == "tumor", "Ctrl+Z did not undo the last edit"
+    assert "Undone" in widget.status.text()
+    assert widget.undo_btn.isEnabled()
+    _click(qtbot, widget.undo_btn)
+    assert set(nuclei.features["class"]) == {"unlabelled"}
+    assert not widget.undo_btn.isEnabled()
+    np.testing.assert_allclose(nuclei.colormap.map(np.array([big[0]]))[0], (1.0, 0.85, 0.0, 1.0))

@@ -281,7 +281,7 @@ def test_classify_sample_end_to_end(make_napari_viewer, qtbot, tmp_path, monkeyp
     assert widget.status.text().startswith("Classified ("), widget.status.text()  # nothing else was missing
 
     # The user corrects the nuclei: the edited layer is kept unless the user agrees to replace it
-    # (test_issue18_gui checks "Yes"); "No" keeps it and the results go to a new layer.
+    # (test_classifier_dock.py checks "Yes"); "No" keeps it and the results go to a new layer.
     nuclei.paint(tuple(yx), 0, refresh=True)
     edited = np.array(nuclei.data)
     asked.clear()
