@@ -189,7 +189,7 @@ class StainWarning(UserWarning):
 
 #: DAB optical density above which a tissue pixel counts as brown, and the share of such
 #: pixels above which the image is taken for IHC. No H&E image of the development data comes
-#: near it (tests/test_robustness.py checks all 150); a DAB-stained field has most pixels brown.
+#: near it (tests/test_validation.py::test_no_stain_warning_on_any_real_he_image checks all 150); a DAB-stained field has most pixels brown.
 _DAB_OD = 0.15
 _DAB_SHARE = 0.2
 
@@ -228,7 +228,7 @@ class NotTissueError(InvalidImageError, NoNucleiError):
 
 
 #: Thresholds of :func:`check_he_tissue`, each set with a wide margin from every image of
-#: every source in ../shared/data (tests/test_input_check.py runs them all): the smallest
+#: every source in ../shared/data (tests/test_validation.py::test_real_he_of_every_source_is_accepted runs them all): the smallest
 #: tissue share there is 0.07 (a CoNSeP field), the darkest median brightness 111, the least
 #: chroma 10, the lowest neighbour correlation 0.48 (a 100x oral tile); random RGB noise
 #: has a correlation of ~0, a blank slide no tissue, a grey image saved as RGB no chroma.
