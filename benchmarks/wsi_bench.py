@@ -137,7 +137,8 @@ def render(files: list[str]) -> str:
         "as a user runs it; time from the command's start to its last file. Written by "
         f"`python benchmarks/wsi_bench.py --render {' '.join(Path(f).name for f in files)}` (commands in the "
         "script's docstring). The split is the run's own record (`<stem>.done.json`): the image-level pass "
-        "(overview checks, stain, statistics), the tiles (segment, measure, classify) and assembling the outputs.",
+        "(overview checks, stain, statistics), the tiles (segment, measure, classify) and assembling the outputs. "
+        "A run with a profile below was timed with cProfile on: its overhead is in the total.",
         "",
         "| machine | device | image | tiles | cells | total s | s / mm^2 | cells / s | levels s | tiles s | assemble s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
