@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .writers import CLASS_COLOURS, csv_safe
+from .writers import CLASS_COLOURS, write_csv_part
 
 
 def _load_kept(parts: Path, i: int, tile) -> np.ndarray:  # tile: a tiling.Tile (its .ext)
@@ -93,7 +93,7 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
     import pyarrow.parquet as pq
 
     writer = None
-    csv = open(targets["csv"], "w") if "csv" in formats else None
+    csv = open(targets["csv"], "w", newline="") if "csv" in formats else None
     n_tumor = None
     try:
         for i in range(len(tiles)):
@@ -108,7 +108,7 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
                 n_tumor = (n_tumor or 0) + int((df["class"] == tumor).sum())
             if csv is not None:
                 # As write_cells_csv: class names from the checkpoint never run as formulas.
-                csv_safe(df).to_csv(csv, header=csv.tell() == 0, index=False, float_format="%.9g")
+                write_csv_part(df, csv, header=csv.tell() == 0)
             if "parquet" in formats:
                 tab = pa.Table.from_pandas(df, preserve_index=False)
                 if writer is None:

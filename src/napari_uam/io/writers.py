@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -51,10 +52,64 @@ def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+#: How a float is written to CSV (9 significant digits: float32 round-trips, tables stay small).
+CSV_FLOAT = "%.9g"
+#: Characters that make the csv module quote a field; a table holding one goes through pandas.
+_CSV_QUOTED = (",", '"', "\n", "\r")
+
+
+def csv_text(table: pd.DataFrame, header: bool = True) -> Optional[str]:
+    """The bytes ``table.to_csv(index=False, float_format=CSV_FLOAT, header=header)`` writes,
+    built column by column, or None when the table holds something only pandas writes right.
+
+    pandas formats every float through a Python call per value; on a slide's table (88,000
+    cells x hundreds of features) that was a quarter of the whole run (docs/performance.md,
+    ``wsi``). Here each column is formatted in one ``map`` and rows are joined as strings.
+    Only plain columns take this path: floats (NaN written empty, as pandas), integers, bools
+    and text needing no quotes; anything else (categoricals, text with a comma or a quote,
+    a one-column table, odd header names) returns None and is written by pandas.
+    """
+    names = [str(c) for c in table.columns]
+    if len(names) < 2 or any(ch in n for n in names for ch in _CSV_QUOTED):
+        return None
+    columns = []
+    for col in table.columns:
+        values = table[col].to_numpy()
+        kind = values.dtype.kind
+        if kind == "f":
+            text = list(map(CSV_FLOAT.__mod__, values.tolist()))
+            for i in np.flatnonzero(np.isnan(values)):
+                text[i] = ""
+        elif kind in "iub":
+            text = list(map(str, values.tolist()))
+        elif kind == "O" and all(type(v) is str for v in values):
+            text = list(values)
+            if any(ch in v for v in text for ch in _CSV_QUOTED):
+                return None
+        else:
+            return None
+        columns.append(text)
+    rows = list(map(",".join, zip(*columns)))
+    if header:
+        rows.insert(0, ",".join(names))
+    return "".join(row + os.linesep for row in rows)
+
+
+def write_csv_part(table: pd.DataFrame, fh, header: bool = True) -> None:
+    """Append ``table`` to the open text file ``fh`` as CSV (formulas neutralised)."""
+    safe = csv_safe(table)
+    text = csv_text(safe, header=header)
+    if text is None:
+        safe.to_csv(fh, header=header, index=False, float_format=CSV_FLOAT)
+    else:
+        fh.write(text)
+
+
 def write_cells_csv(table: pd.DataFrame, path, overwrite: bool = False) -> Path:
     """Write a cell table to CSV (one row per nucleus), atomically; formulas are neutralised."""
     with atomic_path(path, overwrite) as tmp:
-        csv_safe(table).to_csv(tmp, index=False, float_format="%.9g")
+        with open(tmp, "w", newline="") as fh:  # the line ends are os.linesep, as pandas writes them
+            write_csv_part(table, fh)
     return Path(path)
 
 
