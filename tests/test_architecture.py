@@ -229,6 +229,28 @@ def test_no_import_cycle_between_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def _with_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``graph`` with the imports Python makes on the way: importing ``a.b.c`` runs ``a`` and
+    ``a.b`` (their ``__init__``) first, so a module importing ``a.b.c`` depends on them too."""
+    out = {}
+    for m, targets in graph.items():
+        deps = set(targets)
+        for t in targets:
+            parts = t.split(".")
+            deps |= {".".join(parts[:i]) for i in range(2, len(parts))}
+        out[m] = {d for d in deps if d != m and not m.startswith(d + ".")}
+    return out
+
+
+def test_no_import_time_cycle_through_package_inits():
+    """What runs when a module is imported (its top-level imports and the ``__init__`` of every
+    package on the way) has no cycle: such a cycle fails with 'partially initialized module'
+    depending on which module a user imports first (a cycle classify -> radiomics -> segment ->
+    classify once broke the dock in a fresh process while every test importing pipeline first passed)."""
+    cycle = _cycle(_with_package_inits(_imports(top_only=True)))
+    assert cycle is None, "import cycle at import time: " + " -> ".join(cycle)
+
+
 def test_the_package_never_imports_recipes_or_benchmarks():
     bad = {
         m: sorted(t for t in ts if t.split(".")[0] in {"research", "benchmarks", "tests"})
