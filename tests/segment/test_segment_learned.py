@@ -511,3 +511,24 @@ def test_segmentation_polls_cancel_per_tile_and_inside_the_network(consep_dir):
     timer.cancel()
     assert late < 1.0, f"segmentation ran on {late:.1f} s after the cancel"
     assert len(ticks) < 4, "it got through most tiles: the cancel was not polled"
+
+
+def test_unet_weights_come_from_the_one_weights_cache(tmp_path, monkeypatch):
+    """The nuclei U-Net is cached like the classifier and the tumor model (issue 19): keyed on the
+    file's identity, so weights retrained into the same path are loaded again, not served stale."""
+    import torch
+
+    from napari_uam.classify.cache import weights_cache
+
+    path = tmp_path / "nuclei_unet.pt"
+    ckpt = torch.load(learned.WEIGHTS_PATH, map_location="cpu", weights_only=True)
+    torch.save(ckpt, path)
+    monkeypatch.setenv("NAPARI_UAM_SEG_WEIGHTS", str(path))
+    first, _ = learned._model("cpu")
+    assert learned._model("cpu")[0] is first and weights_cache.size("nuclei-unet") >= 1
+    name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] + 1.0  # "retrained" into the same file
+    torch.save(ckpt, path)
+    second, _ = learned._model("cpu")
+    assert second is not first
+    assert not torch.equal(dict(second.state_dict())[name], dict(first.state_dict())[name])

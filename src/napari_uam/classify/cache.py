@@ -1,4 +1,4 @@
-"""One cache of loaded weights for every kind (cell classifier, tumor-mask model), keyed on the
+"""One cache of loaded weights for every kind (cell classifier, tumor-mask model, nuclei U-Net), keyed on the
 file's identity: a file rewritten at the same path (retraining into the same checkpoint) is
 another model and is loaded again, never served from the cache of that path."""
 
@@ -16,7 +16,9 @@ T = TypeVar("T")
 class WeightsCache:
     """Least-recently-used loaded models, keyed on (kind, path, device, file identity).
 
-    Loading failures are not cached (the next call tries again and raises the same clear error).
+    Loading failures are not cached (the next call tries again and raises the same clear error);
+    a loader may return an error object instead of raising when a failure must be remembered
+    (the nuclei U-Net: ``auto`` asks on every call whether the shipped weights fit the network).
     """
 
     def __init__(self, maxsize: int = 6):

@@ -31,7 +31,7 @@ from skimage.segmentation import expand_labels
 from ..device import resolve_device, retry_smaller_on_oom
 from ..errors import UAMError
 from ..errors import raise_if_cancelled as check_cancel
-from ..segment.metrics import centroids
+from ..instances import centroids
 from ..validation import as_labels, as_rgb_uint8
 from .context import context_features
 from .pyradiomics_backend import extract_pyradiomics

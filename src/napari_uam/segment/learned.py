@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..classify.cache import weights_cache
 from ..device import resolve_device
 from ..errors import CancelledError, UAMError
 from ..scale import rescale_image, resize_labels, scale_factor
@@ -118,17 +119,21 @@ def build_model(ckpt: dict, device: str = "cpu", for_inference: bool = True):
 
 
 def _model(device: str):
+    """The built network on ``device`` and its checkpoint, from the one weights cache
+    (:data:`napari_uam.classify.cache.weights_cache`, keyed on the file's identity)."""
     ckpt = load_checkpoint()
-    key = ("model", id(ckpt), device)
-    with _LOCK:
-        if key not in _CACHE:
-            try:
-                _CACHE[key] = build_model(ckpt, device)
-            except Exception as exc:  # wrong shapes or names: a checkpoint of another network
-                _CACHE[key] = UAMError(f"Nuclei segmentation weights {weights_path()} do not fit the network: {exc}")
-        if isinstance(_CACHE[key], UAMError):
-            raise _CACHE[key]
-        return _CACHE[key], ckpt
+
+    def build():
+        try:
+            return build_model(ckpt, device)
+        except Exception as exc:  # wrong shapes or names: a checkpoint of another network
+            # Returned, so cached: "auto" asks on every call and must not rebuild a bad file.
+            return UAMError(f"Nuclei segmentation weights {weights_path()} do not fit the network: {exc}")
+
+    model = weights_cache.get("nuclei-unet", weights_path(), device, build)
+    if isinstance(model, UAMError):
+        raise model
+    return model, ckpt
 
 
 def auto_mpp_range():
