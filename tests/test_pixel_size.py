@@ -56,3 +56,18 @@ def test_one_pixel_size_rule_for_pipeline_and_segmenter():
         with pytest.raises(InvalidImageError, match="Pixel size"):
             pipeline.segment_nuclei(rgb, bad)
     assert pixel_size.check_mpp(0.05) == 0.05 and pixel_size.check_mpp("20") == 20.0
+
+
+def test_file_resolutions_give_one_pixel_size_rule():
+    """TIFF tags, PNG / JPEG dpi and slide properties read the pixel size by one rule
+    (pixel_size.mpp_from_resolution): the unit, then the accepted range."""
+    from napari_uam.pixel_size import mpp_from_dpi, mpp_from_resolution
+
+    assert mpp_from_resolution(40000, 3) == mpp_from_resolution(40000, "centimeter") == 0.25
+    assert abs(mpp_from_resolution(101600, "INCH") - 0.25) < 1e-12
+    assert mpp_from_resolution(72, 2) is None  # a screen default is no microscope scale
+    assert mpp_from_resolution(40000, 1) is None and mpp_from_resolution("n/a", "inch") is None
+    assert abs(mpp_from_dpi((101600, 101600)) - 0.25) < 1e-12
+    # 1100 dpi is microscope-scale by its size but 23 um/px is outside the accepted range: the
+    # region reader used to take it while the image reader refused it.
+    assert mpp_from_dpi((1100, 1100)) is None and mpp_from_dpi((300, 300)) is None and mpp_from_dpi(None) is None

@@ -74,6 +74,35 @@ def plausible(mpp) -> bool:
     return True
 
 
+#: Microns in one resolution unit (TIFF ``ResolutionUnit`` 2 / "inch", 3 / "centimeter").
+_UM_PER_UNIT = {2: 25400.0, 3: 1e4, "inch": 25400.0, "centimeter": 1e4}
+#: At or below this many pixels per inch a PNG / JPEG resolution is a screen's or an editor's
+#: default (72, 96, 300 dpi), not a microscope's.
+MIN_MICROSCOPE_DPI = 1000.0
+
+
+def mpp_from_resolution(px_per_unit, unit) -> float | None:
+    """Microns per pixel of a file's resolution (pixels per inch or per centimetre), or None
+    when it names no pixel size: no or another unit, not a positive number, or implausible."""
+    um = _UM_PER_UNIT.get(unit.lower() if isinstance(unit, str) else unit)
+    try:
+        px = float(px_per_unit)
+    except (TypeError, ValueError):
+        return None
+    if um is None or not (math.isfinite(px) and px > 0):
+        return None
+    mpp = um / px
+    return mpp if plausible(mpp) else None
+
+
+def mpp_from_dpi(dpi) -> float | None:
+    """Microns per pixel of a PNG / JPEG ``dpi`` (Pillow's ``info["dpi"]``): only a
+    microscope-scale resolution is a pixel size."""
+    if not dpi or not dpi[0] or float(dpi[0]) <= MIN_MICROSCOPE_DPI:
+        return None
+    return mpp_from_resolution(dpi[0], "inch")
+
+
 def choose_mpp(user=None, file=None, default=None) -> float | None:
     """The pixel size an image runs at: the user's when given, else the file's, else ``default``
     (None when none is known: the caller says so with :func:`missing_mpp_message`)."""

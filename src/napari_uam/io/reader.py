@@ -18,7 +18,7 @@ from PIL import Image
 
 from .. import validation  # the module: MAX_PIXELS is read at call time (tests lower it)
 from ..errors import InvalidImageError
-from ..pixel_size import plausible
+from ..pixel_size import mpp_from_dpi, mpp_from_resolution
 from . import slide
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff")
@@ -52,16 +52,8 @@ def _mpp_from_tiff(tif) -> Optional[float]:
         tags = page.tags
         if "XResolution" in tags and "ResolutionUnit" in tags:
             num, den = tags["XResolution"].value
-            unit = int(tags["ResolutionUnit"].value)
-            if num and den:
-                px_per_unit = num / den
-                if unit == 3:  # centimetre
-                    mpp = 1e4 / px_per_unit
-                elif unit == 2:  # inch: screen defaults (72/96 dpi) carry no microscope scale
-                    mpp = 25400.0 / px_per_unit
-                else:
-                    return None
-                return mpp if plausible(mpp) else None
+            # Screen defaults (72/96 dpi) come out implausible, so they carry no pixel size.
+            return mpp_from_resolution(num / den, int(tags["ResolutionUnit"].value)) if num and den else None
     except Exception:  # metadata is advisory: a malformed tag never blocks reading pixels
         return None
     return None
@@ -141,11 +133,7 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
                 if im.mode not in ("RGB", "RGBA", "L", "LA", "La", "I;16", "I", "1"):
                     im = im.convert("RGB")
                 data = np.asarray(im)
-                mpp = None
-                dpi = im.info.get("dpi")
-                if dpi and dpi[0] and dpi[0] > 1000:  # only microscope-scale dpi is meaningful
-                    mpp = 25400.0 / float(dpi[0])
-                    mpp = mpp if plausible(mpp) else None
+                mpp = mpp_from_dpi(im.info.get("dpi"))
             return data, mpp
     except InvalidImageError:
         raise

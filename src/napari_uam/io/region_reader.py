@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from ..errors import InvalidImageError
+from ..pixel_size import mpp_from_dpi
 from . import slide
 from .reader import (
     PIL_SUFFIXES,
@@ -53,10 +54,8 @@ def probe(path) -> tuple[int, int, Optional[float]]:
             # Only the header is read; a file too large for Pillow's default limit is what the
             # tiled path is for, so the limit is lifted for this open alone.
             with _pil_pixel_limit_off(), Image.open(path) as im:
-                dpi = im.info.get("dpi")
                 # As read_image: only microscope-scale dpi is a pixel size.
-                mpp = 25400.0 / float(dpi[0]) if dpi and dpi[0] and dpi[0] > 1000 else None
-                return int(im.size[1]), int(im.size[0]), mpp
+                return int(im.size[1]), int(im.size[0]), mpp_from_dpi(im.info.get("dpi"))
     except InvalidImageError:
         raise
     except Exception as err:

@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from ..errors import InvalidImageError
-from ..pixel_size import plausible
+from ..pixel_size import mpp_from_resolution, plausible
 
 #: Suffixes of the vendor formats OpenSlide reads (``.tif``/``.tiff`` may be vendor files too:
 #: Philips TIFF, an Aperio file renamed; :func:`uses_openslide` asks OpenSlide about those).
@@ -148,12 +148,7 @@ def mpp_from_properties(props: Mapping[str, str]) -> Optional[float]:
         mpp = _number(props.get(key))
         if mpp is not None and plausible(mpp):
             return mpp
-    res = _number(props.get("tiff.XResolution"))
-    per_unit = {"centimeter": 1e4, "inch": 25400.0}.get(str(props.get("tiff.ResolutionUnit", "")).lower())
-    if res and per_unit:
-        mpp = per_unit / res
-        return mpp if plausible(mpp) else None
-    return None
+    return mpp_from_resolution(props.get("tiff.XResolution"), str(props.get("tiff.ResolutionUnit", "")))
 
 
 def _number(value) -> Optional[float]:
