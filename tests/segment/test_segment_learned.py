@@ -510,7 +510,9 @@ def test_segmentation_polls_cancel_per_tile_and_inside_the_network(consep_dir):
     late = time.monotonic() - t0 - 1.0
     timer.cancel()
     assert late < 1.0, f"segmentation ran on {late:.1f} s after the cancel"
-    assert len(ticks) < 4, "it got through most tiles: the cancel was not polled"
+    # A fraction, not a tick count: a warm model on a quiet machine does two 0.5 s tiles in the
+    # first second; without the poll the run goes on to 1.0 (about 6 s on 2 cores).
+    assert max(ticks) <= 0.5, f"it got through most tiles ({max(ticks):.2f}): the cancel was not polled"
 
 
 def test_unet_weights_come_from_the_one_weights_cache(tmp_path, monkeypatch):
