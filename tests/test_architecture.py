@@ -54,6 +54,7 @@ RECIPES = tuple(
 HEAVY = frozenset(
     {"torch", "napari", "qtpy", "magicgui", "numba", "mamba_ssm", "causal_conv1d", "radiomics", "SimpleITK"}
     | {"dask", "distributed", "pyarrow", "sklearn", "openslide", "zarr"}
+    | {"anndata", "h5py", "ome_zarr"}
 )
 #: Light libraries whose import stays inside a function for a measured reason (name -> why).
 DEFERRED = {

@@ -27,8 +27,10 @@ import tifffile
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "outputs.json"
 WRITE = os.environ.get("NAPARI_UAM_WRITE_REFERENCE") == "1"
-#: Keys of a run record that differ between two runs of the same code on the same input.
+#: Keys of a run record that differ between two runs of the same code on the same input
+#: (``versions``: the installed libraries', e.g. pandas 2 where the export extra asks for it).
 VOLATILE = {
+    "versions",
     "time_utc",
     "finished_utc",
     "started_utc",

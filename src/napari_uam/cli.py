@@ -24,10 +24,12 @@ import argparse
 import sys
 import warnings
 
-from .batch import run_batch
+from .batch import OutputOptions, run_batch
 from .classify.checkpoint import read_checkpoint
 from .errors import CancelledError, UAMError
 from .evaluation import add_evaluate_parser
+from .io.export import DEFAULT_FORMATS, FORMATS
+from .io.writers import GEOJSON_MEASUREMENTS
 from .evaluation import run_cli as run_evaluate
 from .io.project import find_projects, load_project
 from .sample_data import SAMPLE_MPP, SAMPLE_PATH
@@ -69,7 +71,18 @@ def _parser() -> argparse.ArgumentParser:
         if name == "classify":
             c.add_argument("--model", default=None, help="checkpoint file (default: the shipped UAM weights)")
             c.add_argument(
-                "--formats", default="tif,csv,parquet,geojson", help="comma-separated subset of tif,csv,parquet,geojson"
+                "--formats",
+                default=",".join(DEFAULT_FORMATS),
+                help=f"comma-separated outputs out of {','.join(FORMATS)} (default %(default)s; h5ad = the cell "
+                "table as AnnData, zarr = the nuclei as an OME-Zarr label image: pip install 'napari-uam[export]')",
+            )
+            c.add_argument(
+                "--geojson-measurements",
+                default="auto",
+                choices=["auto", *GEOJSON_MEASUREMENTS],
+                help="what each nucleus of <stem>_cells.geojson carries into QuPath: all = every column of the "
+                "cell table, summary = position, area and tumor probability, none = the label only; auto (default): "
+                "all for images processed in one piece, summary for tiled ones (all: about 20 KB per nucleus)",
             )
         c.add_argument(
             "--tile-size",
@@ -78,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
             metavar="PX",
             help="process images taller or wider than PX in tiles of PX with halos "
             "(default: only images above 16.8 Mpx, in tiles of 2048)",
+        )
+        c.add_argument(
+            "--all-tiles",
+            action="store_true",
+            help="tiled images: process every tile, also those where tissue detection finds only glass",
         )
         c.add_argument(
             "--dask",
@@ -128,6 +146,9 @@ def _run(args, argv) -> int:
         workers=args.workers,
         progress=progress,
         argv=["napari-uam", *argv],
+        options=OutputOptions(
+            geojson_measurements=getattr(args, "geojson_measurements", "auto"), skip_background=not args.all_tiles
+        ),
     )
     if not args.quiet:
         cohort = f", cohort table {result.cohort_path}" if result.cohort_path else ""

@@ -38,6 +38,10 @@ class DeviceError(UAMError):
     """The requested compute device is not available."""
 
 
+class MissingDependencyError(UAMError):
+    """An optional library a requested output needs is not installed (the message says how)."""
+
+
 class CancelledError(Exception):
     """A run was cancelled by the user; nothing was written."""
 

@@ -12,7 +12,7 @@ import tifffile
 from napari_uam.errors import InvalidImageError
 from napari_uam.io import export_cells, read_image
 from napari_uam.io.atomic import atomic_path
-from napari_uam.io.reader import get_reader
+from napari_uam.io.napari_reader import get_reader
 from napari_uam.io.writers import label_polygons
 from napari_uam.sample_data import SAMPLE_MPP, load_sample, sample_image
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import io
 import json
 
+import importlib.util
+
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
@@ -23,9 +26,12 @@ from napari_uam.io import read_image, slide
 from napari_uam.io.region_reader import RegionReader, _read_tiff_region, probe
 from napari_uam.io.slide import composite_on_white, mpp_from_properties
 
+from _ecosystem import qupath_geojson_problems, read_ome_zarr_labels
+from _slides import APERIO, write_pyramid, write_svs
+
 pytest.importorskip("openslide")
 
-APERIO = "Aperio Image Library v12.0.15 \n{w}x{h} [0,0 {w}x{h}] (256x256) RGB|AppMag = 40|MPP = {mpp:.4f}"
+EXPORT_EXTRA = all(importlib.util.find_spec(m) for m in ("anndata", "ome_zarr"))
 
 
 def _image(h=700, w=900, seed=0) -> np.ndarray:
@@ -34,25 +40,6 @@ def _image(h=700, w=900, seed=0) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     base = np.stack([(yy * 0.3) % 256, (xx * 0.2) % 256, ((yy + xx) * 0.1) % 256], -1)
     return np.clip(base + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def write_svs(path, img: np.ndarray, mpp: float = 0.252) -> None:
-    """An SVS-style slide: tiled level 0 with Aperio's description, and a 4x-reduced level."""
-    h, w = img.shape[:2]
-    with tifffile.TiffWriter(path) as tw:
-        kw = {"tile": (256, 256), "compression": "zlib", "photometric": "rgb", "metadata": None}
-        tw.write(img, description=APERIO.format(w=w, h=h, mpp=mpp), **kw)
-        tw.write(img[::4, ::4], subfiletype=1, **kw)
-
-
-def write_pyramid(path, img: np.ndarray, mpp: float = 0.5, subifds: bool = True) -> None:
-    """A generic pyramidal tiled TIFF with resolution tags: levels as SubIFDs or as pages."""
-    kw = {"tile": (128, 128), "compression": "zlib", "photometric": "rgb"}
-    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(img, subifds=2 if subifds else None, **kw, **res)
-        for f in (2, 4):
-            tw.write(img[::f, ::f], subfiletype=1, **kw)
 
 
 def write_jpeg_svs(path, img: np.ndarray, tile: int = 256, mpp: float = 0.252) -> np.ndarray:
@@ -191,7 +178,9 @@ def test_classify_a_slide_through_the_tiled_path(tmp_path, consep_mosaic):
     path = tmp_path / "consep.svs"
     write_svs(path, consep_mosaic([1, 2, 3, 4], 512), mpp=0.252)
     out = tmp_path / "out"
-    rc = main(["classify", str(path), "--out", str(out), "--tile-size", "512", "--device", "cpu", "--quiet"])
+    formats = "tif,csv,parquet,geojson" + (",h5ad,zarr" if EXPORT_EXTRA else "")
+    rc = main(["classify", str(path), "--out", str(out), "--tile-size", "512", "--device", "cpu", "--quiet",
+               "--formats", formats])  # fmt: skip
     assert rc == 0
     done = json.loads((out / "consep.done.json").read_text())
     prov = done["provenance"]
@@ -200,6 +189,25 @@ def test_classify_a_slide_through_the_tiled_path(tmp_path, consep_mosaic):
     assert done["n_cells"] > 100
     for kind in ("nuclei.tif", "cells.csv", "cells.parquet", "cells.geojson"):
         assert (out / f"consep_{kind}").stat().st_size > 0
+    # A tiled image's GeoJSON carries the summary measurements by default (the full set would
+    # be about 20 KB per nucleus on a slide), in the fields QuPath imports.
+    doc = json.loads((out / "consep_cells.geojson").read_text())
+    assert qupath_geojson_problems(doc, "detection") == []
+    assert {tuple(f["properties"]["measurements"]) for f in doc["features"]} == {
+        ("label", "y", "x", "area_um2", "tumor_probability")
+    }
+    if not EXPORT_EXTRA:
+        pytest.skip("the export extra (anndata, ome-zarr) is not installed: h5ad / OME-Zarr not checked")
+    import anndata
+
+    labels = tifffile.imread(out / "consep_nuclei.tif")
+    levels, meta = read_ome_zarr_labels(out / "consep_nuclei.ome.zarr")
+    np.testing.assert_array_equal(levels[0], labels)
+    assert meta["coordinateTransformations"][0][0]["scale"] == [pytest.approx(0.252)] * 2
+    table = pd.read_parquet(out / "consep_cells.parquet")
+    adata = anndata.read_h5ad(out / "consep_cells.h5ad")
+    assert list(adata.obs_names) == [str(v) for v in table["label"]]
+    np.testing.assert_allclose(adata.X, table[list(adata.var_names)].to_numpy(np.float32), rtol=1e-6, equal_nan=True)
 
 
 def test_a_slide_without_pixel_size_asks_for_mpp(tmp_path, capsys):

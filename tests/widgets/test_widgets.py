@@ -8,6 +8,7 @@ tumor colour, layer replacement rules, exports, bad input, Cancel and responsive
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -272,6 +273,28 @@ def test_classify_sample_end_to_end(make_napari_viewer, qtbot, tmp_path, monkeyp
     qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
     assert widget.status.text().startswith("Exported to")
     assert len(list(tmp_path.iterdir())) == 4  # no temporary files left behind
+
+    # The scverse / OME outputs are two more boxes (off by default); each reads back with its
+    # ecosystem's reader.
+    if importlib.util.find_spec("anndata") and importlib.util.find_spec("ome_zarr"):
+        from qtpy.QtCore import Qt
+
+        import anndata
+
+        from _ecosystem import read_ome_zarr_labels
+
+        assert not widget.export_checks["h5ad"].isChecked() and not widget.export_checks["zarr"].isChecked()
+        for fmt in ("h5ad", "zarr"):
+            qtbot.mouseClick(widget.export_checks[fmt], Qt.MouseButton.LeftButton)
+        more = tmp_path / "more"
+        widget.export_dir_edit.setText(str(more))
+        _run(qtbot, widget, widget.export_btn)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+        assert widget.status.text().startswith("Exported to"), widget.status.text()
+        adata = anndata.read_h5ad(next(more.glob("*_cells.h5ad")))
+        assert adata.n_obs == n and set(adata.obs["class"].astype(str)) <= set(feats["class"])
+        levels, _ = read_ome_zarr_labels(next(more.glob("*_nuclei.ome.zarr")))
+        np.testing.assert_array_equal(levels[0], nuclei.data)
 
     # Re-running replaces the plugin's own layers in place: same objects, no new layers.
     names = [layer.name for layer in viewer.layers]

@@ -22,7 +22,7 @@ from .folder import (
     read_done,
     write_cohort_table,
 )
-from .records import BatchArgumentError, BatchResult, ImageResult, ImageStatus
+from .records import BatchArgumentError, BatchResult, ImageResult, ImageStatus, OutputOptions
 from .runner import compute_image, run_batch
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "BatchResult",
     "ImageResult",
     "ImageStatus",
+    "OutputOptions",
     "collect_images",
     "compute_image",
     "done_path",

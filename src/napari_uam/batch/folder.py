@@ -14,7 +14,7 @@ import pandas as pd
 import tifffile
 
 from ..io.atomic import atomic_path
-from ..io.export import FORMATS, TUMOR_OUTPUTS, output_paths, output_stem
+from ..io.export import DEFAULT_FORMATS, FORMATS, TUMOR_OUTPUTS, output_paths, output_stem, remove_output
 from ..io.reader import IMAGE_SUFFIXES
 from .records import BatchArgumentError
 
@@ -26,7 +26,7 @@ COMMANDS = ("segment", "measure", "classify")
 COMMAND_FORMATS = {
     "segment": ("tif",),
     "measure": ("tif", "csv", "parquet"),
-    "classify": FORMATS,
+    "classify": DEFAULT_FORMATS,
 }
 
 
@@ -144,7 +144,7 @@ def read_done(out_dir, stem: str, command: str, formats: Sequence[str]) -> Optio
     paths = output_paths(out_dir, stem)
     # The tumor outputs the marker lists must still be there too.
     kinds = list(formats) + [k for k in TUMOR_OUTPUTS if k in outputs]
-    if not all(paths[k].is_file() for k in kinds):
+    if not all(paths[k].exists() for k in kinds):  # a file, or a folder (OME-Zarr)
         return None
     return info
 
@@ -254,7 +254,7 @@ def _clear_killed_writes(out: Path, previous: Optional[dict], command: str, inpu
         keep = set(_protected_targets(out, stem, kinds, inputs))
         for kind in kinds:
             if own[kind] not in keep:
-                own[kind].unlink(missing_ok=True)
+                remove_output(own[kind])
         done_path(out, stem).unlink(missing_ok=True)
 
 

@@ -73,6 +73,26 @@ class BatchResult:
         return 1 if self.count("failed") else 0
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """How a run writes and tiles what it finds, beyond the formats.
+
+    ``geojson_measurements``: what a nucleus' GeoJSON ``measurements`` hold (one of
+    :data:`napari_uam.io.writers.GEOJSON_MEASUREMENTS`, or ``auto``: every measurement for an
+    image processed in one piece, the summary for one processed in tiles, whose full GeoJSON
+    would take about 20 KB per nucleus, gigabytes per slide). ``skip_background``: tiled
+    images skip the tiles where tissue detection finds no tissue.
+    """
+
+    geojson_measurements: str = "auto"
+    skip_background: bool = True
+
+    def measurements(self, tiled: bool) -> str:
+        if self.geojson_measurements != "auto":
+            return self.geojson_measurements
+        return "summary" if tiled else "all"
+
+
 @dataclass
 class RunContext:
     """What every step of one :func:`run_batch` call shares (was a 13-key dict)."""
@@ -93,6 +113,7 @@ class RunContext:
     executor: object
     save: Callable[[str], None]
     inputs: set
+    options: OutputOptions = OutputOptions()
 
 
 @dataclass

@@ -38,7 +38,9 @@ import tifffile
 from .. import pipeline
 from .. import provenance as P
 from ..errors import UAMError
-from ..io.export import FORMATS, TUMOR_OUTPUTS, export_cells, output_paths
+from ..io.export import FORMATS, TUMOR_OUTPUTS, export_cells, move_into_place, output_paths, remove_output
+from ..io.interop import check_available
+from ..io.writers import check_geojson_measurements
 from ..io.lock import FolderLock
 from ..io.reader import read_image
 from ..pixel_size import check_mpp, choose_mpp, missing_mpp_message
@@ -74,6 +76,7 @@ from .records import (
     ImagePlan,
     ImageResult,
     ImageStatus,
+    OutputOptions,
     Progress,
     RunContext,
 )
@@ -98,6 +101,7 @@ def run_batch(
     workers: Optional[int] = None,
     progress: Progress = None,
     argv: Optional[Sequence[str]] = None,
+    options: OutputOptions = OutputOptions(),
 ) -> BatchResult:
     """Run ``segment``, ``measure`` or ``classify`` over many images, resumably.
 
@@ -114,8 +118,8 @@ def run_batch(
         mpp: microns per pixel for every image; None reads it from each file.
         extra_images: further ``(path, default_mpp)`` pairs (e.g. the shipped sample),
             whose ``default_mpp`` applies when neither ``mpp`` nor the file gives one.
-        formats: output kinds for ``classify`` (subset of tif, csv, parquet, geojson);
-            the other commands write their fixed set.
+        formats: output kinds for ``classify`` (subset of :data:`napari_uam.io.export.FORMATS`,
+            default tif, csv, parquet, geojson); the other commands write their fixed set.
         model: checkpoint path, loaded classifier or None for the shipped weights.
         device: ``"auto"``, ``"cuda"`` or ``"cpu"``.
         segmenter: segmentation backend (``"auto"``: the best installed).
@@ -133,6 +137,7 @@ def run_batch(
         progress: called as ``progress(line, status)`` once per image (``status`` one of
             done, skipped, failed).
         argv: the command line, recorded in the manifest.
+        options: GeoJSON measurements and background tiles (:class:`.records.OutputOptions`).
 
     Returns:
         :class:`BatchResult`.
@@ -152,6 +157,12 @@ def run_batch(
         raise BatchArgumentError(
             f"Unknown output format(s) {sorted(unknown) or '(none)'}; choose from {', '.join(FORMATS)}."
         )
+    try:
+        check_available(formats)
+        if options.geojson_measurements != "auto":
+            check_geojson_measurements(options.geojson_measurements)
+    except ValueError as err:  # MissingDependencyError is a UAMError, a ValueError
+        raise BatchArgumentError(str(err)) from None
     if mpp is not None:
         mpp = check_mpp(mpp)
     out = Path(out_dir)
@@ -218,6 +229,7 @@ def run_batch(
             progress=progress,
             argv=argv,
             executor=executor,
+            options=options,
         )
     finally:
         lock.release()
@@ -243,6 +255,7 @@ def _run_locked(
     progress,
     argv,
     executor,
+    options,
 ) -> BatchResult:
     """The body of :func:`run_batch`, run while the output folder's lock is held."""
 
@@ -258,6 +271,8 @@ def _run_locked(
         "tile_size": tile_size,
         "dask": dask,
         "workers": workers,
+        "geojson_measurements": options.geojson_measurements,
+        "skip_background": options.skip_background,
     }
     manifest = {
         "schema": MANIFEST_SCHEMA,
@@ -319,6 +334,7 @@ def _run_locked(
         executor=executor,
         save=save,
         inputs={p.resolve() for p, _ in jobs},
+        options=options,
     )
     # Read before this run's manifest replaces it: what a killed run was writing.
     _clear_killed_writes(out, _is_own_manifest(manifest_path), command, ctx.inputs)
@@ -646,6 +662,7 @@ def _finish_image(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan,
         provenance=res.provenance,
         mpp=res.mpp,
         tumor_mask=res.tumor_mask,
+        geojson_measurements=ctx.options.measurements(tiled=False),
     )
     timings = dict(res.timings)
     timings["export_s"] = time.perf_counter() - t
@@ -743,17 +760,19 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan
                 device=ctx.device,
                 model=model,
                 provenance=prov,
+                skip_background=ctx.options.skip_background,
+                geojson_measurements=ctx.options.measurements(tiled=True),
             )
         written = []
         _record_writing(st, ctx, formats)
         try:
             for kind in formats:
-                os.replace(res.outputs[kind], paths[kind])
+                move_into_place(res.outputs[kind], paths[kind])
                 written.append(paths[kind])
         except BaseException:
             if not ctx.overwrite:
                 for p in written:
-                    p.unlink(missing_ok=True)
+                    remove_output(p)
             raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)

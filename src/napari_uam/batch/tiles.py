@@ -56,7 +56,7 @@ from skimage.filters import threshold_otsu
 from ..errors import NoNucleiError
 from ..io.export import output_paths
 from ..io.region_reader import RegionReader, probe
-from ..io.tiled_writer import _write_geojson, _write_labels, _write_tables
+from ..io.tiled_writer import _write_geojson, _write_labels, _write_tables, _write_zarr_labels
 from ..io.writers import label_polygons
 from ..pipeline import TileContext, cell_geometry, feature_columns, get_classifier, record_domain, run_stages
 from ..radiomics.schema import DEFAULT_SCHEMA
@@ -482,6 +482,7 @@ def run_tiled(
     provenance: Optional[dict] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     skip_background: bool = True,
+    geojson_measurements: str = "summary",
 ) -> TiledResult:
     """Process one large image in tiles and write its outputs into ``stage``.
 
@@ -491,7 +492,7 @@ def run_tiled(
         stage: an empty folder to write into (the caller renames the files into place).
         stem: output file stem.
         command: ``segment``, ``measure`` or ``classify``.
-        formats: output kinds (tif, csv, parquet, geojson).
+        formats: output kinds (:data:`napari_uam.io.export.FORMATS`).
         backend: concrete segmentation backend (see :func:`napari_uam.segment.resolve_backend`).
         executor: a :mod:`napari_uam.batch.executors` executor (serial when None).
         tile: core side in pixels (rounded up by :func:`plan`).
@@ -502,6 +503,8 @@ def run_tiled(
         skip_background: skip the tiles whose extended region holds no tissue
             (:func:`napari_uam.tissue.detect_tissue` on the overview); they hold no nucleus,
             and segmenting glass costs as much as segmenting tissue.
+        geojson_measurements: what each nucleus' GeoJSON ``measurements`` hold
+            (:data:`napari_uam.io.writers.GEOJSON_MEASUREMENTS`).
 
     Returns:
         :class:`TiledResult` with the staged output paths.
@@ -591,17 +594,24 @@ def run_tiled(
     targets = output_paths(stage, stem)
     written = {}
     conflicts = 0
+    # The OME-Zarr labels are the labels TIFF read back lazily (one tile at a time), so the
+    # TIFF is written for them too and left in the stage when it was not asked for.
+    labels_tif = targets["tif"] if "tif" in formats else stage / f".{stem}_labels_for_zarr.tif"
+    if "tif" in formats or "zarr" in formats:
+        conflicts = _write_labels(labels_tif, tiles, parts, offsets, height, width, tile, n_cells, mpp)
     if "tif" in formats:
-        conflicts = _write_labels(targets["tif"], tiles, parts, offsets, height, width, tile, n_cells, mpp)
         written["tif"] = targets["tif"]
     prov["seam_conflict_pixels"] = conflicts
+    if "zarr" in formats:
+        _write_zarr_labels(labels_tif, targets["zarr"], mpp)
+        written["zarr"] = targets["zarr"]
     n_tumor = None
     if command != "segment":
         n_tumor = _write_tables(targets, formats, tiles, parts, offsets, prov, written)
-    elif "csv" in formats or "parquet" in formats:
+    elif "csv" in formats or "parquet" in formats or "h5ad" in formats:
         _write_tables(targets, formats, tiles, parts, offsets, prov, written)
     if "geojson" in formats:
-        _write_geojson(targets["geojson"], tiles, parts, offsets)
+        _write_geojson(targets["geojson"], tiles, parts, offsets, geojson_measurements)
         written["geojson"] = targets["geojson"]
     shutil.rmtree(parts, ignore_errors=True)
     prov["timings"] = {

@@ -3,7 +3,9 @@
 Per image ``<stem>``, in ``out_dir``:
 ``<stem>_nuclei.tif`` (labels, image height and width), ``<stem>_cells.csv`` (one row per
 label: ``label,y,x,area_um2,class,tumor_probability`` then features), ``<stem>_cells.parquet``,
-``<stem>_cells.geojson`` and, when a tumor mask exists, ``<stem>_tumor_mask.tif`` (uint8, 1 =
+``<stem>_cells.geojson`` (QuPath detections with the cells' measurements), on request
+``<stem>_cells.h5ad`` (AnnData) and ``<stem>_nuclei.ome.zarr`` (an OME-Zarr label image; both
+:mod:`napari_uam.io.interop`) and, when a tumor mask exists, ``<stem>_tumor_mask.tif`` (uint8, 1 =
 tumor) and ``<stem>_tumor.geojson`` (the region as QuPath annotations of class Tumor, holes
 kept, image pixels: :mod:`napari_uam.io.regions`).
 """
@@ -20,10 +22,21 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from .interop import check_available, write_cells_h5ad, write_labels_ome_zarr
 from .regions import write_tumor_geojson
-from .writers import write_cells_csv, write_cells_parquet, write_geojson, write_labels_tiff
+from .writers import (
+    DEFAULT_GEOJSON_MEASUREMENTS,
+    check_geojson_measurements,
+    write_cells_csv,
+    write_cells_parquet,
+    write_geojson,
+    write_labels_tiff,
+)
 
-FORMATS = ("tif", "csv", "parquet", "geojson")
+#: Every output kind; ``h5ad`` and ``zarr`` need the ``export`` extra (anndata, ome-zarr).
+FORMATS = ("tif", "csv", "parquet", "geojson", "h5ad", "zarr")
+#: What the command line and the dock write unless told otherwise.
+DEFAULT_FORMATS = ("tif", "csv", "parquet", "geojson")
 #: Outputs written whenever a tumor mask exists (whatever the formats).
 TUMOR_OUTPUTS = ("tumor_mask", "tumor_geojson")
 
@@ -60,6 +73,8 @@ def output_paths(out_dir, stem: str) -> dict[str, Path]:
         "csv": d / f"{stem}_cells.csv",
         "parquet": d / f"{stem}_cells.parquet",
         "geojson": d / f"{stem}_cells.geojson",
+        "h5ad": d / f"{stem}_cells.h5ad",
+        "zarr": d / f"{stem}_nuclei.ome.zarr",
         "tumor_mask": d / f"{stem}_tumor_mask.tif",
         "tumor_geojson": d / f"{stem}_tumor.geojson",
     }
@@ -70,11 +85,12 @@ def export_cells(
     table: pd.DataFrame,
     out_dir,
     stem: str,
-    formats: Iterable[str] = FORMATS,
+    formats: Iterable[str] = DEFAULT_FORMATS,
     overwrite: bool = False,
     tumor_mask: Optional[np.ndarray] = None,
     provenance: Optional[dict] = None,
     mpp: Optional[float] = None,
+    geojson_measurements: str = DEFAULT_GEOJSON_MEASUREMENTS,
 ) -> dict[str, Path]:
     """Write the chosen outputs of one image, all or none.
 
@@ -87,12 +103,14 @@ def export_cells(
         table: the cell table (one row per label).
         out_dir: output folder (created if missing).
         stem: file name stem, usually the image's.
-        formats: subset of ``("tif", "csv", "parquet", "geojson")``.
+        formats: subset of :data:`FORMATS` (default :data:`DEFAULT_FORMATS`).
         overwrite: replace existing files (each replacement is atomic).
         tumor_mask: optional (H, W) tumor-region mask, written as ``<stem>_tumor_mask.tif`` and
             as QuPath annotations ``<stem>_tumor.geojson``.
         provenance: stored in the parquet metadata.
-        mpp: pixel size stored in the TIFF resolution tags.
+        mpp: pixel size stored in the TIFF resolution tags (and the OME-Zarr / AnnData scale).
+        geojson_measurements: what each nucleus' GeoJSON ``measurements`` hold
+            (:data:`napari_uam.io.writers.GEOJSON_MEASUREMENTS`).
 
     Returns:
         The written paths by kind.
@@ -101,6 +119,8 @@ def export_cells(
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"Unknown export format(s) {sorted(unknown)}; choose from {FORMATS}.")
+    check_geojson_measurements(geojson_measurements)
+    check_available(formats)
     paths = output_paths(out_dir, stem)
     wanted = list(formats) + (list(TUMOR_OUTPUTS) if tumor_mask is not None else [])
     if not overwrite:
@@ -125,22 +145,46 @@ def export_cells(
         if "parquet" in formats:
             write_cells_parquet(table, staged["parquet"], provenance)
         if "geojson" in formats:
-            write_geojson(labels, table, staged["geojson"])
+            write_geojson(labels, table, staged["geojson"], measurements=geojson_measurements)
+        if "h5ad" in formats:
+            write_cells_h5ad(table, staged["h5ad"], provenance, mpp)
+        if "zarr" in formats:
+            write_labels_ome_zarr(labels, staged["zarr"], mpp=mpp)
         if tumor_mask is not None:
             write_labels_tiff((np.asarray(tumor_mask) > 0).astype(np.uint8), staged["tumor_mask"], mpp=mpp)
             write_tumor_geojson(tumor_mask, staged["tumor_geojson"], mpp=mpp)
         written: dict[str, Path] = {}
         try:
             for kind in wanted:
-                os.replace(staged[kind], paths[kind])
+                move_into_place(staged[kind], paths[kind])
                 written[kind] = paths[kind]
         except BaseException:
             # A rename failing midway: files that did not exist before this call are removed
             # again; files that replaced a previous version are complete and stay.
             if not overwrite:
                 for path in written.values():
-                    path.unlink(missing_ok=True)
+                    remove_output(path)
             raise
         return written
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename a staged output onto its target; a folder output (OME-Zarr) replaces an existing
+    one by moving it aside first (a rename cannot replace a non-empty folder)."""
+    if src.is_dir() and dst.is_dir():
+        old = src.with_name(src.name + ".old")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def remove_output(path: Path) -> None:
+    """Remove one output, a file or a folder (OME-Zarr); nothing when it is not there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -140,26 +140,3 @@ def read_image(path) -> tuple[np.ndarray, Optional[float]]:
     except Exception as err:  # any decoder failure becomes one actionable message
         raise InvalidImageError(f"Could not read {path.name}: {type(err).__name__}: {err}") from err
     raise InvalidImageError(f"{path.name}: {UNSUPPORTED}")
-
-
-def get_reader(path):
-    """npe2 reader hook: a function reading ``path`` into an RGB image layer, or None."""
-    if isinstance(path, list):
-        if not path or not all(isinstance(p, str) and _suffix_ok(p) for p in path):
-            return None
-    elif not (isinstance(path, str) and _suffix_ok(path)):
-        return None
-    return _read_layers
-
-
-def _read_layers(path):
-    paths = path if isinstance(path, list) else [path]
-    layers = []
-    for p in paths:
-        data, mpp = read_image(p)
-        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
-        meta = {"name": Path(p).stem, "rgb": rgb, "metadata": {"source": str(p)}}
-        if mpp is not None:
-            meta["metadata"]["mpp"] = mpp
-        layers.append((data, meta, "image"))
-    return layers

@@ -18,6 +18,7 @@ from PIL import Image
 from ..errors import InvalidImageError
 from ..pixel_size import mpp_from_dpi
 from . import slide
+from .pyramid import decode_tiles
 from .reader import (
     PIL_SUFFIXES,
     TIFF_SUFFIXES,
@@ -129,18 +130,4 @@ def _read_tiff_region(path: str, y0: int, y1: int, x0: int, x1: int) -> Optional
         if page.is_memmappable:
             mm = tifffile.memmap(path, page=page.index, mode="r")
             return np.array(mm[y0:y1, x0:x1])
-        ch, cw = int(page.chunks[0]), int(page.chunks[1])
-        ny, nx = int(page.chunked[0]), int(page.chunked[1])
-        out = np.zeros((y1 - y0, x1 - x0, page.samplesperpixel), page.dtype)
-        fh = tif.filehandle
-        for iy in range(y0 // ch, min(ny, (y1 - 1) // ch + 1)):
-            for ix in range(x0 // cw, min(nx, (x1 - 1) // cw + 1)):
-                k = iy * nx + ix
-                fh.seek(page.dataoffsets[k])
-                seg, _, _ = page.decode(fh.read(page.databytecounts[k]), k, jpegtables=page.jpegtables)
-                seg = np.asarray(seg).reshape(seg.shape[-3:])
-                sy, sx = iy * ch, ix * cw
-                a0, a1 = max(y0, sy), min(y1, sy + seg.shape[0], page.imagelength)
-                b0, b1 = max(x0, sx), min(x1, sx + seg.shape[1], page.imagewidth)
-                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = seg[a0 - sy : a1 - sy, b0 - sx : b1 - sx]
-        return out
+        return decode_tiles(tif, page, y0, y1, x0, x1)

@@ -13,7 +13,15 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .writers import CLASS_COLOURS, write_csv_part
+from .interop import write_cells_h5ad, write_labels_ome_zarr
+from .writers import (
+    DEFAULT_GEOJSON_MEASUREMENTS,
+    FEATURE_COLLECTION_END,
+    FEATURE_COLLECTION_START,
+    detection_feature,
+    detection_properties,
+    write_csv_part,
+)
 
 
 def _load_kept(parts: Path, i: int, tile) -> np.ndarray:  # tile: a tiling.Tile (its .ext)
@@ -95,6 +103,7 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
     writer = None
     csv = open(targets["csv"], "w", newline="") if "csv" in formats else None
     n_tumor = None
+    frames = [] if "h5ad" in formats else None  # AnnData holds the whole table in memory
     try:
         for i in range(len(tiles)):
             p = parts / f"{i}.parquet"
@@ -112,13 +121,20 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
             if "parquet" in formats:
                 tab = pa.Table.from_pandas(df, preserve_index=False)
                 if writer is None:
-                    schema = tab.schema
+                    # Text as `string`, as the one-piece writer stores it: pandas 3 reads the
+                    # parts' text back as `large_string`, which would make the file depend on it.
+                    schema = pa.schema(
+                        [f.with_type(pa.string()) if f.type == pa.large_string() else f for f in tab.schema],
+                        metadata=tab.schema.metadata,
+                    )
                     extra = {"attrs": attrs, "provenance": prov}
                     meta = dict(schema.metadata or {})
                     meta[b"napari_uam"] = json.dumps(extra, default=str).encode()
                     schema = schema.with_metadata(meta)
                     writer = pq.ParquetWriter(targets["parquet"], schema)
                 writer.write_table(tab.cast(writer.schema))
+            if frames is not None:
+                frames.append(df)
     finally:
         if writer is not None:
             writer.close()
@@ -128,14 +144,30 @@ def _write_tables(targets, formats, tiles, parts, offsets, prov, written) -> Opt
         written["parquet"] = targets["parquet"]
     if csv is not None:
         written["csv"] = targets["csv"]
+    if frames is not None:
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"label": []})
+        write_cells_h5ad(table, targets["h5ad"], prov, prov.get("mpp"))
+        written["h5ad"] = targets["h5ad"]
     return n_tumor
 
 
-def _write_geojson(path, tiles, parts, offsets) -> None:
-    """Stream the nuclei polygons (QuPath detections) of every tile into one GeoJSON file."""
-    keep = ("label", "y", "x", "area_um2", "tumor_probability")
+def _write_zarr_labels(labels_tif, path, mpp) -> None:
+    """The labels TIFF as an OME-Zarr label image, read tile by tile through Dask."""
+    import dask.array as da  # heavy
+
+    with tifffile.TiffFile(labels_tif) as tif:
+        store = tif.aszarr()
+        try:
+            write_labels_ome_zarr(da.from_zarr(store), path, mpp=mpp)
+        finally:
+            store.close()
+
+
+def _write_geojson(path, tiles, parts, offsets, measurements: str = DEFAULT_GEOJSON_MEASUREMENTS) -> None:
+    """Stream the nuclei polygons (QuPath detections) of every tile into one GeoJSON file, with
+    the same feature text as the one-piece writer (:func:`.writers.detection_properties`)."""
     with open(path, "w") as fh:
-        fh.write('{"type": "FeatureCollection", "features": [')
+        fh.write(FEATURE_COLLECTION_START)
         first = True
         for i in range(len(tiles)):
             rp = parts / f"{i}.rings.json"
@@ -143,31 +175,10 @@ def _write_geojson(path, tiles, parts, offsets) -> None:
                 continue
             rings = json.loads(rp.read_text())
             tp = parts / f"{i}.parquet"
-            table = pd.read_parquet(tp).set_index("label", drop=False) if tp.is_file() else None
+            offset = int(offsets[i])
+            props = detection_properties(pd.read_parquet(tp), measurements, offset) if tp.is_file() else {}
             for key, ring in rings.items():
                 lab = int(key)
-                props: dict = {"objectType": "detection", "isLocked": False}
-                gid = lab + int(offsets[i])
-                if table is not None and lab in table.index:
-                    row = table.loc[lab]
-                    props["measurements"] = {
-                        k: (gid if k == "label" else float(row[k]))
-                        for k in keep
-                        if k in table.columns and pd.notna(row[k])
-                    }
-                    if "class" in table.columns and isinstance(row["class"], str):
-                        props["classification"] = {
-                            "name": row["class"],
-                            "color": list(CLASS_COLOURS.get(row["class"], (128, 128, 128))),
-                        }
-                else:
-                    props["measurements"] = {"label": gid}
-                feature = {
-                    "type": "Feature",
-                    "id": f"nucleus-{gid}",
-                    "geometry": {"type": "Polygon", "coordinates": [ring]},
-                    "properties": props,
-                }
-                fh.write(("" if first else ", ") + json.dumps(feature))
+                fh.write(("" if first else ", ") + detection_feature(lab + offset, ring, props.get(lab)))
                 first = False
-        fh.write("]}")
+        fh.write(FEATURE_COLLECTION_END)

@@ -182,44 +182,109 @@ def label_polygons(labels: np.ndarray) -> dict[int, list[list[float]]]:
     return out
 
 
-def geojson_features(labels: np.ndarray, table: pd.DataFrame) -> dict:
+#: What a nucleus' GeoJSON ``measurements`` hold: ``all`` numeric columns of the cell table (the
+#: full measurement set QuPath shows in its measurement table), a ``summary`` (position, area,
+#: tumor probability), or ``none`` but the label that joins the polygon to the table.
+GEOJSON_MEASUREMENTS = ("all", "summary", "none")
+DEFAULT_GEOJSON_MEASUREMENTS = "all"
+SUMMARY_MEASUREMENTS = ("label", "y", "x", "area_um2", "tumor_probability")
+
+
+def check_geojson_measurements(which: str) -> str:
+    if which not in GEOJSON_MEASUREMENTS:
+        raise ValueError(f"GeoJSON measurements must be one of {GEOJSON_MEASUREMENTS}, not {which!r}.")
+    return which
+
+
+def measurement_columns(table: pd.DataFrame, which: str = DEFAULT_GEOJSON_MEASUREMENTS) -> list[str]:
+    """The numeric columns of ``table`` a nucleus' ``measurements`` hold (``label`` first)."""
+    check_geojson_measurements(which)
+    if which == "none":
+        return ["label"]
+    if which == "summary":
+        cols = [c for c in SUMMARY_MEASUREMENTS if c in table.columns]
+    else:
+        numeric = [c for c in table.columns if table[c].dtype.kind in "biuf"]
+        cols = ["label", *[c for c in numeric if c != "label"]]
+    return ["label", *[c for c in cols if c != "label"]]
+
+
+def detection_properties(
+    table: pd.DataFrame, which: str = DEFAULT_GEOJSON_MEASUREMENTS, label_offset: int = 0
+) -> dict[int, str]:
+    """The GeoJSON ``properties`` text of every cell of ``table``, by its (local) label.
+
+    QuPath's detection fields: ``objectType``, ``classification {name, color}`` (when the
+    table has classes) and ``measurements``, a map of name to number at float32 precision (QuPath
+    keeps measurements as float32; the shortest text that reads back as the same float32), a
+    NaN left out (JSON has none). Built as text, column by column through Arrow's float
+    formatting: a dict per cell through ``json.dumps`` cost more than the polygons on a slide.
+    ``label_offset`` turns a tile's local labels into the image's (the ``label`` measurement).
+    """
+    import pyarrow as pa  # heavy: napari imports this module for its labels writer
+    import pyarrow.compute as pc
+
+    if not len(table) or "label" not in table.columns:
+        return {}
+    labels = table["label"].to_numpy(np.int64)
+    cols = [c for c in measurement_columns(table, which) if c != "label"]
+    n = len(table)
+    texts = [f'"label": {g}' for g in (labels + int(label_offset)).tolist()]
+    if cols:
+        cells = np.empty((n, len(cols)), dtype=object)
+        finite = np.empty((n, len(cols)), dtype=bool)
+        for j, col in enumerate(cols):
+            values = table[col].to_numpy(np.float32)
+            finite[:, j] = np.isfinite(values)
+            numbers = pc.cast(pa.array(values), pa.string()).to_numpy(zero_copy_only=False)
+            cells[:, j] = (json.dumps(str(col)) + ": ") + numbers
+        full = finite.all(axis=1)
+        for i in range(n):
+            texts[i] += ", " + ", ".join(cells[i] if full[i] else cells[i][finite[i]])
+    classes = table["class"].tolist() if "class" in table.columns else [None] * n
+    out = {}
+    for lab, text, name in zip(labels.tolist(), texts, classes):
+        cls = ""
+        if isinstance(name, str):
+            colour = list(CLASS_COLOURS.get(name, (128, 128, 128)))
+            cls = f', "classification": {{"name": {json.dumps(name)}, "color": {json.dumps(colour)}}}'
+        out[lab] = f'{{"objectType": "detection", "isLocked": false{cls}, "measurements": {{{text}}}}}'
+    return out
+
+
+def detection_feature(label: int, ring, properties: Optional[str]) -> str:
+    """One nucleus as GeoJSON Feature text (``properties`` from :func:`detection_properties`;
+    None for a polygon without a table row: the label only)."""
+    if properties is None:
+        properties = f'{{"objectType": "detection", "isLocked": false, "measurements": {{"label": {int(label)}}}}}'
+    return (
+        f'{{"type": "Feature", "id": "nucleus-{int(label)}", "geometry": {{"type": "Polygon", '
+        f'"coordinates": [{json.dumps(ring)}]}}, "properties": {properties}}}'
+    )
+
+
+FEATURE_COLLECTION_START = '{"type": "FeatureCollection", "features": ['
+FEATURE_COLLECTION_END = "]}"
+
+
+def geojson_text(labels: np.ndarray, table: pd.DataFrame, measurements: str = DEFAULT_GEOJSON_MEASUREMENTS) -> str:
     """A GeoJSON FeatureCollection of nuclei polygons in QuPath's detection format."""
-    polys = label_polygons(labels)
-    keep = [c for c in ("label", "y", "x", "area_um2", "tumor_probability") if c in table.columns]
-    # One dict per cell up front: a pandas row lookup per nucleus cost more than the polygons.
-    cols = keep + (["class"] if "class" in table.columns else [])
-    rows = {int(r["label"]): r for r in table[cols].to_dict("records")} if len(table) and "label" in table else {}
-    features = []
-    for lab, ring in polys.items():
-        props: dict = {"objectType": "detection", "isLocked": False}
-        row = rows.get(lab)
-        if row is not None:
-            props["measurements"] = {
-                k: (int(row[k]) if k == "label" else float(row[k])) for k in keep if pd.notna(row[k])
-            }
-            if "class" in table.columns and isinstance(row["class"], str):
-                name = row["class"]
-                props["classification"] = {
-                    "name": name,
-                    "color": list(CLASS_COLOURS.get(name, (128, 128, 128))),
-                }
-        else:
-            props["measurements"] = {"label": int(lab)}
-        features.append(
-            {
-                "type": "Feature",
-                "id": f"nucleus-{lab}",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": props,
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
+    props = detection_properties(table, measurements)
+    feats = (detection_feature(lab, ring, props.get(lab)) for lab, ring in label_polygons(labels).items())
+    return FEATURE_COLLECTION_START + ", ".join(feats) + FEATURE_COLLECTION_END
 
 
-def write_geojson(labels: np.ndarray, table: pd.DataFrame, path, overwrite: bool = False) -> Path:
-    """Write nuclei polygons with their class to GeoJSON (QuPath: File > Import objects)."""
-    doc = geojson_features(np.asarray(labels), table)
+def write_geojson(
+    labels: np.ndarray,
+    table: pd.DataFrame,
+    path,
+    overwrite: bool = False,
+    measurements: str = DEFAULT_GEOJSON_MEASUREMENTS,
+) -> Path:
+    """Write nuclei polygons with their class and measurements to GeoJSON (QuPath: File >
+    Import objects); ``measurements``: one of :data:`GEOJSON_MEASUREMENTS`."""
+    text = geojson_text(np.asarray(labels), table, check_geojson_measurements(measurements))
     with atomic_path(path, overwrite) as tmp:
         with open(tmp, "w") as fh:
-            fh.write(json.dumps(doc))  # one-shot: json.dump streams through the pure-Python encoder
+            fh.write(text)
     return Path(path)

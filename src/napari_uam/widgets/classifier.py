@@ -47,6 +47,7 @@ from ..pixel_size import MAX_MPP, MIN_MPP, estimate_mpp
 from ..segment import available_backends
 from ..validation import as_rgb_uint8
 from . import _display as D
+from . import _view as V
 from . import _layers as L
 from ._mpp_estimate import MppEstimateRow
 from ._rows import path_row, scroll_wrap
@@ -61,7 +62,10 @@ _KIND_REGION = "tumor region"
 #: "Tumor region" choices: combo text -> job setting.
 _REGION_CHOICES = {"Probability image": "probability", "Mask (p > 0.5)": "mask", "Off": "off"}
 #: Export formats: check-box label -> :func:`napari_uam.io.export.export_cells` format.
-_EXPORT_FORMATS = (("CSV", "csv"), ("Parquet", "parquet"), ("GeoJSON (QuPath)", "geojson"), ("TIFF labels", "tif"))
+_EXPORT_FORMATS = (("CSV", "csv"), ("Parquet", "parquet"), ("GeoJSON (QuPath)", "geojson"), ("TIFF labels", "tif"),
+                   ("AnnData (.h5ad)", "h5ad"), ("OME-Zarr labels", "zarr"))  # fmt: skip
+#: Formats checked when the dock opens (the others need the optional ``export`` libraries).
+_EXPORT_DEFAULT = ("csv", "parquet", "geojson", "tif")
 #: What the status line says during each stage.
 _STAGE_TEXT = {"load": "loading the model", "segment": "segmenting nuclei", "measure": "measuring cells",
                "classify": "classifying cells", "tumor mask": "predicting the tumor region"}  # fmt: skip
@@ -86,7 +90,8 @@ class _Job:
     table: Optional[pd.DataFrame] = None
     notes: list = field(default_factory=list)
     region: str = "off"  # tumor-region layer after classify: "probability", "mask" or "off"
-    geometry: dict = field(default_factory=dict)  # the image layer's scale, translate, ...
+    geometry: dict = field(default_factory=dict)  # where results go: the image layer's scale, translate, ...
+    view: Optional[V.View] = None  # a pyramid layer's level-0 rectangle in view (None: the whole image)
 
     @property
     def stages(self) -> list[str]:
@@ -352,13 +357,14 @@ class ClassifierWidget(QWidget):
 
         export_box = QGroupBox("Export")
         ex = QVBoxLayout(export_box)
-        fmt_row = QHBoxLayout()
+        fmt_row, fmt_row2 = QHBoxLayout(), QHBoxLayout()
         self.export_checks: dict[str, QCheckBox] = {}
-        for label, fmt in _EXPORT_FORMATS:
+        for i, (label, fmt) in enumerate(_EXPORT_FORMATS):
             cb = QCheckBox(label)
-            cb.setChecked(True)
+            cb.setChecked(fmt in _EXPORT_DEFAULT)
             self.export_checks[fmt] = cb
-            fmt_row.addWidget(cb)
+            (fmt_row if i < 4 else fmt_row2).addWidget(cb)
+        fmt_row2.addStretch(1)
         self.export_dir_edit, self.export_browse, dir_row = path_row(self._browse_export_dir, "output folder")
         self.export_btn = QPushButton("Export")
         self.export_btn.setToolTip(
@@ -366,6 +372,7 @@ class ClassifierWidget(QWidget):
         )
         self.export_btn.clicked.connect(self.export)
         ex.addLayout(fmt_row)
+        ex.addLayout(fmt_row2)
         ex.addLayout(dir_row)
         ex.addWidget(self.export_btn)
 
@@ -575,24 +582,48 @@ class ClassifierWidget(QWidget):
             return None
         mpp = float(self.mpp_spin.value())
         backend = self.backend_combo.currentText()
-        # A pyramid's level 0 is the full-resolution image the pixel size refers to.
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        view = None
+        if V.is_pyramid(layer):
+            # A slide: the part in view, read from level 0 (the full resolution the pixel size
+            # refers to); a lazy pyramid is never read whole.
+            view = V.view_of(layer, self.viewer)
+            if not view.pixels:
+                self._fail(f"No part of '{layer.name}' is in view: pan to the tissue, then click again.")
+                return None
+            if view.pixels > V.VIEW_MAX_PIXELS:
+                h, w = view.shape
+                self._fail(
+                    f"The view of '{layer.name}' covers {w} x {h} pixels of the full resolution "
+                    f"({view.pixels / 1e6:.0f} Mpx); the dock analyses up to {V.VIEW_MAX_PIXELS / 1e6:.1f} Mpx "
+                    "at a time. Zoom in on the region to classify, or run the whole slide with "
+                    "`napari-uam classify` (tiled, in the background)."
+                )
+                return None
+            image = np.asarray(layer.data[0][view.y0 : view.y1, view.x0 : view.x1])
+        else:
+            image = np.asarray(layer.data)
         job = _Job(
             action=action,
             source=layer.name,
-            image=np.asarray(data),
+            image=image,
             mpp=mpp,
             device=self.device_combo.currentText(),
             backend=backend,
             model=model,
             region=_REGION_CHOICES[self.region_combo.currentText()],
-            geometry={k: getattr(layer, k) for k in ("scale", "translate", "rotate", "shear", "affine")},
+            geometry=V.geometry_of(layer, view),
+            view=view,
         )
+        if view is not None:
+            job.notes.append(f"Analysed the view: {view.describe()}.")
         nuclei = L.current_layer(self.viewer.layers, layer.name, L.KIND_NUCLEI)
         if action == "segment" or nuclei is None:
             return job
         rec = L.owner_record(nuclei)
-        if tuple(np.shape(nuclei.data)) != tuple(job.image.shape[:2]):
+        # Nuclei of another part of the slide (or of the whole image) are not this view's.
+        if tuple(np.shape(nuclei.data)) != tuple(job.image.shape[:2]) or rec.get("view") != (
+            view.as_list() if view else None
+        ):
             return job
         edited = L.is_edited(nuclei)
         if edited:
@@ -776,7 +807,7 @@ class ClassifierWidget(QWidget):
         L.stamp(layer, image_layer.name, kind, checksums=checksums, **params)
         return plan.note, layer, show
 
-    def _write_region(self, image_layer, region: np.ndarray, params: dict) -> str:
+    def _write_region(self, image_layer, region: np.ndarray, params: dict, geometry: dict) -> str:
         """Write the tumor region (probability Image or mask Labels), replacing only the
         plugin's own unedited region layer of the same type; returns a note."""
         as_mask = params.get("region") == "mask"
@@ -785,12 +816,13 @@ class ClassifierWidget(QWidget):
         if layer is not None and isinstance(layer, Labels) != as_mask:
             self.viewer.layers.remove(layer)  # ours, unedited, of the other type: replace it
             layer = None
-        geometry = {k: getattr(image_layer, k) for k in ("scale", "translate", "rotate", "shear", "affine")}
         # Written hidden and shown by the caller in the next event-loop turn (see _write_layer).
         if layer is not None:
             show = layer.visible
             layer.visible = False
             layer.data = region
+            for attr, value in geometry.items():  # a slide's region may lie elsewhere now
+                setattr(layer, attr, value)
         elif as_mask:
             show = True
             layer = self.viewer.add_labels(region, name=plan.name, opacity=0.35, visible=False, **geometry)
@@ -826,6 +858,7 @@ class ClassifierWidget(QWidget):
             "segment_backend": out.backend or (prev_rec or {}).get("segment_backend"),
             "measured": "measure" in out.ran or job.table is not None,
             "schema_id": out.table.attrs.get("schema_id"),
+            "view": job.view.as_list() if job.view else None,
         }
         if out.model_id:
             params.update(model_id=out.model_id, tumor_class=out.table.attrs.get("tumor_class"))
@@ -833,7 +866,7 @@ class ClassifierWidget(QWidget):
         edited = self._edited_targets(image_layer, kinds)
         replace = bool(edited) and self._confirm_replace(edited)
         notes = list(job.notes)
-        outline = {"contour": D.CONTOUR_PX, "opacity": 1.0}
+        outline = {"contour": D.CONTOUR_PX, "opacity": 1.0, **job.geometry}
         note, nuclei, show = self._write_layer(
             image_layer, self._plan(image_layer, L.KIND_NUCLEI, replace), L.KIND_NUCLEI, prep.nuclei_layer,
             prep.labels, prep.features, params, prep.nuclei_checksums, {"colormap": prep.nuclei_colormap, **outline})  # fmt: skip
@@ -861,7 +894,9 @@ class ClassifierWidget(QWidget):
                 if not L.is_edited(layer):
                     self.viewer.layers.remove(layer)
         if out.region is not None:
-            note, region, show = self._write_region(image_layer, out.region, {**params, "region": job.region})
+            note, region, show = self._write_region(
+                image_layer, out.region, {**params, "region": job.region}, job.geometry
+            )
             notes.append(note)
             yield
             if show:

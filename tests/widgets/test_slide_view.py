@@ -1,0 +1,97 @@
+"""A slide in napari (issue 20): opened through the plugin's reader as a lazy multiscale layer,
+classified on the part in view, with the results placed on the slide at full-resolution
+coordinates, and the same nuclei as the one-piece pipeline on that region."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_uam import pipeline, validation
+from napari_uam.widgets import _layers as L
+from napari_uam.widgets import _view as V
+
+from _docks import RUN_TIMEOUT_MS, _click, _dock
+from _slides import write_svs
+
+pytest.importorskip("openslide")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def slide_viewer(make_napari_viewer, qtbot, tmp_path, consep_mosaic, monkeypatch):
+    """napari with a 1024 x 1024 SVS of real CoNSeP H&E opened as a slide (the slide limit is
+    lowered so that this small file counts as one), the classifier docked."""
+    path = tmp_path / "consep.svs"
+    mosaic = consep_mosaic([1, 2, 3, 4], 512)
+    write_svs(path, mosaic, mpp=0.252)
+    monkeypatch.setattr(validation, "MAX_PIXELS", 500_000)
+    viewer = make_napari_viewer(show=True)
+    [layer] = viewer.open(str(path), plugin="napari-uam")
+    widget = _dock(viewer)
+    yield viewer, widget, layer, mosaic
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+
+
+def _look_at(viewer, qtbot, layer, center, side) -> V.View:
+    """Pan and zoom so that ``side`` level-0 pixels around ``center`` fill the canvas' shorter
+    side; returns the view the dock then sees, checked against the canvas geometry."""
+    viewer.camera.center = center
+    h, w = viewer.canvas.size
+    viewer.camera.zoom = min(h, w) / side
+    qtbot.wait(50)
+    view = V.view_of(layer, viewer)
+    span_y, span_x = h / viewer.camera.zoom, w / viewer.camera.zoom
+    want = [center[0] - span_y / 2, center[0] + span_y / 2, center[1] - span_x / 2, center[1] + span_x / 2]
+    clipped = [max(0, want[0]), min(1024, want[1]), max(0, want[2]), min(1024, want[3])]
+    np.testing.assert_allclose(view.as_list(), clipped, atol=1.0)
+    return view
+
+
+def test_classify_the_view_of_a_slide(slide_viewer, qtbot):
+    viewer, widget, layer, mosaic = slide_viewer
+    assert layer.multiscale and layer.metadata["mpp"] == pytest.approx(0.252)
+    assert widget.mpp_spin.value() == pytest.approx(0.252, abs=1e-3)
+    view = _look_at(viewer, qtbot, layer, (600, 420), 300)
+    assert view.y0 > 0 and view.x0 > 0 and view.y1 < 1024 and view.x1 < 1024
+
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    text = widget.status.text()
+    assert "classified" in text and f"Analysed the view: {view.describe()}" in text, text
+    nuclei = viewer.layers[f"{layer.name} nuclei"]
+    # The nuclei of the region in view, placed where they lie on the slide.
+    assert nuclei.data.shape == view.shape
+    np.testing.assert_allclose(nuclei.translate, [view.y0, view.x0])
+    assert L.owner_record(nuclei)["view"] == view.as_list()
+    # The same nuclei and classes as the one-piece pipeline on that region of level 0.
+    ref = pipeline.run(mosaic[view.y0 : view.y1, view.x0 : view.x1], 0.252, device="cpu", tumor_mask=False)
+    np.testing.assert_array_equal(np.asarray(nuclei.data), ref.labels)
+    got = nuclei.features.set_index("label")["class"].astype(str)
+    assert got.to_dict() == ref.table.set_index("label")["class"].astype(str).to_dict()
+    # A nucleus seen on the slide is the same nucleus in the labels layer.
+    lab = int(np.max(nuclei.data))
+    yx = np.argwhere(np.asarray(nuclei.data) == lab).mean(axis=0)
+    world = np.asarray(nuclei.data_to_world(yx))
+    np.testing.assert_allclose(world, yx + [view.y0, view.x0])
+
+    # Panned elsewhere, the next click analyses the new view, not the old nuclei.
+    moved = _look_at(viewer, qtbot, layer, (300, 700), 300)
+    assert moved != view
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    nuclei = viewer.layers[f"{layer.name} nuclei"]
+    assert nuclei.data.shape == moved.shape
+    np.testing.assert_allclose(nuclei.translate, [moved.y0, moved.x0])
+
+
+def test_a_view_too_large_is_refused_with_what_to_do(slide_viewer, qtbot, monkeypatch):
+    viewer, widget, layer, _ = slide_viewer
+    monkeypatch.setattr(V, "VIEW_MAX_PIXELS", 200 * 200)
+    _look_at(viewer, qtbot, layer, (512, 512), 800)
+    n_layers = len(viewer.layers)
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    text = widget.status.text()
+    assert "Zoom in" in text and "napari-uam classify" in text, text
+    assert len(viewer.layers) == n_layers
