@@ -87,7 +87,6 @@ def render(path: str) -> str:
     r = json.loads(Path(path).read_text())
     base = r["rows"][0]["seconds_median"]
     lines = [
-        "<!-- csv-export:start -->",
         "## CSV export of a slide-sized cell table",
         "",
         f"The shipped sample's measured and classified cells repeated to {r['cells']:,} rows x {r['columns']} "
@@ -102,7 +101,6 @@ def render(path: str) -> str:
     ]
     for row in r["rows"]:
         lines.append(f"| {row['writer']} | {row['seconds_median']:.2f} | {base / row['seconds_median']:.1f}x |")
-    lines.append("<!-- csv-export:end -->")
     text = "\n".join(lines)
     write_section("csv-export", text)
     return text

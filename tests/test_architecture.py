@@ -207,7 +207,7 @@ def test_napari_entry_modules_import_nothing_heavy():
     pyarrow or another :data:`HEAVY` library at its top, directly or through the package."""
     manifest = (PKG / "napari.yaml").read_text()
     entries = set(re.findall(r"python_name:\s*([\w.]+):", manifest))
-    assert {"napari_uam.io.reader", "napari_uam.io.writers", "napari_uam.sample_data"} <= entries
+    assert {"napari_uam.io.napari_reader", "napari_uam.io.writers", "napari_uam.sample_data"} <= entries
     heavy = _heavy_at_top(_imports(top_only=True))
     loads = {m: sorted(heavy[m]) for m in entries if not m.startswith("napari_uam.widgets")}
     assert not {m: h for m, h in loads.items() if h}, loads

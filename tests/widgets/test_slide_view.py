@@ -4,6 +4,8 @@ coordinates, and the same nuclei as the one-piece pipeline on that region."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,8 @@ from _slides import write_svs
 
 pytest.importorskip("openslide")
 pytestmark = pytest.mark.gui
+#: What the user sees after classifying the view of a slide (docs/cli.md, "Slides in napari").
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot_slide_view.png"
 
 
 @pytest.fixture
@@ -74,6 +78,10 @@ def test_classify_the_view_of_a_slide(slide_viewer, qtbot):
     yx = np.argwhere(np.asarray(nuclei.data) == lab).mean(axis=0)
     world = np.asarray(nuclei.data_to_world(yx))
     np.testing.assert_allclose(world, yx + [view.y0, view.x0])
+    # Zoomed out again, the classified region sits in its place on the slide.
+    viewer.camera.center, viewer.camera.zoom = (512, 512), min(viewer.canvas.size) / 1100
+    qtbot.wait(200)
+    assert viewer.screenshot(path=str(SCREENSHOT), canvas_only=False).shape[0] > 400
 
     # Panned elsewhere, the next click analyses the new view, not the old nuclei.
     moved = _look_at(viewer, qtbot, layer, (300, 700), 300)
