@@ -103,3 +103,47 @@ def test_a_view_too_large_is_refused_with_what_to_do(slide_viewer, qtbot, monkey
     text = widget.status.text()
     assert "Zoom in" in text and "napari-uam classify" in text, text
     assert len(viewer.layers) == n_layers
+
+
+def test_classify_inside_drawn_shapes(slide_viewer, qtbot):
+    """A polygon drawn on the slide: the dock analyses only inside it (outside is glass), on
+    level 0 of the slide, and places the nuclei where they lie."""
+    viewer, widget, layer, mosaic = slide_viewer
+    poly = np.array([[520, 300], [520, 620], [760, 700], [800, 320]], dtype=float)
+    shapes = viewer.add_shapes([poly], shape_type="polygon", name="area")
+    viewer.layers.selection.active = shapes
+    assert "choose it under Area" in widget.status.text()
+    widget.area_combo.setCurrentIndex(widget.area_combo.findData("area"))
+    viewer.layers.selection.active = layer
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    text = widget.status.text()
+    assert "Analysed inside the drawn shape" in text, text
+    nuclei = viewer.layers[f"{layer.name} nuclei"]
+    y0, x0 = 520, 300
+    assert nuclei.data.shape == (800 - y0 + 1, 700 - x0 + 1)
+    np.testing.assert_allclose(nuclei.translate, [y0, x0])
+    # No nucleus outside the polygon: every labelled pixel lies inside (or on) it.
+    from skimage.draw import polygon as fill
+
+    inside = np.zeros(nuclei.data.shape, bool)
+    inside[fill(poly[:, 0] - y0, poly[:, 1] - x0, shape=inside.shape)] = True
+    labelled = np.asarray(nuclei.data) > 0
+    assert labelled.sum() > 500 and not (labelled & ~inside).any()
+    # The same nuclei as the pipeline on that region with the outside painted white.
+    crop = mosaic[y0:801, x0:701].copy()
+    crop[~inside] = 255
+    ref = pipeline.run(crop, 0.252, device="cpu", tumor_mask=False)
+    np.testing.assert_array_equal(np.asarray(nuclei.data), ref.labels)
+
+
+def test_lines_enclose_no_area(slide_viewer, qtbot):
+    viewer, widget, layer, _ = slide_viewer
+    viewer.add_shapes([np.array([[100, 100], [400, 400]], float)], shape_type="line", name="cut")
+    viewer.layers.selection.active = layer
+    widget.area_combo.setCurrentIndex(widget.area_combo.findData("cut"))
+    n_layers = len(viewer.layers)
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    assert "no rectangle, polygon or ellipse" in widget.status.text(), widget.status.text()
+    assert len(viewer.layers) == n_layers

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-from napari.layers import Labels
+from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -70,6 +71,8 @@ _EXPORT_DEFAULT = ("csv", "parquet", "geojson", "tif")
 _STAGE_TEXT = {"load": "loading the model", "segment": "segmenting nuclei", "measure": "measuring cells",
                "classify": "classifying cells", "tumor mask": "predicting the tumor region"}  # fmt: skip
 _DEFAULT_MODEL = "Default UAM model"
+#: The "Area" choice that analyses the whole image (of a slide, the part in view).
+_AREA_WHOLE = "Whole image (slide: the view)"
 #: Pause between the steps that add a run's layers, so timers and input get a turn in between.
 _STEP_PAUSE_MS = 15
 _CHECKPOINT_MODEL = "Checkpoint file..."
@@ -91,7 +94,8 @@ class _Job:
     notes: list = field(default_factory=list)
     region: str = "off"  # tumor-region layer after classify: "probability", "mask" or "off"
     geometry: dict = field(default_factory=dict)  # where results go: the image layer's scale, translate, ...
-    view: Optional[V.View] = None  # a pyramid layer's level-0 rectangle in view (None: the whole image)
+    view: Optional[V.View] = None  # the level-0 rectangle analysed (None: the whole image)
+    area: Optional[int] = None  # checksum of the drawn shapes' mask inside ``view`` (None: no shapes)
 
     @property
     def stages(self) -> list[str]:
@@ -286,6 +290,13 @@ class ClassifierWidget(QWidget):
         self.image_combo.setToolTip("The RGB H&E image layer to analyse.")
         self.image_combo.currentTextChanged.connect(self._on_image_changed)
         form.addRow("Image", self.image_combo)
+        self.area_combo = QComboBox()
+        self.area_combo.setToolTip(
+            "What part of the image to analyse: all of it (of a slide, the part in view), or the "
+            "rectangles, polygons or ellipses of a Shapes layer (its selected shapes, or all)."
+        )
+        self.area_combo.addItem(_AREA_WHOLE, None)
+        form.addRow("Area", self.area_combo)
 
         self.mpp_spin = QDoubleSpinBox()
         self.mpp_spin.setRange(MIN_MPP, MAX_MPP)
@@ -439,8 +450,22 @@ class ClassifierWidget(QWidget):
     def _image_layers(self) -> list:
         return [layer for layer in self.viewer.layers if type(layer).__name__ == "Image" and layer.rgb]
 
+    def _refresh_areas(self) -> None:
+        """Refill the area list: the whole image, then every Shapes layer (kept if still there)."""
+        current = self.area_combo.currentData()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Shapes)]
+        self.area_combo.blockSignals(True)
+        self.area_combo.clear()
+        self.area_combo.addItem(_AREA_WHOLE, None)
+        for name in names:
+            self.area_combo.addItem(f"Shapes: {name}", name)
+        if current in names:
+            self.area_combo.setCurrentIndex(names.index(current) + 1)
+        self.area_combo.blockSignals(False)
+
     def _refresh_images(self, *_) -> None:
         """Refill the image list (RGB image layers only), keeping the current choice if it exists."""
+        self._refresh_areas()
         current = self.image_combo.currentText()
         names = [layer.name for layer in self._image_layers()]
         self.image_combo.blockSignals(True)
@@ -456,6 +481,10 @@ class ClassifierWidget(QWidget):
         """Follow the layer list: an RGB image becomes the target; anything else is explained."""
         layer = event.value
         if layer is None or L.owner_record(layer) is not None:
+            return
+        if isinstance(layer, Shapes):
+            if self.area_combo.currentData() != layer.name:
+                self._say(f"To analyse only inside the shapes of '{layer.name}', choose it under Area.")
             return
         problem = L.describe_layer(layer)
         if problem:
@@ -583,7 +612,31 @@ class ClassifierWidget(QWidget):
         mpp = float(self.mpp_spin.value())
         backend = self.backend_combo.currentText()
         view = None
-        if V.is_pyramid(layer):
+        inside = None
+        area_name = self.area_combo.currentData()
+        if area_name is not None:
+            if area_name not in self.viewer.layers:
+                self._fail(f"The Shapes layer '{area_name}' is gone: choose another area.")
+                return None
+            try:
+                area = V.shapes_area(layer, self.viewer.layers[area_name])
+            except ValueError as err:
+                self._fail(str(err))
+                return None
+            view, inside = area.view, area.inside
+            if view.pixels > V.VIEW_MAX_PIXELS:
+                self._fail(
+                    f"The shapes of '{area_name}' span {view.shape[1]} x {view.shape[0]} pixels of the full "
+                    f"resolution; the dock analyses up to {V.VIEW_MAX_PIXELS / 1e6:.1f} Mpx at a time. Draw a "
+                    "smaller area, or run the whole image with `napari-uam classify`."
+                )
+                return None
+            source = layer.data[0] if V.is_pyramid(layer) else layer.data
+            image = np.array(source[view.y0 : view.y1, view.x0 : view.x1])
+            # Outside the shapes is glass (white): no nucleus is found there, and the stain and
+            # tissue checks see only the drawn tissue.
+            image[~inside] = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
+        elif V.is_pyramid(layer):
             # A slide: the part in view, read from level 0 (the full resolution the pixel size
             # refers to); a lazy pyramid is never read whole.
             view = V.view_of(layer, self.viewer)
@@ -614,15 +667,20 @@ class ClassifierWidget(QWidget):
             geometry=V.geometry_of(layer, view),
             view=view,
         )
-        if view is not None:
+        if inside is not None:
+            job.notes.append(f"Analysed {area.describe()}.")
+            job.area = zlib.crc32(np.packbits(inside).tobytes())
+        elif view is not None:
             job.notes.append(f"Analysed the view: {view.describe()}.")
         nuclei = L.current_layer(self.viewer.layers, layer.name, L.KIND_NUCLEI)
         if action == "segment" or nuclei is None:
             return job
         rec = L.owner_record(nuclei)
-        # Nuclei of another part of the slide (or of the whole image) are not this view's.
-        if tuple(np.shape(nuclei.data)) != tuple(job.image.shape[:2]) or rec.get("view") != (
-            view.as_list() if view else None
+        # Nuclei of another part of the image (view or drawn area) are not this one's.
+        if (
+            tuple(np.shape(nuclei.data)) != tuple(job.image.shape[:2])
+            or rec.get("view") != (view.as_list() if view else None)
+            or rec.get("area") != job.area
         ):
             return job
         edited = L.is_edited(nuclei)
@@ -859,6 +917,7 @@ class ClassifierWidget(QWidget):
             "measured": "measure" in out.ran or job.table is not None,
             "schema_id": out.table.attrs.get("schema_id"),
             "view": job.view.as_list() if job.view else None,
+            "area": job.area,
         }
         if out.model_id:
             params.update(model_id=out.model_id, tumor_class=out.table.attrs.get("tumor_class"))
