@@ -4,16 +4,20 @@ coordinates, and the same nuclei as the one-piece pipeline on that region."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import tifffile
 
 from napari_uam import pipeline, validation
 from napari_uam.widgets import _layers as L
 from napari_uam.widgets import _view as V
 
 from _docks import RUN_TIMEOUT_MS, _click, _dock
+from _ecosystem import qupath_geojson_problems
 from _slides import write_svs
 
 pytest.importorskip("openslide")
@@ -52,7 +56,7 @@ def _look_at(viewer, qtbot, layer, center, side) -> V.View:
     return view
 
 
-def test_classify_the_view_of_a_slide(slide_viewer, qtbot):
+def test_classify_the_view_of_a_slide(slide_viewer, qtbot, tmp_path):
     viewer, widget, layer, mosaic = slide_viewer
     assert layer.multiscale and layer.metadata["mpp"] == pytest.approx(0.252)
     assert widget.mpp_spin.value() == pytest.approx(0.252, abs=1e-3)
@@ -78,6 +82,9 @@ def test_classify_the_view_of_a_slide(slide_viewer, qtbot):
     yx = np.argwhere(np.asarray(nuclei.data) == lab).mean(axis=0)
     world = np.asarray(nuclei.data_to_world(yx))
     np.testing.assert_allclose(world, yx + [view.y0, view.x0])
+    # Exported, the cells are in the slide's pixels (QuPath places them on the slide); the
+    # labels TIFF is the region's, its offset in the provenance.
+    nuclei_export(qtbot, widget, view, tmp_path / "export")
     # Zoomed out again, the classified region sits in its place on the slide.
     viewer.camera.center, viewer.camera.zoom = (512, 512), min(viewer.canvas.size) / 1100
     qtbot.wait(200)
@@ -91,6 +98,29 @@ def test_classify_the_view_of_a_slide(slide_viewer, qtbot):
     nuclei = viewer.layers[f"{layer.name} nuclei"]
     assert nuclei.data.shape == moved.shape
     np.testing.assert_allclose(nuclei.translate, [moved.y0, moved.x0])
+
+
+def nuclei_export(qtbot, widget, view: V.View, out: Path) -> Path:
+    widget.export_dir_edit.setText(str(out))
+    _click(qtbot, widget.export_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.text().startswith("Exported to"), widget.status.text()
+    labels = tifffile.imread(next(out.glob("*_nuclei.tif")))
+    assert labels.shape == view.shape
+    table = pd.read_csv(next(out.glob("*_cells.csv"))).set_index("label")
+    doc = json.loads(next(out.glob("*_cells.geojson")).read_text())
+    assert qupath_geojson_problems(doc, "detection") == []
+    for f in doc["features"][:20]:
+        lab = f["properties"]["measurements"]["label"]
+        ring = np.asarray(f["geometry"]["coordinates"][0])
+        ys, xs = np.nonzero(labels == lab)
+        # The polygon encloses the nucleus' pixels moved by the view's offset, and so does the
+        # table's centroid.
+        assert ring[:, 1].min() <= ys.min() + view.y0 and ring[:, 1].max() >= ys.max() + view.y0
+        assert ring[:, 0].min() <= xs.min() + view.x0 and ring[:, 0].max() >= xs.max() + view.x0
+        got = table.loc[lab, ["y", "x"]].to_numpy(float)
+        np.testing.assert_allclose(got, [ys.mean() + view.y0, xs.mean() + view.x0], atol=1e-5)
+    return out
 
 
 def test_a_view_too_large_is_refused_with_what_to_do(slide_viewer, qtbot, monkeypatch):

@@ -91,6 +91,7 @@ def export_cells(
     provenance: Optional[dict] = None,
     mpp: Optional[float] = None,
     geojson_measurements: str = DEFAULT_GEOJSON_MEASUREMENTS,
+    origin: tuple = (0, 0),
 ) -> dict[str, Path]:
     """Write the chosen outputs of one image, all or none.
 
@@ -111,6 +112,10 @@ def export_cells(
         mpp: pixel size stored in the TIFF resolution tags (and the OME-Zarr / AnnData scale).
         geojson_measurements: what each nucleus' GeoJSON ``measurements`` hold
             (:data:`napari_uam.io.writers.GEOJSON_MEASUREMENTS`).
+        origin: (y, x) where ``labels``' pixel (0, 0) lies on the whole image (a slide's view
+            or a drawn area in the dock): the tables' ``y, x`` and the GeoJSON polygons are
+            then in the whole image's pixels, so that QuPath places them on the slide; the
+            label images stay the region's (its offset is in ``provenance``).
 
     Returns:
         The written paths by kind.
@@ -135,6 +140,11 @@ def export_cells(
     # then leaves the output folder exactly as it was: no new file, no replaced file.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    oy, ox = (float(v) for v in origin)
+    if (oy or ox) and {"y", "x"} <= set(table.columns):
+        table = table.copy()
+        table["y"] = table["y"] + oy
+        table["x"] = table["x"] + ox
     stage = Path(tempfile.mkdtemp(prefix=f".{stem}.export.", dir=out))
     try:
         staged = {k: stage / paths[k].name for k in wanted}
@@ -145,7 +155,7 @@ def export_cells(
         if "parquet" in formats:
             write_cells_parquet(table, staged["parquet"], provenance)
         if "geojson" in formats:
-            write_geojson(labels, table, staged["geojson"], measurements=geojson_measurements)
+            write_geojson(labels, table, staged["geojson"], measurements=geojson_measurements, origin=(oy, ox))
         if "h5ad" in formats:
             write_cells_h5ad(table, staged["h5ad"], provenance, mpp)
         if "zarr" in formats:

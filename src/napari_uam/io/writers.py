@@ -267,10 +267,20 @@ FEATURE_COLLECTION_START = '{"type": "FeatureCollection", "features": ['
 FEATURE_COLLECTION_END = "]}"
 
 
-def geojson_text(labels: np.ndarray, table: pd.DataFrame, measurements: str = DEFAULT_GEOJSON_MEASUREMENTS) -> str:
-    """A GeoJSON FeatureCollection of nuclei polygons in QuPath's detection format."""
+def geojson_text(
+    labels: np.ndarray,
+    table: pd.DataFrame,
+    measurements: str = DEFAULT_GEOJSON_MEASUREMENTS,
+    origin: tuple = (0, 0),
+) -> str:
+    """A GeoJSON FeatureCollection of nuclei polygons in QuPath's detection format; ``origin``
+    (y, x): where the labels' pixel (0, 0) lies on the whole image, added to the polygons."""
     props = detection_properties(table, measurements)
-    feats = (detection_feature(lab, ring, props.get(lab)) for lab, ring in label_polygons(labels).items())
+    oy, ox = (float(v) for v in origin)
+    polys = label_polygons(labels)
+    if oy or ox:
+        polys = {lab: [[x + ox, y + oy] for x, y in ring] for lab, ring in polys.items()}
+    feats = (detection_feature(lab, ring, props.get(lab)) for lab, ring in polys.items())
     return FEATURE_COLLECTION_START + ", ".join(feats) + FEATURE_COLLECTION_END
 
 
@@ -280,10 +290,12 @@ def write_geojson(
     path,
     overwrite: bool = False,
     measurements: str = DEFAULT_GEOJSON_MEASUREMENTS,
+    origin: tuple = (0, 0),
 ) -> Path:
     """Write nuclei polygons with their class and measurements to GeoJSON (QuPath: File >
-    Import objects); ``measurements``: one of :data:`GEOJSON_MEASUREMENTS`."""
-    text = geojson_text(np.asarray(labels), table, check_geojson_measurements(measurements))
+    Import objects); ``measurements``: one of :data:`GEOJSON_MEASUREMENTS`; ``origin``: see
+    :func:`geojson_text`."""
+    text = geojson_text(np.asarray(labels), table, check_geojson_measurements(measurements), origin)
     with atomic_path(path, overwrite) as tmp:
         with open(tmp, "w") as fh:
             fh.write(text)

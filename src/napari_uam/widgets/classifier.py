@@ -212,7 +212,7 @@ def _compute(job: _Job, cancelled, emit):
     return out
 
 
-def _export(labels, table, out_dir, stem, formats, overwrite, provenance, mpp):
+def _export(labels, table, out_dir, stem, formats, overwrite, provenance, mpp, origin=(0, 0)):
     """Worker body of Export: ``(written paths, None)`` or ``(None, exception)``.
 
     The exception is returned inside a tuple, not raised nor returned bare (a worker treats a
@@ -227,9 +227,8 @@ def _export(labels, table, out_dir, stem, formats, overwrite, provenance, mpp):
         # way round, instead of the two interleaving their files.
         with FolderLock(folder, what=f"napari-uam dock export of '{stem}'",
                         instead="wait for it to finish, or export into another folder. Nothing was written."):  # fmt: skip
-            written = export_cells(
-                labels, table, folder, stem, formats=formats, overwrite=overwrite, provenance=provenance, mpp=mpp
-            )
+            written = export_cells(labels, table, folder, stem, formats=formats, overwrite=overwrite,
+                                   provenance=provenance, mpp=mpp, origin=origin)  # fmt: skip
     except Exception as err:  # noqa: BLE001 - shown to the user by the GUI thread
         if not isinstance(err, (FileExistsError, OSError, UAMError)):
             logger.exception("napari-uam export failed")
@@ -1027,7 +1026,11 @@ class ClassifierWidget(QWidget):
                 return
         stem = L.export_stem(layer.name, layer.metadata)
         provenance = {"image_layer": layer.name, **{k: v for k, v in rec.items() if "checksum" not in k}}
-        args = (labels.copy(), table, out_dir, stem, formats, overwrite, provenance, rec.get("mpp"))
+        # A slide's view or a drawn area: coordinates in the whole image's pixels (QuPath then
+        # places the cells on the slide); the labels TIFF is the region's.
+        view = rec.get("view")
+        origin = (view[0], view[2]) if view else (0, 0)
+        args = (labels.copy(), table, out_dir, stem, formats, overwrite, provenance, rec.get("mpp"), origin)
         self._set_busy(True)
         self._say(f"Exporting '{stem}' to {out_dir}...")
         self._export_target = out_dir
