@@ -177,3 +177,54 @@ def test_lines_enclose_no_area(slide_viewer, qtbot):
     qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
     assert "no rectangle, polygon or ellipse" in widget.status.text(), widget.status.text()
     assert len(viewer.layers) == n_layers
+
+
+def _whole_slide(widget, monkeypatch, out: Path) -> None:
+    from napari_uam.widgets import classifier
+
+    monkeypatch.setattr(classifier, "_SLIDE_TILE", 512)  # four tiles on the small test slide
+    widget.area_combo.setCurrentIndex(widget.area_combo.findData(classifier._SLIDE_DATA))
+    widget.export_dir_edit.setText(str(out))
+
+
+def test_classify_the_whole_slide_in_the_background(slide_viewer, qtbot, monkeypatch, tmp_path):
+    """The command line's tiled run from the dock: progress per tile, the files in the export
+    folder, the nuclei shown as a multiscale labels layer read from the labels TIFF's pyramid."""
+    viewer, widget, layer, _ = slide_viewer
+    out = tmp_path / "slide_out"
+    _whole_slide(widget, monkeypatch, out)
+    seen = []
+    widget.progress.valueChanged.connect(seen.append)
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    text = widget.status.text()
+    assert text.startswith("Whole slide: ") and "nuclei shown as 'consep slide nuclei'" in text, text
+    assert len({v for v in seen if 0 < v < 100}) >= 3  # the bar moved tile by tile
+    done = json.loads((out / "consep.done.json").read_text())
+    assert done["provenance"]["tiled"] and done["provenance"]["n_tiles"] == 4
+    nuclei = viewer.layers["consep slide nuclei"]
+    assert nuclei.multiscale and len(nuclei.data) == 2
+    labels = tifffile.imread(out / "consep_nuclei.tif")
+    np.testing.assert_array_equal(np.asarray(nuclei.data[0]), labels)
+    np.testing.assert_array_equal(np.asarray(nuclei.data[1]), labels[::4, ::4])
+    assert int(labels.max()) == done["n_cells"] and f"{done['n_cells']:,} nuclei" in text
+    # A second click finds the slide done in that folder: nothing recomputed, the layer replaced.
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    assert "already classified there (skipped)" in widget.status.text()
+    assert [x.name for x in viewer.layers].count("consep slide nuclei") == 1
+
+
+def test_cancel_a_whole_slide_run(slide_viewer, qtbot, monkeypatch, tmp_path):
+    viewer, widget, layer, _ = slide_viewer
+    out = tmp_path / "slide_out"
+    _whole_slide(widget, monkeypatch, out)
+    n_layers = len(viewer.layers)
+    _click(qtbot, widget.classify_btn)
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=RUN_TIMEOUT_MS)  # the first tile is done
+    _click(qtbot, widget.cancel_btn)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.text().startswith("Cancelled: no output of 'consep' was written"), widget.status.text()
+    assert len(viewer.layers) == n_layers
+    assert sorted(p.name for p in out.iterdir()) == ["napari_uam_run.json"]
+    assert json.loads((out / "napari_uam_run.json").read_text())["state"] == "interrupted"

@@ -114,6 +114,9 @@ class RunContext:
     save: Callable[[str], None]
     inputs: set
     options: OutputOptions = OutputOptions()
+    #: Tiled images: ``tile_progress(done, n)`` after each tile, ``cancel()`` polled after each.
+    tile_progress: Optional[Callable[[int, int], None]] = None
+    cancel: Optional[Callable[[], bool]] = None
 
 
 @dataclass

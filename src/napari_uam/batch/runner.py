@@ -31,13 +31,13 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import tifffile
 
 from .. import pipeline
 from .. import provenance as P
-from ..errors import UAMError
+from ..errors import CancelledError, UAMError
 from ..io.export import FORMATS, TUMOR_OUTPUTS, export_cells, move_into_place, output_paths, remove_output
 from ..io.interop import check_available
 from ..io.writers import check_geojson_measurements
@@ -102,6 +102,8 @@ def run_batch(
     progress: Progress = None,
     argv: Optional[Sequence[str]] = None,
     options: OutputOptions = OutputOptions(),
+    tile_progress: Optional[Callable[[int, int], None]] = None,
+    cancel: Optional[Callable[[], bool]] = None,
 ) -> BatchResult:
     """Run ``segment``, ``measure`` or ``classify`` over many images, resumably.
 
@@ -138,6 +140,10 @@ def run_batch(
             done, skipped, failed).
         argv: the command line, recorded in the manifest.
         options: GeoJSON measurements and background tiles (:class:`.records.OutputOptions`).
+        tile_progress: ``tile_progress(done, n)`` after each tile of a tiled image (the dock's
+            progress bar).
+        cancel: polled after each tile of a tiled image; True stops the run like Ctrl-C
+            (the image is ``interrupted``, nothing of it is written) with CancelledError.
 
     Returns:
         :class:`BatchResult`.
@@ -230,6 +236,8 @@ def run_batch(
             argv=argv,
             executor=executor,
             options=options,
+            tile_progress=tile_progress,
+            cancel=cancel,
         )
     finally:
         lock.release()
@@ -256,6 +264,8 @@ def _run_locked(
     argv,
     executor,
     options,
+    tile_progress=None,
+    cancel=None,
 ) -> BatchResult:
     """The body of :func:`run_batch`, run while the output folder's lock is held."""
 
@@ -335,6 +345,8 @@ def _run_locked(
         save=save,
         inputs={p.resolve() for p, _ in jobs},
         options=options,
+        tile_progress=tile_progress,
+        cancel=cancel,
     )
     # Read before this run's manifest replaces it: what a killed run was writing.
     _clear_killed_writes(out, _is_own_manifest(manifest_path), command, ctx.inputs)
@@ -398,13 +410,13 @@ def _run_locked(
             started[k] = time.perf_counter()
             try:
                 _process_tiled(jobs[k][0], statuses[k], ctx, plans[k])
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, CancelledError):
                 raise
             except Exception as err:
                 fail(k, err)
             statuses[k].seconds = round(time.perf_counter() - started[k], 3)
             report(k)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, CancelledError):
         running = [k for k in started if statuses[k].status == "pending"]
         # In this process only the first unfinished image was being computed; on Dask
         # every submitted one may have been.
@@ -762,6 +774,8 @@ def _process_tiled(path: Path, st: ImageStatus, ctx: RunContext, plan: ImagePlan
                 provenance=prov,
                 skip_background=ctx.options.skip_background,
                 geojson_measurements=ctx.options.measurements(tiled=True),
+                progress=ctx.tile_progress,
+                cancel=ctx.cancel,
             )
         written = []
         _record_writing(st, ctx, formats)

@@ -54,7 +54,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from ..errors import NoNucleiError
+from ..errors import NoNucleiError, raise_if_cancelled
 from ..io.export import output_paths
 from ..io.region_reader import RegionReader, probe
 from ..io.tiled_writer import _write_geojson, _write_labels, _write_tables, _write_zarr_labels
@@ -484,6 +484,7 @@ def run_tiled(
     progress: Optional[Callable[[int, int], None]] = None,
     skip_background: bool = True,
     geojson_measurements: str = "summary",
+    cancel: Optional[Callable[[], bool]] = None,
 ) -> TiledResult:
     """Process one large image in tiles and write its outputs into ``stage``.
 
@@ -506,6 +507,8 @@ def run_tiled(
             and segmenting glass costs as much as segmenting tissue.
         geojson_measurements: what each nucleus' GeoJSON ``measurements`` hold
             (:data:`napari_uam.io.writers.GEOJSON_MEASUREMENTS`).
+        cancel: polled after every tile; when it returns True, :class:`CancelledError` is
+            raised (the caller's stage folder is then removed: nothing is written).
 
     Returns:
         :class:`TiledResult` with the staged output paths.
@@ -564,6 +567,7 @@ def run_tiled(
         done += 1
         if progress is not None:
             progress(done, len(todo))
+        raise_if_cancelled(cancel, "Slide run cancelled; nothing was written.")
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n_cells = int(offsets[-1])
     if n_cells == 0:

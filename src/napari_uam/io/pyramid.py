@@ -123,4 +123,27 @@ def lazy_levels(pyr: Pyramid, chunk: int = CHUNK) -> list:
     return arrays
 
 
-__all__ = ["CHUNK", "Pyramid", "lazy_levels", "open_pyramid", "decode_tiles", "read_level_region"]
+def lazy_label_levels(path, chunk: int = CHUNK) -> list:
+    """Every level of a single-channel pyramidal TIFF (a slide's labels as the tiled path writes
+    them, reduced levels in SubIFDs) as lazy Dask arrays, read tile by tile."""
+    import dask.array as da  # heavy
+
+    p = str(path)
+    with tifffile.TiffFile(p) as tif:
+        levels = _tiff_levels(tif)
+        shapes = [tuple(int(v) for v in level.shape[:2]) for level in levels]
+        dtype = levels[0].dtype
+
+    def block(level, block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        with tifffile.TiffFile(p) as tif:
+            page = _tiff_levels(tif)[level].pages[0]
+            return decode_tiles(tif, page, y0, y1, x0, x1)[..., 0]
+
+    return [
+        da.map_blocks(block, level, dtype=dtype, chunks=(_sizes(h, chunk), _sizes(w, chunk)))
+        for level, (h, w) in enumerate(shapes)
+    ]
+
+
+__all__ = ["CHUNK", "Pyramid", "lazy_levels", "open_pyramid", "decode_tiles", "lazy_label_levels", "read_level_region"]

@@ -31,8 +31,21 @@ def _load_kept(parts: Path, i: int, tile) -> np.ndarray:  # tile: a tiling.Tile 
     return np.frombuffer(raw, meta["dtype"]).reshape(y1 - y0, x1 - x0)
 
 
+#: Reduced levels stored with a slide's labels (SubIFDs, every f-th pixel: ids stay ids), so
+#: that napari shows them as a multiscale layer without reading level 0 whole; a level is kept
+#: while its shorter side is at least :data:`MIN_LEVEL_SIDE`.
+LEVEL_FACTORS = (4, 16, 64, 256)
+MIN_LEVEL_SIDE = 256
+
+
+def level_factors(height: int, width: int) -> list[int]:
+    return [f for f in LEVEL_FACTORS if min(height, width) // f >= MIN_LEVEL_SIDE]
+
+
 def _write_labels(path, tiles, parts, offsets, height, width, tile, n_cells, mpp) -> int:
-    """Write the global labels as a tiled BigTIFF, one output tile at a time.
+    """Write the global labels as a tiled BigTIFF, one output tile at a time, with reduced
+    levels as SubIFDs (:func:`level_factors`; filled from the same tiles as they pass, in memory
+    at 1/16 of the pixels and less).
 
     Returns:
         Pixels claimed by two kept nuclei of different tiles (0 when the halo suffices; the
@@ -77,21 +90,26 @@ def _write_labels(path, tiles, parts, offsets, height, width, tile, n_cells, mpp
                         conflicts[0] += int(clash.sum())
                         put = m & ~clash
                         dst[put] = (sub[put].astype(np.int64) + offsets[j]).astype(dtype)
+                for f, level in levels.items():
+                    # Level pixel (r, c) is level-0 pixel (r * f, c * f).
+                    ry, rx = -(-y0 // f), -(-x0 // f)
+                    part = out[ry * f - y0 :: f, rx * f - x0 :: f]
+                    h = min(part.shape[0], level.shape[0] - ry)
+                    w = min(part.shape[1], level.shape[1] - rx)
+                    if h > 0 and w > 0:
+                        level[ry : ry + h, rx : rx + w] = part[:h, :w]
                 yield out
 
+    levels = {f: np.zeros((-(-height // f), -(-width // f)), dtype) for f in level_factors(height, width)}
     kwargs = {}
     if mpp:
         kwargs = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
-    tifffile.imwrite(
-        path,
-        blocks(),
-        shape=(height, width),
-        dtype=dtype,
-        tile=(tile, tile),
-        compression="zlib",
-        bigtiff=True,
-        **kwargs,
-    )
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(blocks(), shape=(height, width), dtype=dtype, tile=(tile, tile), compression="zlib",
+                 subifds=len(levels) or None, **kwargs)  # fmt: skip
+        for level in levels.values():  # filled while level 0 was written
+            side = min(tile, 1024)
+            tw.write(level, tile=(side, side), compression="zlib", subfiletype=1)
     return conflicts[0]
 
 

@@ -48,6 +48,7 @@ from ..pixel_size import MAX_MPP, MIN_MPP, estimate_mpp
 from ..segment import available_backends
 from ..validation import as_rgb_uint8
 from . import _display as D
+from . import _slide_run as S
 from . import _view as V
 from . import _layers as L
 from ._mpp_estimate import MppEstimateRow
@@ -57,7 +58,7 @@ from ._worker import BackgroundRun, Outcome
 logger = logging.getLogger(__name__)
 
 #: Relative cost of each stage, to turn per-stage fractions into one progress bar.
-_STAGE_WEIGHT = {"load": 0.05, "segment": 0.45, "measure": 0.45, "classify": 0.05, "tumor mask": 0.1}
+_STAGE_WEIGHT = {"load": 0.05, "segment": 0.45, "measure": 0.45, "classify": 0.05, "tumor mask": 0.1, S.STAGE: 1.0}
 #: Layer kind (and name suffix) of the tumor-region result.
 _KIND_REGION = "tumor region"
 #: "Tumor region" choices: combo text -> job setting.
@@ -69,10 +70,18 @@ _EXPORT_FORMATS = (("CSV", "csv"), ("Parquet", "parquet"), ("GeoJSON (QuPath)", 
 _EXPORT_DEFAULT = ("csv", "parquet", "geojson", "tif")
 #: What the status line says during each stage.
 _STAGE_TEXT = {"load": "loading the model", "segment": "segmenting nuclei", "measure": "measuring cells",
-               "classify": "classifying cells", "tumor mask": "predicting the tumor region"}  # fmt: skip
+               "classify": "classifying cells", "tumor mask": "predicting the tumor region",
+               S.STAGE: "classifying the whole slide, tile by tile"}  # fmt: skip
 _DEFAULT_MODEL = "Default UAM model"
 #: The "Area" choice that analyses the whole image (of a slide, the part in view).
 _AREA_WHOLE = "Whole image (slide: the view)"
+#: The "Area" choice that runs the whole slide in the background (files in the export folder).
+_AREA_SLIDE = "Whole slide (background, files in the export folder)"
+_SLIDE_DATA = "\x00whole-slide"  # the choice's item data: no layer name holds a NUL
+#: Tile side of a whole-slide run from the dock (the command line's default).
+_SLIDE_TILE = S.DEFAULT_TILE
+#: Layer metadata key of a whole-slide run's nuclei layer (its output folder).
+_SLIDE_LAYER_KEY = "napari_uam_slide_run"
 #: Pause between the steps that add a run's layers, so timers and input get a turn in between.
 _STEP_PAUSE_MS = 15
 _CHECKPOINT_MODEL = "Checkpoint file..."
@@ -295,6 +304,7 @@ class ClassifierWidget(QWidget):
             "rectangles, polygons or ellipses of a Shapes layer (its selected shapes, or all)."
         )
         self.area_combo.addItem(_AREA_WHOLE, None)
+        self.area_combo.addItem(_AREA_SLIDE, _SLIDE_DATA)
         form.addRow("Area", self.area_combo)
 
         self.mpp_spin = QDoubleSpinBox()
@@ -456,10 +466,13 @@ class ClassifierWidget(QWidget):
         self.area_combo.blockSignals(True)
         self.area_combo.clear()
         self.area_combo.addItem(_AREA_WHOLE, None)
+        self.area_combo.addItem(_AREA_SLIDE, _SLIDE_DATA)
         for name in names:
             self.area_combo.addItem(f"Shapes: {name}", name)
-        if current in names:
-            self.area_combo.setCurrentIndex(names.index(current) + 1)
+        if current == _SLIDE_DATA:
+            self.area_combo.setCurrentIndex(1)
+        elif current in names:
+            self.area_combo.setCurrentIndex(names.index(current) + 2)
         self.area_combo.blockSignals(False)
 
     def _refresh_images(self, *_) -> None:
@@ -700,6 +713,9 @@ class ClassifierWidget(QWidget):
         if self.busy:
             self._say("A run is in progress; wait for it or click Cancel.")
             return
+        if self.area_combo.currentData() == _SLIDE_DATA:
+            self._start_slide(action)
+            return
         job = self._make_job(action)
         if job is None:
             return
@@ -710,6 +726,82 @@ class ClassifierWidget(QWidget):
         # Bound methods only: Qt drops them if the dock is closed while the worker runs.
         self._run.start(_compute, job, _Outcome, returned=self._on_returned, finished=self._on_finished,
                         yielded=self._on_yielded, expected=_EXPECTED, log="napari-uam run failed")  # fmt: skip
+
+    # ------------------------------------------------------------------- whole slide
+    def _start_slide(self, action: str) -> None:
+        """Classify the whole slide file behind the chosen layer in the background (the
+        command line's tiled run), its files into the export folder."""
+        if action != "classify":
+            self._fail("A whole-slide run classifies: click Classify cells (or choose another Area).")
+            return
+        layer = self._selected_image()
+        if layer is None:
+            return
+        source = (layer.metadata or {}).get("source")
+        if not source or not Path(source).is_file():
+            self._fail(
+                f"'{layer.name}' was not opened from a file through napari-uam, so there is no slide file "
+                "to run: open the slide with File > Open, or choose another Area."
+            )
+            return
+        ok, model = self._model_choice()
+        if not ok:
+            return
+        out_dir = self.export_dir_edit.text().strip()
+        if not out_dir:
+            self._browse_export_dir()
+            out_dir = self.export_dir_edit.text().strip()
+            if not out_dir:
+                self._fail("Choose an export folder first: a whole-slide run writes its files there.")
+                return
+        job = S.SlideJob(
+            source=layer.name,
+            path=Path(source),
+            out_dir=Path(out_dir).expanduser(),
+            mpp=float(self.mpp_spin.value()),
+            device=self.device_combo.currentText(),
+            backend=self.backend_combo.currentText(),
+            model=model,
+            tile=_SLIDE_TILE,
+        )
+        self._job = job
+        self._stage = None
+        self._set_busy(True, cancellable=True)
+        self._say(f"Classify the whole slide '{layer.name}' into {job.out_dir}...")
+        self._run.start(S.run_slide, job, S.SlideOutcome, returned=self._on_slide_returned,
+                        finished=self._on_finished, expected=_EXPECTED, log="napari-uam slide run failed")  # fmt: skip
+
+    def _on_slide_returned(self, out) -> None:
+        if self._run.closed:
+            return
+        job = out.job
+        if out.cancelled:
+            self.progress.setValue(0)
+            self._say(
+                f"Cancelled: no output of '{job.source}' was written (the manifest in {job.out_dir} "
+                "records the interrupted run)."
+            )
+            return
+        if out.error is not None:
+            self.progress.setValue(0)
+            self._fail(str(out.error) if isinstance(out.error, UAMError) else
+                       f"Unexpected error ({type(out.error).__name__}: {out.error}); details are in the log.")  # fmt: skip
+            return
+        self.progress.setValue(100)
+        st = out.status
+        counts = f"{st.n_cells:,} nuclei" + (f", {st.n_tumor:,} tumor" if st.n_tumor is not None else "")
+        when = "already classified there (skipped)" if st.status == "skipped" else f"in {st.seconds:.0f} s"
+        if job.source not in self.viewer.layers:
+            self._say(f"Whole slide: {counts}, {when}; files in {job.out_dir} ('{job.source}' was closed).")
+            return
+        image = self.viewer.layers[job.source]
+        name = f"{job.source} slide nuclei"
+        for old in [x for x in self.viewer.layers if x.name == name and _SLIDE_LAYER_KEY in (x.metadata or {})]:
+            self.viewer.layers.remove(old)  # the plugin's own layer of an earlier slide run
+        self.viewer.add_labels(out.levels, multiscale=True, name=name, opacity=0.6,
+                               metadata={_SLIDE_LAYER_KEY: str(job.out_dir), "source": str(out.labels_path)},
+                               **V.geometry_of(image))  # fmt: skip
+        self._say(f"Whole slide: {counts}, {when}; files in {job.out_dir}; nuclei shown as '{name}'.")
 
     def cancel(self) -> None:
         """Ask the running computation to stop at its next step; nothing of it will be added."""
