@@ -208,6 +208,14 @@ def test_classify_the_whole_slide_in_the_background(slide_viewer, qtbot, monkeyp
     np.testing.assert_array_equal(np.asarray(nuclei.data[0]), labels)
     np.testing.assert_array_equal(np.asarray(nuclei.data[1]), labels[::4, ::4])
     assert int(labels.max()) == done["n_cells"] and f"{done['n_cells']:,} nuclei" in text
+    # Coloured by class as the patch results are (tumor green, non-tumor blue), from the table.
+    from napari_uam.widgets import _display as D
+
+    table = pd.read_parquet(out / "consep_cells.parquet", columns=["label", "class"])
+    for cls, colour in (("tumor", D.TUMOR), ("non-tumor", D.NON_TUMOR)):
+        labs = table.loc[table["class"] == cls, "label"].to_numpy()[:5]
+        assert len(labs), cls
+        np.testing.assert_allclose(nuclei.colormap.map(labs), np.tile(D.CLASS_RGBA[colour], (len(labs), 1)))
     # A second click finds the slide done in that folder: nothing recomputed, the layer replaced.
     _click(qtbot, widget.classify_btn)
     qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)

@@ -174,7 +174,7 @@ def _write_zarr_labels(labels_tif, path, mpp) -> None:
     import dask.array as da  # heavy
 
     with tifffile.TiffFile(labels_tif) as tif:
-        store = tif.aszarr()
+        store = tif.series[0].aszarr(level=0)  # the file also holds reduced levels (SubIFDs)
         try:
             write_labels_ome_zarr(da.from_zarr(store), path, mpp=mpp)
         finally:

@@ -76,7 +76,7 @@ _DEFAULT_MODEL = "Default UAM model"
 #: The "Area" choice that analyses the whole image (of a slide, the part in view).
 _AREA_WHOLE = "Whole image (slide: the view)"
 #: The "Area" choice that runs the whole slide in the background (files in the export folder).
-_AREA_SLIDE = "Whole slide (background, files in the export folder)"
+_AREA_SLIDE = "Whole slide (background)"
 _SLIDE_DATA = "\x00whole-slide"  # the choice's item data: no layer name holds a NUL
 #: Tile side of a whole-slide run from the dock (the command line's default).
 _SLIDE_TILE = S.DEFAULT_TILE
@@ -300,9 +300,13 @@ class ClassifierWidget(QWidget):
         form.addRow("Image", self.image_combo)
         self.area_combo = QComboBox()
         self.area_combo.setToolTip(
-            "What part of the image to analyse: all of it (of a slide, the part in view), or the "
+            "What part of the image to analyse: all of it (of a slide, the part in view); the whole "
+            "slide, tile by tile in the background, its files into the export folder; or the "
             "rectangles, polygons or ellipses of a Shapes layer (its selected shapes, or all)."
         )
+        # Long layer names must not widen the dock (it would be cut off on small screens).
+        self.area_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.area_combo.setMinimumContentsLength(18)
         self.area_combo.addItem(_AREA_WHOLE, None)
         self.area_combo.addItem(_AREA_SLIDE, _SLIDE_DATA)
         form.addRow("Area", self.area_combo)
@@ -798,7 +802,8 @@ class ClassifierWidget(QWidget):
         name = f"{job.source} slide nuclei"
         for old in [x for x in self.viewer.layers if x.name == name and _SLIDE_LAYER_KEY in (x.metadata or {})]:
             self.viewer.layers.remove(old)  # the plugin's own layer of an earlier slide run
-        self.viewer.add_labels(out.levels, multiscale=True, name=name, opacity=0.6,
+        colours = {"colormap": out.colormap} if out.colormap is not None else {}
+        self.viewer.add_labels(out.levels, multiscale=True, name=name, opacity=0.6, **colours,
                                metadata={_SLIDE_LAYER_KEY: str(job.out_dir), "source": str(out.labels_path)},
                                **V.geometry_of(image))  # fmt: skip
         self._say(f"Whole slide: {counts}, {when}; files in {job.out_dir}; nuclei shown as '{name}'.")
