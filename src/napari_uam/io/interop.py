@@ -57,14 +57,17 @@ def cells_anndata(table: pd.DataFrame, provenance: Optional[dict] = None, mpp: O
     obs = table[obs_cols].copy()
     for col in obs_cols:
         if obs[col].dtype.kind not in "biuf":
-            # h5ad writes text columns as categoricals; missing classes stay missing.
-            obs[col] = obs[col].astype("category")
+            # Text as categoricals of plain Python strings (missing classes stay missing):
+            # pandas 3's string arrays are refused by anndata's writer by default.
+            values = obs[col].astype(object)
+            cats = pd.Index(sorted({v for v in values if isinstance(v, str)}), dtype=object)
+            obs[col] = pd.Categorical(values.where(values.isin(cats)), categories=cats)
     names = table["label"].astype(np.int64).astype(str) if "label" in table.columns else table.index.astype(str)
-    obs.index = pd.Index(list(names), name="cell")
+    obs.index = pd.Index(list(names), name="cell", dtype=object)
     adata = anndata.AnnData(
         X=table[features].to_numpy(np.float32) if features else np.zeros((len(table), 0), np.float32),
         obs=obs,
-        var=pd.DataFrame(index=pd.Index([str(c) for c in features], name="feature")),
+        var=pd.DataFrame(index=pd.Index([str(c) for c in features], name="feature", dtype=object)),
     )
     if {"x", "y"} <= set(table.columns):
         adata.obsm["spatial"] = table[["x", "y"]].to_numpy(np.float64)
