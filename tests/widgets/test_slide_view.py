@@ -216,6 +216,10 @@ def test_classify_the_whole_slide_in_the_background(slide_viewer, qtbot, monkeyp
         labs = table.loc[table["class"] == cls, "label"].to_numpy()[:5]
         assert len(labs), cls
         np.testing.assert_allclose(nuclei.colormap.map(labs), np.tile(D.CLASS_RGBA[colour], (len(labs), 1)))
+    # Hovering a nucleus shows its row, as on a patch (whatever level napari draws).
+    yx = np.argwhere(np.asarray(nuclei.data[1]) > 0)[0] * 4
+    hover = nuclei._get_properties(tuple(float(v) for v in yx), world=True)
+    assert any(h.startswith("label: ") for h in hover) and any(h.startswith("class: ") for h in hover), hover
     # A second click finds the slide done in that folder: nothing recomputed, the layer replaced.
     _click(qtbot, widget.classify_btn)
     qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT_MS)

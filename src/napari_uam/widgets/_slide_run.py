@@ -20,6 +20,7 @@ from ..errors import UAMError
 from ..io.export import output_paths
 from ..io.pyramid import lazy_label_levels
 from . import _display as D
+from . import _layers as L
 from ._worker import Outcome
 
 #: The progress stage of a slide run (the dock's progress bar and status line know it).
@@ -54,19 +55,23 @@ class SlideOutcome(Outcome):
     labels_path: Optional[Path] = None
     levels: Optional[list] = None
     colormap: object = None  # label -> class colour, from the cell table
+    features: Optional[pd.DataFrame] = None  # the hover columns of every nucleus
 
 
-def class_colours(parquet: Path):
-    """The patch results' class colours for a slide's labels, from its cell table (only the
-    label and class columns are read); None without a table."""
+def cell_display(parquet: Path) -> tuple:
+    """``(features, colormap)`` for a slide's labels from its cell table, as the patch results
+    show them: the hover columns only (label, class, tumor probability, area) and the class
+    colours; ``(None, None)`` without a table."""
     import pyarrow.parquet as pq  # heavy
 
     if not parquet.is_file():
-        return None
-    meta = pq.read_schema(parquet).metadata or {}
-    attrs = json.loads(meta.get(b"napari_uam", b"{}")).get("attrs", {})
-    table = pd.read_parquet(parquet, columns=["label", "class"])
-    return D.class_colormap(table, attrs.get("tumor_class"))
+        return None, None
+    schema = pq.read_schema(parquet)
+    attrs = json.loads((schema.metadata or {}).get(b"napari_uam", b"{}")).get("attrs", {})
+    wanted = ["label", *[c for c, _ in D.HOVER_COLUMNS if c in schema.names]]
+    table = pd.read_parquet(parquet, columns=wanted)
+    colormap = D.class_colormap(table, attrs.get("tumor_class") if "class" in table.columns else None)
+    return L.to_features(table), colormap
 
 
 def run_slide(job: SlideJob, cancelled, report) -> SlideOutcome:
@@ -90,8 +95,9 @@ def run_slide(job: SlideJob, cancelled, report) -> SlideOutcome:
     if status.status == "failed":
         raise UAMError(f"{job.path.name}: {status.reason}")
     paths = output_paths(job.out_dir, status.stem)
+    features, colormap = cell_display(paths["parquet"])
     return SlideOutcome(job=job, status=status, labels_path=paths["tif"], levels=lazy_label_levels(paths["tif"]),
-                        colormap=class_colours(paths["parquet"]))  # fmt: skip
+                        colormap=colormap, features=features)  # fmt: skip
 
 
 __all__ = ["STAGE", "SlideJob", "SlideOutcome", "run_slide"]

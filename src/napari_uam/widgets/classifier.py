@@ -802,10 +802,12 @@ class ClassifierWidget(QWidget):
         name = f"{job.source} slide nuclei"
         for old in [x for x in self.viewer.layers if x.name == name and _SLIDE_LAYER_KEY in (x.metadata or {})]:
             self.viewer.layers.remove(old)  # the plugin's own layer of an earlier slide run
-        colours = {"colormap": out.colormap} if out.colormap is not None else {}
-        self.viewer.add_labels(out.levels, multiscale=True, name=name, opacity=0.6, **colours,
-                               metadata={_SLIDE_LAYER_KEY: str(job.out_dir), "source": str(out.labels_path)},
-                               **V.geometry_of(image))  # fmt: skip
+        shown = {k: v for k, v in (("colormap", out.colormap), ("features", out.features)) if v is not None}
+        # The patch results' layer class: hovering a nucleus shows its class and probability.
+        layer = D.CellLabels(out.levels, multiscale=True, name=name, opacity=0.6, **shown,
+                             metadata={_SLIDE_LAYER_KEY: str(job.out_dir), "source": str(out.labels_path)},
+                             **V.geometry_of(image))  # fmt: skip
+        self.viewer.add_layer(layer)
         self._say(f"Whole slide: {counts}, {when}; files in {job.out_dir}; nuclei shown as '{name}'.")
 
     def cancel(self) -> None:
