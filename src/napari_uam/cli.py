@@ -106,7 +106,11 @@ def _parser() -> argparse.ArgumentParser:
             "code: connect only to a cluster you trust)",
         )
         c.add_argument(
-            "--workers", type=int, default=None, help="local Dask workers (more than 1 implies --dask local)"
+            "--workers",
+            type=int,
+            default=None,
+            help="local Dask workers (more than 1 implies --dask local; default: one per core, at most 16, "
+            "for tiled images on a GPU, else 1)",
         )
         c.add_argument(
             "--overwrite", action="store_true", help="recompute images already done and replace their outputs"

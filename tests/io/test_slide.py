@@ -21,6 +21,7 @@ from PIL import Image
 
 from napari_uam.batch.folder import _is_image_name
 from napari_uam.cli import main
+from napari_uam.device import resolve_device
 from napari_uam.errors import InvalidImageError
 from napari_uam.io import read_image, slide
 from napari_uam.io.region_reader import RegionReader, _read_tiff_region, probe
@@ -187,6 +188,11 @@ def test_classify_a_slide_through_the_tiled_path(tmp_path, consep_mosaic):
     assert prov["tiled"] and prov["n_tiles"] == 4 and prov["image_shape"] == [1024, 1024, 3]
     assert done["mpp"] == pytest.approx(0.252) and prov["mpp"] == pytest.approx(0.252)
     assert done["n_cells"] > 100
+    # Without --workers the tiles stay in this process on a CPU machine (a GPU gets one worker
+    # per core: batch.executors.auto_tile_workers).
+    run = json.loads((out / "napari_uam_run.json").read_text())
+    if resolve_device("auto") == "cpu":
+        assert run["parameters"]["workers"] is None
     for kind in ("nuclei.tif", "cells.csv", "cells.parquet", "cells.geojson"):
         assert (out / f"consep_{kind}").stat().st_size > 0
     # A tiled image's GeoJSON carries the summary measurements by default (the full set would

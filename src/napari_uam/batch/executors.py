@@ -198,6 +198,33 @@ def make_executor(dask: Optional[str] = None, workers: Optional[int] = None, tim
     return DaskExecutor(dask, n_workers=workers, timeout=timeout)
 
 
+#: Memory one local tile worker is budgeted (its own CUDA context, U-Net, radiomics and UAM on a
+#: 2048-px tile): a budget, not a measurement; 16 workers ran within the H200 host's 128 GB and
+#: the GPU's 139 GB (docs/performance.md, section wsi).
+WORKER_HOST_GIB = 6.0
+WORKER_GPU_GIB = 4.0
+MAX_AUTO_WORKERS = 16
+
+
+def auto_tile_workers(device: str) -> int:
+    """Local worker processes that give tiled images on ``device`` their speed by default.
+
+    On a GPU, the tiles' CPU stages (resampling, post-processing, writing parts) run side by
+    side in one process per core while the workers share the GPU: 3.3x with 16 workers on one
+    H200 (docs/performance.md, section ``wsi``), bounded here by host and free GPU memory. On
+    the CPU, 1: the U-Net already uses every core (2 workers on 2 cores gained nothing). Also
+    1 without the ``distributed`` package (the ``cluster`` extra).
+    """
+    if not str(device).startswith("cuda") or not dask_available():
+        return 1
+    import torch  # heavy: only asked when a GPU run is planned
+
+    cores = os.cpu_count() or 1
+    host_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    free_gpu_gib = torch.cuda.mem_get_info()[0] / 2**30
+    return max(1, min(cores, MAX_AUTO_WORKERS, int(host_gib // WORKER_HOST_GIB), int(free_gpu_gib // WORKER_GPU_GIB)))
+
+
 def dask_available() -> bool:
     """True when the optional ``distributed`` package imports."""
     try:
@@ -207,4 +234,4 @@ def dask_available() -> bool:
     return True
 
 
-__all__ = ["DaskExecutor", "SerialExecutor", "dask_available", "make_executor"]
+__all__ = ["DaskExecutor", "SerialExecutor", "auto_tile_workers", "dask_available", "make_executor"]

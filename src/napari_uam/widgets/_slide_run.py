@@ -39,6 +39,9 @@ class SlideJob:
     backend: str
     model: Optional[str]
     tile: int = DEFAULT_TILE
+    #: 1: the tiles run in napari's process. The command line's default on a GPU (a local Dask
+    #: cluster, one worker per core) is not used from napari yet: untested inside a GUI process.
+    workers: Optional[int] = 1
     action: str = "classify"
     notes: tuple = ()
 
@@ -87,6 +90,7 @@ def run_slide(job: SlideJob, cancelled, report) -> SlideOutcome:
         device=job.device,
         segmenter=job.backend,
         tile_size=job.tile,
+        workers=job.workers,
         tile_progress=lambda done, n: report((STAGE, done / max(n, 1))),
         cancel=cancelled,
         argv=["napari dock: whole slide", str(job.path)],
