@@ -35,7 +35,7 @@ def test_export_failing_while_renaming_removes_its_new_files(tmp_path, monkeypat
             _enospc()
         real(src, dst)
 
-    monkeypatch.setattr(export_mod.os, "replace", third_fails)
+    monkeypatch.setattr(os, "replace", third_fails)  # every rename, the staged outputs' included
     with pytest.raises(OSError):
         export_cells(lab, table, tmp_path, "img")
     assert list(tmp_path.iterdir()) == []

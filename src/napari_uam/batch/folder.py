@@ -14,7 +14,8 @@ import pandas as pd
 import tifffile
 
 from ..io.atomic import atomic_path
-from ..io.export import DEFAULT_FORMATS, FORMATS, TUMOR_OUTPUTS, output_paths, output_stem, remove_output
+from ..io.atomic import remove_output
+from ..io.export import DEFAULT_FORMATS, FORMATS, TUMOR_OUTPUTS, output_paths, output_stem
 from ..io.reader import IMAGE_SUFFIXES
 from .records import BatchArgumentError
 

@@ -39,7 +39,8 @@ from .. import pipeline
 from .. import provenance as P
 from ..device import resolve_device
 from ..errors import CancelledError, UAMError
-from ..io.export import FORMATS, TUMOR_OUTPUTS, export_cells, move_into_place, output_paths, remove_output
+from ..io.atomic import move_into_place, remove_output
+from ..io.export import FORMATS, TUMOR_OUTPUTS, export_cells, output_paths
 from ..io.interop import check_available
 from ..io.writers import check_geojson_measurements
 from ..io.lock import FolderLock

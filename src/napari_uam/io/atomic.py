@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -48,3 +49,23 @@ def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename a staged output onto its target; a folder output (OME-Zarr) replaces an existing
+    one by moving it aside first (a rename cannot replace a non-empty folder)."""
+    if src.is_dir() and dst.is_dir():
+        old = src.with_name(src.name + ".old")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def remove_output(path: Path) -> None:
+    """Remove one output, a file or a folder (OME-Zarr); nothing when it is not there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

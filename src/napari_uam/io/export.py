@@ -12,7 +12,6 @@ kept, image pixels: :mod:`napari_uam.io.regions`).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import re
@@ -22,6 +21,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from .atomic import move_into_place, remove_output
 from .interop import check_available, write_cells_h5ad, write_labels_ome_zarr
 from .regions import write_tumor_geojson
 from .writers import (
@@ -178,23 +178,3 @@ def export_cells(
         return written
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def move_into_place(src: Path, dst: Path) -> None:
-    """Rename a staged output onto its target; a folder output (OME-Zarr) replaces an existing
-    one by moving it aside first (a rename cannot replace a non-empty folder)."""
-    if src.is_dir() and dst.is_dir():
-        old = src.with_name(src.name + ".old")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-def remove_output(path: Path) -> None:
-    """Remove one output, a file or a folder (OME-Zarr); nothing when it is not there."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

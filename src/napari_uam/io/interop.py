@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MissingDependencyError
-from .atomic import atomic_path
+from .atomic import atomic_path, move_into_place, remove_output
 
 #: Per-cell columns that are observations' annotations, not features.
 CELL_COLUMNS = ("image", "label", "y", "x", "area_um2", "class", "tumor_probability")
@@ -101,8 +99,8 @@ def write_labels_ome_zarr(labels, path, mpp: Optional[float] = None, overwrite: 
     with ``image-label`` metadata, axes y, x in micrometres when ``mpp`` is known.
 
     ``labels`` may be a Dask array (a slide's labels, read back lazily from its tiled TIFF). The
-    store is written beside the target and renamed into place when complete; an existing one is
-    replaced only with ``overwrite`` (moved aside first, removed once the new one is in place).
+    store is written beside the target and renamed into place when complete
+    (:func:`.atomic.move_into_place`); an existing one is replaced only with ``overwrite``.
     """
     import zarr  # heavy and optional
     from ome_zarr.writer import write_multiscale
@@ -111,7 +109,7 @@ def write_labels_ome_zarr(labels, path, mpp: Optional[float] = None, overwrite: 
     if path.exists() and not overwrite:
         raise FileExistsError(f"Not overwriting existing output: {path}.")
     tmp = path.with_name(f".{path.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_output(tmp)
     levels = labels_pyramid(labels)
     unit = {"unit": "micrometer"} if mpp else {}
     axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
@@ -130,13 +128,9 @@ def write_labels_ome_zarr(labels, path, mpp: Optional[float] = None, overwrite: 
         ome = dict(root.attrs["ome"])
         ome["image-label"] = {"version": ome.get("version", "0.5")}
         root.attrs["ome"] = ome
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        move_into_place(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_output(tmp)
     return path
 
 

@@ -45,6 +45,11 @@ def is_pyramid(layer) -> bool:
     return bool(getattr(layer, "multiscale", False))
 
 
+def full_resolution(layer):
+    """The layer's full-resolution data: level 0 of a pyramid (lazy; never read whole here)."""
+    return layer.data[0] if is_pyramid(layer) else layer.data
+
+
 def view_of(layer, viewer) -> View:
     """The level-0 rectangle of ``layer`` shown on ``viewer``'s canvas: the canvas corners in
     world coordinates (camera centre +- half the canvas over the zoom) taken into the layer's
@@ -55,7 +60,7 @@ def view_of(layer, viewer) -> View:
     half_y, half_x = h / 2 / viewer.camera.zoom, w / 2 / viewer.camera.zoom
     corners = [(cy + dy, cx + dx) for dy in (-half_y, half_y) for dx in (-half_x, half_x)]
     data = np.array([np.asarray(layer.world_to_data(c), dtype=float)[-2:] for c in corners])
-    ih, iw = np.shape(layer.data[0] if is_pyramid(layer) else layer.data)[:2]
+    ih, iw = np.shape(full_resolution(layer))[:2]
     y0, x0 = (max(0, int(np.floor(v))) for v in data.min(axis=0))
     y1, x1 = min(ih, int(np.ceil(data[:, 0].max()))), min(iw, int(np.ceil(data[:, 1].max())))
     return View(y0, max(y0, y1), x0, max(x0, x1))
@@ -112,7 +117,7 @@ def shapes_area(image_layer, shapes_layer) -> ShapesArea:
             + (" among the selected shapes" if shapes_layer.selected_data else "")
             + ": draw one around the cells to analyse (lines and paths enclose no area)."
         )
-    ih, iw = np.shape(image_layer.data[0] if is_pyramid(image_layer) else image_layer.data)[:2]
+    ih, iw = np.shape(full_resolution(image_layer))[:2]
     pts = np.concatenate(outlines)
     y0, x0 = (max(0, int(np.floor(v))) for v in pts.min(axis=0))
     y1, x1 = min(ih, int(np.ceil(pts[:, 0].max())) + 1), min(iw, int(np.ceil(pts[:, 1].max())) + 1)

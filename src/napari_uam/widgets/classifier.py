@@ -647,8 +647,7 @@ class ClassifierWidget(QWidget):
                     "smaller area, or run the whole image with `napari-uam classify`."
                 )
                 return None
-            source = layer.data[0] if V.is_pyramid(layer) else layer.data
-            image = np.array(source[view.y0 : view.y1, view.x0 : view.x1])
+            image = np.array(V.full_resolution(layer)[view.y0 : view.y1, view.x0 : view.x1])
             # Outside the shapes is glass (white): no nucleus is found there, and the stain and
             # tissue checks see only the drawn tissue.
             image[~inside] = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
@@ -668,7 +667,7 @@ class ClassifierWidget(QWidget):
                     "`napari-uam classify` (tiled, in the background)."
                 )
                 return None
-            image = np.asarray(layer.data[0][view.y0 : view.y1, view.x0 : view.x1])
+            image = np.asarray(V.full_resolution(layer)[view.y0 : view.y1, view.x0 : view.x1])
         else:
             image = np.asarray(layer.data)
         job = _Job(
@@ -731,6 +730,14 @@ class ClassifierWidget(QWidget):
         self._run.start(_compute, job, _Outcome, returned=self._on_returned, finished=self._on_finished,
                         yielded=self._on_yielded, expected=_EXPECTED, log="napari-uam run failed")  # fmt: skip
 
+    def _export_folder(self) -> str:
+        """The export folder's path, asking for one when the field is empty ("" if none given)."""
+        out_dir = self.export_dir_edit.text().strip()
+        if not out_dir:
+            self._browse_export_dir()
+            out_dir = self.export_dir_edit.text().strip()
+        return out_dir
+
     # ------------------------------------------------------------------- whole slide
     def _start_slide(self, action: str) -> None:
         """Classify the whole slide file behind the chosen layer in the background (the
@@ -751,13 +758,10 @@ class ClassifierWidget(QWidget):
         ok, model = self._model_choice()
         if not ok:
             return
-        out_dir = self.export_dir_edit.text().strip()
+        out_dir = self._export_folder()
         if not out_dir:
-            self._browse_export_dir()
-            out_dir = self.export_dir_edit.text().strip()
-            if not out_dir:
-                self._fail("Choose an export folder first: a whole-slide run writes its files there.")
-                return
+            self._fail("Choose an export folder first: a whole-slide run writes its files there.")
+            return
         job = S.SlideJob(
             source=layer.name,
             path=Path(source),
@@ -1116,13 +1120,10 @@ class ClassifierWidget(QWidget):
         if not formats:
             self._fail("Tick at least one export format.")
             return
-        out_dir = self.export_dir_edit.text().strip()
+        out_dir = self._export_folder()
         if not out_dir:
-            self._browse_export_dir()
-            out_dir = self.export_dir_edit.text().strip()
-            if not out_dir:
-                self._say("Export: no folder chosen.")
-                return
+            self._say("Export: no folder chosen.")
+            return
         stem = L.export_stem(layer.name, layer.metadata)
         provenance = {"image_layer": layer.name, **{k: v for k, v in rec.items() if "checksum" not in k}}
         # A slide's view or a drawn area: coordinates in the whole image's pixels (QuPath then
