@@ -437,6 +437,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sources", default="", help="comma list (default: every available source)")
     ap.add_argument("--folds", default="", help="comma list of folds to train (default: every source + all)")
     ap.add_argument("--limit", type=int, default=0, help="images per source (smoke tests)")
+    ap.add_argument("--widths", type=int, nargs="+", default=None, help="U-Net widths (default: the v3 network's)")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument(
         "--baseline",
@@ -470,6 +471,7 @@ def main(argv=None) -> int:
             args.crop,
             args.lr,
             args.seed,
+            widths=args.widths,
             init=args.init,
             post=post,
             recipe=args.recipe,
@@ -510,6 +512,8 @@ def main(argv=None) -> int:
     ]
     if args.init is not None:
         cmd += ["--init", str(args.init)]
+    if args.widths:
+        cmd += ["--widths", *map(str, args.widths)]
     procs = {f: subprocess.Popen(cmd + ["--fold", f]) for f in folds}
     for f, p in procs.items():
         if p.wait() != 0:
@@ -519,6 +523,7 @@ def main(argv=None) -> int:
     result = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "recipe": args.recipe,
+        "widths": args.widths,
         "post_grid": POST_GRID,
         "command": " ".join(sys.argv),
         "sources": {s: asdict(N.SOURCES[s]) for s in sources},
