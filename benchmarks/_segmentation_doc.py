@@ -24,6 +24,9 @@ CARD = REPO / "src" / "napari_uam" / "weights" / "nuclei_unet.md"
 #: The LOSO run of recipe v4 (v3 + JPEG-compression augmentation) and its log; optional.
 V4_JSON = REPO / "research" / "segmentation" / "loso_v4.json"
 V4_LOG = V4_JSON.with_suffix(".log")
+#: The LOSO run of the wider U-Net (recipe v3, widths 32 64 128 192) and its log; optional.
+WIDE_JSON = REPO / "research" / "segmentation" / "loso_wide.json"
+WIDE_LOG = WIDE_JSON.with_suffix(".log")
 #: v4 ships only if its LOSO worst-source AJI beats v3's and its mean AJI is at most this far below.
 V4_MEAN_SLACK = 0.005
 CMD = "python benchmarks/segmentation_bench.py --data ../shared/data"
@@ -124,6 +127,7 @@ class Inputs:
         self.shipped = _load("segmentation_shipped.json")
         self.gpu = _load("segmentation_gpu.json")
         self.v4 = json.loads(V4_JSON.read_text()) if V4_JSON.is_file() else None
+        self.wide = json.loads(WIDE_JSON.read_text()) if WIDE_JSON.is_file() else None
         if self.cpu is None or self.loso is None:
             raise SystemExit("docs/segmentation_bench_cpu.json or docs/segmentation_loso.json is missing: run " + CMD)
         self.models = self.cpu["models"]
@@ -522,6 +526,95 @@ def _v4_reproduce(inp: Inputs) -> list[str]:
     return [f"# recipe v4 (v3 + JPEG augmentation; {status}){took}", _cmd(inp.v4["command"])]
 
 
+# --- a wider network (measured, not shipped unless its LOSO passes the same rule as v4) ---------
+
+
+def wide_section(inp: Inputs) -> list[str]:
+    """research/segmentation/loso_wide.json (recipe v3, a wider U-Net) against the v3 LOSO run."""
+    lo = inp.wide
+    if lo is None:
+        return []
+    folds = {k: f for k, f in lo.get("folds", {}).items() if k != "all"}
+    first = next(iter(folds.values()), {})
+    widths = " ".join(map(str, lo.get("widths") or []))
+    steps, steps3 = _fold_steps(lo), _fold_steps(inp.loso)
+    device3 = next(iter(inp.loso.get("folds", {}).values()), {}).get("device", "?")
+    k, k3 = lo["post_choice"], _grid_index(lo, inp.post)
+    per, per_at3 = lo["loso_tables"][k]["per_source"], lo["loso_tables"][k3]["per_source"] if k3 is not None else {}
+    agg, agg3 = _agg(per, inp.sources), _agg(inp.loso_per, inp.sources)
+    (mean, worst), (mean3, worst3) = agg["aji"], agg3["aji"]
+    floor = mean3 - V4_MEAN_SLACK
+    ships = worst > worst3 and mean >= floor
+    post = lo["post_grid"][k]
+    log = f" (log: `{WIDE_LOG.relative_to(REPO)}`)" if WIDE_LOG.is_file() else ""
+    lines = [
+        f"## A wider U-Net (widths {widths}, recipe v3): measured, {'passes the shipping rule' if ships else 'not shipped'}",
+        "",
+        f"Columns: `{WIDE_JSON.relative_to(REPO)}`{log}, written {lo['date'][:10]} on {first.get('device', '?')} by",
+        f"`{_cmd(lo['command'])}`",
+        f"(same packed data, recipe, {_fold_minutes(lo):.1f} min per fold, {len(folds)} folds + `all` at once, same scoring",
+        f"code). The network has {first.get('parameters', 0):,} parameters against v3's 572,976 (widths 24 48 72 104;",
+        "its CPU speed was not benchmarked, since it did not pass the rule). The question: does capacity fix the",
+        "under-detection of the worst source?",
+        "",
+        f"| held-out source | v3 AJI | wide AJI | wide - v3 | v3 PQ | wide PQ | v3 F1 | wide F1 | wide recall | "
+        f"wide AJI at v3 post ({_post(inp.post)}) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def diff(a, b):
+        return "-" if a is None or b is None else f"{b - a:+.3f}"
+
+    for src in inp.sources:
+        a, b = inp.loso_per.get(src, {}), per.get(src, {})
+        lines.append(
+            f"| {src} | {_f(a.get('aji'))} | {_f(b.get('aji'))} | {diff(a.get('aji'), b.get('aji'))} | "
+            f"{_f(a.get('pq'))} | {_f(b.get('pq'))} | {_f(a.get('f1'))} | {_f(b.get('f1'))} | {_f(b.get('recall'))} | "
+            f"{_f(per_at3.get(src, {}).get('aji'))} |"
+        )
+    at3 = _agg(per_at3, inp.sources)["aji"] if per_at3 else (None, None)
+    for i, what in ((0, "mean"), (1, "worst")):
+        lines.append(
+            f"| **{what}** | {_f(agg3['aji'][i])} | {_f(agg['aji'][i])} | {diff(agg3['aji'][i], agg['aji'][i])} | "
+            + " | ".join(f"{_f(agg3[m][i])} | {_f(agg[m][i])}" for m in ("pq", "f1"))
+            + f" | | {_f(at3[i])} |"
+        )
+    j = _grid_index(inp.loso, post)
+    same_post = _agg(inp.loso["loso_tables"][j]["per_source"], inp.sources)["aji"] if j is not None else None
+    worst_src = min(
+        (s for s in inp.instance_sources if per.get(s, {}).get("aji") is not None), key=lambda s: per[s]["aji"]
+    )
+    text = (
+        ("**Decision: v3 stays.**" if not ships else "**Decision: the wide network passes the rule** (v3 still ships).")
+        + f" The rule is v4's: ship only if the LOSO worst-source AJI beats v3's {worst3:.3f} and the\n"
+        f"mean AJI is not below {floor:.3f}. The wide network's worst source is {_name(worst_src)} at {worst:.3f} "
+        f"(recall {_f(per[worst_src].get('recall'), 2)}), its mean {mean:.3f}"
+        + (
+            f"; at the same post-processing\n({_post(post)}, its pick) v3's mean is {same_post[0]:.3f} and worst {same_post[1]:.3f}."
+            if same_post
+            else "."
+        )
+        + (
+            "\nMore capacity does not find CoNSeP's missed nuclei when CoNSeP is held out."
+            if worst_src == "consep" and worst <= worst3
+            else ""
+        )
+    )
+    if steps and steps3:
+        text += (
+            f"\nCaveats: one seed; the wide folds took {min(steps):,}-{max(steps):,} steps in the {_fold_minutes(lo):.1f} min "
+            f"({first.get('device', '?')}), v3's\n{min(steps3):,}-{max(steps3):,} ({device3}): "
+            "a wider network costs steps, and the machines differ."
+        )
+    return lines + ["", *text.split("\n"), ""]
+
+
+def _wide_reproduce(inp: Inputs) -> list[str]:
+    if inp.wide is None:
+        return []
+    return ["# a wider U-Net, recipe v3 (measured, not shipped), one GPU call of ~470 s", _cmd(inp.wide["command"])]
+
+
 def in_distribution_section(inp: Inputs) -> list[str]:
     v3, ws = inp.every["v3"], inp.every["watershed"]
     lines = [
@@ -829,6 +922,7 @@ def reproduce_section(inp: Inputs) -> list[str]:
         "python -m research.segmentation.pack --out .gpu_data/nuclei --quality 88",
         f"{_cmd(inp.loso['command'])}",
         *_v4_reproduce(inp),
+        *_wide_reproduce(inp),
         *(
             [
                 "# the shipped weights: the LOSO run's all fold (copied to .gpu_data/seg_init/) continued alone",
@@ -862,6 +956,7 @@ def page(inp: Inputs) -> str:
         "",
         *loso_section(inp),
         *v4_section(inp),
+        *wide_section(inp),
         *in_distribution_section(inp),
         *consep_section(inp),
         *targets_section(inp),
