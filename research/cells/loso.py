@@ -51,7 +51,7 @@ def feature_groups(columns) -> dict[str, list[str]]:
     norm = [c for c in cols if c.startswith("norm_")]
     ring = [c for c in cols if c.startswith("ring_")]
     ctx = [c for c in cols if c.startswith("ctx_")]
-    return {
+    groups = {
         "v1": shape + raw_h,
         "raw": shape + raw_h + raw_e,
         "norm": shape + norm,
@@ -59,6 +59,37 @@ def feature_groups(columns) -> dict[str, list[str]]:
         "norm_ring_ctx": shape + norm + ring + ctx,
         "all": shape + raw_h + raw_e + norm + ring + ctx,
     }
+    rel = [c for c in cols if c.startswith(REL)]
+    if rel:  # present only when the table was loaded with relative features (``with_relative``)
+        groups["v1_rel"] = groups["v1"] + [REL + c for c in groups["v1"] if REL + c in rel]
+        groups["norm_ring_ctx_rel"] = groups["norm_ring_ctx"] + [REL + c for c in shape + norm if REL + c in rel]
+        groups["rel_only"] = [REL + c for c in shape + norm if REL + c in rel] + ctx
+    return groups
+
+
+#: Prefix of a feature taken relative to its image (see :func:`with_relative`).
+REL = "rel_"
+
+
+def relative_columns(columns) -> list[str]:
+    """The columns that get a relative copy: shape, hematoxylin and stain-normalised radiomics."""
+    return [c for c in columns if c.startswith(("shape2D_", "hematoxylin_", "norm_"))]
+
+
+def with_relative(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``rel_<feature>`` = (feature - its image's median) / its image's IQR, per image and
+    stain copy: a nucleus described against the other nuclei of its own field, which a
+    scanner, stain or magnification shifts far less than the absolute value."""
+    cols = relative_columns(table.columns)
+    x = table[cols].to_numpy(np.float32)
+    out = np.full_like(x, np.nan)
+    keys = table["dataset"].astype(str) + "/" + table["image"].astype(str) + "/" + table["aug"].astype(str)
+    for idx in pd.Series(np.arange(len(table))).groupby(keys.to_numpy()).indices.values():
+        v = x[idx]
+        q25, med, q75 = np.nanpercentile(v, [25, 50, 75], axis=0)
+        out[idx] = (v - med) / np.maximum(q75 - q25, 1e-6)
+    rel = pd.DataFrame(out, columns=[REL + c for c in cols], index=table.index)
+    return pd.concat([table, rel], axis=1)
 
 
 def load_tables(folder: Path, sources=None) -> pd.DataFrame:
@@ -181,7 +212,7 @@ class GbtJob:
 def run_gbt(job: GbtJob) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    table = _table(job.tables)
+    table = _table(job.tables, job.group.endswith(("_rel", "rel_only")))
     feats = feature_groups(table.columns)[job.group]
     train, _, test = fold_parts(table, job.held, job.aug, job.seed, job.cap)
     t0 = time.perf_counter()
@@ -222,7 +253,7 @@ def run_nn(job: NnJob) -> dict:
     from research.cells.trainer import TrainConfig, predict_proba, train_model
 
     torch.set_num_threads(1)
-    table = _table(job.tables)
+    table = _table(job.tables, job.group.endswith(("_rel", "rel_only")))
     feats = feature_groups(table.columns)[job.group]
     train, val, test = fold_parts(table, job.held, job.aug, job.seed, job.cap)
     norm = Normalizer.fit(train[feats].to_numpy(np.float64))
@@ -239,10 +270,11 @@ def run_nn(job: NnJob) -> dict:
 _CACHE: dict = {}
 
 
-def _table(folder: str) -> pd.DataFrame:
-    if folder not in _CACHE:
-        _CACHE[folder] = load_tables(Path(folder))
-    return _CACHE[folder]
+def _table(folder: str, relative: bool = False) -> pd.DataFrame:
+    if (folder, relative) not in _CACHE:
+        table = load_tables(Path(folder))
+        _CACHE[folder, relative] = with_relative(table) if relative else table
+    return _CACHE[folder, relative]
 
 
 def _run_all(fn, jobs, workers: int, out: Path, log=print) -> list:
@@ -282,7 +314,7 @@ def main(argv=None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     table = load_tables(Path(a.tables))
     held = a.held or [s for s in SOURCES if s in set(table["dataset"])]
-    groups = a.groups or list(feature_groups(table.columns))
+    groups = a.groups or list(feature_groups(with_relative(table.head(1)).columns))
     if a.mode == "gbt":
         held = held + [WITHIN + w for w in a.within]
         jobs = [GbtJob(a.tables, g, bool(x), h, s, a.cap) for g in groups for x in a.aug for h in held for s in a.seeds]
