@@ -617,7 +617,12 @@ def run(
             base(st)
         elif stage == "classify":
             clf = st.classifier
-            prov.update(P.model_fields(clf), model_device=str(clf.device), calibration_temperature=clf.temperature)
+            prov.update(
+                P.model_fields(clf),
+                model_device=str(clf.device),
+                calibration_temperature=clf.temperature,
+                calibration_logit_offset=[float(v) for v in clf.logit_offset],
+            )
     if "n_cells" not in prov:  # nothing was measured (segment only)
         base(st)
     prob = st.tumor_probability

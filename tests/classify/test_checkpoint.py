@@ -137,3 +137,40 @@ def test_classifier_out_of_memory_falls_back_to_the_cpu():
     with pytest.raises(torch.cuda.OutOfMemoryError), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         clf.predict_proba(feats)
+
+
+@needs_weights
+def test_logit_offset_and_temperature_give_softmax_of_shifted_logits(tmp_path):
+    """A checkpoint's calibration is softmax((logits + offset) / T), computed here by hand from
+    the network's raw logits; the class call follows the shifted probability."""
+    raw = torch.load(ckpt_mod.default_weights_path(), map_location="cpu", weights_only=True)
+    raw["calibration"] = {"temperature": 1.5, "logit_offset": [0.0, -0.8]}
+    path = tmp_path / "shifted.pt"
+    torch.save(raw, path)
+    clf = ckpt_mod.load_classifier(path, device="cpu")
+    feats = _features(clf, 64)
+    x = torch.from_numpy(clf.normalizer.transform(clf.check_features(feats)))
+    with torch.no_grad():
+        logits = clf.model(x).double().numpy()
+    z = (logits + np.array([0.0, -0.8])) / 1.5
+    want = np.exp(z - z.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    got = clf.predict_proba(feats)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(clf.predict(feats), want.argmax(1))
+    # Without the offset the same cells are called tumor more often (the offset is negative).
+    raw["calibration"] = {"temperature": 1.5}
+    torch.save(raw, path)
+    plain = ckpt_mod.load_classifier(path, device="cpu").predict_proba(feats)
+    assert (plain[:, 1] >= got[:, 1] - 1e-7).all() and (plain[:, 1] > got[:, 1]).any()
+
+
+@needs_weights
+@pytest.mark.parametrize("offset", [[0.0], [0.0, float("nan")], "big"])
+def test_invalid_logit_offset_is_refused_with_a_clear_message(tmp_path, offset):
+    raw = torch.load(ckpt_mod.default_weights_path(), map_location="cpu", weights_only=True)
+    raw["calibration"] = {"temperature": 1.0, "logit_offset": offset}
+    path = tmp_path / "bad_offset.pt"
+    torch.save(raw, path)
+    with pytest.raises(ckpt_mod.CheckpointError, match="invalid calibration logit offset"):
+        ckpt_mod.load_classifier(path, device="cpu")

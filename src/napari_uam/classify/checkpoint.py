@@ -19,10 +19,12 @@ normalization      per-feature statistics (see :class:`~.normalize.Normalizer`)
 training           data summary: datasets, images, cells per class, epochs, seed, ...
 metrics            validation / test metrics
 model_id           short name of this checkpoint
-calibration        optional ``{"temperature": T, ...}``: softmax(logits / T) (the shipped
-                   model: fitted on leave-one-source-out predictions; a fine-tuned one:
-                   on its validation cells, with the record of
-                   :func:`~.calibration.fit_temperature`; absent = 1)
+calibration        optional ``{"temperature": T, "logit_offset": [b_0, ...], ...}``:
+                   softmax((logits + b) / T). ``b`` (one per class, absent = 0) moves the
+                   decision: the shipped model's is chosen by its leave-one-source-out
+                   worst-source accuracy (research/cells/decision.py), ``T`` is then fitted on
+                   the same predictions; a fine-tuned model has no offset and ``T`` from its
+                   validation cells (:func:`~.calibration.fit_temperature`); absent: T = 1
 domain             optional trust-signal statistics (:class:`napari_uam.domain.DomainModel`;
                    a fine-tuned checkpoint adds its annotated images as ``anchors``);
                    absent: the domain status of every image is "unknown"
@@ -153,7 +155,8 @@ def save_checkpoint(
         training: data / run summary for the model card.
         metrics: evaluation results for the model card.
         model_id: short name; defaults to the file stem.
-        calibration: ``{"temperature": T}`` applied to the logits at inference.
+        calibration: ``{"temperature": T, "logit_offset": [...]}`` applied to the logits at
+            inference (softmax((logits + offset) / T); each optional).
         domain: :meth:`napari_uam.domain.DomainModel.to_dict` of the training images.
 
     Returns:
@@ -406,6 +409,7 @@ class CellClassifier:
                 f"Checkpoint {self.model_id!r} has an invalid calibration temperature {temperature!r}."
             )
         self.temperature = temperature
+        self.logit_offset = _logit_offset(ckpt.get("calibration"), len(self.class_names), self.model_id)
         self.domain = DomainModel.from_dict(ckpt["domain"]) if ckpt.get("domain") else None
 
     def check_domain(self, features, stain: dict | None):
@@ -510,16 +514,34 @@ class CellClassifier:
         import torch
 
         out = np.empty((len(x), len(self.class_names)), dtype=np.float32)
+        offset = torch.as_tensor(self.logit_offset, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             for lo in range(0, len(x), batch_size):
                 xb = torch.from_numpy(x[lo : lo + batch_size]).to(self.device)
-                logits = self.model(xb).float() / self.temperature
+                logits = (self.model(xb).float() + offset) / self.temperature
                 out[lo : lo + batch_size] = torch.softmax(logits, -1).cpu().numpy()
         return out
 
     def predict(self, features, batch_size: int | None = None) -> np.ndarray:
         """(n_cells,) int index of the most probable class."""
         return self.predict_proba(features, batch_size).argmax(axis=1)
+
+
+def _logit_offset(calibration: dict | None, n_classes: int, model_id: str) -> np.ndarray:
+    """The per-class logit offset of a checkpoint's calibration (zeros when it has none)."""
+    raw = (calibration or {}).get("logit_offset")
+    if raw is None:
+        return np.zeros(n_classes, np.float32)
+    try:
+        offset = np.asarray(raw, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        offset = np.full(0, np.nan)
+    if offset.shape != (n_classes,) or not np.all(np.isfinite(offset)):
+        raise CheckpointError(
+            f"Checkpoint {model_id!r} has an invalid calibration logit offset {raw!r}: it needs one finite "
+            f"number per class ({n_classes})."
+        )
+    return offset.astype(np.float32)
 
 
 def load_classifier(
