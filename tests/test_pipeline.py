@@ -153,8 +153,12 @@ def test_retrained_checkpoint_at_the_same_path_is_used(tmp_path):
     if not src.is_file():
         pytest.skip("default UAM weights not installed")
     path = tmp_path / "model.pt"
-    # Both versions written by torch.save of the same structure: they then have one size.
-    torch.save(torch.load(src, map_location="cpu", weights_only=True), path)
+    # Both versions written by torch.save of the same structure: they then have one size. The
+    # copy keeps the temperature but not the decision offset, so that negated logits swap the
+    # two probabilities exactly (with an offset b, sigmoid(-z + b) is not 1 - sigmoid(z + b)).
+    shipped = torch.load(src, map_location="cpu", weights_only=True)
+    shipped["calibration"] = {"temperature": shipped["calibration"]["temperature"]}
+    torch.save(shipped, path)
     clf = pipeline.get_classifier(path, "cpu")
     rng = np.random.default_rng(0)
     table = pd.DataFrame(rng.normal(size=(200, len(clf.feature_names))), columns=clf.feature_names)

@@ -174,3 +174,19 @@ def test_invalid_logit_offset_is_refused_with_a_clear_message(tmp_path, offset):
     torch.save(raw, path)
     with pytest.raises(ckpt_mod.CheckpointError, match="invalid calibration logit offset"):
         ckpt_mod.load_classifier(path, device="cpu")
+
+
+@needs_weights
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (the CPU path is checked by the tests above)")
+def test_shipped_classifier_gives_the_same_probabilities_on_the_gpu_and_the_cpu():
+    """The shipped calibration (logit offset, then temperature) applied on the GPU as on the CPU."""
+    cpu = ckpt_mod.load_classifier(device="cpu")
+    gpu = ckpt_mod.load_classifier(device="cuda")
+    assert np.any(cpu.logit_offset != 0)  # the offset is part of what is compared
+    feats = _features(cpu, 4096)
+    pg, pc = gpu.predict_proba(feats), cpu.predict_proba(feats)
+    # cuDNN may convolve in TF32 on the GPU: probabilities agree to 1e-3, and so do the calls
+    # except where a cell sits within that of the decision.
+    np.testing.assert_allclose(pg, pc, atol=1e-3)
+    undecided = np.abs(pc[:, cpu.tumor_class] - 0.5) < 1e-3
+    assert np.array_equal(pg.argmax(1)[~undecided], pc.argmax(1)[~undecided])
