@@ -357,14 +357,18 @@ def _score_one(args) -> list[dict]:
     ]
 
 
-def evaluate(ckpt_path: Path, ims: list[N.NucleusImage], device: str, workers: int, grid=POST_GRID) -> list[dict]:
-    """Per-image scores of a checkpoint on ``ims`` for each post-processing setting of ``grid``."""
+def evaluate(
+    ckpt_path: Path, ims: list[N.NucleusImage], device: str, workers: int, grid=POST_GRID, transform=None
+) -> list[dict]:
+    """Per-image scores of a checkpoint on ``ims`` for each post-processing setting of ``grid``;
+    ``transform(rgb) -> rgb`` (optional) is applied to each image before the network (e.g. a
+    stain normalisation under test)."""
     from napari_uam.segment.learned import build_model, load_checkpoint, predict_maps
 
     model = build_model(load_checkpoint(ckpt_path), device)
     jobs = []
     for im in ims:
-        rgb = im.rgb()
+        rgb = im.rgb() if transform is None else transform(im.rgb())
         maps = predict_maps(model, rescale_image(rgb, scale_factor(im.mpp, NET_MPP)), device)
         jobs.append((maps, asdict(im), grid))
     ctx = multiprocessing.get_context("spawn")

@@ -90,3 +90,29 @@ def test_v4_section_comes_from_its_json():
     assert "**Decision: v4 passes the rule**" in "\n".join(sec)
     mean = next(line for line in sec if line.startswith("| **mean** |"))
     assert "| +0.050 |" in mean
+
+
+def test_wide_and_stain_norm_sections_come_from_their_json():
+    """The wider-network and stain-normalisation sections print their JSON's numbers and verdict;
+    absent JSON, no section."""
+    import _segmentation_doc as D
+
+    if not (REPO / "docs" / "segmentation_bench_cpu.json").is_file():
+        pytest.skip("docs/segmentation_bench_cpu.json not written yet")
+    inp = D.Inputs()
+    if inp.wide is not None:
+        text = "\n".join(D.wide_section(inp))
+        per = inp.wide["loso_tables"][inp.wide["post_choice"]]["per_source"]
+        line = next(ln for ln in text.splitlines() if ln.startswith("| consep |"))
+        assert f"{per['consep']['aji']:.3f}" in line
+        worst = min(v["aji"] for v in per.values() if v.get("aji") is not None)
+        mean3, worst3 = D._agg(inp.loso_per, inp.sources)["aji"]
+        assert ("v3 stays" in text) == (worst <= worst3 or D._agg(per, inp.sources)["aji"][0] < mean3 - D.V4_MEAN_SLACK)
+    if inp.stain_norm is not None:
+        text = "\n".join(D.stain_norm_section(inp))
+        for s, row in inp.stain_norm["per_source"].items():
+            line = next(ln for ln in text.splitlines() if ln.startswith(f"| {s} |"))
+            assert f"{row['normalised']['f1']:.3f}" in line and f"{row['as_is']['f1']:.3f}" in line
+    inp.wide, inp.stain_norm = None, None
+    text = D.page(inp)
+    assert "## A wider U-Net" not in text and "## Stain normalisation at inference" not in text
