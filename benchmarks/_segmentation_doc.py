@@ -654,6 +654,16 @@ def stain_norm_section(inp: Inputs) -> list[str]:
     return lines
 
 
+def _stain_norm_losers(inp: Inputs) -> list[str]:
+    """Held-out instance sources whose AJI fell with stain normalisation (by more than 0.005)."""
+    per = (inp.stain_norm or {}).get("per_source", {})
+    return [
+        _name(s)
+        for s in _order(per)
+        if per[s]["as_is"].get("aji") is not None and per[s]["normalised"]["aji"] < per[s]["as_is"]["aji"] - 0.005
+    ]
+
+
 def _wide_reproduce(inp: Inputs) -> list[str]:
     if inp.wide is None:
         return []
@@ -940,7 +950,13 @@ def training_section(inp: Inputs) -> list[str]:
             + _v4_training(inp)
             + " No stain normalisation at"
         ).split("\n"),
-        "inference either (the LOSO runs did not test it, so nothing says it helps).",
+        "inference either"
+        + (
+            f" (on the held-out folds of the wide run it lowered {_and(_stain_norm_losers(inp))}: section "
+            '"Stain normalisation at inference" above).'
+            if inp.stain_norm is not None and _stain_norm_losers(inp)
+            else " (the LOSO runs did not test it, so nothing says it helps)."
+        ),
         "",
         "`auto` picks `learned` at every pixel size whenever its weights load. There is no watershed",
         "fallback on a network that finds little: inputs that are not brightfield H&E tissue (blank, noise,",
