@@ -105,19 +105,27 @@ def offset_for(threshold: float, n_classes: int, tumor_class: int) -> list[float
     return b
 
 
+def _pooled(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of ``records`` end to end."""
+    return (
+        np.concatenate([np.asarray(r["p"], np.float64) for r in records]),
+        np.concatenate([np.asarray(r["y"]) for r in records]),
+    )
+
+
+def _shift(p: np.ndarray, offset: float) -> np.ndarray:
+    """The tumor probability after adding ``offset`` to the tumor logit."""
+    return 1 / (1 + np.exp(-(_logit(p) + offset)))
+
+
 def calibrate(records: list[dict], offset: float) -> tuple[float, dict]:
     """Temperature on the pooled predictions shifted by ``offset``; ECE per source before / after."""
-    p = np.concatenate([np.asarray(r["p"], np.float64) for r in records])
-    y = np.concatenate([np.asarray(r["y"]) for r in records])
-    shifted = 1 / (1 + np.exp(-(_logit(p) + offset)))
-    t = fit_temperature(shifted, y)
+    p, y = _pooled(records)
+    t = fit_temperature(_shift(p, offset), y)
     per = {}
     for s in sorted({r["held"] for r in records}):
-        rs = [r for r in records if r["held"] == s]
-        ps = np.concatenate([np.asarray(r["p"], np.float64) for r in rs])
-        ys = np.concatenate([np.asarray(r["y"]) for r in rs])
-        after = apply_temperature(1 / (1 + np.exp(-(_logit(ps) + offset))), t)
-        per[s] = {"ece_raw": ece(ys, ps), "ece_shipped": ece(ys, after)}
+        ps, ys = _pooled([r for r in records if r["held"] == s])
+        per[s] = {"ece_raw": ece(ys, ps), "ece_shipped": ece(ys, apply_temperature(_shift(ps, offset), t))}
     return t, per
 
 

@@ -63,7 +63,6 @@ def feature_groups(columns) -> dict[str, list[str]]:
     if rel:  # present only when the table was loaded with relative features (``with_relative``)
         groups["v1_rel"] = groups["v1"] + [REL + c for c in groups["v1"] if REL + c in rel]
         groups["norm_ring_ctx_rel"] = groups["norm_ring_ctx"] + [REL + c for c in shape + norm if REL + c in rel]
-        groups["rel_only"] = [REL + c for c in shape + norm if REL + c in rel] + ctx
     return groups
 
 
@@ -212,7 +211,7 @@ class GbtJob:
 def run_gbt(job: GbtJob) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    table = _table(job.tables, job.group.endswith(("_rel", "rel_only")))
+    table = _table(job.tables, job.group.endswith("_rel"))
     feats = feature_groups(table.columns)[job.group]
     train, _, test = fold_parts(table, job.held, job.aug, job.seed, job.cap)
     t0 = time.perf_counter()
@@ -253,7 +252,7 @@ def run_nn(job: NnJob) -> dict:
     from research.cells.trainer import TrainConfig, predict_proba, train_model
 
     torch.set_num_threads(1)
-    table = _table(job.tables, job.group.endswith(("_rel", "rel_only")))
+    table = _table(job.tables, job.group.endswith("_rel"))
     feats = feature_groups(table.columns)[job.group]
     train, val, test = fold_parts(table, job.held, job.aug, job.seed, job.cap)
     norm = Normalizer.fit(train[feats].to_numpy(np.float64))

@@ -18,9 +18,9 @@ import datetime as dt
 import json
 from pathlib import Path
 
-import numpy as np
-
 from research.sections import markers, replace_section
+
+from . import report
 
 REPO = Path(__file__).resolve().parents[2]
 SECTION = markers("cells-relative")
@@ -35,17 +35,13 @@ NAMES = {
 
 
 def summarise(records: list[dict]) -> dict:
-    """{group: {source: {accuracy, f1, auc}}} of the GBT records (one seed)."""
-    out: dict = {}
-    for r in records:
-        m = r["metrics"]
-        out.setdefault(r["group"], {})[r["held"]] = {k: m[k] for k in ("accuracy", "f1", "auc")}
-    return out
+    """{group: the LOSO summary of :func:`research.cells.report.summarise`} of the GBT records."""
+    return {key[1]: summ for key, summ in report.summarise(records).items()}
 
 
 def render(result: dict) -> str:
     groups = result["groups"]
-    sources = sorted(next(iter(groups.values())))
+    sources = next(iter(groups.values()))["sources"]
     lines = [
         SECTION[0],
         "",
@@ -60,13 +56,13 @@ def render(result: dict) -> str:
         "| features | " + " | ".join(sources) + " | mean | worst | mean AUC |",
         "|---|" + "---|" * (len(sources) + 3),
     ]
-    for g, per in groups.items():
-        acc = [100 * per[s]["accuracy"] for s in sources]
-        auc = [100 * per[s]["auc"] for s in sources]
+    for g, summ in groups.items():
+        per = summ["per_source"]
         lines.append(
             f"| {NAMES.get(g, g)} | "
-            + " | ".join(f"{a:.1f}" for a in acc)
-            + f" | {np.mean(acc):.1f} | **{min(acc):.1f}** | {np.mean(auc):.1f} |"
+            + " | ".join(report._pct(per[s]["accuracy"]) for s in sources)
+            + f" | {report._pct(summ['mean']['accuracy'])} | **{report._pct(summ['worst']['accuracy'])}** | "
+            f"{report._pct(summ['mean']['auc'])} |"
         )
     lines += [
         "",
@@ -83,13 +79,9 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _worst(per: dict) -> float:
-    return min(v["accuracy"] for v in per.values())
-
-
 def _not_better(groups: dict) -> bool:
     pairs = [(g, g + "_rel") for g in ("v1", "norm_ring_ctx") if g in groups and g + "_rel" in groups]
-    return all(_worst(groups[r]) <= _worst(groups[g]) + 0.005 for g, r in pairs)
+    return all(groups[r]["worst"]["accuracy"] <= groups[g]["worst"]["accuracy"] + 0.005 for g, r in pairs)
 
 
 def main(argv=None) -> int:

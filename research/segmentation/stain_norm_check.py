@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 from pathlib import Path
 
 from napari_uam.radiomics.stain_norm import normalise_stain
@@ -65,7 +64,6 @@ def main(argv=None) -> int:
         "date": t0.isoformat(timespec="seconds"),
         "seconds": round((dt.datetime.now(dt.timezone.utc) - t0).total_seconds(), 1),
         "device": a.device,
-        "machine": platform.processor() or platform.machine(),
         "widths": lo.get("widths"),
         "post": post,
         "per_source": rows,
